@@ -1,0 +1,249 @@
+//! Delivery channels. Every channel implements [`Channel`]: it is handed a [`Delivery`] and
+//! answers with one [`Outcome`] class, which is all the dispatcher needs to decide what happens
+//! next. Asynchronous delivery receipts (WhatsApp webhooks, SMS status reports) come back as
+//! [`Receipt`]s on a channel the dispatcher owns.
+
+pub mod sms;
+pub mod whatsapp;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::clock::Timestamp;
+
+/// A boxed future, so channels can be used as trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The delivery paths otpgate knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChannelKind {
+    /// Meta's WhatsApp Cloud API, authentication template.
+    WhatsApp,
+    /// SMS through a GSM/LTE modem.
+    Sms,
+}
+
+impl ChannelKind {
+    /// The stable name used in config, the store, the API and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChannelKind::WhatsApp => "whatsapp",
+            ChannelKind::Sms => "sms",
+        }
+    }
+
+    /// Parses the stable name.
+    pub fn parse(s: &str) -> Option<ChannelKind> {
+        match s {
+            "whatsapp" => Some(ChannelKind::WhatsApp),
+            "sms" => Some(ChannelKind::Sms),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for ChannelKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What is to be delivered. Debug never shows the code or the text.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Content {
+    /// A one-time code. WhatsApp sends `code` in its template; SMS sends `sms_text`,
+    /// which the dispatcher rendered from the SMS template and which contains the code.
+    Code {
+        /// The code itself (at most 15 characters, WhatsApp's limit).
+        code: String,
+        /// The full SMS text carrying the code.
+        sms_text: String,
+    },
+    /// Free text from a caller whose text held no recognisable code: SMS only.
+    Text(String),
+}
+
+impl fmt::Debug for Content {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Content::Code { .. } => f.write_str("Code(***)"),
+            Content::Text(t) => write!(f, "Text({} chars)", t.chars().count()),
+        }
+    }
+}
+
+/// One request to a channel: deliver `content` to `to` within `budget`.
+#[derive(Clone, Debug)]
+pub struct Delivery {
+    /// The outbox id, for logs and receipts (never the code).
+    pub message_id: String,
+    /// The recipient in E.164 form with a leading '+', e.g. "+919876543210".
+    pub to: String,
+    /// What to send.
+    pub content: Content,
+    /// The caller's locale ("en", "hi", "id"...), if any; channels map it to their templates.
+    pub locale: Option<String>,
+    /// The code's remaining lifetime at dispatch: SMS sets its validity period from it.
+    pub validity: Duration,
+    /// How long this attempt may take in all, retries inside the channel included.
+    pub budget: Duration,
+}
+
+/// The class of a channel attempt's result: what the dispatcher should do next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The provider took the message. `provider_id`: the wamid, or "modem0/mr42" for SMS.
+    Accepted {
+        /// Provider's id for this send, used to match receipts.
+        provider_id: String,
+    },
+    /// This channel cannot reach this recipient: use the next channel now.
+    FallBack {
+        /// Provider error code, if any ("131026", "CMS 1").
+        code: Option<String>,
+        /// Human explanation, free of codes and secrets.
+        reason: String,
+        /// The recipient is not on WhatsApp: route them straight to SMS for a while.
+        not_on_channel: bool,
+    },
+    /// Temporary trouble: the same channel may be tried again after `after`.
+    Retry {
+        /// Suggested wait.
+        after: Duration,
+        /// Provider error code, if any.
+        code: Option<String>,
+        /// Human explanation.
+        reason: String,
+    },
+    /// The channel is out of order for everyone (circuit open, token revoked, no modem ready).
+    ChannelDown {
+        /// Provider error code, if any.
+        code: Option<String>,
+        /// Human explanation, shown in /readyz.
+        reason: String,
+    },
+    /// Permanently undeliverable on any channel (e.g. an invalid destination number).
+    Failed {
+        /// Provider error code, if any.
+        code: Option<String>,
+        /// Human explanation.
+        reason: String,
+    },
+    /// The request may or may not have reached the provider (a timeout after the SMS was
+    /// handed over): never repeat it on this channel, or the user may get the code twice.
+    Unknown {
+        /// Human explanation.
+        reason: String,
+    },
+}
+
+impl Outcome {
+    /// The stable name stored in `attempts.outcome`.
+    pub fn class(&self) -> &'static str {
+        match self {
+            Outcome::Accepted { .. } => "accepted",
+            Outcome::FallBack { .. } => "fallback",
+            Outcome::Retry { .. } => "retry",
+            Outcome::ChannelDown { .. } => "channel_down",
+            Outcome::Failed { .. } => "failed",
+            Outcome::Unknown { .. } => "unknown",
+        }
+    }
+
+    /// The provider error code, if the outcome carries one.
+    pub fn error_code(&self) -> Option<&str> {
+        match self {
+            Outcome::FallBack { code, .. }
+            | Outcome::Retry { code, .. }
+            | Outcome::ChannelDown { code, .. }
+            | Outcome::Failed { code, .. } => code.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// The human explanation, if any.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            Outcome::Accepted { .. } => None,
+            Outcome::FallBack { reason, .. }
+            | Outcome::Retry { reason, .. }
+            | Outcome::ChannelDown { reason, .. }
+            | Outcome::Failed { reason, .. }
+            | Outcome::Unknown { reason } => Some(reason),
+        }
+    }
+}
+
+/// A channel's health as shown in /readyz, the status line and metrics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Health {
+    /// Whether the channel can take a message right now.
+    pub usable: bool,
+    /// One short line: "ok", "circuit open: access token expired (190)", "modem0 ready -71 dBm".
+    pub summary: String,
+    /// Per-part detail (each modem), for /readyz.
+    pub parts: Vec<PartHealth>,
+}
+
+/// The health of one part of a channel, e.g. one modem.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PartHealth {
+    /// The part's name ("modem0").
+    pub name: String,
+    /// A stable state word ("ready", "no_sim", "pin_needed", "not_registered", "no_answer", "unplugged").
+    pub state: String,
+    /// Signal in dBm, where the part has one.
+    pub signal_dbm: Option<i32>,
+    /// Free-form detail (operator, last error).
+    pub detail: String,
+}
+
+/// A delivery channel. Implementations own their connections (an HTTP client, modem tasks)
+/// and must never panic or hang past `Delivery::budget`.
+pub trait Channel: Send + Sync + 'static {
+    /// Which channel this is.
+    fn kind(&self) -> ChannelKind;
+    /// Attempts one delivery; resolves within `delivery.budget` (plus a small grace).
+    fn send<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome>;
+    /// Current health.
+    fn health(&self) -> Health;
+}
+
+/// What a provider later said about a send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReceiptStatus {
+    /// Sent onward by the provider (WhatsApp "sent").
+    Sent,
+    /// Reached the handset.
+    Delivered,
+    /// Read by the user (WhatsApp "read").
+    Read,
+    /// The provider is still trying (SMS status report, temporary).
+    Pending,
+    /// The provider gave up; `code` is its error code.
+    Failed {
+        /// Provider error code, if any.
+        code: Option<String>,
+    },
+}
+
+/// An asynchronous delivery receipt, matched to an attempt by `(channel, provider_id)`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Receipt {
+    /// The channel that produced it.
+    pub channel: ChannelKind,
+    /// The provider id recorded with the attempt (wamid, "modem0/mr42").
+    pub provider_id: String,
+    /// What happened.
+    pub status: ReceiptStatus,
+    /// When the provider says it happened (or when we learned it).
+    pub at: Timestamp,
+}
+
+/// Where channels send receipts; the dispatcher owns the receiving end.
+pub type ReceiptTx = tokio::sync::mpsc::Sender<Receipt>;

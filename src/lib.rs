@@ -1,0 +1,47 @@
+//! otpgate: an on-premises OTP delivery gateway. Identity servers hand it a phone number and a
+//! one-time code over HTTP; it delivers the code over WhatsApp (Meta's Cloud API) and falls back
+//! to SMS through a GSM/LTE modem.
+//!
+//! # Module map: where each behaviour lives
+//!
+//! | concern | module |
+//! |---|---|
+//! | "now" for all logic | [`clock`] |
+//! | config files, layering, validation, `check-config` summary | [`config`] |
+//! | secrets from files / systemd credentials, masked Debug | [`secret`] |
+//! | phone numbers to E.164, country of a number | [`phone`] |
+//! | SQLite outbox: schema and migrations | [`store::schema`] |
+//! | single writer with group commit; reads | [`store`] |
+//! | HTTP listener: hyper, rustls, mTLS, connection limits, timeouts | [`api::listener`] |
+//! | routing of requests to front doors | [`api`] |
+//! | client authentication (Bearer, X-API-Key, Basic, IP allow list) | [`api::auth`] |
+//! | JSON errors with stable codes | [`api::error`] |
+//! | native API `POST /v1/messages`, `GET /v1/messages/{id}` | [`api::v1`] |
+//! | `/healthz`, `/readyz`, `/metrics` | [`api::health`] |
+//! | the Channel trait, outcome classes, receipts | [`channel`] |
+//! | WhatsApp Cloud API client, error classes, circuit breaker, webhook | [`channel::whatsapp`] |
+//! | GSM 7-bit / UCS-2 alphabets and SMS PDUs | [`channel::sms::gsm7`], [`channel::sms::pdu`] |
+//! | AT command parsing on bytes | [`channel::sms::at`] |
+//! | one modem's owner task: init, health, send, recovery | [`channel::sms::modem`] |
+//! | the modem pool (round robin over ready modems) | [`channel::sms::pool`] |
+//! | worker: claims due messages, runs attempts, records outcomes | [`dispatch`] |
+//! | routing policy (pure function) | [`dispatch::policy`] |
+//! | Cloud API simulator and pty modem simulator | [`sim`] |
+//! | wiring it all together, signals, shutdown | [`daemon`] |
+//! | metrics counters | [`metrics`] |
+//!
+//! Rules kept throughout: time comes from a [`clock::Clock`]; protocol parsing works on byte
+//! slices apart from I/O; one owner per mutable resource (the store writer, each modem); codes
+//! never reach a log line, error, metric or panic message.
+
+pub mod api;
+pub mod channel;
+pub mod clock;
+pub mod config;
+pub mod daemon;
+pub mod dispatch;
+pub mod metrics;
+pub mod phone;
+pub mod secret;
+pub mod sim;
+pub mod store;

@@ -1,0 +1,1 @@
+//! Simulators of the outside world, used by the tests and by `otpgate demo`.
