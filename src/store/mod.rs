@@ -1,1 +1,1196 @@
-//! (being written)
+//! The SQLite outbox. One thread owns the write connection and commits jobs in groups: every
+//! job that arrives while the previous group is being fsynced joins the next group, so many
+//! accepted requests share one fsync and durability does not cap throughput. A job's caller
+//! hears back only after its group's COMMIT returned (with `synchronous=FULL`, on disk).
+//! Reads run on their own connections (WAL lets them proceed during writes).
+
+pub mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::channel::{ChannelKind, Content, Outcome, ReceiptStatus};
+use crate::clock::Timestamp;
+use crate::config::Rate;
+
+/// Store failures. None of them carries a message body.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite said no.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The file could not be created or opened.
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The database was written by a newer otpgate.
+    #[error(
+        "database schema version {found} is newer than this otpgate understands ({known}); upgrade otpgate or restore a backup"
+    )]
+    SchemaTooNew {
+        /// Version in the file.
+        found: i64,
+        /// Newest version this binary knows.
+        known: i64,
+    },
+    /// The writer thread is gone (shutting down or crashed).
+    #[error("the store is shut down")]
+    Closed,
+    /// A stored value could not be understood.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+/// Where a message stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageState {
+    /// Waiting for the dispatcher.
+    Queued,
+    /// An attempt is under way.
+    Sending,
+    /// A provider accepted it (WhatsApp 200 / +CMGS); no receipt yet.
+    Sent,
+    /// A receipt says it reached the handset.
+    Delivered,
+    /// No channel could deliver it.
+    Failed,
+    /// Its lifetime ended before it could be delivered.
+    Expired,
+}
+
+impl MessageState {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageState::Queued => "queued",
+            MessageState::Sending => "sending",
+            MessageState::Sent => "sent",
+            MessageState::Delivered => "delivered",
+            MessageState::Failed => "failed",
+            MessageState::Expired => "expired",
+        }
+    }
+
+    fn parse(s: &str) -> Result<Self, StoreError> {
+        Ok(match s {
+            "queued" => MessageState::Queued,
+            "sending" => MessageState::Sending,
+            "sent" => MessageState::Sent,
+            "delivered" => MessageState::Delivered,
+            "failed" => MessageState::Failed,
+            "expired" => MessageState::Expired,
+            other => return Err(StoreError::Corrupt(format!("message state {other:?}"))),
+        })
+    }
+
+    /// True once nothing more will happen to the message.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            MessageState::Delivered | MessageState::Failed | MessageState::Expired
+        )
+    }
+}
+
+/// A message to be accepted.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    /// Its id.
+    pub id: String,
+    /// The client that sent it.
+    pub client: String,
+    /// E.164 recipient.
+    pub recipient: String,
+    /// Recipient's country.
+    pub country: Option<String>,
+    /// What to send.
+    pub content: Content,
+    /// Caller's locale.
+    pub locale: Option<String>,
+    /// Caller's reference, echoed back.
+    pub reference: Option<String>,
+    /// Caller's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Acceptance time.
+    pub created_at: Timestamp,
+    /// End of the code's lifetime.
+    pub expires_at: Timestamp,
+}
+
+/// A stored message.
+#[derive(Clone, Debug)]
+pub struct Message {
+    /// Its id.
+    pub id: String,
+    /// The client that sent it.
+    pub client: String,
+    /// E.164 recipient.
+    pub recipient: String,
+    /// Recipient's country.
+    pub country: Option<String>,
+    /// The content while a channel may still need it; None once wiped.
+    pub content: Option<Content>,
+    /// 'code' or 'text', kept after the content is wiped.
+    pub kind: String,
+    /// Caller's locale.
+    pub locale: Option<String>,
+    /// Caller's reference.
+    pub reference: Option<String>,
+    /// Caller's idempotency key.
+    pub idempotency_key: Option<String>,
+    /// Acceptance time.
+    pub created_at: Timestamp,
+    /// End of lifetime.
+    pub expires_at: Timestamp,
+    /// Current state.
+    pub state: MessageState,
+    /// The channel that carried it.
+    pub channel: Option<ChannelKind>,
+    /// Why it is where it is.
+    pub reason: Option<String>,
+    /// When it reached a final state.
+    pub finished_at: Option<Timestamp>,
+}
+
+/// One recorded attempt.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Attempt {
+    /// Row id.
+    pub id: i64,
+    /// Channel used.
+    pub channel: String,
+    /// 'code' or 'prenotice'.
+    pub purpose: String,
+    /// Start.
+    pub started_at: Timestamp,
+    /// End, if it ended.
+    pub ended_at: Option<Timestamp>,
+    /// Outcome class (see [`Outcome::class`]), 'skipped' or 'interrupted'.
+    pub outcome: Option<String>,
+    /// Provider's id (wamid, modem/mr).
+    pub provider_id: Option<String>,
+    /// Provider's error code.
+    pub error_code: Option<String>,
+    /// Explanation.
+    pub detail: Option<String>,
+    /// Latest receipt status.
+    pub receipt: Option<String>,
+    /// When the receipt came.
+    pub receipt_at: Option<Timestamp>,
+}
+
+impl serde::Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_rfc3339())
+    }
+}
+
+/// Which counter a limit applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LimitScope {
+    /// Messages to one number.
+    Recipient,
+    /// Messages from one client.
+    Client,
+    /// Messages to one country.
+    Country,
+    /// All messages.
+    Global,
+}
+
+impl LimitScope {
+    /// The stable name shown in errors and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LimitScope::Recipient => "per_recipient",
+            LimitScope::Client => "per_client",
+            LimitScope::Country => "per_country",
+            LimitScope::Global => "global",
+        }
+    }
+}
+
+/// The result of [`Store::insert`].
+#[derive(Debug)]
+pub enum InsertResult {
+    /// Accepted and durable.
+    Created(Message),
+    /// The idempotency key was seen before from this client: the first message.
+    Existing(Message),
+    /// The idempotency key was used before for a different recipient.
+    KeyConflict,
+    /// A limit is reached; nothing was stored.
+    Limited {
+        /// Which limit.
+        scope: LimitScope,
+        /// When a retry can succeed.
+        retry_after: Duration,
+    },
+}
+
+/// What the store knows about a recipient.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecipientInfo {
+    /// "Not on WhatsApp" is remembered until then.
+    pub no_whatsapp_until: Option<Timestamp>,
+    /// When the pre-notice went out.
+    pub prenotified_at: Option<Timestamp>,
+}
+
+/// What a receipt changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReceiptEffect {
+    /// The message the receipt belongs to.
+    pub message_id: String,
+    /// The message's state after the receipt.
+    pub state: MessageState,
+    /// The message's expiry (for fallback decisions).
+    pub expires_at: Timestamp,
+}
+
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    writer: mpsc::Sender<Job>,
+    readers: Arc<Mutex<Vec<Connection>>>,
+    path: PathBuf,
+}
+
+/// Jobs joining one group commit at most; bounds the latency of the first job in a group.
+const MAX_GROUP: usize = 512;
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    // Created 0600 before SQLite touches it; SQLite gives -wal and -shm the same mode.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map(|_| ())
+        .map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+impl Store {
+    /// Opens (creating, 0600) and migrates the database, and starts the writer thread.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        create_private(path)?;
+        let mut conn = open_connection(path)?;
+        let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Corrupt(format!(
+                "journal_mode is {mode}, WAL could not be enabled"
+            )));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        schema::migrate(&mut conn)?;
+        let (tx, rx) = mpsc::channel::<Job>(4096);
+        std::thread::Builder::new()
+            .name("otpgate-store".into())
+            .spawn(move || writer_loop(conn, rx))
+            .map_err(|source| StoreError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(Store {
+            writer: tx,
+            readers: Arc::new(Mutex::new(Vec::new())),
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` in the writer's current group; resolves after the group is committed.
+    pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |conn: &Connection| {
+            let result = in_savepoint(conn, f);
+            Box::new(move |commit: Result<(), StoreError>| {
+                let _ = tx.send(commit.and(result));
+            }) as Completion
+        });
+        self.writer
+            .send(job)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs `f` on a read connection off the async runtime.
+    pub async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let readers = self.readers.clone();
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = readers.lock().ok().and_then(|mut v| v.pop());
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_connection(&path)?,
+            };
+            let r = f(&conn);
+            if let Ok(mut v) = readers.lock()
+                && v.len() < 8
+            {
+                v.push(conn);
+            }
+            r
+        })
+        .await
+        .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Proves the writer is alive and can take the write lock (for /readyz).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.write(|c| {
+            c.execute_batch("SELECT 1")?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Accepts a message: checks idempotency and limits and inserts, atomically.
+    pub async fn insert(
+        &self,
+        m: NewMessage,
+        limits: Vec<(LimitScope, Rate)>,
+    ) -> Result<InsertResult, StoreError> {
+        self.write(move |c| insert_tx(c, m, &limits)).await
+    }
+
+    /// Claims up to `max` due messages (state -> sending) and expires queued ones past their
+    /// lifetime. Returns the claimed messages and how many expired.
+    pub async fn claim_due(
+        &self,
+        now: Timestamp,
+        max: usize,
+    ) -> Result<(Vec<Message>, usize), StoreError> {
+        self.write(move |c| {
+            let expired = c.execute(
+                "UPDATE messages SET state = 'expired', body = NULL, sms_text = NULL,
+                    reason = COALESCE(reason, 'expired before it could be delivered'), finished_at = ?1
+                 WHERE state = 'queued' AND expires_at <= ?1",
+                params![now.0],
+            )?;
+            let mut stmt = c.prepare_cached(&format!(
+                "UPDATE messages SET state = 'sending'
+                 WHERE id IN (SELECT id FROM messages WHERE state = 'queued' AND next_attempt_at <= ?1
+                              ORDER BY next_attempt_at LIMIT {max})
+                 RETURNING {MESSAGE_COLUMNS}"
+            ))?;
+            let rows = stmt.query_map(params![now.0], row_to_message)?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push(r??);
+            }
+            Ok((out, expired))
+        })
+        .await
+    }
+
+    /// When the next queued message becomes due, if any.
+    pub async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
+        self.read(|c| {
+            let t: Option<i64> = c.query_row(
+                "SELECT MIN(next_attempt_at) FROM messages WHERE state = 'queued'",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(t.map(Timestamp))
+        })
+        .await
+    }
+
+    /// Records the start of an attempt before it is made, so a crash leaves a trace.
+    pub async fn start_attempt(
+        &self,
+        message_id: &str,
+        channel: ChannelKind,
+        purpose: &'static str,
+        now: Timestamp,
+    ) -> Result<i64, StoreError> {
+        let id = message_id.to_owned();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO attempts (message_id, channel, purpose, started_at) VALUES (?1, ?2, ?3, ?4)",
+                params![id, channel.as_str(), purpose, now.0],
+            )?;
+            Ok(c.last_insert_rowid())
+        })
+        .await
+    }
+
+    /// Records how an attempt ended.
+    pub async fn finish_attempt(
+        &self,
+        attempt_id: i64,
+        outcome: &Outcome,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let class = outcome.class();
+        let provider = match outcome {
+            Outcome::Accepted { provider_id } => Some(provider_id.clone()),
+            _ => None,
+        };
+        let code = outcome.error_code().map(str::to_owned);
+        let detail = outcome.reason().map(str::to_owned);
+        self.write(move |c| {
+            c.execute(
+                "UPDATE attempts SET ended_at = ?2, outcome = ?3, provider_id = ?4, error_code = ?5, detail = ?6
+                 WHERE id = ?1",
+                params![attempt_id, now.0, class, provider, code, detail],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records a channel the plan passed over, and why (e.g. "whatsapp disabled for client adfs").
+    pub async fn record_skip(
+        &self,
+        message_id: &str,
+        channel: ChannelKind,
+        why: String,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let id = message_id.to_owned();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO attempts (message_id, channel, started_at, ended_at, outcome, detail)
+                 VALUES (?1, ?2, ?3, ?3, 'skipped', ?4)",
+                params![id, channel.as_str(), now.0, why],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Moves a message to `state`. `keep_body` keeps the content for a possible later fallback
+    /// (a provider accepted it but a failure receipt may still come); otherwise it is wiped.
+    pub async fn finish(
+        &self,
+        message_id: &str,
+        state: MessageState,
+        channel: Option<ChannelKind>,
+        reason: Option<String>,
+        keep_body: bool,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let id = message_id.to_owned();
+        self.write(move |c| {
+            let finished = state.is_final().then_some(now.0);
+            let sql = if keep_body {
+                "UPDATE messages SET state = ?2, channel = COALESCE(?3, channel), reason = ?4, finished_at = ?5 WHERE id = ?1"
+            } else {
+                "UPDATE messages SET state = ?2, channel = COALESCE(?3, channel), reason = ?4, finished_at = ?5,
+                    body = NULL, sms_text = NULL WHERE id = ?1"
+            };
+            c.execute(
+                sql,
+                params![id, state.as_str(), channel.map(ChannelKind::as_str), reason, finished],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Puts a message back in the queue to be tried at `at`.
+    pub async fn requeue(
+        &self,
+        message_id: &str,
+        at: Timestamp,
+        reason: Option<String>,
+    ) -> Result<(), StoreError> {
+        let id = message_id.to_owned();
+        self.write(move |c| {
+            c.execute(
+                "UPDATE messages SET state = 'queued', next_attempt_at = ?2, reason = COALESCE(?3, reason)
+                 WHERE id = ?1 AND state IN ('sending', 'sent')",
+                params![id, at.0, reason],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Applies a provider receipt to the attempt with that provider id (latest first).
+    /// Returns what it changed; repeated and out-of-order receipts never move a message back.
+    pub async fn apply_receipt(
+        &self,
+        channel: ChannelKind,
+        provider_id: String,
+        status: ReceiptStatus,
+        at: Timestamp,
+    ) -> Result<Option<ReceiptEffect>, StoreError> {
+        self.write(move |c| {
+            let row: Option<(i64, String, Option<String>)> = c
+                .query_row(
+                    "SELECT id, message_id, receipt FROM attempts WHERE channel = ?1 AND provider_id = ?2
+                     ORDER BY started_at DESC LIMIT 1",
+                    params![channel.as_str(), provider_id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((attempt_id, message_id, previous)) = row else {
+                return Ok(None);
+            };
+            let (word, code) = match &status {
+                ReceiptStatus::Sent => ("sent", None),
+                ReceiptStatus::Delivered => ("delivered", None),
+                ReceiptStatus::Read => ("read", None),
+                ReceiptStatus::Pending => ("pending", None),
+                ReceiptStatus::Failed { code } => ("failed", code.clone()),
+            };
+            // Receipts rank: a later "sent" must not hide an earlier "read" or "failed".
+            let rank = |w: &str| match w {
+                "pending" => 1,
+                "sent" => 2,
+                "delivered" => 3,
+                "read" => 4,
+                "failed" => 5,
+                _ => 0,
+            };
+            if previous.as_deref().map(rank).unwrap_or(0) < rank(word) {
+                c.execute(
+                    "UPDATE attempts SET receipt = ?2, receipt_at = ?3, error_code = COALESCE(?4, error_code) WHERE id = ?1",
+                    params![attempt_id, word, at.0, code],
+                )?;
+            }
+            if matches!(status, ReceiptStatus::Delivered | ReceiptStatus::Read) {
+                c.execute(
+                    "UPDATE messages SET state = 'delivered', finished_at = ?2, body = NULL, sms_text = NULL
+                     WHERE id = ?1 AND state IN ('sent', 'sending')",
+                    params![message_id, at.0],
+                )?;
+            }
+            let (state, expires): (String, i64) = c.query_row(
+                "SELECT state, expires_at FROM messages WHERE id = ?1",
+                params![message_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            Ok(Some(ReceiptEffect {
+                message_id,
+                state: MessageState::parse(&state)?,
+                expires_at: Timestamp(expires),
+            }))
+        })
+        .await
+    }
+
+    /// What the store knows about a number.
+    pub async fn recipient(&self, number: &str) -> Result<RecipientInfo, StoreError> {
+        let n = number.to_owned();
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT no_whatsapp_until, prenotified_at FROM recipients WHERE number = ?1",
+                params![n],
+                |r| {
+                    Ok(RecipientInfo {
+                        no_whatsapp_until: r.get::<_, Option<i64>>(0)?.map(Timestamp),
+                        prenotified_at: r.get::<_, Option<i64>>(1)?.map(Timestamp),
+                    })
+                },
+            )
+            .optional()?
+            .unwrap_or_default())
+        })
+        .await
+    }
+
+    /// Remembers that `number` is not on WhatsApp until `until`.
+    pub async fn set_no_whatsapp(&self, number: &str, until: Timestamp) -> Result<(), StoreError> {
+        let n = number.to_owned();
+        self.write(move |c| {
+            c.execute(
+                "INSERT INTO recipients (number, no_whatsapp_until) VALUES (?1, ?2)
+                 ON CONFLICT (number) DO UPDATE SET no_whatsapp_until = ?2",
+                params![n, until.0],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Marks `number` pre-notified; true only for the call that marked it first.
+    pub async fn claim_prenotice(&self, number: &str, now: Timestamp) -> Result<bool, StoreError> {
+        let n = number.to_owned();
+        self.write(move |c| {
+            let changed = c.execute(
+                "INSERT INTO recipients (number, prenotified_at) VALUES (?1, ?2)
+                 ON CONFLICT (number) DO UPDATE SET prenotified_at = ?2 WHERE prenotified_at IS NULL",
+                params![n, now.0],
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    /// A message and its attempts, if `client` sent it.
+    pub async fn get(
+        &self,
+        id: &str,
+        client: &str,
+    ) -> Result<Option<(Message, Vec<Attempt>)>, StoreError> {
+        let (id, client) = (id.to_owned(), client.to_owned());
+        self.read(move |c| {
+            let m = c
+                .query_row(
+                    &format!(
+                        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = ?1 AND client = ?2"
+                    ),
+                    params![id, client],
+                    row_to_message,
+                )
+                .optional()?;
+            let Some(m) = m else { return Ok(None) };
+            let m = m?;
+            Ok(Some((m, attempts_of(c, &id)?)))
+        })
+        .await
+    }
+
+    /// Number of messages waiting or in flight.
+    pub async fn queue_depth(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            let n: i64 = c.query_row(
+                "SELECT COUNT(*) FROM messages WHERE state IN ('queued', 'sending')",
+                [],
+                |r| r.get(0),
+            )?;
+            Ok(u64::try_from(n).unwrap_or(0))
+        })
+        .await
+    }
+
+    /// Start-up recovery: attempts left open by a crash become 'interrupted' (their outcome is
+    /// unknown, so the dispatcher will not repeat them on the same channel) and their
+    /// messages go back to the queue. Returns how many messages were recovered.
+    pub async fn recover(&self, now: Timestamp) -> Result<usize, StoreError> {
+        self.write(move |c| {
+            c.execute(
+                "UPDATE attempts SET ended_at = ?1, outcome = 'interrupted',
+                    detail = 'the daemon stopped during this attempt; it may or may not have been delivered'
+                 WHERE ended_at IS NULL",
+                params![now.0],
+            )?;
+            let n = c.execute(
+                "UPDATE messages SET state = 'queued', next_attempt_at = ?1 WHERE state = 'sending'",
+                params![now.0],
+            )?;
+            Ok(n)
+        })
+        .await
+    }
+
+    /// Housekeeping: wipes content no channel can need any more (sent and past expiry) and
+    /// deletes finished messages older than `retention`. Returns rows purged.
+    pub async fn housekeeping(
+        &self,
+        now: Timestamp,
+        retention: Duration,
+    ) -> Result<usize, StoreError> {
+        let cutoff = Timestamp(
+            now.0
+                .saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX)),
+        );
+        self.write(move |c| {
+            c.execute(
+                "UPDATE messages SET body = NULL, sms_text = NULL,
+                    finished_at = COALESCE(finished_at, ?1)
+                 WHERE state = 'sent' AND expires_at <= ?1 AND body IS NOT NULL",
+                params![now.0],
+            )?;
+            let n = c.execute(
+                "DELETE FROM messages WHERE created_at < ?1 AND state NOT IN ('queued', 'sending')",
+                params![cutoff.0],
+            )?;
+            Ok(n)
+        })
+        .await
+    }
+}
+
+/// The columns [`row_to_message`] reads, in order.
+const MESSAGE_COLUMNS: &str = "id, client, recipient, country, kind, body, sms_text, locale, reference, \
+    idempotency_key, created_at, expires_at, state, channel, reason, finished_at";
+
+fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Message, StoreError>> {
+    let kind: String = r.get(4)?;
+    let body: Option<String> = r.get(5)?;
+    let sms_text: Option<String> = r.get(6)?;
+    let content = match (kind.as_str(), body) {
+        ("code", Some(code)) => Some(Content::Code {
+            code,
+            sms_text: sms_text.unwrap_or_default(),
+        }),
+        ("text", Some(t)) => Some(Content::Text(t)),
+        _ => None,
+    };
+    let state: String = r.get(12)?;
+    let channel: Option<String> = r.get(13)?;
+    Ok((|| {
+        Ok(Message {
+            id: r.get(0)?,
+            client: r.get(1)?,
+            recipient: r.get(2)?,
+            country: r.get(3)?,
+            content,
+            kind,
+            locale: r.get(7)?,
+            reference: r.get(8)?,
+            idempotency_key: r.get(9)?,
+            created_at: Timestamp(r.get(10)?),
+            expires_at: Timestamp(r.get(11)?),
+            state: MessageState::parse(&state)?,
+            channel: channel.as_deref().and_then(ChannelKind::parse),
+            reason: r.get(14)?,
+            finished_at: r.get::<_, Option<i64>>(15)?.map(Timestamp),
+        })
+    })())
+}
+
+fn attempts_of(c: &Connection, message_id: &str) -> Result<Vec<Attempt>, StoreError> {
+    let mut stmt = c.prepare_cached(
+        "SELECT id, channel, purpose, started_at, ended_at, outcome, provider_id, error_code, detail, receipt, receipt_at
+         FROM attempts WHERE message_id = ?1 ORDER BY id",
+    )?;
+    let rows = stmt.query_map(params![message_id], |r| {
+        Ok(Attempt {
+            id: r.get(0)?,
+            channel: r.get(1)?,
+            purpose: r.get(2)?,
+            started_at: Timestamp(r.get(3)?),
+            ended_at: r.get::<_, Option<i64>>(4)?.map(Timestamp),
+            outcome: r.get(5)?,
+            provider_id: r.get(6)?,
+            error_code: r.get(7)?,
+            detail: r.get(8)?,
+            receipt: r.get(9)?,
+            receipt_at: r.get::<_, Option<i64>>(10)?.map(Timestamp),
+        })
+    })?;
+    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+}
+
+/// The messages table's columns for one scope's limit counting.
+fn limit_filter(scope: LimitScope) -> &'static str {
+    match scope {
+        LimitScope::Recipient => "recipient = ?1",
+        LimitScope::Client => "client = ?1",
+        LimitScope::Country => "country = ?1",
+        LimitScope::Global => "?1 IS NOT NULL",
+    }
+}
+
+fn insert_tx(
+    c: &Connection,
+    m: NewMessage,
+    limits: &[(LimitScope, Rate)],
+) -> Result<InsertResult, StoreError> {
+    if let Some(key) = &m.idempotency_key {
+        let existing = c
+            .query_row(
+                &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE client = ?1 AND idempotency_key = ?2"),
+                params![m.client, key],
+                row_to_message,
+            )
+            .optional()?;
+        if let Some(e) = existing {
+            let e = e?;
+            return Ok(if e.recipient == m.recipient {
+                InsertResult::Existing(e)
+            } else {
+                InsertResult::KeyConflict
+            });
+        }
+    }
+    for (scope, rate) in limits {
+        let value = match scope {
+            LimitScope::Recipient => Some(m.recipient.clone()),
+            LimitScope::Client => Some(m.client.clone()),
+            LimitScope::Country => m.country.clone(),
+            LimitScope::Global => Some(String::new()),
+        };
+        let Some(value) = value else { continue };
+        let since = m.created_at.0 - i64::try_from(rate.window.as_millis()).unwrap_or(i64::MAX);
+        // The oldest of the last `count` messages in the window: when it leaves the window,
+        // there is room again.
+        let sql = format!(
+            "SELECT created_at FROM messages WHERE {} AND created_at > ?2
+             ORDER BY created_at DESC LIMIT 1 OFFSET ?3",
+            limit_filter(*scope)
+        );
+        let oldest: Option<i64> = c
+            .query_row(
+                &sql,
+                params![value, since, i64::from(rate.count) - 1],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(oldest) = oldest {
+            let free_at = Timestamp(oldest).add(rate.window);
+            return Ok(InsertResult::Limited {
+                scope: *scope,
+                retry_after: m.created_at.until(free_at).max(Duration::from_secs(1)),
+            });
+        }
+    }
+    let (kind, body, sms_text) = match &m.content {
+        Content::Code { code, sms_text } => ("code", code.clone(), Some(sms_text.clone())),
+        Content::Text(t) => ("text", t.clone(), None),
+    };
+    c.execute(
+        "INSERT INTO messages (id, client, recipient, country, kind, body, sms_text, locale, reference,
+            idempotency_key, created_at, expires_at, state, next_attempt_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'queued', ?11)",
+        params![
+            m.id,
+            m.client,
+            m.recipient,
+            m.country,
+            kind,
+            body,
+            sms_text,
+            m.locale,
+            m.reference,
+            m.idempotency_key,
+            m.created_at.0,
+            m.expires_at.0
+        ],
+    )?;
+    Ok(InsertResult::Created(Message {
+        id: m.id,
+        client: m.client,
+        recipient: m.recipient,
+        country: m.country,
+        content: Some(m.content),
+        kind: kind.into(),
+        locale: m.locale,
+        reference: m.reference,
+        idempotency_key: m.idempotency_key,
+        created_at: m.created_at,
+        expires_at: m.expires_at,
+        state: MessageState::Queued,
+        channel: None,
+        reason: None,
+        finished_at: None,
+    }))
+}
+
+fn in_savepoint<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    conn.execute_batch("SAVEPOINT job")?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE job")?;
+            Ok(v)
+        }
+        Err(e) => {
+            // Undo only this job; the rest of the group still commits.
+            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            Err(e)
+        }
+    }
+}
+
+fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(j) => group.push(j),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+            // Dropping the jobs unblocks their callers with an error; nothing was written.
+            tracing::error!(error = %e, jobs = group.len(), "store: cannot begin a transaction");
+            continue;
+        }
+        let completions: Vec<Completion> = group.into_iter().map(|job| job(&conn)).collect();
+        let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        let n = completions.len();
+        match &commit {
+            Ok(()) => tracing::trace!(jobs = n, "store: group committed"),
+            Err(e) => tracing::error!(jobs = n, error = %e, "store: group commit failed"),
+        }
+        for done in completions {
+            done(match &commit {
+                Ok(()) => Ok(()),
+                Err(e) => Err(StoreError::Corrupt(format!("commit failed: {e}"))),
+            });
+        }
+    }
+    tracing::debug!("store: writer stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn new_msg(id: &str, to: &str, at: i64, key: Option<&str>) -> NewMessage {
+        NewMessage {
+            id: id.into(),
+            client: "c".into(),
+            recipient: to.into(),
+            country: Some("IN".into()),
+            content: Content::Code {
+                code: "123456".into(),
+                sms_text: "code 123456".into(),
+            },
+            locale: None,
+            reference: None,
+            idempotency_key: key.map(Into::into),
+            created_at: Timestamp(at),
+            expires_at: Timestamp(at + 300_000),
+        }
+    }
+
+    #[tokio::test]
+    async fn insert_claim_finish_wipes_body() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        let r = s
+            .insert(new_msg("m1", "+911", 1000, None), vec![])
+            .await
+            .unwrap();
+        assert!(matches!(r, InsertResult::Created(_)));
+        let (claimed, expired) = s.claim_due(Timestamp(1000), 10).await.unwrap();
+        assert_eq!((claimed.len(), expired), (1, 0));
+        assert_eq!(claimed[0].state, MessageState::Sending);
+        assert!(claimed[0].content.is_some());
+        let a = s
+            .start_attempt("m1", ChannelKind::Sms, "code", Timestamp(1001))
+            .await
+            .unwrap();
+        s.finish_attempt(
+            a,
+            &Outcome::Accepted {
+                provider_id: "modem0/1".into(),
+            },
+            Timestamp(1002),
+        )
+        .await
+        .unwrap();
+        s.finish(
+            &claimed[0].id,
+            MessageState::Sent,
+            Some(ChannelKind::Sms),
+            None,
+            false,
+            Timestamp(1002),
+        )
+        .await
+        .unwrap();
+        let (m, atts) = s.get("m1", "c").await.unwrap().unwrap();
+        assert_eq!(m.state, MessageState::Sent);
+        assert!(m.content.is_none(), "body wiped");
+        assert_eq!(atts[0].provider_id.as_deref(), Some("modem0/1"));
+        assert!(s.get("m1", "other-client").await.unwrap().is_none());
+        let eff = s
+            .apply_receipt(
+                ChannelKind::Sms,
+                "modem0/1".into(),
+                ReceiptStatus::Delivered,
+                Timestamp(2000),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(eff.state, MessageState::Delivered);
+        // A late, repeated "sent" does not move it back.
+        s.apply_receipt(
+            ChannelKind::Sms,
+            "modem0/1".into(),
+            ReceiptStatus::Sent,
+            Timestamp(2100),
+        )
+        .await
+        .unwrap();
+        let (m, atts) = s.get("m1", "c").await.unwrap().unwrap();
+        assert_eq!(m.state, MessageState::Delivered);
+        assert_eq!(atts[0].receipt.as_deref(), Some("delivered"));
+    }
+
+    #[tokio::test]
+    async fn idempotency_and_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        let a = s
+            .insert(new_msg("m1", "+911", 1000, Some("k")), vec![])
+            .await
+            .unwrap();
+        assert!(matches!(a, InsertResult::Created(_)));
+        let b = s
+            .insert(new_msg("m2", "+911", 1001, Some("k")), vec![])
+            .await
+            .unwrap();
+        assert!(matches!(b, InsertResult::Existing(ref m) if m.id == "m1"));
+        let c = s
+            .insert(new_msg("m3", "+912", 1002, Some("k")), vec![])
+            .await
+            .unwrap();
+        assert!(matches!(c, InsertResult::KeyConflict));
+        let rate = Rate {
+            count: 2,
+            window: Duration::from_secs(60),
+        };
+        let lim = vec![(LimitScope::Recipient, rate)];
+        assert!(matches!(
+            s.insert(new_msg("m4", "+911", 2000, None), lim.clone())
+                .await
+                .unwrap(),
+            InsertResult::Created(_)
+        ));
+        assert!(matches!(
+            s.insert(new_msg("m4b", "+911", 2001, None), lim.clone())
+                .await
+                .unwrap(),
+            InsertResult::Limited {
+                scope: LimitScope::Recipient,
+                ..
+            }
+        ));
+        // Another number is fine; after the window the first number is too.
+        assert!(matches!(
+            s.insert(new_msg("m5", "+913", 2000, None), lim.clone())
+                .await
+                .unwrap(),
+            InsertResult::Created(_)
+        ));
+        match s
+            .insert(new_msg("m6", "+911", 30_000, None), lim.clone())
+            .await
+            .unwrap()
+        {
+            InsertResult::Limited { retry_after, .. } => {
+                assert_eq!(retry_after, Duration::from_millis(31_000))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            s.insert(new_msg("m7", "+911", 61_001, None), lim)
+                .await
+                .unwrap(),
+            InsertResult::Created(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn expiry_recovery_and_schema_guard() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let s = Store::open(&path).unwrap();
+            s.insert(new_msg("m1", "+911", 1000, None), vec![])
+                .await
+                .unwrap();
+            s.insert(new_msg("m2", "+912", 1000, None), vec![])
+                .await
+                .unwrap();
+            let (c, _) = s.claim_due(Timestamp(1000), 1).await.unwrap();
+            s.start_attempt(&c[0].id, ChannelKind::WhatsApp, "code", Timestamp(1000))
+                .await
+                .unwrap();
+            assert_eq!(s.recover(Timestamp(2000)).await.unwrap(), 1);
+            let (_, atts) = s.get(&c[0].id, "c").await.unwrap().unwrap();
+            assert_eq!(atts[0].outcome.as_deref(), Some("interrupted"));
+            let (claimed, expired) = s.claim_due(Timestamp(400_000), 10).await.unwrap();
+            assert_eq!((claimed.len(), expired), (0, 2));
+            let (m, _) = s.get("m1", "c").await.unwrap().unwrap();
+            assert_eq!(m.state, MessageState::Expired);
+            assert!(m.content.is_none());
+        }
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        let c = Connection::open(&path).unwrap();
+        c.pragma_update(None, "user_version", 99).unwrap();
+        drop(c);
+        let err = Store::open(&path).err().unwrap();
+        assert!(
+            err.to_string().contains("schema version 99 is newer"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn group_commit_batches_concurrent_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                s.insert(
+                    new_msg(&format!("m{i}"), &format!("+91{i}"), 1000, None),
+                    vec![],
+                )
+                .await
+            }));
+        }
+        for t in tasks {
+            assert!(matches!(
+                t.await.unwrap().unwrap(),
+                InsertResult::Created(_)
+            ));
+        }
+        assert_eq!(s.queue_depth().await.unwrap(), 200);
+        // A failing job inside a group does not spoil the others.
+        let bad = s.write(|c| {
+            c.execute_batch("INSERT INTO nonexistent VALUES (1)")?;
+            Ok(())
+        });
+        let good = s.insert(new_msg("ok", "+99", 1000, None), vec![]);
+        let (b, g) = tokio::join!(bad, good);
+        assert!(b.is_err());
+        assert!(matches!(g.unwrap(), InsertResult::Created(_)));
+    }
+}
