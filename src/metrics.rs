@@ -1,1 +1,242 @@
-//! (being written)
+//! Prometheus metrics. Labels carry only channels, reasons, scopes and modem names: never a
+//! number, a code or a client key.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// A label with one channel.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ChannelLabel {
+    /// "whatsapp" or "sms".
+    pub channel: String,
+}
+
+/// A label with one reason word.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    /// A stable reason word.
+    pub reason: String,
+}
+
+/// Channel and outcome class of an attempt.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AttemptLabel {
+    /// "whatsapp" or "sms".
+    pub channel: String,
+    /// The outcome class.
+    pub outcome: String,
+}
+
+/// One modem.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModemLabel {
+    /// The modem's configured name.
+    pub modem: String,
+}
+
+/// Every metric otpgate exports.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    /// Messages accepted (202).
+    pub accepted: Counter,
+    /// Requests refused, by reason (invalid_phone_number, rate_limited, unauthorized...).
+    pub rejected: Family<ReasonLabel, Counter>,
+    /// Messages a provider accepted, by channel.
+    pub sent: Family<ChannelLabel, Counter>,
+    /// Messages a receipt confirmed delivered, by channel.
+    pub delivered: Family<ChannelLabel, Counter>,
+    /// Fallbacks from one channel to the next, by reason.
+    pub fallbacks: Family<ReasonLabel, Counter>,
+    /// Messages that expired undelivered.
+    pub expired: Counter,
+    /// Messages that failed on every channel.
+    pub failed: Counter,
+    /// Attempts by channel and outcome.
+    pub attempts: Family<AttemptLabel, Counter>,
+    /// Attempt latency by channel, seconds.
+    pub attempt_seconds: Family<ChannelLabel, Histogram>,
+    /// Time from acceptance to the first provider acceptance, seconds.
+    pub accept_to_sent_seconds: Family<ChannelLabel, Histogram>,
+    /// Messages queued or in flight.
+    pub queue_depth: Gauge,
+    /// 1 when the WhatsApp circuit is open.
+    pub whatsapp_circuit_open: Gauge,
+    /// Channel usable (1) or not (0).
+    pub channel_up: Family<ChannelLabel, Gauge>,
+    /// Modem signal in dBm.
+    pub modem_signal_dbm: Family<ModemLabel, Gauge>,
+    /// 1 when the modem is registered and ready.
+    pub modem_ready: Family<ModemLabel, Gauge>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ])
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut r = Registry::with_prefix("otpgate");
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            accepted: Counter::default(),
+            rejected: Family::default(),
+            sent: Family::default(),
+            delivered: Family::default(),
+            fallbacks: Family::default(),
+            expired: Counter::default(),
+            failed: Counter::default(),
+            attempts: Family::default(),
+            attempt_seconds: Family::new_with_constructor(latency_histogram),
+            accept_to_sent_seconds: Family::new_with_constructor(latency_histogram),
+            queue_depth: Gauge::default(),
+            whatsapp_circuit_open: Gauge::default(),
+            channel_up: Family::default(),
+            modem_signal_dbm: Family::default(),
+            modem_ready: Family::default(),
+        };
+        r.register(
+            "messages_accepted",
+            "Messages accepted for delivery",
+            m.accepted.clone(),
+        );
+        r.register(
+            "requests_rejected",
+            "Requests refused, by reason",
+            m.rejected.clone(),
+        );
+        r.register(
+            "messages_sent",
+            "Messages a provider accepted, by channel",
+            m.sent.clone(),
+        );
+        r.register(
+            "messages_delivered",
+            "Messages confirmed delivered by a receipt",
+            m.delivered.clone(),
+        );
+        r.register(
+            "fallbacks",
+            "Fallbacks to the next channel, by reason",
+            m.fallbacks.clone(),
+        );
+        r.register(
+            "messages_expired",
+            "Messages that expired undelivered",
+            m.expired.clone(),
+        );
+        r.register(
+            "messages_failed",
+            "Messages no channel could deliver",
+            m.failed.clone(),
+        );
+        r.register(
+            "attempts",
+            "Channel attempts by outcome",
+            m.attempts.clone(),
+        );
+        r.register(
+            "attempt_duration_seconds",
+            "Channel attempt latency",
+            m.attempt_seconds.clone(),
+        );
+        r.register(
+            "accept_to_sent_seconds",
+            "Time from acceptance to the provider's acceptance",
+            m.accept_to_sent_seconds.clone(),
+        );
+        r.register(
+            "queue_depth",
+            "Messages queued or in flight",
+            m.queue_depth.clone(),
+        );
+        r.register(
+            "whatsapp_circuit_open",
+            "1 while the WhatsApp circuit breaker is open",
+            m.whatsapp_circuit_open.clone(),
+        );
+        r.register(
+            "channel_up",
+            "1 when the channel can take messages",
+            m.channel_up.clone(),
+        );
+        r.register(
+            "modem_signal_dbm",
+            "Modem signal strength",
+            m.modem_signal_dbm.clone(),
+        );
+        r.register(
+            "modem_ready",
+            "1 when the modem is registered and ready",
+            m.modem_ready.clone(),
+        );
+        if let Ok(mut reg) = m.registry.lock() {
+            *reg = r;
+        }
+        m
+    }
+
+    /// Counts a refusal.
+    pub fn reject(&self, reason: &str) {
+        self.rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Ok(reg) = self.registry.lock() {
+            let _ = prometheus_client::encoding::text::encode(&mut out, &reg);
+        }
+        out
+    }
+}
+
+/// Label helper.
+pub fn channel(c: crate::channel::ChannelKind) -> ChannelLabel {
+    ChannelLabel {
+        channel: c.as_str().to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_registered_families() {
+        let m = Metrics::new();
+        m.accepted.inc();
+        m.reject("rate_limited");
+        m.attempt_seconds
+            .get_or_create(&channel(crate::channel::ChannelKind::Sms))
+            .observe(0.2);
+        let text = m.render();
+        assert!(text.contains("otpgate_messages_accepted_total 1"), "{text}");
+        assert!(
+            text.contains("otpgate_requests_rejected_total{reason=\"rate_limited\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("otpgate_attempt_duration_seconds_bucket{le=\"0.25\",channel=\"sms\"} 1"),
+            "{text}"
+        );
+    }
+}

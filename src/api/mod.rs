@@ -1,1 +1,193 @@
-//! (being written)
+//! The front doors, all on one hyper listener: the router here sends each request to its
+//! module. Every answer is built here, so the request timeout, body limit and JSON errors
+//! apply to every door alike.
+
+pub mod auth;
+pub mod error;
+pub mod health;
+pub mod listener;
+pub mod v1;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::clock::SharedClock;
+use crate::config::{ClientConfig, Live};
+use crate::dispatch::Dispatcher;
+use crate::metrics::Metrics;
+use crate::store::Store;
+
+use error::ApiError;
+use listener::ConnInfo;
+
+/// The response type of every handler.
+pub type Resp = Response<Full<Bytes>>;
+
+/// Everything the front doors share.
+pub struct App {
+    /// Configuration in force.
+    pub live: Arc<Live>,
+    /// The outbox.
+    pub store: Store,
+    /// Now.
+    pub clock: SharedClock,
+    /// The dispatcher (to wake it and to wait on outcomes).
+    pub dispatcher: Dispatcher,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+}
+
+impl listener::Handler for App {
+    async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Resp {
+        let timeout = self.live.get().server.request_timeout;
+        match tokio::time::timeout(timeout, self.route(req, conn)).await {
+            Ok(r) => r,
+            Err(_) => error_response(&ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                "the request took too long",
+            )),
+        }
+    }
+}
+
+impl App {
+    async fn route(&self, req: Request<Incoming>, conn: ConnInfo) -> Resp {
+        let path = req.uri().path().to_owned();
+        let method = req.method().clone();
+        let result = match (path.as_str(), &method) {
+            ("/healthz", &Method::GET | &Method::HEAD) => Ok(health::healthz()),
+            ("/readyz", &Method::GET | &Method::HEAD) => Ok(health::readyz(self).await),
+            ("/metrics", &Method::GET) => Ok(health::metrics(self).await),
+            ("/healthz" | "/readyz" | "/metrics", _) => Err(ApiError::method_not_allowed("GET")),
+            ("/v1/messages", &Method::POST) => v1::post_message(self, req, conn).await,
+            ("/v1/messages", _) => Err(ApiError::method_not_allowed("POST")),
+            (p, &Method::GET) if p.starts_with("/v1/messages/") => {
+                v1::get_message(self, req, conn, &p["/v1/messages/".len()..]).await
+            }
+            (p, _) if p.starts_with("/v1/messages/") => Err(ApiError::method_not_allowed("GET")),
+            _ => Err(ApiError::not_found()),
+        };
+        match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.metrics.reject(e.code);
+                error_response(&e)
+            }
+        }
+    }
+
+    /// Authenticates a request by its headers (Bearer, X-API-Key, Basic) and source address.
+    pub fn authenticate(
+        &self,
+        headers: &http::HeaderMap,
+        conn: ConnInfo,
+    ) -> Result<ClientConfig, ApiError> {
+        let cfg = self.live.get();
+        let creds = auth::from_headers(headers);
+        match auth::authenticate(&cfg.clients, creds.as_ref(), conn.remote.ip(), false) {
+            Ok(c) => Ok(c.clone()),
+            Err(auth::AuthError::AddressNotAllowed) => {
+                tracing::warn!(remote = %conn.remote, "client called from an address outside its allow list");
+                Err(ApiError::forbidden())
+            }
+            Err(e) => {
+                tracing::info!(remote = %conn.remote, reason = ?e, "authentication failed");
+                Err(ApiError::unauthorized())
+            }
+        }
+    }
+}
+
+/// Reads a whole body up to `max` bytes: 413 beyond, 400 on a broken stream.
+pub async fn read_body(
+    req: Request<Incoming>,
+    max: usize,
+) -> Result<(http::request::Parts, Bytes), ApiError> {
+    let (parts, body) = req.into_parts();
+    if let Some(len) = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > max as u64
+    {
+        return Err(too_large(max));
+    }
+    match Limited::new(body, max).collect().await {
+        Ok(c) => Ok((parts, c.to_bytes())),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(max)),
+        Err(_) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "bad_body",
+            "the request body could not be read",
+        )),
+    }
+}
+
+fn too_large(max: usize) -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "body_too_large",
+        format!("the request body exceeds {max} bytes"),
+    )
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
+}
+
+/// A plain-text response.
+pub fn text_response(status: StatusCode, body: impl Into<String>) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(body.into())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// The JSON error response, with Retry-After and WWW-Authenticate where they belong.
+pub fn error_response(e: &ApiError) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(e.body())));
+    *r.status_mut() = e.status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    if let Some(s) = e.retry_after
+        && let Ok(v) = http::HeaderValue::from_str(&s.to_string())
+    {
+        h.insert(header::RETRY_AFTER, v);
+    }
+    if e.status == StatusCode::UNAUTHORIZED {
+        h.insert(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Basic realm=\"otpgate\""),
+        );
+    }
+    r
+}
+
+/// Whole seconds for Retry-After, rounded up.
+pub fn retry_after_secs(d: Duration) -> u64 {
+    d.as_millis().div_ceil(1000).max(1) as u64
+}

@@ -1,1 +1,588 @@
-//! (being written)
+//! The dispatcher: claims due messages from the outbox, asks the [`policy`] what to do, runs
+//! channel attempts under the message's deadline, records every attempt, and finishes or
+//! reschedules the message. It also applies delivery receipts, and wakes callers waiting
+//! for a message's first outcome (`?wait=`).
+
+pub mod policy;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
+
+use crate::channel::{
+    Channel, ChannelKind, Content, Delivery, Health, Outcome, Receipt, ReceiptStatus,
+};
+use crate::clock::{SharedClock, Timestamp};
+use crate::config::{ClientConfig, Live};
+use crate::metrics::{self, Metrics, ReasonLabel};
+use crate::store::{Message, MessageState, Store, StoreError};
+
+use policy::{Decision, Input, Kind};
+
+/// Messages worked on at once.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Time a channel may overrun its budget before its attempt counts as unknown.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// What a waiting caller learns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FirstOutcome {
+    /// State at that moment.
+    pub state: MessageState,
+    /// The channel that carried it, if one did.
+    pub channel: Option<ChannelKind>,
+}
+
+struct Inner {
+    store: Store,
+    clock: SharedClock,
+    live: Arc<Live>,
+    channels: Vec<Arc<dyn Channel>>,
+    metrics: Arc<Metrics>,
+    wake: Notify,
+    waiters: Mutex<HashMap<String, Vec<oneshot::Sender<FirstOutcome>>>>,
+    progress: AtomicU64,
+    slots: Arc<Semaphore>,
+}
+
+/// Handle to the dispatcher; cheap to clone.
+#[derive(Clone)]
+pub struct Dispatcher(Arc<Inner>);
+
+impl Dispatcher {
+    /// A dispatcher over these channels (at most one per kind).
+    pub fn new(
+        store: Store,
+        clock: SharedClock,
+        live: Arc<Live>,
+        channels: Vec<Arc<dyn Channel>>,
+        metrics: Arc<Metrics>,
+    ) -> Dispatcher {
+        Dispatcher(Arc::new(Inner {
+            store,
+            clock,
+            live,
+            channels,
+            metrics,
+            wake: Notify::new(),
+            waiters: Mutex::new(HashMap::new()),
+            progress: AtomicU64::new(0),
+            slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+        }))
+    }
+
+    /// Tells the loop that new work is due now (after an accept).
+    pub fn wake(&self) {
+        self.0.wake.notify_one();
+    }
+
+    /// A counter the loop bumps on every turn; the watchdog checks that it moves.
+    pub fn progress(&self) -> u64 {
+        self.0.progress.load(Ordering::Relaxed)
+    }
+
+    /// Kinds of the configured channels.
+    pub fn configured(&self) -> Vec<ChannelKind> {
+        self.0.channels.iter().map(|c| c.kind()).collect()
+    }
+
+    /// Each channel's health.
+    pub fn health(&self) -> Vec<(ChannelKind, Health)> {
+        self.0
+            .channels
+            .iter()
+            .map(|c| (c.kind(), c.health()))
+            .collect()
+    }
+
+    /// Waits up to `limit` for the message's first provider acceptance or final state.
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        limit: Duration,
+    ) -> Result<Option<FirstOutcome>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        if let Ok(mut w) = self.0.waiters.lock() {
+            w.entry(id.to_owned()).or_default().push(tx);
+        }
+        // It may have finished before we registered.
+        if let Some((state, channel)) = self.0.store.state(id).await?
+            && (state != MessageState::Queued && state != MessageState::Sending)
+        {
+            return Ok(Some(FirstOutcome { state, channel }));
+        }
+        Ok(tokio::time::timeout(limit, rx)
+            .await
+            .ok()
+            .and_then(Result::ok))
+    }
+
+    fn announce(&self, id: &str, state: MessageState, channel: Option<ChannelKind>) {
+        let senders = self.0.waiters.lock().ok().and_then(|mut w| w.remove(id));
+        for s in senders.into_iter().flatten() {
+            let _ = s.send(FirstOutcome { state, channel });
+        }
+    }
+
+    fn channel(&self, kind: ChannelKind) -> Option<&Arc<dyn Channel>> {
+        self.0.channels.iter().find(|c| c.kind() == kind)
+    }
+
+    /// Runs the claim loop until `shutdown`; then lets attempts in flight end (up to `drain`).
+    pub async fn run(
+        self,
+        mut receipts: mpsc::Receiver<Receipt>,
+        mut shutdown: watch::Receiver<bool>,
+        drain: Duration,
+    ) {
+        let mut last_housekeeping = Timestamp(0);
+        loop {
+            self.0.progress.fetch_add(1, Ordering::Relaxed);
+            let now = self.0.clock.now();
+            if let Err(e) = self.claim_and_spawn(now).await {
+                tracing::error!(error = %e, "dispatcher: cannot claim due messages");
+            }
+            if now.0 - last_housekeeping.0 >= 60_000 {
+                last_housekeeping = now;
+                self.housekeeping(now).await;
+            }
+            let next = self.0.store.next_due().await.ok().flatten();
+            let sleep = match next {
+                Some(t) => now.until(t).min(Duration::from_secs(1)),
+                None => Duration::from_secs(1),
+            };
+            tokio::select! {
+                _ = self.0.wake.notified() => {}
+                _ = tokio::time::sleep(sleep.max(Duration::from_millis(1))) => {}
+                Some(r) = receipts.recv() => self.on_receipt(r).await,
+                _ = shutdown.changed() => break,
+            }
+        }
+        // Wait for attempts in flight: every slot back means every task ended.
+        let all = u32::try_from(MAX_IN_FLIGHT).unwrap_or(u32::MAX);
+        if tokio::time::timeout(drain, self.0.slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "dispatcher: attempts still running at shutdown; they resume as 'interrupted' on restart"
+            );
+        }
+    }
+
+    async fn housekeeping(&self, now: Timestamp) {
+        let retention = self.0.live.get().store.retention;
+        match self.0.store.housekeeping(now, retention).await {
+            Ok(n) if n > 0 => tracing::info!(purged = n, "store: purged old messages"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "store: housekeeping failed"),
+        }
+        if let Ok(depth) = self.0.store.queue_depth().await {
+            self.0
+                .metrics
+                .queue_depth
+                .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        }
+    }
+
+    async fn claim_and_spawn(&self, now: Timestamp) -> Result<(), StoreError> {
+        let free = self.0.slots.available_permits();
+        if free == 0 {
+            return Ok(());
+        }
+        let (messages, expired) = self.0.store.claim_due(now, free).await?;
+        if expired > 0 {
+            self.0
+                .metrics
+                .expired
+                .inc_by(u64::try_from(expired).unwrap_or(0));
+            tracing::info!(count = expired, "messages expired in the queue");
+        }
+        for m in messages {
+            let Ok(permit) = self.0.slots.clone().try_acquire_owned() else {
+                // Cannot happen (we asked for at most `free`); put it back rather than drop it.
+                self.0.store.requeue(&m.id, now, None).await?;
+                continue;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                let id = m.id.clone();
+                if let Err(e) = me.process(m).await {
+                    tracing::error!(message = %id, error = %e, "dispatcher: store error while processing; retrying shortly");
+                    let retry = me.0.clock.now().plus(Duration::from_secs(1));
+                    let _ = me.0.store.requeue(&id, retry, None).await;
+                }
+                drop(permit);
+                me.wake();
+            });
+        }
+        Ok(())
+    }
+
+    async fn on_receipt(&self, r: Receipt) {
+        let failed = matches!(r.status, ReceiptStatus::Failed { .. });
+        let delivered = matches!(r.status, ReceiptStatus::Delivered | ReceiptStatus::Read);
+        match self
+            .0
+            .store
+            .apply_receipt(r.channel, r.provider_id.clone(), r.status, r.at)
+            .await
+        {
+            Ok(Some(effect)) => {
+                if delivered && effect.state == MessageState::Delivered {
+                    self.0
+                        .metrics
+                        .delivered
+                        .get_or_create(&metrics::channel(r.channel))
+                        .inc();
+                }
+                let now = self.0.clock.now();
+                if failed && effect.state == MessageState::Sent && now < effect.expires_at {
+                    tracing::info!(message = %effect.message_id, channel = %r.channel, "provider reported failure; falling back");
+                    self.0
+                        .metrics
+                        .fallbacks
+                        .get_or_create(&ReasonLabel {
+                            reason: "failed_receipt".into(),
+                        })
+                        .inc();
+                    let why = format!("{} reported the send as failed", r.channel);
+                    if let Err(e) = self
+                        .0
+                        .store
+                        .requeue(&effect.message_id, now, Some(why))
+                        .await
+                    {
+                        tracing::error!(error = %e, "cannot requeue after a failure receipt");
+                    }
+                    self.wake();
+                }
+            }
+            Ok(None) => tracing::debug!(channel = %r.channel, "receipt for an unknown provider id"),
+            Err(e) => tracing::error!(error = %e, "cannot apply receipt"),
+        }
+    }
+
+    /// Works one claimed message through the policy's decision.
+    async fn process(&self, m: Message) -> Result<(), StoreError> {
+        let cfg = self.0.live.get();
+        let now = self.0.clock.now();
+        let fallback_client;
+        let client: &ClientConfig = match cfg.client(&m.client) {
+            Some(c) => c,
+            None => {
+                // The client was removed from the config after acceptance: global policy.
+                fallback_client = ClientConfig {
+                    name: m.client.clone(),
+                    key_sha256: [0; 32],
+                    password_sha256: None,
+                    allow_ips: vec![],
+                    whatsapp: true,
+                    order: None,
+                    countries: None,
+                };
+                &fallback_client
+            }
+        };
+        let recipient = self.0.store.recipient(&m.recipient).await?;
+        let attempts = self.0.store.attempts(&m.id).await?;
+        let health: Vec<(ChannelKind, bool)> = self
+            .0
+            .channels
+            .iter()
+            .map(|c| (c.kind(), c.health().usable))
+            .collect();
+        let kind = if m.kind == "code" {
+            Kind::Code
+        } else {
+            Kind::Text
+        };
+        let decision = policy::decide(Input {
+            cfg: &cfg,
+            client,
+            country: m.country.as_deref(),
+            kind,
+            expires_at: m.expires_at,
+            recipient: &recipient,
+            attempts: &attempts,
+            health: &health,
+            now,
+        });
+        let Some(content) = m.content.clone() else {
+            return self
+                .fail(&m, "content missing (already wiped)".into())
+                .await;
+        };
+        match decision {
+            Decision::Expire => self.expire(&m).await,
+            Decision::AlreadySent(ch) => {
+                self.0
+                    .store
+                    .finish(
+                        &m.id,
+                        MessageState::Sent,
+                        Some(ch),
+                        Some("a provider accepted it before the restart; not sent again".into()),
+                        false,
+                        now,
+                    )
+                    .await?;
+                self.announce(&m.id, MessageState::Sent, Some(ch));
+                Ok(())
+            }
+            Decision::Wait { retry_at, reason } => {
+                tracing::debug!(message = %m.id, %reason, "no usable channel; waiting");
+                self.0.store.requeue(&m.id, retry_at, Some(reason)).await
+            }
+            Decision::Fail(reason) => self.fail(&m, reason).await,
+            Decision::Send {
+                steps,
+                skipped,
+                prenotice,
+            } => {
+                if attempts.is_empty() {
+                    for (ch, why) in skipped {
+                        self.0.store.record_skip(&m.id, ch, why, now).await?;
+                    }
+                }
+                if prenotice && self.0.store.claim_prenotice(&m.recipient, now).await? {
+                    self.spawn_prenotice(&m, &cfg).await?;
+                }
+                self.run_steps(&m, content, &steps, &cfg).await
+            }
+        }
+    }
+
+    async fn run_steps(
+        &self,
+        m: &Message,
+        content: Content,
+        steps: &[policy::Step],
+        cfg: &crate::config::Config,
+    ) -> Result<(), StoreError> {
+        for (idx, step) in steps.iter().enumerate() {
+            let more = idx + 1 < steps.len();
+            let now = self.0.clock.now();
+            if now >= m.expires_at {
+                return self.expire(m).await;
+            }
+            let Some(channel) = self.channel(step.channel).cloned() else {
+                continue;
+            };
+            let delivery = Delivery {
+                message_id: m.id.clone(),
+                to: m.recipient.clone(),
+                content: content.clone(),
+                locale: m.locale.clone(),
+                validity: now.until(m.expires_at),
+                budget: step.budget.min(now.until(m.expires_at)),
+            };
+            let attempt = self
+                .0
+                .store
+                .start_attempt(&m.id, step.channel, "code", now)
+                .await?;
+            let started = tokio::time::Instant::now();
+            let outcome = match tokio::time::timeout(
+                delivery.budget + GRACE,
+                channel.send(&delivery),
+            )
+            .await
+            {
+                Ok(o) => o,
+                Err(_) => Outcome::Unknown {
+                    reason: format!("{} did not answer within its deadline", step.channel),
+                },
+            };
+            let took = started.elapsed();
+            let end = self.0.clock.now();
+            self.0.store.finish_attempt(attempt, &outcome, end).await?;
+            let label = metrics::channel(step.channel);
+            self.0
+                .metrics
+                .attempt_seconds
+                .get_or_create(&label)
+                .observe(took.as_secs_f64());
+            self.0
+                .metrics
+                .attempts
+                .get_or_create(&metrics::AttemptLabel {
+                    channel: step.channel.as_str().into(),
+                    outcome: outcome.class().into(),
+                })
+                .inc();
+            tracing::info!(
+                message = %m.id, channel = %step.channel, outcome = outcome.class(),
+                code = outcome.error_code().unwrap_or(""), ms = took.as_millis() as u64,
+                "attempt finished"
+            );
+            let fallback = |reason: &str| {
+                self.0
+                    .metrics
+                    .fallbacks
+                    .get_or_create(&ReasonLabel {
+                        reason: reason.into(),
+                    })
+                    .inc();
+            };
+            match outcome {
+                Outcome::Accepted { .. } => {
+                    // Keep the content while a failure receipt could still send it elsewhere.
+                    let keep = more && matches!(content, Content::Code { .. });
+                    self.0
+                        .store
+                        .finish(
+                            &m.id,
+                            MessageState::Sent,
+                            Some(step.channel),
+                            None,
+                            keep,
+                            end,
+                        )
+                        .await?;
+                    self.0.metrics.sent.get_or_create(&label).inc();
+                    self.0
+                        .metrics
+                        .accept_to_sent_seconds
+                        .get_or_create(&label)
+                        .observe(m.created_at.until(end).as_secs_f64());
+                    self.announce(&m.id, MessageState::Sent, Some(step.channel));
+                    return Ok(());
+                }
+                Outcome::FallBack { not_on_channel, .. } => {
+                    if not_on_channel && step.channel == ChannelKind::WhatsApp {
+                        let until = end.plus(cfg.policy.no_whatsapp_memory);
+                        self.0.store.set_no_whatsapp(&m.recipient, until).await?;
+                        fallback("not_on_whatsapp");
+                    } else {
+                        fallback("recipient_unreachable");
+                    }
+                }
+                Outcome::Retry { after, .. } => {
+                    if more {
+                        fallback("retry_exhausted");
+                        continue;
+                    }
+                    let at = end.plus(after);
+                    if at >= m.expires_at {
+                        return self.expire(m).await;
+                    }
+                    return self
+                        .0
+                        .store
+                        .requeue(&m.id, at, Some(format!("{} busy; retrying", step.channel)))
+                        .await;
+                }
+                Outcome::ChannelDown { .. } => {
+                    if more {
+                        fallback("channel_down");
+                        continue;
+                    }
+                    let at = end.plus(policy::CHANNEL_DOWN_RETRY);
+                    if at >= m.expires_at {
+                        return self.expire(m).await;
+                    }
+                    return self
+                        .0
+                        .store
+                        .requeue(&m.id, at, Some(format!("{} down; waiting", step.channel)))
+                        .await;
+                }
+                Outcome::Failed { reason, .. } => return self.fail(m, reason).await,
+                Outcome::Unknown { reason } => {
+                    if more {
+                        fallback("unknown_outcome");
+                        continue;
+                    }
+                    return self
+                        .fail(
+                            m,
+                            format!("outcome unknown, it may have been delivered: {reason}"),
+                        )
+                        .await;
+                }
+            }
+        }
+        self.fail(m, "no channel could reach the recipient".into())
+            .await
+    }
+
+    async fn spawn_prenotice(
+        &self,
+        m: &Message,
+        cfg: &crate::config::Config,
+    ) -> Result<(), StoreError> {
+        let Some(sms) = self.channel(ChannelKind::Sms).cloned() else {
+            return Ok(());
+        };
+        let text = cfg.policy.prenotify_text.replace("{org}", &cfg.otp.org);
+        let now = self.0.clock.now();
+        let attempt = self
+            .0
+            .store
+            .start_attempt(&m.id, ChannelKind::Sms, "prenotice", now)
+            .await?;
+        let delivery = Delivery {
+            message_id: m.id.clone(),
+            to: m.recipient.clone(),
+            content: Content::Text(text),
+            locale: m.locale.clone(),
+            // The notice stays useful for a day, unlike the code.
+            validity: Duration::from_secs(86_400),
+            budget: policy::SMS_ATTEMPT_CAP,
+        };
+        let me = self.clone();
+        // The notice is handed to the SMS channel before the code's first attempt starts, so it
+        // never trails the code, but the code does not wait for it.
+        let (started_tx, started_rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let fut = sms.send(&delivery);
+            tokio::pin!(fut);
+            let outcome = tokio::select! {
+                biased;
+                o = &mut fut => { let _ = started_tx.send(()); o }
+                _ = tokio::task::yield_now() => { let _ = started_tx.send(()); fut.await }
+            };
+            let end = me.0.clock.now();
+            if let Err(e) = me.0.store.finish_attempt(attempt, &outcome, end).await {
+                tracing::error!(error = %e, "cannot record the pre-notice attempt");
+            }
+            tracing::info!(message = %delivery.message_id, outcome = outcome.class(), "pre-notice sent");
+        });
+        let _ = started_rx.await;
+        Ok(())
+    }
+
+    async fn expire(&self, m: &Message) -> Result<(), StoreError> {
+        let now = self.0.clock.now();
+        self.0
+            .store
+            .finish(
+                &m.id,
+                MessageState::Expired,
+                None,
+                Some("expired before it could be delivered".into()),
+                false,
+                now,
+            )
+            .await?;
+        self.0.metrics.expired.inc();
+        self.announce(&m.id, MessageState::Expired, None);
+        Ok(())
+    }
+
+    async fn fail(&self, m: &Message, reason: String) -> Result<(), StoreError> {
+        let now = self.0.clock.now();
+        tracing::warn!(message = %m.id, %reason, "message failed");
+        self.0
+            .store
+            .finish(&m.id, MessageState::Failed, None, Some(reason), false, now)
+            .await?;
+        self.0.metrics.failed.inc();
+        self.announce(&m.id, MessageState::Failed, None);
+        Ok(())
+    }
+}

@@ -689,6 +689,37 @@ impl Store {
         .await
     }
 
+    /// A message's attempts, oldest first.
+    pub async fn attempts(&self, message_id: &str) -> Result<Vec<Attempt>, StoreError> {
+        let id = message_id.to_owned();
+        self.read(move |c| attempts_of(c, &id)).await
+    }
+
+    /// A message's current state.
+    pub async fn state(
+        &self,
+        message_id: &str,
+    ) -> Result<Option<(MessageState, Option<ChannelKind>)>, StoreError> {
+        let id = message_id.to_owned();
+        self.read(move |c| {
+            let row: Option<(String, Option<String>)> = c
+                .query_row(
+                    "SELECT state, channel FROM messages WHERE id = ?1",
+                    params![id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?;
+            row.map(|(s, ch)| {
+                Ok((
+                    MessageState::parse(&s)?,
+                    ch.as_deref().and_then(ChannelKind::parse),
+                ))
+            })
+            .transpose()
+        })
+        .await
+    }
+
     /// Number of messages waiting or in flight.
     pub async fn queue_depth(&self) -> Result<u64, StoreError> {
         self.read(|c| {
@@ -868,7 +899,7 @@ fn insert_tx(
             )
             .optional()?;
         if let Some(oldest) = oldest {
-            let free_at = Timestamp(oldest).add(rate.window);
+            let free_at = Timestamp(oldest).plus(rate.window);
             return Ok(InsertResult::Limited {
                 scope: *scope,
                 retry_after: m.created_at.until(free_at).max(Duration::from_secs(1)),
