@@ -12,7 +12,10 @@ pub struct Timestamp(pub i64);
 impl Timestamp {
     /// This instant moved forward by `d` (saturating).
     pub fn add(self, d: Duration) -> Timestamp {
-        Timestamp(self.0.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        Timestamp(
+            self.0
+                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
     }
 
     /// The time from `self` until `later`, zero when `later` is not later.

@@ -510,7 +510,10 @@ fn deserialize_all(mut tree: config::Value, issues: &mut Vec<ConfigIssue>) -> ra
                 let segments = segments_of(err.path());
                 let inner = err.into_inner().to_string();
                 let (path, message) = match unknown_field_name(&inner) {
-                    Some(name) => (join_path(&segments, Some(&name)), unknown_key_message(&inner)),
+                    Some(name) => (
+                        join_path(&segments, Some(&name)),
+                        unknown_key_message(&inner),
+                    ),
                     None => (join_path(&segments, None), inner.clone()),
                 };
                 let mut full = segments.clone();
@@ -657,7 +660,9 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
         _ => humantime::parse_duration(w).map_err(|_| bad())?,
     };
     if count == 0 || window.is_zero() {
-        return Err(format!("\"{s}\": count and window must be greater than zero"));
+        return Err(format!(
+            "\"{s}\": count and window must be greater than zero"
+        ));
     }
     Ok(Rate { count, window })
 }
@@ -665,8 +670,9 @@ pub fn parse_rate(s: &str) -> Result<Rate, String> {
 /// Parses an ISO 3166 alpha-2 country code into libphonenumber's region id.
 pub fn parse_country(s: &str) -> Result<phonenumber::country::Id, String> {
     let up = s.trim().to_ascii_uppercase();
-    up.parse::<phonenumber::country::Id>()
-        .map_err(|_| format!("\"{s}\" is not an ISO 3166 country code (examples: \"IN\", \"DE\", \"ID\")"))
+    up.parse::<phonenumber::country::Id>().map_err(|_| {
+        format!("\"{s}\" is not an ISO 3166 country code (examples: \"IN\", \"DE\", \"ID\")")
+    })
 }
 
 fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
@@ -678,7 +684,8 @@ fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
 }
 
 /// The default SMS text for codes.
-pub const DEFAULT_SMS_TEXT: &str = "{code} is your {org} verification code. It expires in {minutes} min. Do not share it.";
+pub const DEFAULT_SMS_TEXT: &str =
+    "{code} is your {org} verification code. It expires in {minutes} min. Do not share it.";
 /// The default pre-notice text.
 pub const DEFAULT_PRENOTIFY_TEXT: &str = "{org}: from now on your sign-in codes arrive on WhatsApp from our verified business account. If WhatsApp is unavailable they come by SMS as before.";
 /// The default code pattern: a unique run of 4 to 10 digits, optionally grouped by one space or dash.
@@ -703,11 +710,8 @@ impl V<'_> {
         }
     }
     fn rate(&mut self, path: &str, v: &Option<String>) -> Option<Rate> {
-        v.as_ref().and_then(|s| {
-            parse_rate(s)
-                .map_err(|m| self.err(path, m))
-                .ok()
-        })
+        v.as_ref()
+            .and_then(|s| parse_rate(s).map_err(|m| self.err(path, m)).ok())
     }
     fn countries(&mut self, path: &str, list: &[String]) -> Vec<String> {
         let mut out = Vec::new();
@@ -723,7 +727,9 @@ impl V<'_> {
         let mut out = Vec::new();
         for (i, c) in list.iter().enumerate() {
             match ChannelKind::parse(c) {
-                Some(k) if out.contains(&k) => self.err(format!("{path}[{i}]"), format!("\"{c}\" is listed twice")),
+                Some(k) if out.contains(&k) => {
+                    self.err(format!("{path}[{i}]"), format!("\"{c}\" is listed twice"))
+                }
                 Some(k) => out.push(k),
                 None => self.err(
                     format!("{path}[{i}]"),
@@ -743,7 +749,10 @@ impl V<'_> {
         let s = v.as_ref()?;
         let p = PathBuf::from(s);
         if !p.is_file() {
-            self.err(path, format!("file \"{s}\" does not exist or is not a regular file"));
+            self.err(
+                path,
+                format!("file \"{s}\" does not exist or is not a regular file"),
+            );
         }
         Some(p)
     }
@@ -800,7 +809,9 @@ pub fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<ConfigIssue>
             Ok(sa) => listen.push(sa),
             Err(_) => v.err(
                 format!("server.listen[{i}]"),
-                format!("\"{a}\" is not a socket address (example: \"127.0.0.1:8025\" or \"[::]:8025\")"),
+                format!(
+                    "\"{a}\" is not a socket address (example: \"127.0.0.1:8025\" or \"[::]:8025\")"
+                ),
             ),
         }
     }
@@ -831,26 +842,47 @@ pub fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<ConfigIssue>
         }
         (None, None) => {
             if s.client_ca.is_some() {
-                v.err("server.client_ca", "needs server.tls_cert and server.tls_key (mTLS is part of TLS)");
+                v.err(
+                    "server.client_ca",
+                    "needs server.tls_cert and server.tls_key (mTLS is part of TLS)",
+                );
             }
             None
         }
     };
     let max_body_bytes = s.max_body_bytes.unwrap_or(64 * 1024);
     if !(256..=16 * 1024 * 1024).contains(&max_body_bytes) {
-        v.err("server.max_body_bytes", format!("{max_body_bytes} is out of range (256 to 16777216)"));
+        v.err(
+            "server.max_body_bytes",
+            format!("{max_body_bytes} is out of range (256 to 16777216)"),
+        );
     }
     let max_connections = s.max_connections.unwrap_or(1024);
     if !(1..=65_536).contains(&max_connections) {
-        v.err("server.max_connections", format!("{max_connections} is out of range (1 to 65536)"));
+        v.err(
+            "server.max_connections",
+            format!("{max_connections} is out of range (1 to 65536)"),
+        );
     }
     let server = ServerConfig {
         listen,
         tls,
         max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(64 * 1024),
-        header_timeout: v.dur("server.header_timeout", &s.header_timeout, Duration::from_secs(5)),
-        request_timeout: v.dur("server.request_timeout", &s.request_timeout, Duration::from_secs(30)),
-        idle_timeout: v.dur("server.idle_timeout", &s.idle_timeout, Duration::from_secs(60)),
+        header_timeout: v.dur(
+            "server.header_timeout",
+            &s.header_timeout,
+            Duration::from_secs(5),
+        ),
+        request_timeout: v.dur(
+            "server.request_timeout",
+            &s.request_timeout,
+            Duration::from_secs(30),
+        ),
+        idle_timeout: v.dur(
+            "server.idle_timeout",
+            &s.idle_timeout,
+            Duration::from_secs(60),
+        ),
         max_connections: usize::try_from(max_connections).unwrap_or(1024),
     };
 
@@ -862,7 +894,11 @@ pub fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<ConfigIssue>
                 .clone()
                 .unwrap_or_else(|| "/var/lib/otpgate/otpgate.db".into()),
         ),
-        retention: v.dur("store.retention", &raw.store.retention, Duration::from_secs(30 * 86_400)),
+        retention: v.dur(
+            "store.retention",
+            &raw.store.retention,
+            Duration::from_secs(30 * 86_400),
+        ),
     };
 
     // [otp]
@@ -888,7 +924,10 @@ pub fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<ConfigIssue>
             phonenumber::country::Id::US
         }
     };
-    let sms_text = o.sms_text.clone().unwrap_or_else(|| DEFAULT_SMS_TEXT.into());
+    let sms_text = o
+        .sms_text
+        .clone()
+        .unwrap_or_else(|| DEFAULT_SMS_TEXT.into());
     if !sms_text.contains("{code}") {
         v.err("otp.sms_text", "must contain {code}");
     }
@@ -897,15 +936,24 @@ pub fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<ConfigIssue>
             v.err(format!("otp.sms_text_locales.{loc}"), "must contain {code}");
         }
     }
-    let pattern = o.code_pattern.clone().unwrap_or_else(|| DEFAULT_CODE_PATTERN.into());
+    let pattern = o
+        .code_pattern
+        .clone()
+        .unwrap_or_else(|| DEFAULT_CODE_PATTERN.into());
     let code_pattern = match Regex::new(&pattern) {
         Ok(r) if r.captures_len() == 2 => r,
         Ok(_) => {
-            v.err("otp.code_pattern", "must have exactly one capture group (the code)");
+            v.err(
+                "otp.code_pattern",
+                "must have exactly one capture group (the code)",
+            );
             default_code_regex()
         }
         Err(e) => {
-            v.err("otp.code_pattern", format!("is not a valid regular expression: {e}"));
+            v.err(
+                "otp.code_pattern",
+                format!("is not a valid regular expression: {e}"),
+            );
             default_code_regex()
         }
     };
@@ -926,12 +974,29 @@ pub fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<ConfigIssue>
             Some(l) => v.order("policy.order", l),
             None => vec![ChannelKind::WhatsApp, ChannelKind::Sms],
         },
-        whatsapp_countries: v.countries("policy.whatsapp_countries", p.whatsapp_countries.as_deref().unwrap_or(&[])),
-        sms_countries: v.countries("policy.sms_countries", p.sms_countries.as_deref().unwrap_or(&[])),
-        whatsapp_deadline: v.dur("policy.whatsapp_deadline", &p.whatsapp_deadline, Duration::from_secs(8)),
-        no_whatsapp_memory: v.dur("policy.no_whatsapp_memory", &p.no_whatsapp_memory, Duration::from_secs(7 * 86_400)),
+        whatsapp_countries: v.countries(
+            "policy.whatsapp_countries",
+            p.whatsapp_countries.as_deref().unwrap_or(&[]),
+        ),
+        sms_countries: v.countries(
+            "policy.sms_countries",
+            p.sms_countries.as_deref().unwrap_or(&[]),
+        ),
+        whatsapp_deadline: v.dur(
+            "policy.whatsapp_deadline",
+            &p.whatsapp_deadline,
+            Duration::from_secs(8),
+        ),
+        no_whatsapp_memory: v.dur(
+            "policy.no_whatsapp_memory",
+            &p.no_whatsapp_memory,
+            Duration::from_secs(7 * 86_400),
+        ),
         prenotify: p.prenotify.unwrap_or(true),
-        prenotify_text: p.prenotify_text.clone().unwrap_or_else(|| DEFAULT_PRENOTIFY_TEXT.into()),
+        prenotify_text: p
+            .prenotify_text
+            .clone()
+            .unwrap_or_else(|| DEFAULT_PRENOTIFY_TEXT.into()),
     };
 
     // [[clients]]
@@ -940,9 +1005,18 @@ pub fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<ConfigIssue>
     for (i, c) in raw.clients.iter().enumerate() {
         let at = |k: &str| format!("clients[{i}].{k}");
         let name = match &c.name {
-            Some(n) if !n.is_empty() && n.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) => n.clone(),
+            Some(n)
+                if !n.is_empty()
+                    && n.chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) =>
+            {
+                n.clone()
+            }
             Some(n) => {
-                v.err(at("name"), format!("\"{n}\" must be non-empty letters, digits, '-', '_' or '.'"));
+                v.err(
+                    at("name"),
+                    format!("\"{n}\" must be non-empty letters, digits, '-', '_' or '.'"),
+                );
                 continue;
             }
             None => {
@@ -964,7 +1038,9 @@ pub fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<ConfigIssue>
             }
         };
         let password_sha256 = c.password_sha256.as_ref().and_then(|k| {
-            parse_sha256(k).map_err(|m| v.err(at("password_sha256"), m)).ok()
+            parse_sha256(k)
+                .map_err(|m| v.err(at("password_sha256"), m))
+                .ok()
         });
         let mut allow_ips = Vec::new();
         for (j, a) in c.allow_ips.iter().enumerate() {
@@ -975,12 +1051,17 @@ pub fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<ConfigIssue>
                 Ok(n) => allow_ips.push(n),
                 Err(_) => v.err(
                     format!("clients[{i}].allow_ips[{j}]"),
-                    format!("\"{a}\" is not an IP network (example: \"10.0.0.0/8\" or \"192.0.2.7\")"),
+                    format!(
+                        "\"{a}\" is not an IP network (example: \"10.0.0.0/8\" or \"192.0.2.7\")"
+                    ),
                 ),
             }
         }
         let order = c.order.as_ref().map(|l| v.order(&at("order"), l));
-        let countries = c.countries.as_ref().map(|l| v.countries(&at("countries"), l));
+        let countries = c
+            .countries
+            .as_ref()
+            .map(|l| v.countries(&at("countries"), l));
         clients.push(ClientConfig {
             name,
             key_sha256,
@@ -995,9 +1076,24 @@ pub fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<ConfigIssue>
     // [whatsapp]
     let w = &raw.whatsapp;
     let enabled = w.enabled.unwrap_or(false);
-    let token = v.secret("whatsapp.token_file", &w.token_file, "whatsapp-token", &mut warnings);
-    let app_secret = v.secret("whatsapp.app_secret_file", &w.app_secret_file, "whatsapp-app-secret", &mut warnings);
-    let verify_token = v.secret("whatsapp.verify_token_file", &w.verify_token_file, "whatsapp-verify-token", &mut warnings);
+    let token = v.secret(
+        "whatsapp.token_file",
+        &w.token_file,
+        "whatsapp-token",
+        &mut warnings,
+    );
+    let app_secret = v.secret(
+        "whatsapp.app_secret_file",
+        &w.app_secret_file,
+        "whatsapp-app-secret",
+        &mut warnings,
+    );
+    let verify_token = v.secret(
+        "whatsapp.verify_token_file",
+        &w.verify_token_file,
+        "whatsapp-verify-token",
+        &mut warnings,
+    );
     let api_base = w
         .api_base
         .clone()
@@ -1005,7 +1101,10 @@ pub fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<ConfigIssue>
         .trim_end_matches('/')
         .to_string();
     if !(api_base.starts_with("https://") || api_base.starts_with("http://")) {
-        v.err("whatsapp.api_base", format!("\"{api_base}\" is not an http(s) URL"));
+        v.err(
+            "whatsapp.api_base",
+            format!("\"{api_base}\" is not an http(s) URL"),
+        );
     }
     let phone_number_id = w.phone_number_id.clone().unwrap_or_default();
     let template = w.template.clone().unwrap_or_default();
@@ -1017,20 +1116,35 @@ pub fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<ConfigIssue>
             );
         }
         if phone_number_id.is_empty() || !phone_number_id.chars().all(|c| c.is_ascii_digit()) {
-            v.err("whatsapp.phone_number_id", "is required when whatsapp.enabled = true and must be digits");
+            v.err(
+                "whatsapp.phone_number_id",
+                "is required when whatsapp.enabled = true and must be digits",
+            );
         }
         if template.is_empty() {
-            v.err("whatsapp.template", "is required when whatsapp.enabled = true (the authentication template's name)");
+            v.err(
+                "whatsapp.template",
+                "is required when whatsapp.enabled = true (the authentication template's name)",
+            );
         }
     }
     if let Some(px) = &w.proxy
         && !(px.starts_with("http://") || px.starts_with("https://"))
     {
-        v.err("whatsapp.proxy", format!("\"{}\" must start with http:// (an HTTP CONNECT proxy)", mask_userinfo(px)));
+        v.err(
+            "whatsapp.proxy",
+            format!(
+                "\"{}\" must start with http:// (an HTTP CONNECT proxy)",
+                mask_userinfo(px)
+            ),
+        );
     }
     let max_rate = w.max_rate.unwrap_or(80);
     if !(1..=1000).contains(&max_rate) {
-        v.err("whatsapp.max_rate", format!("{max_rate} is out of range (1 to 1000)"));
+        v.err(
+            "whatsapp.max_rate",
+            format!("{max_rate} is out of range (1 to 1000)"),
+        );
     }
     let whatsapp = WhatsAppConfig {
         enabled,
@@ -1045,7 +1159,11 @@ pub fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<ConfigIssue>
         proxy: w.proxy.clone(),
         ca_file: v.existing_file("whatsapp.ca_file", &w.ca_file),
         max_rate: u32::try_from(max_rate).unwrap_or(80),
-        circuit_cooldown: v.dur("whatsapp.circuit_cooldown", &w.circuit_cooldown, Duration::from_secs(60)),
+        circuit_cooldown: v.dur(
+            "whatsapp.circuit_cooldown",
+            &w.circuit_cooldown,
+            Duration::from_secs(60),
+        ),
         app_secret: app_secret.map(|s| s.0),
         verify_token: verify_token.map(|s| s.0),
     };
@@ -1060,20 +1178,37 @@ pub fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<ConfigIssue>
             v.err(at("name"), format!("\"{name}\" is used by another modem"));
         }
         let Some(device) = m.device.clone() else {
-            v.err(at("device"), "is required (prefer a /dev/serial/by-id/... path)");
+            v.err(
+                at("device"),
+                "is required (prefer a /dev/serial/by-id/... path)",
+            );
             continue;
         };
         let baud = m.baud.unwrap_or(115_200);
-        if ![9600, 19_200, 38_400, 57_600, 115_200, 230_400, 460_800, 921_600].contains(&baud) {
+        if ![
+            9600, 19_200, 38_400, 57_600, 115_200, 230_400, 460_800, 921_600,
+        ]
+        .contains(&baud)
+        {
             v.err(at("baud"), format!("{baud} is not a standard baud rate"));
         }
         if let Some(smsc) = &m.smsc
-            && !(smsc.starts_with('+') && smsc.len() > 3 && smsc[1..].chars().all(|c| c.is_ascii_digit()))
+            && !(smsc.starts_with('+')
+                && smsc.len() > 3
+                && smsc[1..].chars().all(|c| c.is_ascii_digit()))
         {
-            v.err(at("smsc"), format!("\"{smsc}\" must be an international number such as \"+491722270333\""));
+            v.err(
+                at("smsc"),
+                format!("\"{smsc}\" must be an international number such as \"+491722270333\""),
+            );
         }
         let pin = v
-            .secret(&at("pin_file"), &m.pin_file, &format!("modem-{name}-pin"), &mut warnings)
+            .secret(
+                &at("pin_file"),
+                &m.pin_file,
+                &format!("modem-{name}-pin"),
+                &mut warnings,
+            )
             .map(|s| s.0);
         modems.push(ModemConfig {
             device: PathBuf::from(device),
@@ -1081,9 +1216,21 @@ pub fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<ConfigIssue>
             pin,
             smsc: m.smsc.clone(),
             status_reports: m.status_reports.unwrap_or(true),
-            command_timeout: v.dur(&at("command_timeout"), &m.command_timeout, Duration::from_secs(5)),
-            send_timeout: v.dur(&at("send_timeout"), &m.send_timeout, Duration::from_secs(60)),
-            probe_interval: v.dur(&at("probe_interval"), &m.probe_interval, Duration::from_secs(30)),
+            command_timeout: v.dur(
+                &at("command_timeout"),
+                &m.command_timeout,
+                Duration::from_secs(5),
+            ),
+            send_timeout: v.dur(
+                &at("send_timeout"),
+                &m.send_timeout,
+                Duration::from_secs(60),
+            ),
+            probe_interval: v.dur(
+                &at("probe_interval"),
+                &m.probe_interval,
+                Duration::from_secs(30),
+            ),
             name,
         });
     }
@@ -1100,14 +1247,23 @@ pub fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<ConfigIssue>
     // [log]
     let format = raw.log.format.clone().unwrap_or_else(|| "text".into());
     if format != "text" && format != "json" {
-        v.err("log.format", format!("\"{format}\" is not \"text\" or \"json\""));
+        v.err(
+            "log.format",
+            format!("\"{format}\" is not \"text\" or \"json\""),
+        );
     }
     let log = LogConfig {
         level: raw.log.level.clone().unwrap_or_else(|| "info".into()),
         format,
     };
     if tracing_subscriber::EnvFilter::try_new(&log.level).is_err() {
-        v.err("log.level", format!("\"{}\" is not a log filter (examples: \"info\", \"otpgate=debug\")", log.level));
+        v.err(
+            "log.level",
+            format!(
+                "\"{}\" is not a log filter (examples: \"info\", \"otpgate=debug\")",
+                log.level
+            ),
+        );
     }
 
     if !whatsapp.enabled && modems.is_empty() {
@@ -1131,7 +1287,8 @@ pub fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<ConfigIssue>
 
 fn default_code_regex() -> Regex {
     // The default is a constant checked by the unit tests; fall back to a trivially valid one.
-    Regex::new(DEFAULT_CODE_PATTERN).unwrap_or_else(|_| Regex::new("(x)").unwrap_or_else(|_| unreachable!()))
+    Regex::new(DEFAULT_CODE_PATTERN)
+        .unwrap_or_else(|_| Regex::new("(x)").unwrap_or_else(|_| unreachable!()))
 }
 
 /// Hides `user:password@` in a URL for display.
@@ -1157,7 +1314,11 @@ impl Config {
             .collect::<Vec<_>>()
             .join(", ");
         out.push_str(&format!("configuration OK ({files})\n"));
-        let scheme = if self.server.tls.is_some() { "https" } else { "http" };
+        let scheme = if self.server.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         for l in &self.server.listen {
             out.push_str(&format!("  listen      {scheme}://{l}"));
             if let Some(t) = &self.server.tls
@@ -1167,7 +1328,11 @@ impl Config {
             }
             out.push('\n');
         }
-        out.push_str(&format!("  store       {} (retention {})\n", self.store.path.display(), humantime::format_duration(self.store.retention)));
+        out.push_str(&format!(
+            "  store       {} (retention {})\n",
+            self.store.path.display(),
+            humantime::format_duration(self.store.retention)
+        ));
         out.push_str(&format!(
             "  codes       ttl {} (max {}), default country {}\n",
             humantime::format_duration(self.otp.default_ttl),
@@ -1181,7 +1346,11 @@ impl Config {
             let ips = if c.allow_ips.is_empty() {
                 "any address".to_string()
             } else {
-                c.allow_ips.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                c.allow_ips
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
             out.push_str(&format!(
                 "  client      {} from {ips}{}\n",
@@ -1211,11 +1380,21 @@ impl Config {
                 m.device.display(),
                 m.baud,
                 if m.pin.is_some() { ", PIN set" } else { "" },
-                if m.status_reports { ", status reports" } else { "" }
+                if m.status_reports {
+                    ", status reports"
+                } else {
+                    ""
+                }
             ));
         }
         let order: Vec<&str> = self.policy.order.iter().map(|k| k.as_str()).collect();
-        let list = |l: &[String]| if l.is_empty() { "all".to_string() } else { l.join(",") };
+        let list = |l: &[String]| {
+            if l.is_empty() {
+                "all".to_string()
+            } else {
+                l.join(",")
+            }
+        };
         out.push_str(&format!(
             "  policy      order {}; whatsapp countries {}; sms countries {}; whatsapp deadline {}; pre-notice {}\n",
             order.join(" > "),
@@ -1255,12 +1434,18 @@ mod tests {
         p
     }
 
-    fn load_with(body: &str, env: &[(&str, &str)]) -> (tempfile::TempDir, Result<Config, ConfigError>) {
+    fn load_with(
+        body: &str,
+        env: &[(&str, &str)],
+    ) -> (tempfile::TempDir, Result<Config, ConfigError>) {
         let dir = tempfile::tempdir().unwrap();
         let main = write(dir.path(), "otpgate.toml", body);
         let sources = Sources {
             main,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         let r = load(&sources);
         (dir, r)
@@ -1272,9 +1457,15 @@ mod tests {
     fn defaults_are_sane() {
         let (_d, c) = load_with(MINIMAL, &[]);
         let c = c.unwrap();
-        assert_eq!(c.server.listen, vec!["127.0.0.1:8025".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(
+            c.server.listen,
+            vec!["127.0.0.1:8025".parse::<SocketAddr>().unwrap()]
+        );
         assert_eq!(c.otp.default_ttl, Duration::from_secs(300));
-        assert_eq!(c.policy.order, vec![ChannelKind::WhatsApp, ChannelKind::Sms]);
+        assert_eq!(
+            c.policy.order,
+            vec![ChannelKind::WhatsApp, ChannelKind::Sms]
+        );
         assert!(!c.whatsapp.enabled);
         assert!(c.otp.code_pattern.captures_len() == 2);
     }
@@ -1308,24 +1499,53 @@ allow_ips = ["10.0.0.0/33"]
         ] {
             assert!(paths.contains(&want), "missing {want} in {text}");
         }
-        assert!(text.contains("\"127.0.0.1:88a\" is not a socket address"), "{text}");
+        assert!(
+            text.contains("\"127.0.0.1:88a\" is not a socket address"),
+            "{text}"
+        );
         let bogus = e.0.iter().find(|i| i.path == "server.bogus").unwrap();
-        assert!(bogus.origin.as_deref().unwrap_or("").ends_with("otpgate.toml"), "{bogus:?}");
+        assert!(
+            bogus
+                .origin
+                .as_deref()
+                .unwrap_or("")
+                .ends_with("otpgate.toml"),
+            "{bogus:?}"
+        );
         assert!(bogus.message.starts_with("unknown key"), "{bogus:?}");
     }
 
     #[test]
     fn layering_drop_ins_then_environment() {
         let dir = tempfile::tempdir().unwrap();
-        let main = write(dir.path(), "otpgate.toml", "[otp]\ndefault_country = \"IN\"\ndefault_ttl = \"2m\"\n");
-        write(dir.path(), "conf.d/10-a.toml", "[otp]\ndefault_ttl = \"3m\"\n");
-        write(dir.path(), "conf.d/20-b.toml", "[otp]\ndefault_ttl = \"4m\"\n[store]\npath = \"/tmp/x.db\"\n");
+        let main = write(
+            dir.path(),
+            "otpgate.toml",
+            "[otp]\ndefault_country = \"IN\"\ndefault_ttl = \"2m\"\n",
+        );
+        write(
+            dir.path(),
+            "conf.d/10-a.toml",
+            "[otp]\ndefault_ttl = \"3m\"\n",
+        );
+        write(
+            dir.path(),
+            "conf.d/20-b.toml",
+            "[otp]\ndefault_ttl = \"4m\"\n[store]\npath = \"/tmp/x.db\"\n",
+        );
         write(dir.path(), "conf.d/ignored.txt", "garbage");
         let env = [
             ("OTPGATE__STORE__PATH".to_string(), "/tmp/y.db".to_string()),
-            ("OTPGATE__SERVER__LISTEN".to_string(), "127.0.0.1:1,127.0.0.1:2".to_string()),
+            (
+                "OTPGATE__SERVER__LISTEN".to_string(),
+                "127.0.0.1:1,127.0.0.1:2".to_string(),
+            ),
         ];
-        let c = load(&Sources { main, env: env.into_iter().collect() }).unwrap();
+        let c = load(&Sources {
+            main,
+            env: env.into_iter().collect(),
+        })
+        .unwrap();
         assert_eq!(c.otp.default_ttl, Duration::from_secs(240));
         assert_eq!(c.store.path, PathBuf::from("/tmp/y.db"));
         assert_eq!(c.server.listen.len(), 2);
@@ -1337,7 +1557,15 @@ allow_ips = ["10.0.0.0/33"]
         let e = r.unwrap_err();
         assert_eq!(e.0.len(), 1, "{e}");
         assert_eq!(e.0[0].path, "server.listn");
-        assert!(e.0[0].origin.as_deref().unwrap_or("").contains("OTPGATE__SERVER__LISTN"), "{:?}", e.0[0]);
+        assert!(
+            e.0[0]
+                .origin
+                .as_deref()
+                .unwrap_or("")
+                .contains("OTPGATE__SERVER__LISTN"),
+            "{:?}",
+            e.0[0]
+        );
     }
 
     #[test]
@@ -1351,16 +1579,27 @@ allow_ips = ["10.0.0.0/33"]
             tok.display()
         );
         let main = write(dir.path(), "otpgate.toml", &body);
-        let c = load(&Sources { main, env: BTreeMap::new() }).unwrap();
+        let c = load(&Sources {
+            main,
+            env: BTreeMap::new(),
+        })
+        .unwrap();
         assert_eq!(c.whatsapp.token.as_ref().unwrap().expose(), "EAAG-secret");
-        assert!(c.warnings.iter().any(|w| w.contains("readable by other users")));
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("readable by other users"))
+        );
         assert!(!format!("{c:?}").contains("EAAG-secret"));
         assert!(!c.summary().contains("EAAG-secret"));
     }
 
     #[test]
     fn whatsapp_enabled_needs_its_fields() {
-        let (_d, r) = load_with("[otp]\ndefault_country = \"IN\"\n[whatsapp]\nenabled = true\n", &[]);
+        let (_d, r) = load_with(
+            "[otp]\ndefault_country = \"IN\"\n[whatsapp]\nenabled = true\n",
+            &[],
+        );
         let e = r.unwrap_err();
         let paths: Vec<&str> = e.0.iter().map(|i| i.path.as_str()).collect();
         assert!(paths.contains(&"whatsapp.token_file"));
@@ -1370,19 +1609,32 @@ allow_ips = ["10.0.0.0/33"]
 
     #[test]
     fn rates_and_durations() {
-        assert_eq!(parse_rate("5/15m").unwrap(), Rate { count: 5, window: Duration::from_secs(900) });
+        assert_eq!(
+            parse_rate("5/15m").unwrap(),
+            Rate {
+                count: 5,
+                window: Duration::from_secs(900)
+            }
+        );
         assert_eq!(parse_rate("100/s").unwrap().window, Duration::from_secs(1));
         assert!(parse_rate("0/1s").is_err());
         assert!(parse_rate("five/1s").is_err());
         assert!(parse_duration("90s").is_ok());
         assert!(parse_duration("ninety").is_err());
-        assert_eq!(mask_userinfo("http://u:p@proxy:3128"), "http://***@proxy:3128");
+        assert_eq!(
+            mask_userinfo("http://u:p@proxy:3128"),
+            "http://***@proxy:3128"
+        );
     }
 
     #[test]
     fn shipped_default_config_is_valid() {
         let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("etc/otpgate.toml");
-        let c = load(&Sources { main: shipped, env: BTreeMap::new() }).unwrap_or_else(|e| panic!("{e}"));
+        let c = load(&Sources {
+            main: shipped,
+            env: BTreeMap::new(),
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
         assert!(!c.server.listen.is_empty());
     }
 }

@@ -33,7 +33,9 @@ pub enum PhoneError {
     #[error("is not a phone number")]
     Unparsable,
     /// Parsed, but not a valid number for its country.
-    #[error("is not a valid number for its country (check the country code and the number of digits)")]
+    #[error(
+        "is not a valid number for its country (check the country code and the number of digits)"
+    )]
     Invalid,
 }
 
@@ -103,7 +105,10 @@ mod tests {
         assert_eq!(parse("", Id::IN), Err(PhoneError::Empty));
         assert_eq!(parse("   ", Id::IN), Err(PhoneError::Empty));
         assert_eq!(parse("98765abc", Id::IN), Err(PhoneError::BadCharacters));
-        assert_eq!(parse("12", Id::IN), Err(PhoneError::Invalid).or(Err(PhoneError::Unparsable)));
+        assert_eq!(
+            parse("12", Id::IN),
+            Err(PhoneError::Invalid).or(Err(PhoneError::Unparsable))
+        );
         assert!(parse("+91 12345", Id::IN).is_err());
         assert!(parse("+999 123456789", Id::IN).is_err());
         assert!(parse(&"9".repeat(40), Id::IN).is_err());
