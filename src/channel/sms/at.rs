@@ -448,14 +448,15 @@ impl Dialogue {
         self.pending.as_deref()
     }
 
-    /// Whether the pending command is `AT+CMGS` still waiting for its `>` prompt; tell the
-    /// [`LineReader`] with [`LineReader::expect_prompt`].
+    /// Whether the pending command (`AT+CMGS=`, `AT+CMGW=`, `AT+CMGC=`) still waits for its
+    /// `>` prompt; tell the [`LineReader`] with [`LineReader::expect_prompt`].
     pub fn expects_prompt(&self) -> bool {
         !self.prompt_seen
-            && self
-                .pending
-                .as_deref()
-                .is_some_and(|c| strip_prefix_ci(c, "AT+CMGS=").is_some())
+            && self.pending.as_deref().is_some_and(|c| {
+                ["AT+CMGS=", "AT+CMGW=", "AT+CMGC="]
+                    .iter()
+                    .any(|p| strip_prefix_ci(c, p).is_some())
+            })
     }
 
     /// Forgets the pending command (after a timeout); later lines are URCs or stale results.
@@ -1233,6 +1234,27 @@ mod tests {
             let singles: Vec<&[u8]> = bytes.chunks(1).collect();
             assert_eq!(run(cmd, &singles), whole);
         }
+    }
+
+    #[test]
+    fn stale_results_and_reboot() {
+        let mut d = Dialogue::new();
+        d.begin("AT+CSQ");
+        assert_eq!(d.pending(), Some("AT+CSQ"));
+        d.abandon();
+        assert_eq!(d.pending(), None);
+        // A late answer is just information, its OK a stale final.
+        assert_eq!(d.feed(line("+CSQ: 3,99")), vec![info("+CSQ: 3,99")]);
+        assert_eq!(d.feed(line("OK")), vec![OK]);
+        // After a reboot the echo is back; it is still dropped.
+        assert_eq!(d.feed(line("RDY")), vec![Event::Urc(Urc::Boot)]);
+        d.begin("AT+CMGF=0");
+        assert_eq!(d.feed(line("AT+CMGF=0")), vec![Event::Echo]);
+        assert_eq!(d.feed(line("OK")), vec![OK]);
+        d.begin("AT+CMGW=20");
+        assert!(d.expects_prompt());
+        assert_eq!(d.feed(AtToken::Prompt), vec![Event::Prompt]);
+        assert!(!d.expects_prompt());
     }
 
     #[test]
