@@ -693,7 +693,16 @@ pub fn parse_cpin(line: &str) -> Option<PinState> {
         });
     }
     if let LineKind::Final(FinalResult::CmeError(code)) = classify(t) {
-        return match code.number()? {
+        return PinState::from_cme(code.number()?);
+    }
+    None
+}
+
+impl PinState {
+    /// The SIM state a `+CME ERROR: <code>` implies, for the codes that describe the SIM.
+    pub fn from_cme(code: u16) -> Option<PinState> {
+        match code {
+            5 => Some(PinState::PhSimPin),
             10 => Some(PinState::NotInserted),
             11 => Some(PinState::SimPin),
             12 => Some(PinState::SimPuk),
@@ -701,11 +710,9 @@ pub fn parse_cpin(line: &str) -> Option<PinState> {
             14 => Some(PinState::NotReady),
             17 => Some(PinState::SimPin2),
             18 => Some(PinState::SimPuk2),
-            5 => Some(PinState::PhSimPin),
             _ => None,
-        };
+        }
     }
-    None
 }
 
 /// Parses `+CMGS: <mr>[,<scts>]`: the message reference to match status reports with.

@@ -603,6 +603,9 @@ pub fn decode_submit(pdu: &[u8]) -> Result<DecodedSubmit, PduError> {
     }
     let _mr = r.u8()?;
     let to = read_address(&mut r)?;
+    if to.trim_start_matches('+').is_empty() {
+        return Err(PduError::InvalidNumber);
+    }
     let _pid = r.u8()?;
     let encoding = encoding_of_dcs(r.u8()?)?;
     let validity = match (first >> 3) & 0x03 {
@@ -1044,6 +1047,10 @@ mod tests {
             Err(PduError::TrailingData { extra: 1 })
         );
         assert_eq!(decode_submit(&[]), Err(PduError::Truncated { at: 0 }));
+        assert_eq!(
+            decode_submit(&hex_decode("001100008100000000").unwrap()),
+            Err(PduError::InvalidNumber)
+        );
         // UDL 161 septets (141 octets) is more than TP-UD can hold.
         let mut long = hex_decode("0011000481214300000100").unwrap();
         long[10] = 161;
@@ -1169,6 +1176,11 @@ mod tests {
             let _ = decode_submit(&input);
             let _ = decode_status_report(&input);
             let _ = hex_decode(&String::from_utf8_lossy(&input));
+            let fill = (next() % 8) as u8;
+            let septets = gsm7::unpack(&input, fill, (next() % 300) as usize);
+            assert!(septets.len() * 7 <= input.len() * 8);
+            let _ = gsm7::decode(&septets);
+            let _ = gsm7::decode(&input);
             for n in 0..input.len().min(40) {
                 let _ = decode_submit(&input[..n]);
                 let _ = decode_status_report(&input[..n]);
