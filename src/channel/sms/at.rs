@@ -465,6 +465,14 @@ impl Dialogue {
         self.prompt_seen = false;
     }
 
+    /// Whether `line` carries the pending command's answer prefix.
+    fn is_answer(&self, line: &str) -> bool {
+        self.pending
+            .as_deref()
+            .and_then(answer_prefix)
+            .is_some_and(|p| line.to_ascii_uppercase().starts_with(&p))
+    }
+
     /// Whether `line` is the modem echoing what we wrote.
     fn is_echo(&self, line: &str) -> bool {
         let Some(cmd) = self.pending.as_deref() else {
@@ -538,6 +546,9 @@ impl Dialogue {
                 }
             }
             LineKind::Urc(u) => vec![Event::Urc(u)],
+            // After the prompt only the answer line is legitimate; anything else is our PDU
+            // echoed with noise in it, and it carries the code: never hand it on.
+            LineKind::Info(_) if self.prompt_seen && !self.is_answer(t) => vec![Event::Echo],
             LineKind::Info(s) => vec![Event::Info(s)],
         }
     }
@@ -1204,6 +1215,12 @@ mod tests {
                 OK
             ]
         );
+        // A PDU echo garbled by line noise is still not handed on as information.
+        let ev = run(
+            Some("AT+CMGS=16"),
+            &[b"> ", b"0011\xFF00zz\r\n+CMGS: 2\r\nOK\r\n"],
+        );
+        assert_eq!(ev, vec![Event::Prompt, Event::Echo, info("+CMGS: 2"), OK]);
         // Send refused.
         let ev = run(Some("AT+CMGS=16"), &[b"\r\n> ", b"\r\n+CMS ERROR: 330\r\n"]);
         assert_eq!(
