@@ -65,6 +65,26 @@ enum Command {
         #[arg(long)]
         cacert: Option<PathBuf>,
     },
+    /// Print shell completions (used by the packages).
+    #[command(hide = true)]
+    Completions {
+        /// Which shell.
+        shell: Shell,
+    },
+    /// Write the man pages into a directory (used by the packages).
+    #[command(hide = true)]
+    Manpages {
+        /// Output directory.
+        dir: PathBuf,
+    },
+}
+
+/// Shells `otpgate completions` writes for.
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 #[derive(Subcommand)]
@@ -163,6 +183,24 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     .context("running")?;
                 Ok(ExitCode::SUCCESS)
             })
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            clap_complete::generate(shell, &mut cmd, "otpgate", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpages { dir } => {
+            use clap::CommandFactory;
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            clap_mangen::generate_to(Cli::command(), &dir)
+                .with_context(|| format!("writing man pages to {}", dir.display()))?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Send {
             to,
