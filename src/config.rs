@@ -83,6 +83,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// `[log]`
     pub log: LogConfig,
+    /// `[verify]`
+    pub verify: VerifyConfig,
     /// Non-fatal findings (world-readable secrets, ...), shown by check-config and logged at start.
     pub warnings: Vec<String>,
 }
@@ -263,6 +265,20 @@ pub struct LimitsConfig {
     pub per_country: Option<Rate>,
 }
 
+/// `[verify]`: the Verify API, where the gateway makes and checks the code.
+#[derive(Debug, Clone)]
+pub struct VerifyConfig {
+    /// HMAC key for stored code hashes (from `key_file` or credential `verify-key`). None: a
+    /// random key per process start, so pending verifications do not survive a restart.
+    pub key: Option<Secret>,
+    /// Checks allowed per verification before it locks.
+    pub max_attempts: u32,
+    /// Sends allowed per verification (the first plus resends).
+    pub max_sends: u32,
+    /// Code length when the caller gives none.
+    pub default_length: u32,
+}
+
 /// `[log]`
 #[derive(Debug, Clone)]
 pub struct LogConfig {
@@ -291,6 +307,16 @@ pub mod raw {
         pub policy: RawPolicy,
         pub limits: RawLimits,
         pub log: RawLog,
+        pub verify: RawVerify,
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    pub struct RawVerify {
+        pub key_file: Option<String>,
+        pub max_attempts: Option<u64>,
+        pub max_sends: Option<u64>,
+        pub default_length: Option<u64>,
     }
 
     #[derive(Debug, Default, Deserialize)]
@@ -1298,6 +1324,35 @@ pub fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<ConfigIssue>
         );
     }
 
+    // [verify]
+    let rv = &raw.verify;
+    let vkey = v
+        .secret("verify.key_file", &rv.key_file, "verify-key", &mut warnings)
+        .map(|s| s.0);
+    if let Some(k) = &vkey
+        && k.expose().len() < 32
+    {
+        v.err(
+            "verify.key_file",
+            "the key must be at least 32 characters (e.g. `head -c 32 /dev/urandom | base64`)",
+        );
+    }
+    let bounded =
+        |v: &mut V<'_>, path: &str, val: Option<u64>, default: u32, lo: u64, hi: u64| -> u32 {
+            let n = val.unwrap_or(u64::from(default));
+            if !(lo..=hi).contains(&n) {
+                v.err(path, format!("{n} is out of range ({lo} to {hi})"));
+                return default;
+            }
+            u32::try_from(n).unwrap_or(default)
+        };
+    let verify = VerifyConfig {
+        key: vkey,
+        max_attempts: bounded(&mut v, "verify.max_attempts", rv.max_attempts, 5, 1, 20),
+        max_sends: bounded(&mut v, "verify.max_sends", rv.max_sends, 3, 1, 10),
+        default_length: bounded(&mut v, "verify.default_length", rv.default_length, 6, 4, 10),
+    };
+
     if !whatsapp.enabled && modems.is_empty() {
         warnings.push("no channel is configured: enable [whatsapp] or add a [[modems]] entry; the API will answer 503 no_channel".into());
     }
@@ -1313,6 +1368,7 @@ pub fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<ConfigIssue>
         policy,
         limits,
         log,
+        verify,
         warnings,
     }
 }

@@ -160,6 +160,7 @@ pub async fn start(
         clock,
         dispatcher: dispatcher.clone(),
         metrics: metrics.clone(),
+        ephemeral_verify_key: crate::secret::Secret::new(hex::encode(rand::random::<[u8; 32]>())),
     });
     let conn_stats = Arc::new(ConnStats::default());
     for l in listeners {

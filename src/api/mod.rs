@@ -3,10 +3,12 @@
 //! apply to every door alike.
 
 pub mod auth;
+pub mod compat;
 pub mod error;
 pub mod health;
 pub mod listener;
 pub mod v1;
+pub mod verify;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,6 +42,8 @@ pub struct App {
     pub dispatcher: Dispatcher,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The verify key used when none is configured: random per process start.
+    pub ephemeral_verify_key: crate::secret::Secret,
 }
 
 impl listener::Handler for App {
@@ -57,6 +61,16 @@ impl listener::Handler for App {
 }
 
 impl App {
+    /// The key for verification code hashes.
+    pub fn verify_key(&self) -> crate::secret::Secret {
+        self.live
+            .get()
+            .verify
+            .key
+            .clone()
+            .unwrap_or_else(|| self.ephemeral_verify_key.clone())
+    }
+
     async fn route(&self, req: Request<Incoming>, conn: ConnInfo) -> Resp {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
@@ -65,6 +79,11 @@ impl App {
             ("/readyz", &Method::GET | &Method::HEAD) => Ok(health::readyz(self).await),
             ("/metrics", &Method::GET) => Ok(health::metrics(self).await),
             ("/healthz" | "/readyz" | "/metrics", _) => Err(ApiError::method_not_allowed("GET")),
+            ("/cgi-bin/sendsms", _) => Ok(compat::kannel(self, req, conn).await),
+            ("/v1/sms", _) => Ok(compat::generic(self, req, conn).await),
+            (p, _) if p == "/v1/verifications" || p.starts_with("/v1/verifications/") => {
+                verify::route(self, req, conn, &p["/v1/verifications".len()..]).await
+            }
             ("/v1/messages", &Method::POST) => v1::post_message(self, req, conn).await,
             ("/v1/messages", _) => Err(ApiError::method_not_allowed("POST")),
             (p, &Method::GET) if p.starts_with("/v1/messages/") => {

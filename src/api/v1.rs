@@ -50,6 +50,8 @@ pub struct Submission {
     pub idempotency_key: Option<String>,
     /// Caller's reference.
     pub reference: Option<String>,
+    /// Restrict delivery to one channel.
+    pub only_channel: Option<crate::channel::ChannelKind>,
 }
 
 /// Turns serde's error into one that names the field and never echoes a value (a mistyped
@@ -236,37 +238,46 @@ pub enum Accepted {
     Repeat(Message),
 }
 
-/// Validates the number, applies the policy's admission and the limits, and stores: the one
-/// path every front door takes to put a message in the outbox.
-pub async fn accept(app: &App, client: &ClientConfig, s: Submission) -> Result<Accepted, ApiError> {
+/// A message ready for the store, with the limits that apply to it.
+pub struct Prepared {
+    /// The row to insert.
+    pub message: NewMessage,
+    /// The limits to check in the same transaction.
+    pub limits: Vec<(LimitScope, crate::config::Rate)>,
+}
+
+/// Validates the number and applies the policy's admission; builds the row and its limits.
+pub fn prepare(app: &App, client: &ClientConfig, s: Submission) -> Result<Prepared, ApiError> {
     let cfg = app.live.get();
     let number = crate::phone::parse(&s.to, cfg.otp.default_country)
         .map_err(|e| ApiError::field("invalid_phone_number", "to", format!("to {e}")))?;
     let configured = app.dispatcher.configured();
     if configured.is_empty() {
-        return Err(ApiError {
-            retry_after: None,
-            ..ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "no_channel",
-                "no delivery channel is configured on this gateway",
-            )
-        });
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no_channel",
+            "no delivery channel is configured on this gateway",
+        ));
     }
     let kind = match s.content {
         Content::Code { .. } => Kind::Code,
         Content::Text(_) => Kind::Text,
     };
-    policy::admit(&cfg, client, number.country.as_deref(), kind, &configured).map_err(|r| {
-        ApiError {
-            field: Some("to".into()),
-            ..ApiError::new(StatusCode::FORBIDDEN, r.code, r.message)
-        }
+    policy::admit(
+        &cfg,
+        client,
+        number.country.as_deref(),
+        kind,
+        &configured,
+        s.only_channel,
+    )
+    .map_err(|r| ApiError {
+        field: Some("to".into()),
+        ..ApiError::new(StatusCode::FORBIDDEN, r.code, r.message)
     })?;
     let now = app.clock.now();
-    let id = new_id();
-    let m = NewMessage {
-        id,
+    let message = NewMessage {
+        id: new_id("msg"),
         client: client.name.clone(),
         recipient: number.e164.clone(),
         country: number.country.clone(),
@@ -276,9 +287,10 @@ pub async fn accept(app: &App, client: &ClientConfig, s: Submission) -> Result<A
         idempotency_key: s.idempotency_key,
         created_at: now,
         expires_at: now.plus(s.ttl),
+        only_channel: s.only_channel,
     };
     let l = &cfg.limits;
-    let limits: Vec<(LimitScope, crate::config::Rate)> = [
+    let limits = [
         (LimitScope::Recipient, l.per_recipient),
         (LimitScope::Client, l.per_client),
         (LimitScope::Country, l.per_country),
@@ -287,7 +299,16 @@ pub async fn accept(app: &App, client: &ClientConfig, s: Submission) -> Result<A
     .into_iter()
     .filter_map(|(s, r)| r.map(|r| (s, r)))
     .collect();
-    match app.store.insert(m, limits).await {
+    Ok(Prepared { message, limits })
+}
+
+/// Turns the store's answer into the caller's: wakes the dispatcher on a new message.
+pub fn stored(
+    app: &App,
+    client: &ClientConfig,
+    r: Result<InsertResult, crate::store::StoreError>,
+) -> Result<Accepted, ApiError> {
+    match r {
         Ok(InsertResult::Created(m)) => {
             app.metrics.accepted.inc();
             app.dispatcher.wake();
@@ -304,7 +325,6 @@ pub async fn accept(app: &App, client: &ClientConfig, s: Submission) -> Result<A
             )
         }),
         Ok(InsertResult::Limited { scope, retry_after }) => Err(ApiError {
-            status: StatusCode::TOO_MANY_REQUESTS,
             retry_after: Some(retry_after_secs(retry_after)),
             ..ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -319,10 +339,18 @@ pub async fn accept(app: &App, client: &ClientConfig, s: Submission) -> Result<A
     }
 }
 
-/// A fresh message id: 128 random bits.
-pub fn new_id() -> String {
+/// Validates, admits, checks limits and stores: the one path every front door takes to put
+/// a message in the outbox. Resolves only after the row is committed.
+pub async fn accept(app: &App, client: &ClientConfig, s: Submission) -> Result<Accepted, ApiError> {
+    let p = prepare(app, client, s)?;
+    let r = app.store.insert(p.message, p.limits).await;
+    stored(app, client, r)
+}
+
+/// A fresh id with a type prefix ("msg", "ver"): 128 random bits.
+pub fn new_id(prefix: &str) -> String {
     let b: [u8; 16] = rand::random();
-    format!("msg_{}", hex::encode(b))
+    format!("{prefix}_{}", hex::encode(b))
 }
 
 fn parse_wait(query: Option<&str>, body: Option<f64>) -> Result<Option<Duration>, ApiError> {
@@ -425,6 +453,7 @@ pub async fn post_message(
             locale: r.locale,
             idempotency_key: r.idempotency_key,
             reference: r.reference,
+            only_channel: None,
         },
     )
     .await?;

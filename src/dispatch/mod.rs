@@ -309,6 +309,7 @@ impl Dispatcher {
             recipient: &recipient,
             attempts: &attempts,
             health: &health,
+            only_channel: m.only_channel,
             now,
         });
         let Some(content) = m.content.clone() else {

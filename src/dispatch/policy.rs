@@ -93,6 +93,7 @@ pub fn admit(
     country: Option<&str>,
     kind: Kind,
     configured: &[ChannelKind],
+    only_channel: Option<ChannelKind>,
 ) -> Result<(), Refusal> {
     if let Some(list) = &client.countries
         && !country.is_some_and(|c| list.iter().any(|x| x == c))
@@ -106,7 +107,13 @@ pub fn admit(
             ),
         });
     }
-    let (ok, skipped) = allowed_channels(cfg, client, country, kind, configured);
+    let (mut ok, mut skipped) = allowed_channels(cfg, client, country, kind, configured);
+    if let Some(only) = only_channel
+        && !ok.contains(&only)
+    {
+        skipped.push((only, format!("{only} may not carry it")));
+        ok.clear();
+    }
     if ok.is_empty() {
         let reasons: Vec<String> = skipped.into_iter().map(|(_, w)| w).collect();
         return Err(Refusal {
@@ -172,6 +179,8 @@ pub struct Input<'a> {
     pub attempts: &'a [Attempt],
     /// Usable right now, per configured channel.
     pub health: &'a [(ChannelKind, bool)],
+    /// The caller restricted delivery to this channel.
+    pub only_channel: Option<ChannelKind>,
     /// Now.
     pub now: Timestamp,
 }
@@ -190,7 +199,14 @@ pub fn decide(i: Input<'_>) -> Decision {
         return Decision::AlreadySent(ChannelKind::parse(&a.channel).unwrap_or(ChannelKind::Sms));
     }
     let configured: Vec<ChannelKind> = i.health.iter().map(|(c, _)| *c).collect();
-    let (allowed, mut skipped) = allowed_channels(i.cfg, i.client, i.country, i.kind, &configured);
+    let (mut allowed, mut skipped) =
+        allowed_channels(i.cfg, i.client, i.country, i.kind, &configured);
+    if let Some(only) = i.only_channel {
+        for ch in allowed.iter().filter(|c| **c != only) {
+            skipped.push((*ch, format!("the caller asked for {only} only")));
+        }
+        allowed.retain(|c| *c == only);
+    }
     let mut candidates = Vec::new();
     for ch in allowed {
         let history = code_attempts().filter(|a| a.channel == ch.as_str());
@@ -366,6 +382,7 @@ mod tests {
             recipient: r,
             attempts: a,
             health: h,
+            only_channel: None,
             now: Timestamp(0),
         }
     }
@@ -556,6 +573,10 @@ mod tests {
             Duration::from_secs(4),
             "WhatsApp never gets more than the lifetime left"
         );
+        // The caller's channel restriction.
+        let mut only = input(&c, &cl, &r, &[], BOTH_UP);
+        only.only_channel = Some(ChannelKind::Sms);
+        assert_eq!(channels(&decide(only)), vec![ChannelKind::Sms]);
         // Only SMS configured: WhatsApp is skipped as unconfigured.
         let sms_only = [(ChannelKind::Sms, true)];
         assert_eq!(
@@ -589,7 +610,7 @@ mod tests {
         );
         let mut narrow = client(true);
         narrow.countries = Some(vec!["ID".into()]);
-        assert!(admit(&c, &narrow, Some("IN"), Kind::Code, &both).is_err());
+        assert!(admit(&c, &narrow, Some("IN"), Kind::Code, &both, None).is_err());
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! Reads run on their own connections (WAL lets them proceed during writes).
 
 pub mod schema;
+mod verify;
+
+pub use verify::{CheckOutcome, NewVerification, Verification};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -124,6 +127,8 @@ pub struct NewMessage {
     pub created_at: Timestamp,
     /// End of the code's lifetime.
     pub expires_at: Timestamp,
+    /// Restrict delivery to this channel (Verify's "channel").
+    pub only_channel: Option<ChannelKind>,
 }
 
 /// A stored message.
@@ -159,6 +164,8 @@ pub struct Message {
     pub reason: Option<String>,
     /// When it reached a final state.
     pub finished_at: Option<Timestamp>,
+    /// Delivery restricted to this channel.
+    pub only_channel: Option<ChannelKind>,
 }
 
 /// One recorded attempt.
@@ -775,6 +782,11 @@ impl Store {
                 "DELETE FROM messages WHERE created_at < ?1 AND state NOT IN ('queued', 'sending')",
                 params![cutoff.0],
             )?;
+            c.execute(
+                "UPDATE verifications SET status = 'expired', finished_at = ?1 WHERE status = 'pending' AND expires_at <= ?1",
+                params![now.0],
+            )?;
+            c.execute("DELETE FROM verifications WHERE created_at < ?1", params![cutoff.0])?;
             Ok(n)
         })
         .await
@@ -783,7 +795,7 @@ impl Store {
 
 /// The columns [`row_to_message`] reads, in order.
 const MESSAGE_COLUMNS: &str = "id, client, recipient, country, kind, body, sms_text, locale, reference, \
-    idempotency_key, created_at, expires_at, state, channel, reason, finished_at";
+    idempotency_key, created_at, expires_at, state, channel, reason, finished_at, only_channel";
 
 fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Message, StoreError>> {
     let kind: String = r.get(4)?;
@@ -816,6 +828,10 @@ fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Message, Sto
             channel: channel.as_deref().and_then(ChannelKind::parse),
             reason: r.get(14)?,
             finished_at: r.get::<_, Option<i64>>(15)?.map(Timestamp),
+            only_channel: r
+                .get::<_, Option<String>>(16)?
+                .as_deref()
+                .and_then(ChannelKind::parse),
         })
     })())
 }
@@ -912,8 +928,8 @@ fn insert_tx(
     };
     c.execute(
         "INSERT INTO messages (id, client, recipient, country, kind, body, sms_text, locale, reference,
-            idempotency_key, created_at, expires_at, state, next_attempt_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'queued', ?11)",
+            idempotency_key, created_at, expires_at, state, next_attempt_at, only_channel)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'queued', ?11, ?13)",
         params![
             m.id,
             m.client,
@@ -926,7 +942,8 @@ fn insert_tx(
             m.reference,
             m.idempotency_key,
             m.created_at.0,
-            m.expires_at.0
+            m.expires_at.0,
+            m.only_channel.map(ChannelKind::as_str)
         ],
     )?;
     Ok(InsertResult::Created(Message {
@@ -945,6 +962,7 @@ fn insert_tx(
         channel: None,
         reason: None,
         finished_at: None,
+        only_channel: m.only_channel,
     }))
 }
 
@@ -1019,6 +1037,7 @@ mod tests {
             idempotency_key: key.map(Into::into),
             created_at: Timestamp(at),
             expires_at: Timestamp(at + 300_000),
+            only_channel: None,
         }
     }
 

@@ -58,6 +58,28 @@ const MIGRATIONS: &[&str] = &[
         prenotified_at      INTEGER    -- the one-time SMS pre-notice went out
     );
     "#,
+    // 2: the Verify API, and a per-message channel restriction (Verify's "channel").
+    r#"
+    ALTER TABLE messages ADD COLUMN only_channel TEXT;
+    CREATE TABLE verifications (
+        id           TEXT PRIMARY KEY,
+        client       TEXT NOT NULL,
+        recipient    TEXT NOT NULL,
+        message_id   TEXT,
+        code_hash    BLOB NOT NULL,      -- HMAC-SHA256(key, id ":" code); never the code
+        length       INTEGER NOT NULL,
+        channel      TEXT,
+        locale       TEXT,
+        created_at   INTEGER NOT NULL,
+        expires_at   INTEGER NOT NULL,
+        status       TEXT NOT NULL,      -- pending | approved | canceled | max_attempts | expired
+        attempts     INTEGER NOT NULL DEFAULT 0,
+        sends        INTEGER NOT NULL DEFAULT 1,
+        finished_at  INTEGER
+    );
+    CREATE INDEX verifications_open ON verifications (client, recipient, status);
+    CREATE INDEX verifications_created ON verifications (created_at);
+    "#,
 ];
 
 /// The schema version this binary writes.

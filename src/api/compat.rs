@@ -1,0 +1,454 @@
+//! Compatibility front doors for identity systems that already have a "send SMS over HTTP"
+//! setting: Kannel's `/cgi-bin/sendsms` (exact reply strings) and a generic `/v1/sms` that
+//! takes the field names and auth styles privacyIDEA, LinOTP, Authentik, multiOTP, Keycloak
+//! plugins and ADSelfService Plus send by default. Both hand the text to [`v1::accept`], so
+//! limits, policy and durability are the same as the native API's.
+
+use std::collections::HashMap;
+
+use http::{Method, Request, StatusCode, header};
+use hyper::body::Incoming;
+use serde_json::json;
+
+use super::auth::{self, Credentials};
+use super::error::ApiError;
+use super::listener::ConnInfo;
+use super::v1::{self, Accepted, Submission};
+use super::{App, Resp, json_response, read_body, retry_after_secs, text_response};
+use crate::config::ClientConfig;
+
+/// Kannel's reply strings, byte for byte.
+pub mod kannel_reply {
+    /// 202
+    pub const ACCEPTED: &str = "0: Accepted for delivery";
+    /// 403
+    pub const AUTH_FAILED: &str = "Authorization failed for sendsms";
+    /// 400
+    pub const NO_RECEIVER: &str = "Missing receiver number, rejected";
+    /// 403
+    pub const NOT_ROUTABLE: &str = "Not routable. Do not try again.";
+    /// 503
+    pub const TEMPORAL: &str = "Temporal failure, try again later.";
+}
+
+fn first<'a>(params: &'a HashMap<String, String>, names: &[&str]) -> Option<&'a str> {
+    names
+        .iter()
+        .find_map(|n| params.get(*n).map(String::as_str))
+}
+
+fn form_params(bytes: &[u8]) -> HashMap<String, String> {
+    serde_urlencoded::from_bytes::<Vec<(String, String)>>(bytes)
+        .unwrap_or_default()
+        .into_iter()
+        .collect()
+}
+
+fn header_str<'a>(parts: &'a http::request::Parts, name: &str) -> Option<&'a str> {
+    parts.headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn kannel_text(status: StatusCode, body: &str) -> Resp {
+    text_response(status, body)
+}
+
+/// `/cgi-bin/sendsms` (GET with a query, POST as a form or as text/plain with X-Kannel-* headers).
+pub async fn kannel(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Resp {
+    let cfg = app.live.get();
+    let method = req.method().clone();
+    if method != Method::GET && method != Method::POST {
+        return kannel_text(StatusCode::METHOD_NOT_ALLOWED, "Unsupported method");
+    }
+    let query = req
+        .uri()
+        .query()
+        .map(|q| form_params(q.as_bytes()))
+        .unwrap_or_default();
+    let (parts, body) = match read_body(req, cfg.server.max_body_bytes).await {
+        Ok(x) => x,
+        Err(e) => return kannel_text(e.status, &e.message),
+    };
+    let mut params = query;
+    let ctype = header_str(&parts, "content-type")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if method == Method::POST {
+        if ctype.starts_with("application/x-www-form-urlencoded") {
+            params.extend(form_params(&body));
+        } else {
+            // Kannel's POST: the body is the text, the rest travels in X-Kannel-* headers.
+            for (h, k) in [
+                ("x-kannel-username", "username"),
+                ("x-kannel-password", "password"),
+                ("x-kannel-to", "to"),
+                ("x-kannel-from", "from"),
+                ("x-kannel-validity", "validity"),
+            ] {
+                if let Some(v) = header_str(&parts, h) {
+                    params.insert(k.into(), v.into());
+                }
+            }
+            params.insert("text".into(), String::from_utf8_lossy(&body).into_owned());
+        }
+    }
+    let user = first(&params, &["username", "user"]).unwrap_or("");
+    let pass = first(&params, &["password", "pass"]).unwrap_or("");
+    let creds = Credentials::Pair {
+        user: user.into(),
+        secret: pass.into(),
+    };
+    let client = match auth::authenticate(&cfg.clients, Some(&creds), conn.remote.ip(), true) {
+        Ok(c) => c.clone(),
+        Err(e) => {
+            tracing::info!(remote = %conn.remote, reason = ?e, "kannel: authorization failed");
+            app.metrics.reject("unauthorized");
+            return kannel_text(StatusCode::FORBIDDEN, kannel_reply::AUTH_FAILED);
+        }
+    };
+    let receivers: Vec<String> = first(&params, &["to"])
+        .unwrap_or("")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    if receivers.is_empty() {
+        app.metrics.reject("missing_receiver");
+        return kannel_text(StatusCode::BAD_REQUEST, kannel_reply::NO_RECEIVER);
+    }
+    let text = first(&params, &["text"]).unwrap_or("").to_string();
+    // Kannel's validity is in minutes.
+    let ttl_seconds = first(&params, &["validity"])
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|m| m.saturating_mul(60).min(cfg.otp.max_ttl.as_secs()));
+    let ttl = match v1::ttl_of(&cfg, ttl_seconds) {
+        Ok(t) => t,
+        Err(e) => {
+            return kannel_text(
+                StatusCode::BAD_REQUEST,
+                &format!("Invalid validity, rejected ({})", e.message),
+            );
+        }
+    };
+    let (content, _) = match v1::build_content(&cfg, None, Some(text), None, ttl) {
+        Ok(c) => c,
+        Err(e) => {
+            app.metrics.reject(e.code);
+            return kannel_text(
+                StatusCode::BAD_REQUEST,
+                &format!("Invalid text, rejected ({})", e.message),
+            );
+        }
+    };
+    // Every number is checked before any is stored: a bad one refuses the whole request.
+    if let Some(bad) = receivers
+        .iter()
+        .find(|to| crate::phone::parse(to, cfg.otp.default_country).is_err())
+    {
+        app.metrics.reject("invalid_phone_number");
+        let why = crate::phone::parse(bad, cfg.otp.default_country)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        return kannel_text(
+            StatusCode::BAD_REQUEST,
+            &format!("Invalid receiver number, rejected (to {why})"),
+        );
+    }
+    let mut ids = Vec::new();
+    for to in receivers {
+        let sub = Submission {
+            to,
+            content: content.clone(),
+            ttl,
+            locale: None,
+            idempotency_key: None,
+            reference: None,
+            only_channel: None,
+        };
+        match v1::accept(app, &client, sub).await {
+            Ok(Accepted::New(m) | Accepted::Repeat(m)) => ids.push(m.id),
+            Err(e) => {
+                app.metrics.reject(e.code);
+                let mut r = match e.code {
+                    "invalid_phone_number" => kannel_text(
+                        StatusCode::BAD_REQUEST,
+                        &format!("Invalid receiver number, rejected ({})", e.message),
+                    ),
+                    "country_not_allowed" => {
+                        kannel_text(StatusCode::FORBIDDEN, kannel_reply::NOT_ROUTABLE)
+                    }
+                    _ => kannel_text(StatusCode::SERVICE_UNAVAILABLE, kannel_reply::TEMPORAL),
+                };
+                if let Some(s) = e.retry_after
+                    && let Ok(v) = http::HeaderValue::from_str(&s.to_string())
+                {
+                    r.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+                return r;
+            }
+        }
+    }
+    let mut r = kannel_text(StatusCode::ACCEPTED, kannel_reply::ACCEPTED);
+    if let Ok(v) = http::HeaderValue::from_str(&ids.join(" ")) {
+        r.headers_mut().insert("x-otpgate-id", v);
+    }
+    r
+}
+
+/// Field names peers use for the number.
+pub const NUMBER_FIELDS: &[&str] = &[
+    "phone",
+    "to",
+    "To",
+    "mobile",
+    "mobileNumber",
+    "msisdn",
+    "receiver",
+    "recipient",
+    "number",
+];
+/// Field names peers use for the text, most specific first.
+pub const TEXT_FIELDS: &[&str] = &["sms", "text", "message", "Message", "msg", "Body", "body"];
+/// Field names peers use to carry a key in the request itself.
+pub const KEY_FIELDS: &[&str] = &["key", "api_key", "apikey", "token", "access_token"];
+
+fn value_strings(v: &serde_json::Value) -> Vec<String> {
+    match v {
+        serde_json::Value::String(s) => vec![s.clone()],
+        serde_json::Value::Number(n) => vec![n.to_string()],
+        serde_json::Value::Array(a) => a.iter().flat_map(value_strings).collect(),
+        _ => vec![],
+    }
+}
+
+/// The generic HTTP SMS provider endpoint `/v1/sms`.
+pub async fn generic(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Resp {
+    let wants_json = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("application/json"));
+    let (json_reply, result) = generic_inner(app, req, conn).await;
+    let json_reply = json_reply || wants_json;
+    match result {
+        Ok(ids) => {
+            if json_reply {
+                // "status" first, so LinOTP's prefix match on {"status":"queued" works.
+                let body = format!(
+                    "{{\"status\":\"queued\",\"id\":{},\"ids\":{}}}",
+                    json!(ids.first()),
+                    json!(ids)
+                );
+                let mut r = text_response(StatusCode::OK, body);
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/json"),
+                );
+                r
+            } else {
+                text_response(StatusCode::OK, format!("OK {}", ids.join(" ")))
+            }
+        }
+        Err(e) => {
+            app.metrics.reject(e.code);
+            // Failure bodies never contain the success tokens ("OK", "queued").
+            let mut r = if json_reply {
+                json_response(
+                    e.status,
+                    &json!({"status": "error", "error": {"code": e.code, "field": e.field, "message": e.message}}),
+                )
+            } else {
+                text_response(e.status, format!("ERROR {}: {}", e.code, e.message))
+            };
+            if let Some(s) = e.retry_after
+                && let Ok(v) = http::HeaderValue::from_str(&s.to_string())
+            {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            if e.status == StatusCode::UNAUTHORIZED {
+                r.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Basic realm=\"otpgate\""),
+                );
+            }
+            r
+        }
+    }
+}
+
+async fn generic_inner(
+    app: &App,
+    req: Request<Incoming>,
+    conn: ConnInfo,
+) -> (bool, Result<Vec<String>, ApiError>) {
+    let cfg = app.live.get();
+    let method = req.method().clone();
+    if method != Method::GET && method != Method::POST {
+        return (false, Err(ApiError::method_not_allowed("GET, POST")));
+    }
+    let query: Vec<(String, String)> = req.uri().query().map(v1::url_pairs).unwrap_or_default();
+    let (parts, body) = match read_body(req, cfg.server.max_body_bytes).await {
+        Ok(x) => x,
+        Err(e) => return (false, Err(e)),
+    };
+    let ctype = header_str(&parts, "content-type")
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let is_json = method == Method::POST
+        && (ctype.starts_with("application/json")
+            || (ctype.is_empty() && body.first() == Some(&b'{')));
+    // Every field as a list of strings: JSON arrays of numbers arrive as several values.
+    let mut fields: HashMap<String, Vec<String>> = HashMap::new();
+    for (k, v) in query {
+        fields.entry(k).or_default().push(v);
+    }
+    if method == Method::POST {
+        if is_json {
+            match serde_json::from_slice::<serde_json::Value>(&body) {
+                Ok(serde_json::Value::Object(map)) => {
+                    for (k, v) in map {
+                        fields.entry(k).or_default().extend(value_strings(&v));
+                    }
+                }
+                Ok(_) => {
+                    return (
+                        true,
+                        Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_json",
+                            "the JSON body must be an object",
+                        )),
+                    );
+                }
+                Err(_) => {
+                    return (
+                        true,
+                        Err(ApiError::new(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_json",
+                            "the body is not valid JSON",
+                        )),
+                    );
+                }
+            }
+        } else if ctype.starts_with("application/x-www-form-urlencoded") || ctype.is_empty() {
+            for (k, v) in v1::url_pairs(&String::from_utf8_lossy(&body)) {
+                fields.entry(k).or_default().push(v);
+            }
+        } else {
+            return (
+                false,
+                Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "send a query string, a form or JSON",
+                )),
+            );
+        }
+    }
+    let one = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| fields.get(*n).and_then(|v| v.first().cloned()))
+    };
+    // Credentials: headers first, then a key or user/password in the request itself.
+    let creds = auth::from_headers(&parts.headers)
+        .or_else(|| one(KEY_FIELDS).map(Credentials::Key))
+        .or_else(
+            || match (one(&["username", "user"]), one(&["password", "pass"])) {
+                (Some(user), Some(secret)) => Some(Credentials::Pair { user, secret }),
+                _ => None,
+            },
+        );
+    let client: ClientConfig = match auth::authenticate(
+        &cfg.clients,
+        creds.as_ref(),
+        conn.remote.ip(),
+        true,
+    ) {
+        Ok(c) => c.clone(),
+        Err(auth::AuthError::AddressNotAllowed) => return (is_json, Err(ApiError::forbidden())),
+        Err(e) => {
+            tracing::info!(remote = %conn.remote, reason = ?e, "generic sms: authentication failed");
+            return (is_json, Err(ApiError::unauthorized()));
+        }
+    };
+    let numbers: Vec<String> = NUMBER_FIELDS
+        .iter()
+        .find_map(|n| fields.get(*n).filter(|v| !v.is_empty()).cloned())
+        .unwrap_or_default();
+    if numbers.is_empty() {
+        return (
+            is_json,
+            Err(ApiError::field(
+                "missing_field",
+                "to",
+                format!(
+                    "a number is required in one of: {}",
+                    NUMBER_FIELDS.join(", ")
+                ),
+            )),
+        );
+    }
+    let Some(text) = one(TEXT_FIELDS) else {
+        return (
+            is_json,
+            Err(ApiError::field(
+                "missing_field",
+                "text",
+                format!("a text is required in one of: {}", TEXT_FIELDS.join(", ")),
+            )),
+        );
+    };
+    let ttl = cfg.otp.default_ttl;
+    let (content, why) = match v1::build_content(&cfg, None, Some(text), None, ttl) {
+        Ok(c) => c,
+        Err(e) => return (is_json, Err(e)),
+    };
+    if let Some(why) = why {
+        tracing::info!(client = %client.name, reason = why, "text holds no single code; SMS only");
+    }
+    if numbers.len() > 10 {
+        return (
+            is_json,
+            Err(ApiError::field(
+                "invalid_field",
+                "to",
+                "at most 10 numbers per request",
+            )),
+        );
+    }
+    for to in &numbers {
+        if let Err(e) = crate::phone::parse(to, cfg.otp.default_country) {
+            return (
+                is_json,
+                Err(ApiError::field(
+                    "invalid_phone_number",
+                    "to",
+                    format!("to {e}"),
+                )),
+            );
+        }
+    }
+    let mut ids = Vec::new();
+    for to in numbers {
+        let sub = Submission {
+            to,
+            content: content.clone(),
+            ttl,
+            locale: None,
+            idempotency_key: None,
+            reference: None,
+            only_channel: None,
+        };
+        match v1::accept(app, &client, sub).await {
+            Ok(Accepted::New(m) | Accepted::Repeat(m)) => ids.push(m.id),
+            Err(mut e) => {
+                if e.status == StatusCode::TOO_MANY_REQUESTS && e.retry_after.is_none() {
+                    e.retry_after = Some(retry_after_secs(std::time::Duration::from_secs(1)));
+                }
+                return (is_json, Err(e));
+            }
+        }
+    }
+    (is_json, Ok(ids))
+}
