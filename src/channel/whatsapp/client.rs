@@ -266,13 +266,20 @@ fn transport_failure(e: &reqwest::Error) -> (TransportFailure, String) {
     let mut detail = String::from("connection error");
     while let Some(s) = src {
         if let Some(t) = s.downcast_ref::<rustls::Error>() {
-            detail = format!("TLS: {t}");
-            break;
+            return (kind, format!("TLS: {t}"));
         }
         if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            detail = io.kind().to_string();
             if io.kind() == std::io::ErrorKind::TimedOut {
-                return (TransportFailure::Timeout, detail);
+                return (TransportFailure::Timeout, "timed out".into());
+            }
+            if io.kind() != std::io::ErrorKind::Other {
+                detail = io.kind().to_string();
+            }
+            // tokio-rustls and hyper-util nest io::Errors whose `source()` skips the
+            // wrapped error: descend into it.
+            if let Some(inner) = io.get_ref() {
+                src = Some(inner);
+                continue;
             }
         }
         src = s.source();
@@ -518,15 +525,19 @@ impl WhatsAppChannel {
                         reason: c.reason,
                     };
                 }
-                ErrorClass::RateLimited => {
-                    // Everyone slows down; the limiter makes the retry wait.
-                    lock(&self.limiter).penalize(Instant::now(), c.class.backoff());
-                }
-                ErrorClass::Temporary => {
+                ErrorClass::RateLimited | ErrorClass::Temporary => {
                     let backoff = c.class.backoff();
+                    if c.class == ErrorClass::RateLimited {
+                        // Everyone slows down, not only this message.
+                        lock(&self.limiter).penalize(Instant::now(), backoff);
+                    }
                     let left = deadline.saturating_duration_since(Instant::now());
                     if attempt == 0 && left >= backoff + MIN_ATTEMPT {
                         tokio::time::sleep(backoff).await;
+                    } else {
+                        // No time for a back-off and a useful second try: hand back now.
+                        last = Some(c);
+                        break;
                     }
                 }
             }
