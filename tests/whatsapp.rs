@@ -364,6 +364,8 @@ async fn rejected_token_opens_the_circuit_and_a_probe_closes_it() {
 
     // Cooldown over, still the bad token: the probe fails and the circuit re-opens.
     clock.advance(cfg.circuit_cooldown);
+    let hl = ch.health();
+    assert!(hl.usable && hl.summary.contains("half-open"), "{hl:?}");
     let o = send(&ch, &code("700003")).await;
     assert!(matches!(o, Outcome::ChannelDown { .. }), "{o:?}");
     assert_eq!(e.sim.requests().len(), 2);

@@ -52,8 +52,13 @@ pub enum Admission {
 pub enum CircuitStatus {
     /// All good.
     Closed,
-    /// Open or half-open, with the reason.
+    /// Open, with the reason: no request goes out.
     Open {
+        /// Why it opened.
+        reason: String,
+    },
+    /// Cooldown over: the next message is the probe (so the channel must be offered one).
+    HalfOpen {
         /// Why it opened.
         reason: String,
     },
@@ -187,7 +192,10 @@ impl Circuit {
     pub fn status(&mut self, now: Timestamp) -> CircuitStatus {
         self.tick(now);
         match &self.state {
-            State::Open { reason, .. } | State::HalfOpen { reason, .. } => CircuitStatus::Open {
+            State::Open { reason, .. } => CircuitStatus::Open {
+                reason: reason.clone(),
+            },
+            State::HalfOpen { reason, .. } => CircuitStatus::HalfOpen {
                 reason: reason.clone(),
             },
             State::Closed => match self.paused_until {
@@ -238,6 +246,10 @@ mod tests {
         assert!(matches!(c.admit(clock.now()), Admission::Open { .. }));
         assert!(matches!(c.status(clock.now()), CircuitStatus::Open { .. }));
         clock.advance(Duration::from_millis(1));
+        assert!(matches!(
+            c.status(clock.now()),
+            CircuitStatus::HalfOpen { .. }
+        ));
         assert_eq!(c.admit(clock.now()), Admission::Go { probe: true });
         // Only one probe at a time.
         assert!(matches!(c.admit(clock.now()), Admission::Open { .. }));

@@ -630,6 +630,11 @@ impl Channel for WhatsAppChannel {
         let (usable, summary) = match status {
             CircuitStatus::Closed => (true, "ok".to_string()),
             CircuitStatus::Open { reason } => (false, format!("circuit open: {reason}")),
+            // Usable so the dispatcher offers the one probe message that can close it.
+            CircuitStatus::HalfOpen { reason } => (
+                true,
+                format!("circuit half-open, next message probes: {reason}"),
+            ),
             // Paused is brief, but the channel cannot take a message right now either.
             CircuitStatus::Paused { remaining } => (
                 false,
