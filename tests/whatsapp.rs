@@ -587,6 +587,73 @@ async fn reaches_the_api_through_an_authenticating_connect_proxy() {
     assert!(seen.lock().unwrap().auth_ok.contains(&false));
 }
 
+/// Run only as a child of `https_proxy_and_no_proxy_come_from_the_environment`, which sets
+/// HTTPS_PROXY / NO_PROXY for this process (changing the environment of the test process
+/// itself would race with other tests).
+#[tokio::test]
+#[ignore = "run as a child process by https_proxy_and_no_proxy_come_from_the_environment"]
+async fn child_env_proxy() {
+    let e = env().await;
+    let ch = channel(&e.cfg); // cfg.proxy is None: the environment decides
+    let o = send(&ch, &code("950001")).await;
+    println!("CHILD_SIM_ADDR={}", e.sim.addr());
+    assert!(matches!(o, Outcome::Accepted { .. }), "{o:?}");
+}
+
+#[tokio::test]
+async fn https_proxy_and_no_proxy_come_from_the_environment() {
+    let (paddr, seen) = connect_proxy().await;
+    let exe = std::env::current_exe().unwrap();
+    let run = |no_proxy: Option<&'static str>| {
+        let exe = exe.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(exe);
+            cmd.args(["child_env_proxy", "--exact", "--ignored", "--nocapture"])
+                .env("HTTPS_PROXY", format!("http://user:pw@{paddr}"))
+                .env_remove("https_proxy")
+                .env_remove("ALL_PROXY")
+                .env_remove("all_proxy")
+                .env_remove("no_proxy");
+            match no_proxy {
+                Some(v) => cmd.env("NO_PROXY", v),
+                None => cmd.env_remove("NO_PROXY"),
+            };
+            cmd.output().unwrap()
+        })
+    };
+    let sim_addr = |out: &std::process::Output| {
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "child failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix("CHILD_SIM_ADDR="))
+            .unwrap()
+            .to_string()
+    };
+
+    let out = tokio::time::timeout(HANG_GUARD, run(None))
+        .await
+        .unwrap()
+        .unwrap();
+    let addr = sim_addr(&out);
+    assert_eq!(seen.lock().unwrap().connects, vec![addr]);
+    assert_eq!(seen.lock().unwrap().auth_ok, vec![true]);
+
+    let out = tokio::time::timeout(HANG_GUARD, run(Some("127.0.0.1,localhost")))
+        .await
+        .unwrap()
+        .unwrap();
+    sim_addr(&out);
+    assert_eq!(
+        seen.lock().unwrap().connects.len(),
+        1,
+        "NO_PROXY bypassed the proxy"
+    );
+}
+
 // ---- webhooks ----
 
 #[tokio::test]
