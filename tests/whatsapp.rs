@@ -198,6 +198,10 @@ async fn reload_swaps_template_and_token_live() {
     cfg.token = Some(Secret::new(TOKEN));
     cfg.template = "otp_auth_v2".into();
     ch.reload(&cfg).unwrap();
+    // A reload without a token is refused and the running settings stay.
+    let mut broken = cfg.clone();
+    broken.token = None;
+    assert!(ch.reload(&broken).is_err());
     let o = send(&ch, &code("550011")).await;
     assert!(matches!(o, Outcome::Accepted { .. }), "{o:?}");
     let r = &e.sim.requests()[0];
@@ -383,6 +387,38 @@ async fn rejected_token_opens_the_circuit_and_a_probe_closes_it() {
     let o = send(&ch, &code("700006")).await;
     assert!(matches!(o, Outcome::Accepted { .. }), "{o:?}");
     assert_eq!(e.sim.requests().len(), 4);
+}
+
+#[tokio::test]
+async fn half_open_lets_exactly_one_probe_through() {
+    let e = env().await;
+    let clock = ManualClock::new(Timestamp(1_000_000));
+    let mut cfg = e.cfg.clone();
+    cfg.template = "not_approved".into();
+    let (tx, _rx) = tokio::sync::mpsc::channel(4);
+    let ch = WhatsAppChannel::with_clock(&cfg, tx, clock.clone() as SharedClock).unwrap();
+    let o = send(&ch, &code("710001")).await;
+    assert!(matches!(o, Outcome::ChannelDown { .. }), "{o:?}");
+    cfg.template = "otp_auth".into();
+    ch.reload(&cfg).unwrap();
+    clock.advance(cfg.circuit_cooldown);
+    // A slow answer keeps the probe in flight while the second message asks to go.
+    e.sim
+        .handle()
+        .push(Script::delayed(Duration::from_millis(200), Script::Success));
+    let (d1, d2) = (code("710002"), code("710003"));
+    let (a, b) = tokio::join!(send(&ch, &d1), send(&ch, &d2));
+    assert!(matches!(a, Outcome::Accepted { .. }), "{a:?}");
+    assert!(
+        matches!(&b, Outcome::ChannelDown { reason, .. } if reason.contains("template missing")),
+        "{b:?}"
+    );
+    assert_eq!(
+        e.sim.requests().len(),
+        2,
+        "the first failure and the one probe"
+    );
+    assert_eq!(ch.health().summary, "ok");
 }
 
 #[tokio::test]
