@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::App;
 use crate::api::listener::{self, ConnStats, ListenSettings};
+use crate::channel::whatsapp::WhatsAppChannel;
 use crate::channel::{Channel, ChannelKind, Receipt};
 use crate::clock::SharedClock;
 use crate::config::{self, Config, Live, Sources};
@@ -75,6 +76,7 @@ pub struct Running {
     pub conn_stats: Arc<ConnStats>,
     settings: Arc<RwLock<ListenSettings>>,
     channels: Vec<Arc<dyn Channel>>,
+    whatsapp: Option<Arc<WhatsAppChannel>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -87,18 +89,37 @@ pub struct ChannelSet {
     pub receipts_rx: mpsc::Receiver<Receipt>,
     /// The sending side, for the webhook front door.
     pub receipts_tx: mpsc::Sender<Receipt>,
+    /// The WhatsApp channel itself, for its webhook and live reloads.
+    pub whatsapp: Option<Arc<WhatsAppChannel>>,
+}
+
+impl ChannelSet {
+    /// A set of ready-made channels (tests, the demo).
+    pub fn of(channels: Vec<Arc<dyn Channel>>) -> ChannelSet {
+        let (receipts_tx, receipts_rx) = mpsc::channel(1024);
+        ChannelSet {
+            channels,
+            receipts_rx,
+            receipts_tx,
+            whatsapp: None,
+        }
+    }
 }
 
 /// Builds the channels the configuration asks for.
 pub async fn build_channels(cfg: &Config, clock: &SharedClock) -> Result<ChannelSet, DaemonError> {
-    let (tx, rx) = mpsc::channel(1024);
-    let channels: Vec<Arc<dyn Channel>> = Vec::new();
-    let _ = (cfg, clock);
-    Ok(ChannelSet {
-        channels,
-        receipts_rx: rx,
-        receipts_tx: tx,
-    })
+    let mut set = ChannelSet::of(Vec::new());
+    if cfg.whatsapp.enabled {
+        let wa = WhatsAppChannel::with_clock(&cfg.whatsapp, set.receipts_tx.clone(), clock.clone())
+            .map_err(|e| DaemonError::Channel {
+                channel: ChannelKind::WhatsApp,
+                reason: e.to_string(),
+            })?;
+        let wa = Arc::new(wa);
+        set.channels.push(wa.clone());
+        set.whatsapp = Some(wa);
+    }
+    Ok(set)
 }
 
 /// Opens the store, recovers, binds every listener and starts serving. Returns once ready.
@@ -160,6 +181,7 @@ pub async fn start(
         clock,
         dispatcher: dispatcher.clone(),
         metrics: metrics.clone(),
+        whatsapp: set.whatsapp.clone(),
         ephemeral_verify_key: crate::secret::Secret::new(hex::encode(rand::random::<[u8; 32]>())),
     });
     let conn_stats = Arc::new(ConnStats::default());
@@ -174,8 +196,8 @@ pub async fn start(
             DRAIN,
         )));
     }
-    let _ = set.receipts_tx;
     Ok(Running {
+        whatsapp: set.whatsapp,
         addrs,
         live,
         store,
@@ -239,6 +261,12 @@ impl Running {
                 .all(|c| c.kind() != ChannelKind::WhatsApp)
         {
             r.need_restart.push("whatsapp.enabled".into());
+        }
+        if let Some(wa) = &self.whatsapp {
+            match wa.reload(&new.whatsapp) {
+                Ok(()) => r.applied.push("whatsapp token, template and limits".into()),
+                Err(e) => r.need_restart.push(format!("whatsapp ({e})")),
+            }
         }
         // TLS: a new certificate is picked up by the next connection.
         let settings = ListenSettings::from_config(&new.server)?;

@@ -42,6 +42,8 @@ pub struct App {
     pub dispatcher: Dispatcher,
     /// Metrics.
     pub metrics: Arc<Metrics>,
+    /// The WhatsApp channel, for its webhook.
+    pub whatsapp: Option<Arc<crate::channel::whatsapp::WhatsAppChannel>>,
     /// The verify key used when none is configured: random per process start.
     pub ephemeral_verify_key: crate::secret::Secret,
 }
@@ -84,6 +86,10 @@ impl App {
             (p, _) if p == "/v1/verifications" || p.starts_with("/v1/verifications/") => {
                 verify::route(self, req, conn, &p["/v1/verifications".len()..]).await
             }
+            ("/webhooks/whatsapp", &Method::GET | &Method::POST) => {
+                Ok(self.whatsapp_webhook(req).await)
+            }
+            ("/webhooks/whatsapp", _) => Err(ApiError::method_not_allowed("GET, POST")),
             ("/v1/messages", &Method::POST) => v1::post_message(self, req, conn).await,
             ("/v1/messages", _) => Err(ApiError::method_not_allowed("POST")),
             (p, &Method::GET) if p.starts_with("/v1/messages/") => {
@@ -98,6 +104,53 @@ impl App {
                 self.metrics.reject(e.code);
                 error_response(&e)
             }
+        }
+    }
+
+    /// Meta's webhook: the GET subscription handshake and signed status POSTs. Off (404)
+    /// unless an app secret and verify token are configured.
+    async fn whatsapp_webhook(&self, req: Request<Incoming>) -> Resp {
+        use crate::channel::whatsapp::webhook::WebhookError;
+        let Some(wa) = self.whatsapp.clone() else {
+            return error_response(&ApiError::not_found());
+        };
+        let refuse = |e: WebhookError| {
+            let (status, code) = match e {
+                WebhookError::Disabled => (StatusCode::NOT_FOUND, "not_found"),
+                WebhookError::MissingSignature
+                | WebhookError::BadSignature
+                | WebhookError::MalformedSignature => (StatusCode::UNAUTHORIZED, "bad_signature"),
+                WebhookError::BadVerifyToken | WebhookError::WrongMode => {
+                    (StatusCode::FORBIDDEN, "forbidden")
+                }
+                _ => (StatusCode::BAD_REQUEST, "bad_webhook"),
+            };
+            tracing::warn!(error = %e, "whatsapp webhook refused");
+            error_response(&ApiError::new(status, code, e.to_string()))
+        };
+        if req.method() == Method::GET {
+            return match wa.webhook_handshake(req.uri().query().unwrap_or("")) {
+                Ok(challenge) => text_response(StatusCode::OK, challenge),
+                Err(e) => refuse(e),
+            };
+        }
+        let max = self.live.get().server.max_body_bytes;
+        let (parts, body) = match read_body(req, max).await {
+            Ok(x) => x,
+            Err(e) => return error_response(&e),
+        };
+        let sig = parts
+            .headers
+            .get("x-hub-signature-256")
+            .and_then(|v| v.to_str().ok());
+        match wa.handle_webhook(&body, sig) {
+            Ok(events) => {
+                for f in &events.fraud {
+                    tracing::warn!(reply_to = ?f.context_id, "a recipient tapped \"I didn't request a code\"");
+                }
+                text_response(StatusCode::OK, "ok")
+            }
+            Err(e) => refuse(e),
         }
     }
 

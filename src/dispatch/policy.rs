@@ -591,19 +591,19 @@ mod tests {
             cfg("[policy]\nsms_countries = [\"IN\"]\nwhatsapp_countries = [\"IN\", \"ID\"]\n");
         let cl = client(true);
         let both = [ChannelKind::WhatsApp, ChannelKind::Sms];
-        assert!(admit(&c, &cl, Some("IN"), Kind::Code, &both).is_ok());
+        assert!(admit(&c, &cl, Some("IN"), Kind::Code, &both, None).is_ok());
         assert!(
-            admit(&c, &cl, Some("ID"), Kind::Code, &both).is_ok(),
+            admit(&c, &cl, Some("ID"), Kind::Code, &both, None).is_ok(),
             "WhatsApp may carry it"
         );
         assert_eq!(
-            admit(&c, &cl, Some("ID"), Kind::Text, &both)
+            admit(&c, &cl, Some("ID"), Kind::Text, &both, None)
                 .unwrap_err()
                 .code,
             "country_not_allowed"
         );
         assert_eq!(
-            admit(&c, &cl, Some("DE"), Kind::Code, &both)
+            admit(&c, &cl, Some("DE"), Kind::Code, &both, None)
                 .unwrap_err()
                 .code,
             "country_not_allowed"

@@ -83,6 +83,9 @@ fn row_to_verification(r: &rusqlite::Row<'_>) -> rusqlite::Result<Verification> 
     })
 }
 
+/// What a check reads: hash, status, attempts, expiry, message id.
+type CheckRow = (Vec<u8>, String, u32, i64, Option<String>);
+
 const COLUMNS: &str =
     "id, recipient, message_id, channel, status, attempts, sends, created_at, expires_at, length";
 
@@ -166,7 +169,7 @@ impl Store {
     ) -> Result<CheckOutcome, StoreError> {
         let (id, client) = (id.to_owned(), client.to_owned());
         self.write(move |c| {
-            let row: Option<(Vec<u8>, String, u32, i64, Option<String>)> = c
+            let row: Option<CheckRow> = c
                 .query_row(
                     "SELECT code_hash, status, attempts, expires_at, message_id FROM verifications WHERE id = ?1 AND client = ?2",
                     params![id, client],

@@ -169,15 +169,10 @@ pub async fn gateway_with_clock(extra: &str, clock: SharedClock) -> Gateway {
     let (_, cfg) = write_config(dir.path(), extra);
     let wa = TestChannel::new(ChannelKind::WhatsApp);
     let sms = TestChannel::new(ChannelKind::Sms);
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let set = ChannelSet {
-        channels: vec![
-            wa.clone() as Arc<dyn Channel>,
-            sms.clone() as Arc<dyn Channel>,
-        ],
-        receipts_rx: rx,
-        receipts_tx: tx,
-    };
+    let set = ChannelSet::of(vec![
+        wa.clone() as Arc<dyn Channel>,
+        sms.clone() as Arc<dyn Channel>,
+    ]);
     let running = otpgate::daemon::start(cfg, clock, set).await.unwrap();
     let base = format!("http://{}", running.addrs[0]);
     Gateway {

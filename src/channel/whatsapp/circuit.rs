@@ -160,7 +160,7 @@ impl Circuit {
         self.state = State::Open {
             code,
             reason,
-            until: now.add(self.cooldown),
+            until: now.plus(self.cooldown),
         };
     }
 
@@ -185,7 +185,7 @@ impl Circuit {
 
     /// 131057: pause WhatsApp for `d` from `now`.
     pub fn pause(&mut self, now: Timestamp, d: Duration) {
-        self.paused_until = Some(now.add(d));
+        self.paused_until = Some(now.plus(d));
     }
 
     /// The state as health shows it.
@@ -292,7 +292,7 @@ mod tests {
     fn abandoned_probe_lets_the_next_message_probe() {
         let mut c = Circuit::new(COOL);
         open(&mut c, Timestamp(0));
-        let t = Timestamp(0).add(COOL);
+        let t = Timestamp(0).plus(COOL);
         assert_eq!(c.admit(t), Admission::Go { probe: true });
         c.probe_abandoned();
         assert_eq!(c.admit(t), Admission::Go { probe: true });
