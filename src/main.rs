@@ -97,12 +97,19 @@ enum KeyCommand {
     },
 }
 
+/// Crates that dump raw protocol bytes at debug/trace: capped at info whatever the filter
+/// says, so a verbose log can never carry a request body, a token or a code.
+const QUIET_DEPENDENCIES: &str =
+    "hyper=info,hyper_util=info,h2=info,reqwest=info,rustls=info,tokio_rustls=info";
+
 fn init_logging(filter: &str, json: bool) {
     use tracing_subscriber::EnvFilter;
-    let filter = std::env::var("RUST_LOG")
+    let wanted = std::env::var("RUST_LOG")
         .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .unwrap_or_else(|| EnvFilter::new(filter));
+        .filter(|f| EnvFilter::try_new(f).is_ok())
+        .unwrap_or_else(|| filter.to_owned());
+    let filter = EnvFilter::try_new(format!("{wanted},{QUIET_DEPENDENCIES}"))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     // Under systemd the journal stamps each line; a second timestamp is noise.
     let under_journal = std::env::var_os("JOURNAL_STREAM").is_some();
     let b = tracing_subscriber::fmt()
