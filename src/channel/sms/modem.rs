@@ -1,1 +1,1738 @@
-//! (being written)
+//! One modem, one owner: a tokio task that owns the serial port and `select!`s between send
+//! requests, incoming bytes (URCs are handled as they arrive) and the health-probe timer.
+//!
+//! The port is opened exclusively with `serialport` (8N1, no flow control), then its fd is set
+//! non-blocking and registered with tokio's reactor through [`AsyncFd`], so no thread blocks on
+//! the modem. The task initialises the modem per the reference sequence, keeps a stable state
+//! word for /readyz, recovers from hangs (ESC, AT, ATZ, AT+CFUN=1,1, re-init) and from unplugs
+//! (reopen the same configured path with back-off), and turns +CDS status reports into
+//! [`Receipt`]s. The text of an SMS never reaches a log line, an error or a reason string.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use nix::fcntl::{FcntlArg, OFlag, fcntl};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tracing::{debug, info, trace, warn};
+
+use crate::channel::sms::pdu;
+use crate::channel::{ChannelKind, Receipt, ReceiptStatus, ReceiptTx};
+use crate::clock::SharedClock;
+use crate::config::ModemConfig;
+
+/// Longest line kept; a longer run of bytes with no line end is dropped (untrusted input).
+const MAX_LINE: usize = 4096;
+/// Unsolicited lines kept between two looks at them; a flood beyond this is dropped.
+const MAX_UNSOLICITED: usize = 256;
+/// First and longest wait between attempts to reopen a lost port.
+const REOPEN_MIN: Duration = Duration::from_millis(500);
+const REOPEN_MAX: Duration = Duration::from_secs(30);
+/// How long a sent message waits for its status report.
+const REPORT_WINDOW: Duration = Duration::from_secs(72 * 3600);
+/// Sent messages remembered for status-report matching.
+const MAX_TRACKED: usize = 1024;
+/// Time given to the owner beyond a delivery's budget to report what happened.
+const GRACE: Duration = Duration::from_secs(2);
+
+/// A modem's state, as a stable word for /readyz and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ModemState {
+    /// Opening or initialising.
+    Starting,
+    /// Registered and able to send.
+    Ready,
+    /// No SIM inserted or the SIM failed.
+    NoSim,
+    /// The SIM asks for a PIN and none is configured.
+    PinNeeded,
+    /// The configured PIN was rejected; it is not tried again until the config changes.
+    PinRejected,
+    /// The SIM is locked and needs its PUK.
+    PukNeeded,
+    /// Not registered on a network (or registration denied).
+    NotRegistered,
+    /// The modem stopped answering; being reset.
+    NoAnswer,
+    /// The port is gone (unplugged); reopening with back-off.
+    Unplugged,
+    /// Anything else (no SMSC, PDU mode refused, a modem-side CMS error).
+    Error,
+}
+
+impl ModemState {
+    /// The stable word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModemState::Starting => "starting",
+            ModemState::Ready => "ready",
+            ModemState::NoSim => "no_sim",
+            ModemState::PinNeeded => "pin_needed",
+            ModemState::PinRejected => "pin_rejected",
+            ModemState::PukNeeded => "puk_needed",
+            ModemState::NotRegistered => "not_registered",
+            ModemState::NoAnswer => "no_answer",
+            ModemState::Unplugged => "unplugged",
+            ModemState::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for ModemState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the owner task last knew about its modem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModemStatus {
+    /// Current state.
+    pub state: ModemState,
+    /// Signal from the last AT+CSQ.
+    pub signal_dbm: Option<i32>,
+    /// Operator from AT+COPS?.
+    pub operator: Option<String>,
+    /// Why the state is what it is (last error, hint).
+    pub detail: String,
+    /// AT+CGMI.
+    pub manufacturer: Option<String>,
+    /// AT+CGMM.
+    pub model: Option<String>,
+    /// AT+CGSN.
+    pub imei: Option<String>,
+}
+
+impl Default for ModemStatus {
+    fn default() -> Self {
+        ModemStatus {
+            state: ModemState::Starting,
+            signal_dbm: None,
+            operator: None,
+            detail: String::new(),
+            manufacturer: None,
+            model: None,
+            imei: None,
+        }
+    }
+}
+
+/// Why a port could not be used; the messages say what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ModemError {
+    /// EACCES on open.
+    #[error(
+        "{}: permission denied; add the user running otpgate to the 'dialout' group",
+        .0.display()
+    )]
+    PermissionDenied(PathBuf),
+    /// EBUSY or the exclusive lock is held.
+    #[error(
+        "{}: busy, another process holds the port (often ModemManager: add a udev rule with ENV{{ID_MM_DEVICE_IGNORE}}=\"1\")",
+        .0.display()
+    )]
+    Busy(PathBuf),
+    /// ENOENT.
+    #[error("{}: no such device; stable paths are under /dev/serial/by-id/", .0.display())]
+    NotFound(PathBuf),
+    /// Opened, but nothing answered AT.
+    #[error("{}: no answer to AT within {:?} (wrong port or baud rate, or the modem is hung)", .0.display(), .1)]
+    NoAnswer(PathBuf, Duration),
+    /// Any other failure opening or setting up the port.
+    #[error("{}: cannot open: {}", .0.display(), .1)]
+    Open(PathBuf, String),
+    /// The port failed while talking to the modem.
+    #[error("port error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// One message for one modem.
+#[derive(Clone)]
+pub struct SendJob {
+    /// For logs only.
+    pub message_id: String,
+    /// Recipient in E.164 with '+'.
+    pub to: String,
+    /// The text (contains the code: never logged).
+    pub text: String,
+    /// Validity period to put in the PDU.
+    pub validity: Duration,
+    /// When the caller stops waiting.
+    pub deadline: Instant,
+}
+
+impl fmt::Debug for SendJob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "SendJob({}, {} chars)",
+            self.message_id,
+            self.text.chars().count()
+        )
+    }
+}
+
+/// What one modem made of one message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SendResult {
+    /// Every part got a +CMGS; `provider_id` is "<modem>/<mr of the last part>".
+    Accepted {
+        /// Id used to match status reports.
+        provider_id: String,
+    },
+    /// Nothing conclusive went out (or a transient network error): another try is safe.
+    Transient {
+        /// "CMS 331" etc.
+        code: Option<String>,
+        /// Explanation.
+        reason: String,
+    },
+    /// The network refused this message for good (e.g. CMS 1 unassigned number).
+    Permanent {
+        /// "CMS 1" etc.
+        code: Option<String>,
+        /// Explanation.
+        reason: String,
+    },
+    /// The modem or its SIM is at fault; it was taken out of service, try another.
+    Sick {
+        /// Error code.
+        code: Option<String>,
+        /// Explanation.
+        reason: String,
+    },
+    /// The message was handed over but no answer came: it may have gone out.
+    Unknown {
+        /// Explanation.
+        reason: String,
+    },
+    /// The modem was not ready.
+    NotReady {
+        /// Its state.
+        state: ModemState,
+    },
+}
+
+enum Request {
+    Send {
+        job: SendJob,
+        claim: Arc<AtomicU8>,
+        reply: oneshot::Sender<SendResult>,
+    },
+    Shutdown,
+}
+
+const PENDING: u8 = 0;
+const STARTED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// Handle on one modem's owner task.
+pub struct Modem {
+    name: String,
+    tx: mpsc::Sender<Request>,
+    status: Arc<Mutex<ModemStatus>>,
+    progress: Arc<AtomicU64>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The data behind these locks stays consistent even if a holder panicked.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Modem {
+    /// Spawns the owner task for `cfg` on the current tokio runtime.
+    pub fn spawn(cfg: ModemConfig, receipts: ReceiptTx, clock: SharedClock) -> Modem {
+        let (tx, rx) = mpsc::channel(16);
+        let status = Arc::new(Mutex::new(ModemStatus::default()));
+        let progress = Arc::new(AtomicU64::new(0));
+        let owner = Owner {
+            name: cfg.name.clone(),
+            cfg: cfg.clone(),
+            receipts,
+            clock,
+            status: status.clone(),
+            progress: progress.clone(),
+            rx,
+            concat_ref: 0,
+            tracked: VecDeque::new(),
+            pin_rejected: false,
+            huawei: false,
+        };
+        let task = tokio::spawn(owner.run());
+        Modem {
+            name: cfg.name,
+            tx,
+            status,
+            progress,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// The configured name ("modem0").
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A snapshot of the modem's status.
+    pub fn status(&self) -> ModemStatus {
+        lock(&self.status).clone()
+    }
+
+    /// The heartbeat: bumped on every turn of the owner loop.
+    pub fn progress(&self) -> u64 {
+        self.progress.load(Ordering::Relaxed)
+    }
+
+    /// Sends one message through this modem; resolves by `job.deadline` plus a short grace.
+    pub async fn send(&self, job: SendJob) -> SendResult {
+        let deadline = job.deadline;
+        let claim = Arc::new(AtomicU8::new(PENDING));
+        let (reply, answer) = oneshot::channel();
+        let req = Request::Send {
+            job,
+            claim: claim.clone(),
+            reply,
+        };
+        match tokio::time::timeout_at(deadline, self.tx.send(req)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                return SendResult::NotReady {
+                    state: ModemState::Error,
+                };
+            }
+            Err(_) => {
+                return SendResult::Transient {
+                    code: None,
+                    reason: format!("{} busy: queue full until the deadline", self.name),
+                };
+            }
+        }
+        match tokio::time::timeout_at(deadline + GRACE, answer).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(_)) | Err(_) => {
+                // Whether anything went out depends on whether the owner had started.
+                if claim
+                    .compare_exchange(PENDING, ABANDONED, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    SendResult::Transient {
+                        code: None,
+                        reason: format!("{} did not take the message in time", self.name),
+                    }
+                } else {
+                    SendResult::Unknown {
+                        reason: format!("{} gave no result within the budget", self.name),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Asks the owner task to close the port and waits for it to end.
+    pub async fn shutdown(&self) {
+        let _ = self.tx.send(Request::Shutdown).await;
+        let task = lock(&self.task).take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The port
+
+/// The serial port, kept as `TTYPort` so its Drop clears TIOCEXCL and releases the lock.
+struct PortFd(serialport::TTYPort);
+
+impl AsRawFd for PortFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl AsFd for PortFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the fd belongs to the TTYPort inside `self` and stays open as long as `self`
+        // lives, which the returned borrow cannot outlive.
+        unsafe { BorrowedFd::borrow_raw(self.0.as_raw_fd()) }
+    }
+}
+
+#[derive(Debug)]
+enum LinkError {
+    Timeout,
+    Lost(std::io::Error),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Token {
+    Line(String),
+    Prompt,
+    Cds(String),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Final {
+    Ok,
+    Error,
+    Cme(Option<u16>),
+    Cms(Option<u16>),
+    NotSupported,
+    NoCarrier,
+}
+
+impl fmt::Display for Final {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Final::Ok => f.write_str("OK"),
+            Final::Error => f.write_str("ERROR"),
+            Final::Cme(Some(n)) => write!(f, "CME {n}"),
+            Final::Cme(None) => f.write_str("CME ?"),
+            Final::Cms(Some(n)) => write!(f, "CMS {n}"),
+            Final::Cms(None) => f.write_str("CMS ?"),
+            Final::NotSupported => f.write_str("COMMAND NOT SUPPORT"),
+            Final::NoCarrier => f.write_str("NO CARRIER"),
+        }
+    }
+}
+
+fn parse_final(l: &str) -> Option<Final> {
+    let code = |s: &str| s.trim().parse::<u16>().ok();
+    match l {
+        "OK" => Some(Final::Ok),
+        "ERROR" => Some(Final::Error),
+        "COMMAND NOT SUPPORT" => Some(Final::NotSupported),
+        "NO CARRIER" => Some(Final::NoCarrier),
+        _ => {
+            if let Some(r) = l.strip_prefix("+CME ERROR:") {
+                Some(Final::Cme(code(r)))
+            } else {
+                l.strip_prefix("+CMS ERROR:").map(|r| Final::Cms(code(r)))
+            }
+        }
+    }
+}
+
+struct Reply {
+    info: Vec<String>,
+    fin: Final,
+}
+
+impl Reply {
+    fn ok(&self) -> bool {
+        self.fin == Final::Ok
+    }
+
+    /// The first info line starting with `prefix`, with the prefix removed.
+    fn field(&self, prefix: &str) -> Option<&str> {
+        self.info
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::trim)
+    }
+
+    /// The first info line, for commands answered with a bare value (AT+CGMI).
+    fn value(&self) -> Option<String> {
+        if !self.ok() {
+            return None;
+        }
+        self.info.first().map(|l| {
+            // Some modems prefix the value with the command name ("+CGMI: Quectel").
+            let v = match l.split_once(':') {
+                Some((p, v)) if p.starts_with('+') => v,
+                _ => l.as_str(),
+            };
+            v.trim().trim_matches('"').to_string()
+        })
+    }
+}
+
+/// The line prefix a command's own answer carries ("AT+CREG?" -> "+CREG:").
+fn response_prefix(cmd: &str) -> Option<String> {
+    let rest = cmd.strip_prefix("AT")?;
+    if !(rest.starts_with('+') || rest.starts_with('^')) {
+        return None;
+    }
+    let end = rest.find(['=', '?']).unwrap_or(rest.len());
+    Some(format!("{}:", &rest[..end]))
+}
+
+/// The command's name for logs (never its arguments: a PIN, a length is fine but keep it uniform).
+fn command_name(cmd: &str) -> &str {
+    let end = cmd.find(['=', '?']).unwrap_or(cmd.len());
+    &cmd[..end]
+}
+
+fn looks_unsolicited(l: &str) -> bool {
+    l.starts_with('+') || l.starts_with('^') || l == "RDY" || l == "RING"
+}
+
+fn clean_line(raw: &[u8]) -> String {
+    String::from_utf8_lossy(raw)
+        .trim_matches(|c: char| c.is_whitespace() || c.is_control())
+        .to_string()
+}
+
+/// Splits the byte stream into lines, the `> ` prompt and +CDS reports; no I/O, so it can be
+/// tested on byte strings.
+#[derive(Default)]
+struct Lines {
+    buf: Vec<u8>,
+    tokens: VecDeque<Token>,
+    unsolicited: VecDeque<Token>,
+    expect_prompt: bool,
+    cds_next: bool,
+    skip_next: bool,
+    echo: Option<String>,
+}
+
+struct Conn {
+    fd: AsyncFd<PortFd>,
+    lines: Lines,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = Lines;
+    fn deref(&self) -> &Lines {
+        &self.lines
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut Lines {
+        &mut self.lines
+    }
+}
+
+impl Conn {
+    fn open(device: &Path, baud: u32) -> Result<Conn, ModemError> {
+        let port = serialport::new(device.to_string_lossy(), baud)
+            .data_bits(serialport::DataBits::Eight)
+            .parity(serialport::Parity::None)
+            .stop_bits(serialport::StopBits::One)
+            .flow_control(serialport::FlowControl::None)
+            .open_native()
+            .map_err(|e| open_error(device, e))?;
+        let port = PortFd(port);
+        let flags = fcntl(port.as_fd(), FcntlArg::F_GETFL)
+            .map_err(|e| ModemError::Open(device.to_path_buf(), e.to_string()))?;
+        fcntl(
+            port.as_fd(),
+            FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+        )
+        .map_err(|e| ModemError::Open(device.to_path_buf(), e.to_string()))?;
+        // SAFETY: PortFd owns its TTYPort, whose fd stays open and unchanged until it drops.
+        let fd = unsafe { AsyncFd::register(port) }.map_err(std::io::Error::from)?;
+        Ok(Conn {
+            fd,
+            lines: Lines::default(),
+        })
+    }
+
+    /// Waits for bytes and tokenises them. Cancel-safe: it only awaits readiness.
+    async fn fill(&mut self) -> Result<(), LinkError> {
+        let mut tmp = [0u8; 1024];
+        loop {
+            let mut guard = self.fd.readable().await.map_err(LinkError::Lost)?;
+            match guard.try_io(|inner| {
+                nix::unistd::read(inner.get_ref(), &mut tmp).map_err(std::io::Error::from)
+            }) {
+                Ok(Ok(0)) => {
+                    return Err(LinkError::Lost(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "hang-up",
+                    )));
+                }
+                Ok(Ok(n)) => {
+                    self.lines.push(&tmp[..n]);
+                    return Ok(());
+                }
+                Ok(Err(e)) => return Err(LinkError::Lost(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+
+    async fn next_token(&mut self, deadline: Instant) -> Result<Token, LinkError> {
+        loop {
+            if let Some(t) = self.tokens.pop_front() {
+                return Ok(t);
+            }
+            tokio::select! {
+                r = self.fill() => r?,
+                _ = tokio::time::sleep_until(deadline) => return Err(LinkError::Timeout),
+            }
+        }
+    }
+
+    async fn write_all(&mut self, mut bytes: &[u8], deadline: Instant) -> Result<(), LinkError> {
+        while !bytes.is_empty() {
+            let mut guard = tokio::select! {
+                g = self.fd.writable() => g.map_err(LinkError::Lost)?,
+                _ = tokio::time::sleep_until(deadline) => return Err(LinkError::Timeout),
+            };
+            match guard.try_io(|inner| {
+                nix::unistd::write(inner.get_ref(), bytes).map_err(std::io::Error::from)
+            }) {
+                Ok(Ok(n)) => bytes = &bytes[n..],
+                Ok(Err(e)) => return Err(LinkError::Lost(e)),
+                Err(_would_block) => continue,
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one command and collects its answer; URCs met on the way are queued.
+    async fn command(&mut self, cmd: &str, timeout: Duration) -> Result<Reply, LinkError> {
+        let deadline = Instant::now() + timeout;
+        self.idle_tokens();
+        trace!(command = command_name(cmd), "AT");
+        self.echo = Some(cmd.to_string());
+        self.write_all(format!("{cmd}\r").as_bytes(), deadline)
+            .await?;
+        let prefix = response_prefix(cmd);
+        let mut info = Vec::new();
+        loop {
+            match self.next_token(deadline).await? {
+                Token::Line(l) => {
+                    if let Some(fin) = parse_final(&l) {
+                        return Ok(Reply { info, fin });
+                    }
+                    let own = prefix.as_deref().is_some_and(|p| l.starts_with(p));
+                    if own || !looks_unsolicited(&l) {
+                        info.push(l);
+                    } else {
+                        self.queue_unsolicited(Token::Line(l));
+                    }
+                }
+                Token::Prompt => {}
+                t @ Token::Cds(_) => self.queue_unsolicited(t),
+            }
+        }
+    }
+
+    /// Best effort: ESC ends a half-open `>` prompt without sending.
+    async fn escape(&mut self) -> Result<(), LinkError> {
+        self.expect_prompt = false;
+        self.write_all(b"\x1b\r", Instant::now() + Duration::from_secs(1))
+            .await
+    }
+}
+
+impl Lines {
+    fn push(&mut self, data: &[u8]) {
+        self.buf.extend_from_slice(data);
+        loop {
+            if let Some(i) = self.buf.iter().position(|&b| b == b'\r' || b == b'\n') {
+                let line = clean_line(&self.buf[..i]);
+                self.buf.drain(..=i);
+                if !line.is_empty() {
+                    self.line(line);
+                }
+                continue;
+            }
+            if self.expect_prompt && clean_line(&self.buf).starts_with('>') {
+                self.buf.clear();
+                self.expect_prompt = false;
+                self.tokens.push_back(Token::Prompt);
+            }
+            if self.buf.len() > MAX_LINE {
+                warn!(
+                    bytes = self.buf.len(),
+                    "modem sent an over-long line; dropped"
+                );
+                self.buf.clear();
+            }
+            break;
+        }
+    }
+
+    fn line(&mut self, line: String) {
+        if self.cds_next {
+            self.cds_next = false;
+            if !line.is_empty() && line.bytes().all(|b| b.is_ascii_hexdigit()) {
+                self.queue_unsolicited(Token::Cds(line));
+                return;
+            }
+        }
+        if self.skip_next {
+            // The PDU line of a +CMT (incoming SMS): not ours to handle.
+            self.skip_next = false;
+            return;
+        }
+        if self.echo.as_deref() == Some(line.as_str()) {
+            return;
+        }
+        if self.expect_prompt && line == ">" {
+            // The prompt, with a URC written right behind it on the same read.
+            self.expect_prompt = false;
+            self.tokens.push_back(Token::Prompt);
+            return;
+        }
+        if line.starts_with("+CDS:") {
+            self.cds_next = true;
+            return;
+        }
+        if line.starts_with("+CMT:") {
+            self.skip_next = true;
+            return;
+        }
+        if self.tokens.len() >= MAX_UNSOLICITED {
+            self.tokens.pop_front();
+        }
+        self.tokens.push_back(Token::Line(line));
+    }
+
+    fn queue_unsolicited(&mut self, t: Token) {
+        if self.unsolicited.len() >= MAX_UNSOLICITED {
+            self.unsolicited.pop_front();
+        }
+        self.unsolicited.push_back(t);
+    }
+
+    /// Moves tokens nobody asked for to the unsolicited queue (used while idle).
+    fn idle_tokens(&mut self) {
+        while let Some(t) = self.tokens.pop_front() {
+            if let Token::Line(l) = &t {
+                if parse_final(l).is_some() {
+                    // A late answer to something abandoned; nothing to do with it.
+                    continue;
+                }
+            }
+            self.queue_unsolicited(t);
+        }
+    }
+}
+
+fn open_error(device: &Path, e: serialport::Error) -> ModemError {
+    use std::io::ErrorKind as K;
+    let p = device.to_path_buf();
+    match e.kind() {
+        serialport::ErrorKind::NoDevice => ModemError::Busy(p),
+        serialport::ErrorKind::Io(K::PermissionDenied) => ModemError::PermissionDenied(p),
+        serialport::ErrorKind::Io(K::NotFound) => ModemError::NotFound(p),
+        serialport::ErrorKind::Io(K::WouldBlock) => ModemError::Busy(p),
+        _ => ModemError::Open(p, e.description),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small parsers for answers (the modem's output is untrusted: everything is optional)
+
+fn fields(s: &str) -> Vec<&str> {
+    s.split(',').map(|f| f.trim().trim_matches('"')).collect()
+}
+
+/// Registration stat from a query answer "+CREG: n,stat[,...]" (or a URC "+CREG: stat").
+fn reg_stat(value: &str) -> Option<u8> {
+    let f = fields(value);
+    let s = if f.len() >= 2 { f[1] } else { f.first()? };
+    s.parse().ok()
+}
+
+fn reg_usable(stat: u8) -> bool {
+    stat == 1 || stat == 5
+}
+
+fn reg_word(stat: Option<u8>) -> &'static str {
+    match stat {
+        Some(0) => "not registered, not searching",
+        Some(1) => "registered, home network",
+        Some(2) => "not registered, searching",
+        Some(3) => "registration denied",
+        Some(5) => "registered, roaming",
+        Some(_) => "unknown",
+        None => "no answer",
+    }
+}
+
+/// dBm from "+CSQ: rssi,ber"; 99 is unknown.
+fn csq_dbm(value: &str) -> Option<(i32, u8)> {
+    let rssi: u8 = fields(value).first()?.parse().ok()?;
+    if rssi > 31 {
+        return None;
+    }
+    let bars = match rssi {
+        0..=1 => 0,
+        2..=9 => 1,
+        10..=14 => 2,
+        15..=19 => 3,
+        _ => 4,
+    };
+    Some((-113 + 2 * i32::from(rssi), bars))
+}
+
+fn cops_operator(value: &str) -> Option<String> {
+    fields(value)
+        .get(2)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.to_string())
+}
+
+fn csca_address(value: &str) -> Option<String> {
+    fields(value)
+        .first()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.to_string())
+}
+
+/// What a +CMS ERROR means for the message (reference table, 27.005 3.2.5 / 24.011 E-2).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum CmsClass {
+    Transient,
+    PermanentForNumber,
+    ModemProblem,
+}
+
+fn classify_cms(code: u16) -> CmsClass {
+    match code {
+        1 | 96 | 304 | 305 | 128..=255 => CmsClass::PermanentForNumber,
+        8 | 10 | 21 | 50 | 69 | 310..=318 | 330 => CmsClass::ModemProblem,
+        _ => CmsClass::Transient,
+    }
+}
+
+fn cms_reason(code: u16) -> &'static str {
+    match code {
+        1 => "unassigned (unallocated) number",
+        8 | 10 => "operator barred the SIM",
+        21 => "short message transfer rejected",
+        22 | 322 => "memory full",
+        27 => "destination out of service",
+        38 => "network out of order",
+        41 => "temporary failure",
+        42 => "congestion",
+        50 => "requested facility not subscribed",
+        96 => "invalid mandatory information",
+        300 => "modem failure",
+        304 | 305 => "invalid PDU",
+        310..=318 => "SIM problem",
+        330 => "SMSC address unknown",
+        331 => "no network service",
+        332 => "network timeout",
+        _ => "network refused the message",
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The owner task
+
+struct Tracked {
+    provider_id: String,
+    to: String,
+    pending: Vec<u8>,
+    at: Instant,
+}
+
+enum Exit {
+    Shutdown,
+    Lost,
+    NoAnswer,
+    Reinit,
+}
+
+enum After {
+    Nothing,
+    Sick(String),
+    Recover,
+    Lost,
+    Reinit,
+}
+
+struct Owner {
+    name: String,
+    cfg: ModemConfig,
+    receipts: ReceiptTx,
+    clock: SharedClock,
+    status: Arc<Mutex<ModemStatus>>,
+    progress: Arc<AtomicU64>,
+    rx: mpsc::Receiver<Request>,
+    concat_ref: u8,
+    tracked: VecDeque<Tracked>,
+    pin_rejected: bool,
+    huawei: bool,
+}
+
+fn permanent(reason: String) -> SendResult {
+    SendResult::Permanent { code: None, reason }
+}
+
+fn same_number(a: &str, b: &str) -> bool {
+    a.trim_start_matches('+') == b.trim_start_matches('+')
+}
+
+impl Owner {
+    fn tick(&self) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn state(&self) -> ModemState {
+        lock(&self.status).state
+    }
+
+    fn set_state(&self, state: ModemState, detail: impl Into<String>) {
+        let detail = detail.into();
+        let mut s = lock(&self.status);
+        if s.state != state {
+            info!(modem = %self.name, from = %s.state, to = %state, detail = %detail, "modem state");
+        }
+        s.state = state;
+        s.detail = detail;
+    }
+
+    async fn run(mut self) {
+        let mut backoff = REOPEN_MIN;
+        loop {
+            self.tick();
+            match Conn::open(&self.cfg.device, self.cfg.baud) {
+                Err(e) => {
+                    let state = match e {
+                        ModemError::PermissionDenied(_) | ModemError::Busy(_) => ModemState::Error,
+                        _ => ModemState::Unplugged,
+                    };
+                    self.set_state(state, e.to_string());
+                    if !self.idle_wait(backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(REOPEN_MAX);
+                }
+                Ok(conn) => {
+                    backoff = REOPEN_MIN;
+                    debug!(modem = %self.name, "port opened");
+                    self.set_state(ModemState::Starting, "port opened");
+                    match self.session(conn).await {
+                        Exit::Shutdown => return,
+                        _ => self.set_state(ModemState::Unplugged, "port lost (unplugged?)"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits `d` while answering requests with NotReady; false when told to shut down.
+    async fn idle_wait(&mut self, d: Duration) -> bool {
+        let until = Instant::now() + d;
+        loop {
+            self.tick();
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return true,
+                req = self.rx.recv() => match req {
+                    None | Some(Request::Shutdown) => return false,
+                    Some(Request::Send { reply, .. }) => {
+                        let _ = reply.send(SendResult::NotReady { state: self.state() });
+                    }
+                },
+            }
+        }
+    }
+
+    async fn session(&mut self, mut conn: Conn) -> Exit {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let exit = match self.init(&mut conn).await {
+                Err(LinkError::Lost(_)) => return Exit::Lost,
+                Err(LinkError::Timeout) => Exit::NoAnswer,
+                Ok(()) => self.serve(&mut conn).await,
+            };
+            match exit {
+                Exit::Shutdown | Exit::Lost => return exit,
+                Exit::Reinit => {}
+                Exit::NoAnswer => {
+                    self.set_state(ModemState::NoAnswer, "modem stopped answering; resetting");
+                    match self.reset(&mut conn).await {
+                        Ok(true) => backoff = Duration::from_secs(1),
+                        Ok(false) => {
+                            if !self.idle_wait(backoff).await {
+                                return Exit::Shutdown;
+                            }
+                            backoff = (backoff * 2).min(REOPEN_MAX);
+                        }
+                        Err(LinkError::Lost(_)) => return Exit::Lost,
+                        Err(LinkError::Timeout) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// ESC, AT, then ATZ, then AT+CFUN=1,1: true once the modem answers again.
+    async fn reset(&mut self, conn: &mut Conn) -> Result<bool, LinkError> {
+        let t = self.cfg.command_timeout;
+        conn.escape().await?;
+        for cmd in ["AT", "ATZ", "AT+CFUN=1,1"] {
+            match conn.command(cmd, t).await {
+                Ok(r) if r.ok() => {
+                    info!(modem = %self.name, command = cmd, "modem answers again");
+                    if cmd == "AT+CFUN=1,1" {
+                        // It reboots; the boot banner (or nothing) comes within seconds.
+                        let _ = conn
+                            .next_token(Instant::now() + Duration::from_secs(5))
+                            .await;
+                    }
+                    return Ok(true);
+                }
+                Ok(_) | Err(LinkError::Timeout) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    async fn init(&mut self, conn: &mut Conn) -> Result<(), LinkError> {
+        let t = self.cfg.command_timeout;
+        conn.escape().await?;
+        let mut alive = false;
+        for _ in 0..3 {
+            match conn.command("AT", t).await {
+                Ok(r) if r.ok() => {
+                    alive = true;
+                    break;
+                }
+                Ok(_) | Err(LinkError::Timeout) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if !alive {
+            return Err(LinkError::Timeout);
+        }
+        conn.command("ATE0", t).await?;
+        conn.command("AT+CMEE=1", t).await?;
+        if !self.check_sim(conn).await? {
+            self.handle_unsolicited(conn);
+            return Ok(());
+        }
+        let manufacturer = conn.command("AT+CGMI", t).await?.value();
+        let model = conn.command("AT+CGMM", t).await?.value();
+        conn.command("AT+CGMR", t).await?;
+        let imei = conn.command("AT+CGSN", t).await?.value();
+        conn.command("AT+CIMI", t).await?;
+        self.huawei = manufacturer
+            .as_deref()
+            .is_some_and(|m| m.to_ascii_lowercase().contains("huawei"));
+        let creg = conn.command("AT+CREG?", t).await?;
+        let cereg = conn.command("AT+CEREG?", t).await?;
+        let stat = creg.field("+CREG:").and_then(reg_stat);
+        let estat = cereg.field("+CEREG:").and_then(reg_stat);
+        let registered = stat.is_some_and(reg_usable) || estat.is_some_and(reg_usable);
+        let signal = conn
+            .command("AT+CSQ", t)
+            .await?
+            .field("+CSQ:")
+            .and_then(csq_dbm);
+        let operator = conn
+            .command("AT+COPS?", t)
+            .await?
+            .field("+COPS:")
+            .and_then(cops_operator);
+        {
+            let mut s = lock(&self.status);
+            s.manufacturer = manufacturer;
+            s.model = model;
+            s.imei = imei;
+            s.signal_dbm = signal.map(|(d, _)| d);
+            s.operator = operator.clone();
+        }
+        let cmgf = conn.command("AT+CMGF=0", t).await?;
+        if !cmgf.ok() {
+            self.set_state(
+                ModemState::Error,
+                format!("PDU mode refused (AT+CMGF=0: {})", cmgf.fin),
+            );
+            return Ok(());
+        }
+        let csca = conn.command("AT+CSCA?", t).await?;
+        let smsc = csca.field("+CSCA:").and_then(csca_address);
+        if smsc.is_none() && self.cfg.smsc.is_none() {
+            self.set_state(
+                ModemState::Error,
+                "no SMSC address on the SIM (AT+CSCA? is empty): set smsc in the modem config",
+            );
+            return Ok(());
+        }
+        if self.cfg.status_reports {
+            let r = conn.command("AT+CNMI=2,1,0,1,0", t).await?;
+            if !r.ok() {
+                warn!(modem = %self.name, result = %r.fin, "status reports not available");
+            }
+        }
+        if self.huawei {
+            // Silences ^RSSI/^MODE/^BOOT chatter; older firmware refuses it, which is fine.
+            conn.command("AT^CURC=0", t).await?;
+        }
+        self.handle_unsolicited(conn);
+        if registered {
+            self.set_state(ModemState::Ready, operator.unwrap_or_default());
+        } else {
+            self.set_state(
+                ModemState::NotRegistered,
+                format!("CREG: {}", reg_word(stat.or(estat))),
+            );
+        }
+        Ok(())
+    }
+
+    /// AT+CPIN? and the PIN, once. Ok(false) when the SIM blocks further use.
+    async fn check_sim(&mut self, conn: &mut Conn) -> Result<bool, LinkError> {
+        let t = self.cfg.command_timeout;
+        for round in 0..10 {
+            let r = conn.command("AT+CPIN?", t).await?;
+            match (&r.fin, r.field("+CPIN:")) {
+                (Final::Ok, Some("READY")) => return Ok(true),
+                (Final::Ok, Some("SIM PIN")) if round == 0 => {}
+                (Final::Ok, Some("SIM PIN")) => {
+                    // The PIN was taken but the SIM is not ready yet: give it a moment.
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                (Final::Ok, Some("SIM PUK")) => {
+                    self.set_state(ModemState::PukNeeded, "SIM locked: it needs its PUK");
+                    return Ok(false);
+                }
+                (Final::Cme(Some(10)), _) => {
+                    self.set_state(ModemState::NoSim, "no SIM inserted");
+                    return Ok(false);
+                }
+                (Final::Cme(Some(13..=15)), _) => {
+                    self.set_state(ModemState::NoSim, format!("SIM failure ({})", r.fin));
+                    return Ok(false);
+                }
+                (Final::Ok, Some(other)) => {
+                    let other = other.to_string();
+                    self.set_state(ModemState::Error, format!("SIM asks for {other}"));
+                    return Ok(false);
+                }
+                _ => {
+                    self.set_state(ModemState::Error, format!("AT+CPIN? answered {}", r.fin));
+                    return Ok(false);
+                }
+            }
+            if self.pin_rejected {
+                self.set_state(
+                    ModemState::PinRejected,
+                    "the configured PIN was rejected; not retried until the config changes",
+                );
+                return Ok(false);
+            }
+            let Some(pin) = self.cfg.pin.clone() else {
+                self.set_state(
+                    ModemState::PinNeeded,
+                    "the SIM asks for a PIN; none configured",
+                );
+                return Ok(false);
+            };
+            let r = conn
+                .command(&format!("AT+CPIN=\"{}\"", pin.expose()), t)
+                .await?;
+            conn.echo = None;
+            if !r.ok() {
+                // Never again: each wrong try brings the SIM closer to its PUK lock.
+                self.pin_rejected = true;
+                self.set_state(
+                    ModemState::PinRejected,
+                    format!("the configured PIN was rejected ({})", r.fin),
+                );
+                return Ok(false);
+            }
+            info!(modem = %self.name, "PIN accepted");
+        }
+        self.set_state(ModemState::Error, "SIM not ready after the PIN");
+        Ok(false)
+    }
+
+    async fn serve(&mut self, conn: &mut Conn) -> Exit {
+        let mut next_probe = Instant::now() + self.cfg.probe_interval;
+        loop {
+            self.tick();
+            conn.idle_tokens();
+            if self.handle_unsolicited(conn) {
+                return Exit::Reinit;
+            }
+            tokio::select! {
+                req = self.rx.recv() => match req {
+                    None | Some(Request::Shutdown) => return Exit::Shutdown,
+                    Some(Request::Send { job, claim, reply }) => {
+                        let state = self.state();
+                        if state != ModemState::Ready {
+                            let _ = reply.send(SendResult::NotReady { state });
+                            continue;
+                        }
+                        if claim
+                            .compare_exchange(PENDING, STARTED, Ordering::SeqCst, Ordering::SeqCst)
+                            .is_err()
+                        {
+                            continue;
+                        }
+                        let (result, after) = self.send(conn, &job).await;
+                        let _ = reply.send(result);
+                        match after {
+                            After::Nothing => {}
+                            After::Sick(detail) => {
+                                self.set_state(ModemState::Error, detail);
+                                next_probe = Instant::now() + self.cfg.probe_interval;
+                            }
+                            After::Recover => return Exit::NoAnswer,
+                            After::Lost => return Exit::Lost,
+                            After::Reinit => return Exit::Reinit,
+                        }
+                    }
+                },
+                r = conn.fill() => {
+                    if r.is_err() {
+                        return Exit::Lost;
+                    }
+                }
+                _ = tokio::time::sleep_until(next_probe) => {
+                    next_probe = Instant::now() + self.cfg.probe_interval;
+                    match self.state() {
+                        ModemState::Ready | ModemState::NotRegistered => {
+                            match self.probe_health(conn).await {
+                                Ok(()) => {}
+                                Err(LinkError::Timeout) => return Exit::NoAnswer,
+                                Err(LinkError::Lost(_)) => return Exit::Lost,
+                            }
+                        }
+                        // SIM, SMSC or modem errors: look again from the start.
+                        _ => return Exit::Reinit,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn probe_health(&mut self, conn: &mut Conn) -> Result<(), LinkError> {
+        let t = self.cfg.command_timeout;
+        let creg = conn.command("AT+CREG?", t).await?;
+        let signal = conn
+            .command("AT+CSQ", t)
+            .await?
+            .field("+CSQ:")
+            .and_then(csq_dbm);
+        lock(&self.status).signal_dbm = signal.map(|(d, _)| d);
+        if let Some(stat) = creg.field("+CREG:").and_then(reg_stat) {
+            self.registration(stat);
+        }
+        Ok(())
+    }
+
+    fn registration(&self, stat: u8) {
+        match (self.state(), reg_usable(stat)) {
+            (ModemState::Ready, false) => self.set_state(
+                ModemState::NotRegistered,
+                format!("CREG: {}", reg_word(Some(stat))),
+            ),
+            (ModemState::NotRegistered, true) => {
+                let op = lock(&self.status).operator.clone().unwrap_or_default();
+                self.set_state(ModemState::Ready, op);
+            }
+            _ => {}
+        }
+    }
+
+    /// Handles queued URCs; true when the modem announced a reboot (re-init needed).
+    fn handle_unsolicited(&mut self, conn: &mut Conn) -> bool {
+        let mut rebooted = false;
+        while let Some(t) = conn.unsolicited.pop_front() {
+            match t {
+                Token::Cds(hex) => self.status_report(&hex),
+                Token::Line(l) => {
+                    if l == "RDY" {
+                        info!(modem = %self.name, "modem rebooted; initialising again");
+                        rebooted = true;
+                    } else if let Some(v) = l
+                        .strip_prefix("+CREG:")
+                        .or_else(|| l.strip_prefix("+CEREG:"))
+                    {
+                        if let Some(stat) = reg_stat(v) {
+                            self.registration(stat);
+                        }
+                    } else {
+                        let kind = l.split(':').next().unwrap_or("");
+                        trace!(modem = %self.name, urc = %kind.chars().take(16).collect::<String>(), "URC");
+                    }
+                }
+                Token::Prompt => {}
+            }
+        }
+        rebooted
+    }
+
+    fn status_report(&mut self, hex: &str) {
+        let Ok(bytes) = hex::decode(hex) else {
+            warn!(modem = %self.name, "status report is not hex");
+            return;
+        };
+        let Ok(sr) = pdu::decode_status_report(&bytes) else {
+            warn!(modem = %self.name, bytes = bytes.len(), "undecodable status report");
+            return;
+        };
+        let now = Instant::now();
+        self.tracked
+            .retain(|t| now.saturating_duration_since(t.at) < REPORT_WINDOW);
+        let mr = sr.message_reference;
+        let Some(idx) = self
+            .tracked
+            .iter()
+            .rposition(|t| t.pending.contains(&mr) && same_number(&t.to, &sr.recipient))
+        else {
+            debug!(modem = %self.name, mr, "status report for no known message");
+            return;
+        };
+        let status = match sr.class {
+            pdu::ReportClass::Delivered => {
+                let t = &mut self.tracked[idx];
+                t.pending.retain(|m| *m != mr);
+                if !t.pending.is_empty() {
+                    return;
+                }
+                ReceiptStatus::Delivered
+            }
+            pdu::ReportClass::Pending => ReceiptStatus::Pending,
+            pdu::ReportClass::Failed => ReceiptStatus::Failed {
+                code: Some(format!("ST {:#04x}", sr.status)),
+            },
+        };
+        let provider_id = if matches!(status, ReceiptStatus::Pending) {
+            self.tracked[idx].provider_id.clone()
+        } else {
+            match self.tracked.remove(idx) {
+                Some(t) => t.provider_id,
+                None => return,
+            }
+        };
+        debug!(modem = %self.name, provider_id = %provider_id, status = sr.status, "status report");
+        let receipt = Receipt {
+            channel: ChannelKind::Sms,
+            provider_id,
+            status,
+            at: self.clock.now(),
+        };
+        if self.receipts.try_send(receipt).is_err() {
+            warn!(modem = %self.name, "receipt queue full or closed; status report dropped");
+        }
+    }
+
+    async fn send(&mut self, conn: &mut Conn, job: &SendJob) -> (SendResult, After) {
+        let opts = pdu::SubmitOptions {
+            validity: job.validity,
+            status_report: self.cfg.status_reports,
+            smsc: self.cfg.smsc.clone(),
+            concat_ref: self.concat_ref,
+        };
+        self.concat_ref = self.concat_ref.wrapping_add(1);
+        let parts = match pdu::encode_submit(&job.to, &job.text, &opts) {
+            Ok(p) if !p.is_empty() => p,
+            // PduError's messages name only the kind of fault, never the text.
+            Ok(_) => {
+                return (
+                    permanent("cannot encode the SMS: no parts".into()),
+                    After::Nothing,
+                );
+            }
+            Err(e) => {
+                return (
+                    permanent(format!("cannot encode the SMS: {e}")),
+                    After::Nothing,
+                );
+            }
+        };
+        let total = parts.len();
+        debug!(modem = %self.name, message_id = %job.message_id, parts = total, "sending SMS");
+        let mut mrs = Vec::with_capacity(total);
+        for (i, part) in parts.iter().enumerate() {
+            match self.send_part(conn, job, part, i, total).await {
+                Ok(mr) => mrs.push(mr),
+                Err(fail) => return fail,
+            }
+        }
+        let last = mrs.last().copied().unwrap_or(0);
+        let provider_id = format!("{}/{}", self.name, last);
+        if self.cfg.status_reports {
+            if self.tracked.len() >= MAX_TRACKED {
+                self.tracked.pop_front();
+            }
+            self.tracked.push_back(Tracked {
+                provider_id: provider_id.clone(),
+                to: job.to.clone(),
+                pending: mrs,
+                at: Instant::now(),
+            });
+        }
+        debug!(modem = %self.name, message_id = %job.message_id, provider_id = %provider_id, "SMS accepted");
+        (SendResult::Accepted { provider_id }, After::Nothing)
+    }
+
+    async fn send_part(
+        &mut self,
+        conn: &mut Conn,
+        job: &SendJob,
+        part: &pdu::SubmitPdu,
+        i: usize,
+        total: usize,
+    ) -> Result<u8, (SendResult, After)> {
+        let name = self.name.clone();
+        let lost = |when: &str| {
+            (
+                SendResult::Transient {
+                    code: None,
+                    reason: format!("{name}: port lost {when}"),
+                },
+                After::Lost,
+            )
+        };
+        // Before Ctrl-Z nothing has gone out: a failure here is safe to try again elsewhere.
+        let prompt_deadline = (Instant::now() + self.cfg.command_timeout).min(job.deadline);
+        conn.idle_tokens();
+        let cmd = format!("AT+CMGS={}", part.tpdu_len);
+        conn.echo = Some(cmd.clone());
+        conn.expect_prompt = true;
+        match conn
+            .write_all(format!("{cmd}\r").as_bytes(), prompt_deadline)
+            .await
+        {
+            Ok(()) => {}
+            Err(LinkError::Lost(_)) => return Err(lost("before sending")),
+            Err(LinkError::Timeout) => return Err(self.no_prompt(conn, i, total).await),
+        }
+        loop {
+            match conn.next_token(prompt_deadline).await {
+                Ok(Token::Prompt) => break,
+                Ok(Token::Line(l)) => {
+                    if let Some(fin) = parse_final(&l) {
+                        conn.expect_prompt = false;
+                        return Err(self.refused(&fin, i, total));
+                    }
+                    if looks_unsolicited(&l) {
+                        conn.queue_unsolicited(Token::Line(l));
+                    }
+                }
+                Ok(t) => conn.queue_unsolicited(t),
+                Err(LinkError::Lost(_)) => return Err(lost("before sending")),
+                Err(LinkError::Timeout) => return Err(self.no_prompt(conn, i, total).await),
+            }
+        }
+        // From here the message may leave: any doubt is Unknown, never a resend.
+        let unknown = |why: String| SendResult::Unknown {
+            reason: format!("{name}: {why} after part {}/{total} was handed over", i + 1),
+        };
+        let hand_over = Instant::now() + self.cfg.command_timeout;
+        conn.echo = Some(part.hex.clone());
+        let mut bytes = Vec::with_capacity(part.hex.len() + 1);
+        bytes.extend_from_slice(part.hex.as_bytes());
+        bytes.push(0x1a);
+        match conn.write_all(&bytes, hand_over).await {
+            Ok(()) => {}
+            Err(LinkError::Lost(_)) => return Err((unknown("port lost".into()), After::Lost)),
+            Err(LinkError::Timeout) => {
+                return Err((unknown("write timed out".into()), After::Recover));
+            }
+        }
+        let answer_deadline =
+            (Instant::now() + self.cfg.send_timeout).min(job.deadline.max(hand_over));
+        let mut mr = None;
+        loop {
+            match conn.next_token(answer_deadline).await {
+                Ok(Token::Line(l)) => {
+                    if let Some(v) = l.strip_prefix("+CMGS:") {
+                        mr = fields(v).first().and_then(|s| s.parse::<u8>().ok());
+                        continue;
+                    }
+                    match parse_final(&l) {
+                        Some(Final::Ok) => match mr {
+                            Some(mr) => {
+                                conn.echo = None;
+                                return Ok(mr);
+                            }
+                            None => {
+                                return Err((
+                                    unknown("OK without a message reference".into()),
+                                    After::Nothing,
+                                ));
+                            }
+                        },
+                        Some(fin) => return Err(self.refused(&fin, i, total)),
+                        None => {
+                            if looks_unsolicited(&l) {
+                                conn.queue_unsolicited(Token::Line(l));
+                            }
+                        }
+                    }
+                }
+                Ok(t @ Token::Cds(_)) => conn.queue_unsolicited(t),
+                Ok(Token::Prompt) => {}
+                Err(LinkError::Lost(_)) => return Err((unknown("port lost".into()), After::Lost)),
+                Err(LinkError::Timeout) => {
+                    warn!(modem = %name, message_id = %job.message_id, part = i + 1, total, "no +CMGS after Ctrl-Z: outcome unknown");
+                    return Err((unknown("no answer".into()), After::Recover));
+                }
+            }
+        }
+    }
+
+    async fn no_prompt(&mut self, conn: &mut Conn, i: usize, total: usize) -> (SendResult, After) {
+        let _ = conn.escape().await;
+        warn!(modem = %self.name, part = i + 1, total, "no prompt for AT+CMGS");
+        (
+            SendResult::Transient {
+                code: None,
+                reason: format!("{}: no '>' prompt from the modem", self.name),
+            },
+            After::Recover,
+        )
+    }
+
+    fn refused(&self, fin: &Final, i: usize, total: usize) -> (SendResult, After) {
+        let code = Some(fin.to_string());
+        let name = &self.name;
+        warn!(modem = %name, part = i + 1, total, result = %fin, "send refused");
+        match fin {
+            Final::Cms(Some(n)) => {
+                let reason = format!("{name}: {}", cms_reason(*n));
+                match classify_cms(*n) {
+                    CmsClass::Transient => (SendResult::Transient { code, reason }, After::Nothing),
+                    CmsClass::PermanentForNumber => {
+                        (SendResult::Permanent { code, reason }, After::Nothing)
+                    }
+                    CmsClass::ModemProblem => (
+                        SendResult::Sick {
+                            code: code.clone(),
+                            reason: reason.clone(),
+                        },
+                        After::Sick(format!("{} ({})", reason, fin)),
+                    ),
+                }
+            }
+            // 515 busy and similar: wait and retry.
+            Final::Cme(Some(n)) if !(10..=18).contains(n) => (
+                SendResult::Transient {
+                    code,
+                    reason: format!("{name}: modem busy"),
+                },
+                After::Nothing,
+            ),
+            // A plain ERROR usually means the modem lost its settings (an unnoticed reboot).
+            _ => (
+                SendResult::Sick {
+                    code,
+                    reason: format!("{name}: modem refused AT+CMGS"),
+                },
+                After::Reinit,
+            ),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// `otpgate modem probe`
+
+/// What `otpgate modem probe` found out about a modem.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProbeReport {
+    /// The device probed.
+    pub device: PathBuf,
+    /// AT+CGMI.
+    pub manufacturer: Option<String>,
+    /// AT+CGMM.
+    pub model: Option<String>,
+    /// AT+CGMR.
+    pub firmware: Option<String>,
+    /// AT+CGSN.
+    pub imei: Option<String>,
+    /// AT+CPIN? ("READY", "SIM PIN", "no SIM"...).
+    pub sim: String,
+    /// AT+CREG?/AT+CEREG? in words.
+    pub registration: String,
+    /// AT+COPS?.
+    pub operator: Option<String>,
+    /// AT+CSQ in dBm.
+    pub signal_dbm: Option<i32>,
+    /// AT+CSQ in bars (0-4).
+    pub signal_bars: Option<u8>,
+    /// AT+CSCA?.
+    pub smsc: Option<String>,
+}
+
+impl fmt::Display for ProbeReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let o = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        writeln!(f, "device:       {}", self.device.display())?;
+        writeln!(
+            f,
+            "modem:        {} {} (firmware {})",
+            o(&self.manufacturer),
+            o(&self.model),
+            o(&self.firmware)
+        )?;
+        writeln!(f, "IMEI:         {}", o(&self.imei))?;
+        writeln!(f, "SIM:          {}", self.sim)?;
+        writeln!(f, "registration: {}", self.registration)?;
+        writeln!(f, "operator:     {}", o(&self.operator))?;
+        match (self.signal_dbm, self.signal_bars) {
+            (Some(d), Some(b)) => writeln!(f, "signal:       {d} dBm ({b}/4 bars)")?,
+            _ => writeln!(f, "signal:       unknown")?,
+        }
+        write!(
+            f,
+            "SMSC:         {}",
+            self.smsc
+                .clone()
+                .unwrap_or_else(|| "none on the SIM (set smsc in the config)".into())
+        )
+    }
+}
+
+/// Opens `device`, asks the modem who and how it is, and closes it again. Enters no PIN.
+pub async fn probe(device: &Path, baud: u32, timeout: Duration) -> Result<ProbeReport, ModemError> {
+    let mut conn = Conn::open(device, baud)?;
+    let lost = |e: LinkError, device: &Path| match e {
+        LinkError::Lost(e) => ModemError::Io(e),
+        LinkError::Timeout => ModemError::NoAnswer(device.to_path_buf(), timeout),
+    };
+    conn.escape().await.map_err(|e| lost(e, device))?;
+    let mut alive = false;
+    for _ in 0..3 {
+        match conn.command("AT", timeout).await {
+            Ok(r) if r.ok() => {
+                alive = true;
+                break;
+            }
+            Ok(_) | Err(LinkError::Timeout) => {}
+            Err(e) => return Err(lost(e, device)),
+        }
+    }
+    if !alive {
+        return Err(ModemError::NoAnswer(device.to_path_buf(), timeout));
+    }
+    let mut ask = async |cmd: &str| {
+        conn.command(cmd, timeout)
+            .await
+            .map_err(|e| lost(e, device))
+    };
+    ask("ATE0").await?;
+    ask("AT+CMEE=1").await?;
+    let manufacturer = ask("AT+CGMI").await?.value();
+    let model = ask("AT+CGMM").await?.value();
+    let firmware = ask("AT+CGMR").await?.value();
+    let imei = ask("AT+CGSN").await?.value();
+    let cpin = ask("AT+CPIN?").await?;
+    let sim = match (&cpin.fin, cpin.field("+CPIN:")) {
+        (Final::Ok, Some(s)) => s.to_string(),
+        (Final::Cme(Some(10)), _) => "no SIM inserted".to_string(),
+        (fin, _) => format!("unknown ({fin})"),
+    };
+    let creg = ask("AT+CREG?").await?;
+    let cereg = ask("AT+CEREG?").await?;
+    let stat = creg.field("+CREG:").and_then(reg_stat);
+    let estat = cereg.field("+CEREG:").and_then(reg_stat);
+    let best = match (stat, estat) {
+        (Some(s), _) if reg_usable(s) => Some(s),
+        (_, Some(e)) if reg_usable(e) => Some(e),
+        (s, e) => s.or(e),
+    };
+    let operator = ask("AT+COPS?")
+        .await?
+        .field("+COPS:")
+        .and_then(cops_operator);
+    let signal = ask("AT+CSQ").await?.field("+CSQ:").and_then(csq_dbm);
+    let smsc = ask("AT+CSCA?")
+        .await?
+        .field("+CSCA:")
+        .and_then(csca_address);
+    Ok(ProbeReport {
+        device: device.to_path_buf(),
+        manufacturer,
+        model,
+        firmware,
+        imei,
+        sim,
+        registration: reg_word(best).to_string(),
+        operator,
+        signal_dbm: signal.map(|(d, _)| d),
+        signal_bars: signal.map(|(_, b)| b),
+        smsc,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[&[u8]], prompt: bool, echo: Option<&str>) -> Lines {
+        let mut l = Lines {
+            expect_prompt: prompt,
+            echo: echo.map(str::to_string),
+            ..Lines::default()
+        };
+        for i in input {
+            l.push(i);
+        }
+        l
+    }
+
+    fn line(s: &str) -> Token {
+        Token::Line(s.to_string())
+    }
+
+    #[test]
+    fn tokenizer_splits_lines_prompt_and_reports() {
+        let l = lines(&[b"AT+CMGS=23\r\r\n> "], true, Some("AT+CMGS=23"));
+        assert_eq!(l.tokens, [Token::Prompt]);
+        let l = lines(&[b"\r\n+CMGS: 4", b"2\r\n\r\nOK\r\n"], false, None);
+        assert_eq!(l.tokens, [line("+CMGS: 42"), line("OK")]);
+        let l = lines(&[b"\r\n+CDS: 6\r\n0006AB\r\n"], false, None);
+        assert_eq!(l.unsolicited, [Token::Cds("0006AB".into())]);
+        assert!(l.tokens.is_empty());
+        let l = lines(&[b"\r\n> \r\n^RSSI:18\r\n"], true, None);
+        assert_eq!(l.tokens, [Token::Prompt, line("^RSSI:18")]);
+        // a prompt is only a prompt when one is expected
+        let l = lines(&[b"\r\n> "], false, None);
+        assert!(l.tokens.is_empty());
+    }
+
+    #[test]
+    fn tokenizer_survives_garbage_and_floods() {
+        let mut junk = vec![0u8, 0xff, 0xfe, 0x1a];
+        junk.extend(std::iter::repeat_n(b'x', 10_000));
+        let l = lines(&[&junk, b"\r\nOK\r\n"], false, None);
+        assert_eq!(l.tokens, [line("OK")]);
+        assert!(l.buf.is_empty());
+        let flood: Vec<u8> = b"^RSSI:18\r\n".repeat(5000);
+        let l = lines(&[&flood], false, None);
+        assert!(l.tokens.len() <= MAX_UNSOLICITED);
+    }
+
+    #[test]
+    fn finals_and_prefixes() {
+        assert_eq!(parse_final("+CMS ERROR: 330"), Some(Final::Cms(Some(330))));
+        assert_eq!(parse_final("+CME ERROR: SIM busy"), Some(Final::Cme(None)));
+        assert_eq!(parse_final("+CMGS: 4"), None);
+        assert_eq!(response_prefix("AT+CREG?").as_deref(), Some("+CREG:"));
+        assert_eq!(response_prefix("AT^CURC=0").as_deref(), Some("^CURC:"));
+        assert_eq!(response_prefix("ATE0"), None);
+        assert_eq!(command_name("AT+CPIN=\"1234\""), "AT+CPIN");
+    }
+
+    #[test]
+    fn answers_parse_defensively() {
+        assert_eq!(reg_stat("0,5"), Some(5));
+        assert_eq!(reg_stat("2"), Some(2));
+        assert_eq!(reg_stat("x,y"), None);
+        assert_eq!(csq_dbm("21,99"), Some((-71, 4)));
+        assert_eq!(csq_dbm("99,99"), None);
+        assert_eq!(csq_dbm(""), None);
+        assert_eq!(cops_operator("0,0,\"Op\",7").as_deref(), Some("Op"));
+        assert_eq!(cops_operator("0"), None);
+        assert_eq!(csca_address("\"\",129"), None);
+        assert_eq!(csca_address("\"+100\",145").as_deref(), Some("+100"));
+        assert_eq!(classify_cms(1), CmsClass::PermanentForNumber);
+        assert_eq!(classify_cms(330), CmsClass::ModemProblem);
+        assert_eq!(classify_cms(41), CmsClass::Transient);
+        assert_eq!(classify_cms(500), CmsClass::Transient);
+    }
+}
