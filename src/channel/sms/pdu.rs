@@ -302,6 +302,14 @@ fn split_text(text: &str) -> (Encoding, Vec<Vec<u8>>) {
     }
 }
 
+/// How many SMS parts `text` needs (0 for an empty text), without building them.
+pub fn part_count(text: &str) -> usize {
+    if text.is_empty() {
+        return 0;
+    }
+    split_text(text).1.len()
+}
+
 /// Builds the SMS-SUBMIT PDU(s) for `text` to `to` ("+E.164" gives TOA 0x91; bare digits 0x81).
 /// Several PDUs mean a concatenated SMS; send them in order.
 pub fn encode_submit(
@@ -539,6 +547,10 @@ fn read_user_data(
         Encoding::Gsm7 => (udl * 7).div_ceil(8),
         Encoding::Ucs2 => udl,
     };
+    // TP-UD holds at most 140 octets (160 septets); more is an encoder bug, not a long SMS.
+    if ud_octets > 140 {
+        return Err(PduError::Malformed("user data longer than 140 octets"));
+    }
     let ud = r.take(ud_octets)?;
     let (concat, header_len) = if udhi {
         let udhl = usize::from(
@@ -591,6 +603,9 @@ pub fn decode_submit(pdu: &[u8]) -> Result<DecodedSubmit, PduError> {
     }
     let _mr = r.u8()?;
     let to = read_address(&mut r)?;
+    if to.trim_start_matches('+').is_empty() {
+        return Err(PduError::InvalidNumber);
+    }
     let _pid = r.u8()?;
     let encoding = encoding_of_dcs(r.u8()?)?;
     let validity = match (first >> 3) & 0x03 {
@@ -844,6 +859,16 @@ mod tests {
     }
 
     #[test]
+    fn part_counts() {
+        assert_eq!(part_count(""), 0);
+        assert_eq!(part_count(&"a".repeat(160)), 1);
+        assert_eq!(part_count(&"a".repeat(161)), 2);
+        assert_eq!(part_count(&"आ".repeat(70)), 1);
+        assert_eq!(part_count(&"आ".repeat(135)), 3);
+        assert_eq!(part_count(&"a".repeat(256 * 153)), 256);
+    }
+
+    #[test]
     fn extension_chars_cost_two_septets() {
         let t = format!("{}€", "a".repeat(159));
         assert_eq!(gsm7::septet_len(&t), Some(161));
@@ -1022,6 +1047,18 @@ mod tests {
             Err(PduError::TrailingData { extra: 1 })
         );
         assert_eq!(decode_submit(&[]), Err(PduError::Truncated { at: 0 }));
+        assert_eq!(
+            decode_submit(&hex_decode("001100008100000000").unwrap()),
+            Err(PduError::InvalidNumber)
+        );
+        // UDL 161 septets (141 octets) is more than TP-UD can hold.
+        let mut long = hex_decode("0011000481214300000100").unwrap();
+        long[10] = 161;
+        long.extend([0u8; 141]);
+        assert_eq!(
+            decode_submit(&long),
+            Err(PduError::Malformed("user data longer than 140 octets"))
+        );
         for n in 0..good.len() {
             assert!(decode_submit(&good[..n]).is_err(), "{n}");
         }
@@ -1139,6 +1176,11 @@ mod tests {
             let _ = decode_submit(&input);
             let _ = decode_status_report(&input);
             let _ = hex_decode(&String::from_utf8_lossy(&input));
+            let fill = (next() % 8) as u8;
+            let septets = gsm7::unpack(&input, fill, (next() % 300) as usize);
+            assert!(septets.len() * 7 <= input.len() * 8);
+            let _ = gsm7::decode(&septets);
+            let _ = gsm7::decode(&input);
             for n in 0..input.len().min(40) {
                 let _ = decode_submit(&input[..n]);
                 let _ = decode_status_report(&input[..n]);
