@@ -383,6 +383,16 @@ async fn missing_pin_is_reported() {
 }
 
 #[tokio::test]
+async fn missing_sim_is_reported_and_noticed_when_inserted() {
+    let sim = SimModem::start(Profile::quectel().without_sim()).unwrap();
+    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
+    wait_state(&pool, 0, "no_sim").await;
+    sim.set_sim_present(true);
+    wait_state(&pool, 0, "ready").await;
+    pool.shutdown().await;
+}
+
+#[tokio::test]
 async fn wrong_pin_is_never_retried() {
     let sim = SimModem::start(Profile::quectel().with_pin("1234")).unwrap();
     let mut c = cfg("modem0", sim.path());

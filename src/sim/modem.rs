@@ -111,6 +111,12 @@ impl Profile {
         self
     }
 
+    /// The same profile with no SIM inserted.
+    pub fn without_sim(mut self) -> Profile {
+        self.sim_present = false;
+        self
+    }
+
     /// The same profile with another SMSC stored on the SIM ("" = none).
     pub fn with_smsc(mut self, smsc: &str) -> Profile {
         self.smsc = smsc.to_string();
@@ -387,6 +393,23 @@ impl SimModem {
         });
     }
 
+    /// Locks the SIM behind `pin` (asked again, as after a power cycle), or removes the lock.
+    pub fn require_pin(&self, pin: Option<&str>) {
+        self.with(|s| {
+            s.profile.pin = pin.map(str::to_string);
+            s.pin_state = if pin.is_some() {
+                PinState::NeedPin
+            } else {
+                PinState::Ready
+            };
+        });
+    }
+
+    /// Inserts or removes the SIM.
+    pub fn set_sim_present(&self, present: bool) {
+        self.with(|s| s.profile.sim_present = present);
+    }
+
     /// Sends an unsolicited line between answers, right away.
     pub fn inject_urc(&self, line: &str) {
         self.with(|s| s.out.push(format!("\r\n{line}\r\n").into_bytes()));
@@ -494,7 +517,9 @@ fn set_nonblocking(fd: &OwnedFd) -> Result<(), nix::Error> {
 
 fn boot_banner(v: Vendor) -> Vec<u8> {
     match v {
-        Vendor::Quectel => b"\r\nRDY\r\n".to_vec(),
+        Vendor::Quectel => {
+            b"\r\nRDY\r\n\r\n+CFUN: 1\r\n\r\n+QIND: SMS DONE\r\n\r\n+QIND: PB DONE\r\n".to_vec()
+        }
         Vendor::Huawei => b"\r\n^BOOT:12345678,0,0,0,75\r\n".to_vec(),
     }
 }
@@ -829,10 +854,9 @@ fn command_with_args(
     sim_ok: bool,
 ) -> (Vec<String>, String, Option<usize>) {
     let none = Vec::new;
-    if let Some(arg) = upper.strip_prefix("AT+CPIN=") {
-        let _ = arg;
+    if upper.starts_with("AT+CPIN=") {
         st.pin_tries += 1;
-        let given = cmd[8..].trim().trim_matches('"');
+        let given = cmd.get(8..).unwrap_or("").trim().trim_matches('"');
         return match st.pin_state {
             PinState::Ready => (none(), "+CME ERROR: 3".into(), None),
             PinState::NeedPuk => (none(), "+CME ERROR: 12".into(), None),

@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, trace, warn};
 
+use crate::channel::sms::at::{CmsClass, classify_cme, classify_cms};
 use crate::channel::sms::pdu;
 use crate::channel::{ChannelKind, Receipt, ReceiptStatus, ReceiptTx};
 use crate::clock::SharedClock;
@@ -783,22 +784,6 @@ fn csca_address(value: &str) -> Option<String> {
         .map(|s| s.to_string())
 }
 
-/// What a +CMS ERROR means for the message (reference table, 27.005 3.2.5 / 24.011 E-2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum CmsClass {
-    Transient,
-    PermanentForNumber,
-    ModemProblem,
-}
-
-fn classify_cms(code: u16) -> CmsClass {
-    match code {
-        1 | 96 | 304 | 305 | 128..=255 => CmsClass::PermanentForNumber,
-        8 | 10 | 21 | 50 | 69 | 310..=318 | 330 => CmsClass::ModemProblem,
-        _ => CmsClass::Transient,
-    }
-}
-
 fn cms_reason(code: u16) -> &'static str {
     match code {
         1 => "unassigned (unallocated) number",
@@ -1508,14 +1493,23 @@ impl Owner {
                     ),
                 }
             }
-            // 515 busy and similar: wait and retry.
-            Final::Cme(Some(n)) if !(10..=18).contains(n) => (
-                SendResult::Transient {
-                    code,
-                    reason: format!("{name}: modem busy"),
-                },
-                After::Nothing,
-            ),
+            // 515 busy and similar: wait and retry; SIM trouble takes the modem out.
+            Final::Cme(Some(n)) => match classify_cme(*n) {
+                CmsClass::ModemProblem => (
+                    SendResult::Sick {
+                        code,
+                        reason: format!("{name}: SIM or modem problem"),
+                    },
+                    After::Sick(format!("AT+CMGS refused ({fin})")),
+                ),
+                _ => (
+                    SendResult::Transient {
+                        code,
+                        reason: format!("{name}: modem busy"),
+                    },
+                    After::Nothing,
+                ),
+            },
             // A plain ERROR usually means the modem lost its settings (an unnoticed reboot).
             _ => (
                 SendResult::Sick {
@@ -1730,9 +1724,5 @@ mod tests {
         assert_eq!(cops_operator("0"), None);
         assert_eq!(csca_address("\"\",129"), None);
         assert_eq!(csca_address("\"+100\",145").as_deref(), Some("+100"));
-        assert_eq!(classify_cms(1), CmsClass::PermanentForNumber);
-        assert_eq!(classify_cms(330), CmsClass::ModemProblem);
-        assert_eq!(classify_cms(41), CmsClass::Transient);
-        assert_eq!(classify_cms(500), CmsClass::Transient);
     }
 }
