@@ -979,3 +979,85 @@ fn submit(
     }
     Some(format!("\r\n+CMGS: {mr}\r\n\r\nOK\r\n").into_bytes())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+
+    fn open(sim: &SimModem) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY | libc::O_NONBLOCK)
+            .open(sim.path())
+            .unwrap()
+    }
+
+    /// Writes `cmd` and reads until `end` shows up (5 s hang guard).
+    fn talk(port: &mut std::fs::File, cmd: &[u8], end: &str) -> String {
+        port.write_all(cmd).unwrap();
+        let mut got = Vec::new();
+        let t0 = std::time::Instant::now();
+        let mut buf = [0u8; 256];
+        while !String::from_utf8_lossy(&got).contains(end) {
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "no {end:?} in {got:?}"
+            );
+            match port.read(&mut buf) {
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(_) => std::thread::sleep(Duration::from_millis(5)),
+            }
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    #[test]
+    fn speaks_the_at_dialogue_on_a_pty() {
+        let sim = SimModem::start(Profile::huawei()).unwrap();
+        assert!(
+            std::fs::read_link(sim.path())
+                .unwrap()
+                .starts_with("/dev/pts")
+        );
+        let mut p = open(&sim);
+        // Echo is on at power-on, as on real modems.
+        assert!(talk(&mut p, b"AT\r", "OK\r\n").contains("AT\r"));
+        talk(&mut p, b"ATE0\r", "OK\r\n");
+        let a = talk(&mut p, b"AT+CSQ\r", "OK\r\n");
+        assert!(a.contains("+CSQ: 18,99") && !a.contains("AT+CSQ"));
+        assert!(talk(&mut p, b"AT+FOO\r", "ERROR").contains("ERROR"));
+        assert!(talk(&mut p, b"AT+CEREG?\r", "SUPPORT").contains("COMMAND NOT SUPPORT"));
+        // Text mode refuses a PDU length; PDU mode prompts, a wrong length is refused.
+        assert!(talk(&mut p, b"AT+CMGS=5\r", "ERROR").contains("+CMS ERROR: 302"));
+        talk(&mut p, b"AT+CMGF=0\r", "OK\r\n");
+        assert!(talk(&mut p, b"AT+CMGS=5\r", "> ").ends_with("\r\n> "));
+        assert!(talk(&mut p, b"0011\x1a", "ERROR").contains("+CMS ERROR: 304"));
+        // ESC abandons a prompt silently and the modem takes commands again.
+        talk(&mut p, b"AT+CMGS=5\r", "> ");
+        talk(&mut p, b"00\x1b", "");
+        talk(&mut p, b"AT\r", "OK\r\n");
+        assert!(sim.received().is_empty());
+    }
+
+    #[test]
+    fn pin_countdown_and_hang_until_reset() {
+        let sim = SimModem::start(Profile::quectel().with_pin("1234")).unwrap();
+        let mut p = open(&sim);
+        assert!(talk(&mut p, b"AT+CPIN?\r", "OK\r\n").contains("SIM PIN"));
+        for _ in 0..3 {
+            assert!(talk(&mut p, b"AT+CPIN=\"0000\"\r", "ERROR").contains("+CME ERROR: 16"));
+        }
+        assert!(talk(&mut p, b"AT+CPIN?\r", "OK\r\n").contains("SIM PUK"));
+        assert_eq!(sim.pin_attempts(), 3);
+        assert!(sim.commands().iter().all(|c| !c.contains("0000")));
+
+        sim.set_hang(Hang::UntilReset);
+        p.write_all(b"AT\r").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        talk(&mut p, b"ATZ\r", "OK\r\n");
+        talk(&mut p, b"AT\r", "OK\r\n");
+    }
+}
