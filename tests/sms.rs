@@ -308,6 +308,17 @@ async fn echo_back_after_a_reboot_is_tolerated_and_the_modem_is_set_up_again() {
 }
 
 #[tokio::test]
+async fn a_slow_modem_is_waited_for() {
+    let sim = SimModem::start(Profile::quectel()).unwrap();
+    sim.set_delay(Duration::from_millis(150));
+    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
+    wait_state(&pool, 0, "ready").await;
+    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    assert_eq!(sim.received().len(), 1);
+    pool.shutdown().await;
+}
+
+#[tokio::test]
 async fn hung_modem_is_reset_and_sends_again() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
     let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
@@ -437,6 +448,14 @@ async fn status_reports_become_receipts_matched_to_the_provider_id() {
         }
     );
 
+    sim.set_report_status(0x20);
+    let id = accepted(&pool.send(&delivery("Your code is 123456")).await);
+    let r = tokio::time::timeout(GUARD, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((r.provider_id, r.status), (id, ReceiptStatus::Pending));
+
     // A two-part message is delivered when both parts are.
     sim.set_report_status(0x00);
     let long: String = "x".repeat(200);
@@ -446,7 +465,7 @@ async fn status_reports_become_receipts_matched_to_the_provider_id() {
         .unwrap()
         .unwrap();
     assert_eq!((r.provider_id, r.status), (id, ReceiptStatus::Delivered));
-    assert_eq!(sim.reports_sent(), 4);
+    assert_eq!(sim.reports_sent(), 5);
     pool.shutdown().await;
 }
 
