@@ -39,6 +39,8 @@ const REOPEN_MAX: Duration = Duration::from_secs(30);
 const REPORT_WINDOW: Duration = Duration::from_secs(72 * 3600);
 /// Sent messages remembered for status-report matching.
 const MAX_TRACKED: usize = 1024;
+/// How long shutdown waits for an owner task before aborting it.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
 /// Time given to the owner beyond a delivery's budget to report what happened.
 const GRACE: Duration = Duration::from_secs(2);
 
@@ -286,7 +288,8 @@ impl Modem {
         lock(&self.status).clone()
     }
 
-    /// The heartbeat: bumped on every turn of the owner loop.
+    /// The heartbeat: bumped on every turn of the owner loop, so at least once per
+    /// probe_interval while the port is open and every second while waiting to reopen it.
     pub fn progress(&self) -> u64 {
         self.progress.load(Ordering::Relaxed)
     }
@@ -336,12 +339,16 @@ impl Modem {
         }
     }
 
-    /// Asks the owner task to close the port and waits for it to end.
+    /// Asks the owner task to close the port and waits for it to end; a task still busy after
+    /// a few seconds (a send waiting on the network) is aborted, which closes the port too.
     pub async fn shutdown(&self) {
-        let _ = self.tx.send(Request::Shutdown).await;
+        let _ = tokio::time::timeout(SHUTDOWN_WAIT, self.tx.send(Request::Shutdown)).await;
         let task = lock(&self.task).take();
-        if let Some(t) = task {
-            let _ = t.await;
+        if let Some(mut t) = task {
+            if tokio::time::timeout(SHUTDOWN_WAIT, &mut t).await.is_err() {
+                warn!(modem = %self.name, "owner task busy at shutdown; aborted");
+                t.abort();
+            }
         }
     }
 }
@@ -906,8 +913,13 @@ impl Owner {
         let until = Instant::now() + d;
         loop {
             self.tick();
+            if Instant::now() >= until {
+                return true;
+            }
+            // Wake at least every second so the heartbeat shows a live loop while waiting.
+            let wake = until.min(Instant::now() + Duration::from_secs(1));
             tokio::select! {
-                _ = tokio::time::sleep_until(until) => return true,
+                _ = tokio::time::sleep_until(wake) => {}
                 req = self.rx.recv() => match req {
                     None | Some(Request::Shutdown) => return false,
                     Some(Request::Send { reply, .. }) => {
