@@ -638,3 +638,20 @@ async fn the_text_never_reaches_a_log_line() {
     assert!(!logs.contains(&text));
     assert!(!logs.to_uppercase().contains(&packed), "the PDU leaked");
 }
+
+#[tokio::test]
+async fn heartbeat_moves_while_idle_and_while_unplugged() {
+    let mut sim = SimModem::start(Profile::quectel()).unwrap();
+    let mut c = cfg("modem0", sim.path());
+    c.probe_interval = Duration::from_secs(3600);
+    let (pool, _rx) = start(vec![c]);
+    wait_state(&pool, 0, "ready").await;
+    let p0 = pool.progress()[0].1;
+    wait_for("idle heartbeat", || pool.progress()[0].1 > p0 + 1).await;
+    sim.vanish();
+    wait_state(&pool, 0, "unplugged").await;
+    let p1 = pool.progress()[0].1;
+    wait_for("unplugged heartbeat", || pool.progress()[0].1 > p1 + 1).await;
+    assert_eq!(pool.progress()[0].0, "modem0");
+    pool.shutdown().await;
+}

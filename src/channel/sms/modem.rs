@@ -288,8 +288,8 @@ impl Modem {
         lock(&self.status).clone()
     }
 
-    /// The heartbeat: bumped on every turn of the owner loop, so at least once per
-    /// probe_interval while the port is open and every second while waiting to reopen it.
+    /// The heartbeat: bumped on every turn of the owner loop, at least once a second unless
+    /// the task is inside one modem exchange (bounded by command_timeout / send_timeout).
     pub fn progress(&self) -> u64 {
         self.progress.load(Ordering::Relaxed)
     }
@@ -1185,6 +1185,8 @@ impl Owner {
                         return Exit::Lost;
                     }
                 }
+                // An idle loop still turns once a second, so the heartbeat tells idle from wedged.
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 _ = tokio::time::sleep_until(next_probe) => {
                     next_probe = Instant::now() + self.cfg.probe_interval;
                     match self.state() {
