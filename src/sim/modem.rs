@@ -826,7 +826,7 @@ fn command(
                 None,
             )
         }
-        "AT+CNMA" | "AT+CMEE=1" | "AT+CMEE=2" | "AT+CMEE=0" => (none(), ok(), None),
+        "AT+CNMA" | "AT+CMEE=1" | "AT+CMEE=2" | "AT+CMEE=0" | "ATV1" => (none(), ok(), None),
         "AT+CSMS?" => (vec!["+CSMS: 0,1,1,1".into()], ok(), None),
         "AT^CURC=0" if huawei => {
             st.curc = false;

@@ -22,14 +22,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, trace, warn};
 
-use crate::channel::sms::at::{CmsClass, classify_cme, classify_cms};
+use crate::channel::sms::at::{
+    CmsClass, Dialogue, Event, FinalResult, LineReader, PinState, Registration, Urc, classify_cme,
+    classify_cms, parse_cmgs, parse_cops, parse_cpin, parse_creg, parse_csca, parse_csq,
+};
 use crate::channel::sms::pdu;
 use crate::channel::{ChannelKind, Receipt, ReceiptStatus, ReceiptTx};
 use crate::clock::SharedClock;
 use crate::config::ModemConfig;
 
-/// Longest line kept; a longer run of bytes with no line end is dropped (untrusted input).
-const MAX_LINE: usize = 4096;
 /// Unsolicited lines kept between two looks at them; a flood beyond this is dropped.
 const MAX_UNSOLICITED: usize = 256;
 /// First and longest wait between attempts to reopen a lost port.
@@ -379,13 +380,7 @@ enum LinkError {
     Lost(std::io::Error),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Token {
-    Line(String),
-    Prompt,
-    Cds(String),
-}
-
+/// A final result, as this module reasons about it (error codes reduced to their numbers).
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Final {
     Ok,
@@ -394,6 +389,19 @@ enum Final {
     Cms(Option<u16>),
     NotSupported,
     NoCarrier,
+}
+
+impl From<FinalResult> for Final {
+    fn from(f: FinalResult) -> Final {
+        match f {
+            FinalResult::Ok => Final::Ok,
+            FinalResult::Error => Final::Error,
+            FinalResult::CmeError(c) => Final::Cme(c.number()),
+            FinalResult::CmsError(c) => Final::Cms(c.number()),
+            FinalResult::NoCarrier => Final::NoCarrier,
+            FinalResult::CommandNotSupport => Final::NotSupported,
+        }
+    }
 }
 
 impl fmt::Display for Final {
@@ -411,23 +419,6 @@ impl fmt::Display for Final {
     }
 }
 
-fn parse_final(l: &str) -> Option<Final> {
-    let code = |s: &str| s.trim().parse::<u16>().ok();
-    match l {
-        "OK" => Some(Final::Ok),
-        "ERROR" => Some(Final::Error),
-        "COMMAND NOT SUPPORT" => Some(Final::NotSupported),
-        "NO CARRIER" => Some(Final::NoCarrier),
-        _ => {
-            if let Some(r) = l.strip_prefix("+CME ERROR:") {
-                Some(Final::Cme(code(r)))
-            } else {
-                l.strip_prefix("+CMS ERROR:").map(|r| Final::Cms(code(r)))
-            }
-        }
-    }
-}
-
 struct Reply {
     info: Vec<String>,
     fin: Final,
@@ -438,12 +429,9 @@ impl Reply {
         self.fin == Final::Ok
     }
 
-    /// The first info line starting with `prefix`, with the prefix removed.
-    fn field(&self, prefix: &str) -> Option<&str> {
-        self.info
-            .iter()
-            .find_map(|l| l.strip_prefix(prefix))
-            .map(str::trim)
+    /// The first info line some parser accepts.
+    fn parse<T>(&self, f: impl Fn(&str) -> Option<T>) -> Option<T> {
+        self.info.iter().find_map(|l| f(l))
     }
 
     /// The first info line, for commands answered with a bare value (AT+CGMI).
@@ -462,61 +450,20 @@ impl Reply {
     }
 }
 
-/// The line prefix a command's own answer carries ("AT+CREG?" -> "+CREG:").
-fn response_prefix(cmd: &str) -> Option<String> {
-    let rest = cmd.strip_prefix("AT")?;
-    if !(rest.starts_with('+') || rest.starts_with('^')) {
-        return None;
-    }
-    let end = rest.find(['=', '?']).unwrap_or(rest.len());
-    Some(format!("{}:", &rest[..end]))
-}
-
-/// The command's name for logs (never its arguments: a PIN, a length is fine but keep it uniform).
+/// The command's name for logs, never its arguments (a PIN).
 fn command_name(cmd: &str) -> &str {
     let end = cmd.find(['=', '?']).unwrap_or(cmd.len());
     &cmd[..end]
 }
 
-fn looks_unsolicited(l: &str) -> bool {
-    l.starts_with('+') || l.starts_with('^') || l == "RDY" || l == "RING"
-}
-
-fn clean_line(raw: &[u8]) -> String {
-    String::from_utf8_lossy(raw)
-        .trim_matches(|c: char| c.is_whitespace() || c.is_control())
-        .to_string()
-}
-
-/// Splits the byte stream into lines, the `> ` prompt and +CDS reports; no I/O, so it can be
-/// tested on byte strings.
-#[derive(Default)]
-struct Lines {
-    buf: Vec<u8>,
-    tokens: VecDeque<Token>,
-    unsolicited: VecDeque<Token>,
-    expect_prompt: bool,
-    cds_next: bool,
-    skip_next: bool,
-    echo: Option<String>,
-}
-
+/// The open port with at.rs's reader and dialogue state: answer events for the pending
+/// command in `events`, URCs in `unsolicited` (both bounded, whatever the modem sends).
 struct Conn {
     fd: AsyncFd<PortFd>,
-    lines: Lines,
-}
-
-impl std::ops::Deref for Conn {
-    type Target = Lines;
-    fn deref(&self) -> &Lines {
-        &self.lines
-    }
-}
-
-impl std::ops::DerefMut for Conn {
-    fn deref_mut(&mut self) -> &mut Lines {
-        &mut self.lines
-    }
+    reader: LineReader,
+    dialogue: Dialogue,
+    events: VecDeque<Event>,
+    unsolicited: VecDeque<Urc>,
 }
 
 impl Conn {
@@ -540,11 +487,15 @@ impl Conn {
         let fd = unsafe { AsyncFd::register(port) }.map_err(std::io::Error::from)?;
         Ok(Conn {
             fd,
-            lines: Lines::default(),
+            reader: LineReader::new(),
+            dialogue: Dialogue::new(),
+            events: VecDeque::new(),
+            unsolicited: VecDeque::new(),
         })
     }
 
-    /// Waits for bytes and tokenises them. Cancel-safe: it only awaits readiness.
+    /// Waits for bytes and runs them through the reader and the dialogue. Cancel-safe: it
+    /// only awaits readiness, the read itself does not wait.
     async fn fill(&mut self) -> Result<(), LinkError> {
         let mut tmp = [0u8; 1024];
         loop {
@@ -559,7 +510,7 @@ impl Conn {
                     )));
                 }
                 Ok(Ok(n)) => {
-                    self.lines.push(&tmp[..n]);
+                    self.absorb(&tmp[..n]);
                     return Ok(());
                 }
                 Ok(Err(e)) => return Err(LinkError::Lost(e)),
@@ -568,10 +519,40 @@ impl Conn {
         }
     }
 
-    async fn next_token(&mut self, deadline: Instant) -> Result<Token, LinkError> {
+    fn absorb(&mut self, bytes: &[u8]) {
+        self.reader.push(bytes);
         loop {
-            if let Some(t) = self.tokens.pop_front() {
-                return Ok(t);
+            self.reader.expect_prompt(self.dialogue.expects_prompt());
+            let Some(token) = self.reader.next() else {
+                break;
+            };
+            let answering = self.dialogue.pending().is_some();
+            for ev in self.dialogue.feed(token) {
+                match ev {
+                    Event::Urc(u) => {
+                        if self.unsolicited.len() >= MAX_UNSOLICITED {
+                            self.unsolicited.pop_front();
+                        }
+                        self.unsolicited.push_back(u);
+                    }
+                    Event::Echo => {}
+                    // With nothing pending this is a late answer to an abandoned command.
+                    _ if !answering => {}
+                    ev => {
+                        if self.events.len() >= MAX_UNSOLICITED {
+                            self.events.pop_front();
+                        }
+                        self.events.push_back(ev);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn next_event(&mut self, deadline: Instant) -> Result<Event, LinkError> {
+        loop {
+            if let Some(e) = self.events.pop_front() {
+                return Ok(e);
             }
             tokio::select! {
                 r = self.fill() => r?,
@@ -597,125 +578,53 @@ impl Conn {
         Ok(())
     }
 
+    /// Starts an exchange: earlier answer events are stale.
+    fn begin(&mut self, cmd: &str) {
+        self.events.clear();
+        self.dialogue.begin(cmd);
+    }
+
+    /// Gives up on the pending exchange; its late lines will be ignored.
+    fn abandon(&mut self) {
+        self.dialogue.abandon();
+        self.events.clear();
+    }
+
     /// Runs one command and collects its answer; URCs met on the way are queued.
     async fn command(&mut self, cmd: &str, timeout: Duration) -> Result<Reply, LinkError> {
         let deadline = Instant::now() + timeout;
-        self.idle_tokens();
         trace!(command = command_name(cmd), "AT");
-        self.echo = Some(cmd.to_string());
+        self.begin(cmd);
+        let r = self.exchange(cmd, deadline).await;
+        if r.is_err() {
+            self.abandon();
+        }
+        r
+    }
+
+    async fn exchange(&mut self, cmd: &str, deadline: Instant) -> Result<Reply, LinkError> {
         self.write_all(format!("{cmd}\r").as_bytes(), deadline)
             .await?;
-        let prefix = response_prefix(cmd);
         let mut info = Vec::new();
         loop {
-            match self.next_token(deadline).await? {
-                Token::Line(l) => {
-                    if let Some(fin) = parse_final(&l) {
-                        return Ok(Reply { info, fin });
-                    }
-                    let own = prefix.as_deref().is_some_and(|p| l.starts_with(p));
-                    if own || !looks_unsolicited(&l) {
-                        info.push(l);
-                    } else {
-                        self.queue_unsolicited(Token::Line(l));
-                    }
+            match self.next_event(deadline).await? {
+                Event::Info(l) => info.push(l),
+                Event::Final(f) => {
+                    return Ok(Reply {
+                        info,
+                        fin: f.into(),
+                    });
                 }
-                Token::Prompt => {}
-                t @ Token::Cds(_) => self.queue_unsolicited(t),
+                _ => {}
             }
         }
     }
 
     /// Best effort: ESC ends a half-open `>` prompt without sending.
     async fn escape(&mut self) -> Result<(), LinkError> {
-        self.expect_prompt = false;
+        self.abandon();
         self.write_all(b"\x1b\r", Instant::now() + Duration::from_secs(1))
             .await
-    }
-}
-
-impl Lines {
-    fn push(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
-        loop {
-            if let Some(i) = self.buf.iter().position(|&b| b == b'\r' || b == b'\n') {
-                let line = clean_line(&self.buf[..i]);
-                self.buf.drain(..=i);
-                if !line.is_empty() {
-                    self.line(line);
-                }
-                continue;
-            }
-            if self.expect_prompt && clean_line(&self.buf).starts_with('>') {
-                self.buf.clear();
-                self.expect_prompt = false;
-                self.tokens.push_back(Token::Prompt);
-            }
-            if self.buf.len() > MAX_LINE {
-                warn!(
-                    bytes = self.buf.len(),
-                    "modem sent an over-long line; dropped"
-                );
-                self.buf.clear();
-            }
-            break;
-        }
-    }
-
-    fn line(&mut self, line: String) {
-        if self.cds_next {
-            self.cds_next = false;
-            if !line.is_empty() && line.bytes().all(|b| b.is_ascii_hexdigit()) {
-                self.queue_unsolicited(Token::Cds(line));
-                return;
-            }
-        }
-        if self.skip_next {
-            // The PDU line of a +CMT (incoming SMS): not ours to handle.
-            self.skip_next = false;
-            return;
-        }
-        if self.echo.as_deref() == Some(line.as_str()) {
-            return;
-        }
-        if self.expect_prompt && line == ">" {
-            // The prompt, with a URC written right behind it on the same read.
-            self.expect_prompt = false;
-            self.tokens.push_back(Token::Prompt);
-            return;
-        }
-        if line.starts_with("+CDS:") {
-            self.cds_next = true;
-            return;
-        }
-        if line.starts_with("+CMT:") {
-            self.skip_next = true;
-            return;
-        }
-        if self.tokens.len() >= MAX_UNSOLICITED {
-            self.tokens.pop_front();
-        }
-        self.tokens.push_back(Token::Line(line));
-    }
-
-    fn queue_unsolicited(&mut self, t: Token) {
-        if self.unsolicited.len() >= MAX_UNSOLICITED {
-            self.unsolicited.pop_front();
-        }
-        self.unsolicited.push_back(t);
-    }
-
-    /// Moves tokens nobody asked for to the unsolicited queue (used while idle).
-    fn idle_tokens(&mut self) {
-        while let Some(t) = self.tokens.pop_front() {
-            if let Token::Line(l) = &t {
-                if parse_final(l).is_some() {
-                    // A late answer to something abandoned; nothing to do with it.
-                    continue;
-                }
-            }
-            self.queue_unsolicited(t);
-        }
     }
 }
 
@@ -732,63 +641,23 @@ fn open_error(device: &Path, e: serialport::Error) -> ModemError {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Small parsers for answers (the modem's output is untrusted: everything is optional)
+// Answers, through at.rs's parsers (the modem's output is untrusted: everything is optional)
 
-fn fields(s: &str) -> Vec<&str> {
-    s.split(',').map(|f| f.trim().trim_matches('"')).collect()
+fn reg_stat(r: &Reply) -> Option<Registration> {
+    r.parse(parse_creg)
 }
 
-/// Registration stat from a query answer "+CREG: n,stat[,...]" (or a URC "+CREG: stat").
-fn reg_stat(value: &str) -> Option<u8> {
-    let f = fields(value);
-    let s = if f.len() >= 2 { f[1] } else { f.first()? };
-    s.parse().ok()
-}
-
-fn reg_usable(stat: u8) -> bool {
-    stat == 1 || stat == 5
-}
-
-fn reg_word(stat: Option<u8>) -> &'static str {
-    match stat {
-        Some(0) => "not registered, not searching",
-        Some(1) => "registered, home network",
-        Some(2) => "not registered, searching",
-        Some(3) => "registration denied",
-        Some(5) => "registered, roaming",
-        Some(_) => "unknown",
-        None => "no answer",
+fn reg_word(reg: Option<Registration>) -> String {
+    match reg {
+        Some(Registration::NotRegistered) => "not registered, not searching".into(),
+        Some(Registration::Home) => "registered, home network".into(),
+        Some(Registration::Searching) => "not registered, searching".into(),
+        Some(Registration::Denied) => "registration denied".into(),
+        Some(Registration::Roaming) => "registered, roaming".into(),
+        Some(Registration::Unknown) => "unknown".into(),
+        Some(Registration::Other(n)) => format!("stat {n}"),
+        None => "no answer".into(),
     }
-}
-
-/// dBm from "+CSQ: rssi,ber"; 99 is unknown.
-fn csq_dbm(value: &str) -> Option<(i32, u8)> {
-    let rssi: u8 = fields(value).first()?.parse().ok()?;
-    if rssi > 31 {
-        return None;
-    }
-    let bars = match rssi {
-        0..=1 => 0,
-        2..=9 => 1,
-        10..=14 => 2,
-        15..=19 => 3,
-        _ => 4,
-    };
-    Some((-113 + 2 * i32::from(rssi), bars))
-}
-
-fn cops_operator(value: &str) -> Option<String> {
-    fields(value)
-        .get(2)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.to_string())
-}
-
-fn csca_address(value: &str) -> Option<String> {
-    fields(value)
-        .first()
-        .filter(|s| !s.is_empty())
-        .map(|s| s.to_string())
 }
 
 fn cms_reason(code: u16) -> &'static str {
@@ -821,6 +690,13 @@ struct Tracked {
     to: String,
     pending: Vec<u8>,
     at: Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum News {
+    Nothing,
+    Registration,
+    Rebooted,
 }
 
 enum Exit {
@@ -970,7 +846,7 @@ impl Owner {
                     if cmd == "AT+CFUN=1,1" {
                         // It reboots; the boot banner (or nothing) comes within seconds.
                         let _ = conn
-                            .next_token(Instant::now() + Duration::from_secs(5))
+                            .next_event(Instant::now() + Duration::from_secs(5))
                             .await;
                     }
                     return Ok(true);
@@ -1000,6 +876,8 @@ impl Owner {
             return Err(LinkError::Timeout);
         }
         conn.command("ATE0", t).await?;
+        // Verbose result codes: at.rs does not take a bare digit for a final result.
+        conn.command("ATV1", t).await?;
         conn.command("AT+CMEE=1", t).await?;
         if !self.check_sim(conn).await? {
             self.handle_unsolicited(conn);
@@ -1015,25 +893,18 @@ impl Owner {
             .is_some_and(|m| m.to_ascii_lowercase().contains("huawei"));
         let creg = conn.command("AT+CREG?", t).await?;
         let cereg = conn.command("AT+CEREG?", t).await?;
-        let stat = creg.field("+CREG:").and_then(reg_stat);
-        let estat = cereg.field("+CEREG:").and_then(reg_stat);
-        let registered = stat.is_some_and(reg_usable) || estat.is_some_and(reg_usable);
-        let signal = conn
-            .command("AT+CSQ", t)
-            .await?
-            .field("+CSQ:")
-            .and_then(csq_dbm);
-        let operator = conn
-            .command("AT+COPS?", t)
-            .await?
-            .field("+COPS:")
-            .and_then(cops_operator);
+        let stat = reg_stat(&creg);
+        let estat = reg_stat(&cereg);
+        let registered =
+            stat.is_some_and(Registration::is_usable) || estat.is_some_and(Registration::is_usable);
+        let signal = conn.command("AT+CSQ", t).await?.parse(parse_csq);
+        let operator = conn.command("AT+COPS?", t).await?.parse(parse_cops);
         {
             let mut s = lock(&self.status);
             s.manufacturer = manufacturer;
             s.model = model;
             s.imei = imei;
-            s.signal_dbm = signal.map(|(d, _)| d);
+            s.signal_dbm = signal.and_then(|g| g.dbm());
             s.operator = operator.clone();
         }
         let cmgf = conn.command("AT+CMGF=0", t).await?;
@@ -1045,7 +916,7 @@ impl Owner {
             return Ok(());
         }
         let csca = conn.command("AT+CSCA?", t).await?;
-        let smsc = csca.field("+CSCA:").and_then(csca_address);
+        let smsc = csca.parse(parse_csca);
         if smsc.is_none() && self.cfg.smsc.is_none() {
             self.set_state(
                 ModemState::Error,
@@ -1080,32 +951,37 @@ impl Owner {
         let t = self.cfg.command_timeout;
         for round in 0..10 {
             let r = conn.command("AT+CPIN?", t).await?;
-            match (&r.fin, r.field("+CPIN:")) {
-                (Final::Ok, Some("READY")) => return Ok(true),
-                (Final::Ok, Some("SIM PIN")) if round == 0 => {}
-                (Final::Ok, Some("SIM PIN")) => {
+            // A +CME ERROR answer (10 not inserted, 13 failure...) says as much as +CPIN: does.
+            let state = match &r.fin {
+                Final::Ok => r.parse(parse_cpin),
+                Final::Cme(Some(n)) => PinState::from_cme(*n),
+                _ => None,
+            };
+            match state {
+                Some(PinState::Ready) => return Ok(true),
+                Some(PinState::SimPin) if round == 0 => {}
+                Some(PinState::SimPin) | Some(PinState::NotReady) => {
                     // The PIN was taken but the SIM is not ready yet: give it a moment.
                     tokio::time::sleep(Duration::from_millis(500)).await;
                     continue;
                 }
-                (Final::Ok, Some("SIM PUK")) => {
+                Some(PinState::SimPuk) => {
                     self.set_state(ModemState::PukNeeded, "SIM locked: it needs its PUK");
                     return Ok(false);
                 }
-                (Final::Cme(Some(10)), _) => {
+                Some(PinState::NotInserted) => {
                     self.set_state(ModemState::NoSim, "no SIM inserted");
                     return Ok(false);
                 }
-                (Final::Cme(Some(13..=15)), _) => {
+                Some(PinState::Failure) => {
                     self.set_state(ModemState::NoSim, format!("SIM failure ({})", r.fin));
                     return Ok(false);
                 }
-                (Final::Ok, Some(other)) => {
-                    let other = other.to_string();
-                    self.set_state(ModemState::Error, format!("SIM asks for {other}"));
+                Some(other) => {
+                    self.set_state(ModemState::Error, format!("SIM asks for {other:?}"));
                     return Ok(false);
                 }
-                _ => {
+                None => {
                     self.set_state(ModemState::Error, format!("AT+CPIN? answered {}", r.fin));
                     return Ok(false);
                 }
@@ -1127,7 +1003,6 @@ impl Owner {
             let r = conn
                 .command(&format!("AT+CPIN=\"{}\"", pin.expose()), t)
                 .await?;
-            conn.echo = None;
             if !r.ok() {
                 // Never again: each wrong try brings the SIM closer to its PUK lock.
                 self.pin_rejected = true;
@@ -1147,9 +1022,11 @@ impl Owner {
         let mut next_probe = Instant::now() + self.cfg.probe_interval;
         loop {
             self.tick();
-            conn.idle_tokens();
-            if self.handle_unsolicited(conn) {
-                return Exit::Reinit;
+            match self.handle_unsolicited(conn) {
+                News::Rebooted => return Exit::Reinit,
+                // Look now rather than trust one URC: +CREG and +CEREG may disagree on LTE.
+                News::Registration => next_probe = Instant::now(),
+                News::Nothing => {}
             }
             tokio::select! {
                 req = self.rx.recv() => match req {
@@ -1207,24 +1084,22 @@ impl Owner {
 
     async fn probe_health(&mut self, conn: &mut Conn) -> Result<(), LinkError> {
         let t = self.cfg.command_timeout;
-        let creg = conn.command("AT+CREG?", t).await?;
-        let signal = conn
-            .command("AT+CSQ", t)
-            .await?
-            .field("+CSQ:")
-            .and_then(csq_dbm);
-        lock(&self.status).signal_dbm = signal.map(|(d, _)| d);
-        if let Some(stat) = creg.field("+CREG:").and_then(reg_stat) {
-            self.registration(stat);
+        let creg = reg_stat(&conn.command("AT+CREG?", t).await?);
+        let cereg = reg_stat(&conn.command("AT+CEREG?", t).await?);
+        let signal = conn.command("AT+CSQ", t).await?.parse(parse_csq);
+        lock(&self.status).signal_dbm = signal.and_then(|g| g.dbm());
+        let usable = [creg, cereg].into_iter().flatten().find(|r| r.is_usable());
+        if let Some(reg) = usable.or(creg).or(cereg) {
+            self.registration(reg);
         }
         Ok(())
     }
 
-    fn registration(&self, stat: u8) {
-        match (self.state(), reg_usable(stat)) {
+    fn registration(&self, reg: Registration) {
+        match (self.state(), reg.is_usable()) {
             (ModemState::Ready, false) => self.set_state(
                 ModemState::NotRegistered,
-                format!("CREG: {}", reg_word(Some(stat))),
+                format!("CREG: {}", reg_word(Some(reg))),
             ),
             (ModemState::NotRegistered, true) => {
                 let op = lock(&self.status).operator.clone().unwrap_or_default();
@@ -1234,32 +1109,31 @@ impl Owner {
         }
     }
 
-    /// Handles queued URCs; true when the modem announced a reboot (re-init needed).
-    fn handle_unsolicited(&mut self, conn: &mut Conn) -> bool {
-        let mut rebooted = false;
-        while let Some(t) = conn.unsolicited.pop_front() {
-            match t {
-                Token::Cds(hex) => self.status_report(&hex),
-                Token::Line(l) => {
-                    if l == "RDY" {
-                        info!(modem = %self.name, "modem rebooted; initialising again");
-                        rebooted = true;
-                    } else if let Some(v) = l
-                        .strip_prefix("+CREG:")
-                        .or_else(|| l.strip_prefix("+CEREG:"))
-                    {
-                        if let Some(stat) = reg_stat(v) {
-                            self.registration(stat);
-                        }
-                    } else {
-                        let kind = l.split(':').next().unwrap_or("");
-                        trace!(modem = %self.name, urc = %kind.chars().take(16).collect::<String>(), "URC");
+    /// Handles queued URCs; says whether the modem rebooted or its registration changed.
+    fn handle_unsolicited(&mut self, conn: &mut Conn) -> News {
+        let mut news = News::Nothing;
+        while let Some(urc) = conn.unsolicited.pop_front() {
+            match urc {
+                Urc::StatusReport { pdu_hex } => self.status_report(&pdu_hex),
+                Urc::Boot => {
+                    info!(modem = %self.name, "modem rebooted; initialising again");
+                    news = News::Rebooted;
+                }
+                Urc::Registration { .. } => {
+                    if news == News::Nothing {
+                        news = News::Registration;
                     }
                 }
-                Token::Prompt => {}
+                Urc::Signal(sig) => lock(&self.status).signal_dbm = sig.dbm(),
+                Urc::Other(l) => {
+                    // Only the URC's name: its arguments are untrusted and may be long.
+                    let kind: String = l.split(':').next().unwrap_or("").chars().take(16).collect();
+                    trace!(modem = %self.name, urc = %kind, "URC");
+                }
+                other => debug!(modem = %self.name, urc = ?other, "URC ignored"),
             }
         }
-        rebooted
+        news
     }
 
     fn status_report(&mut self, hex: &str) {
@@ -1387,10 +1261,9 @@ impl Owner {
         };
         // Before Ctrl-Z nothing has gone out: a failure here is safe to try again elsewhere.
         let prompt_deadline = (Instant::now() + self.cfg.command_timeout).min(job.deadline);
-        conn.idle_tokens();
         let cmd = format!("AT+CMGS={}", part.tpdu_len);
-        conn.echo = Some(cmd.clone());
-        conn.expect_prompt = true;
+        trace!(command = "AT+CMGS", octets = part.tpdu_len, "AT");
+        conn.begin(&cmd);
         match conn
             .write_all(format!("{cmd}\r").as_bytes(), prompt_deadline)
             .await
@@ -1400,18 +1273,10 @@ impl Owner {
             Err(LinkError::Timeout) => return Err(self.no_prompt(conn, i, total).await),
         }
         loop {
-            match conn.next_token(prompt_deadline).await {
-                Ok(Token::Prompt) => break,
-                Ok(Token::Line(l)) => {
-                    if let Some(fin) = parse_final(&l) {
-                        conn.expect_prompt = false;
-                        return Err(self.refused(&fin, i, total));
-                    }
-                    if looks_unsolicited(&l) {
-                        conn.queue_unsolicited(Token::Line(l));
-                    }
-                }
-                Ok(t) => conn.queue_unsolicited(t),
+            match conn.next_event(prompt_deadline).await {
+                Ok(Event::Prompt) => break,
+                Ok(Event::Final(fin)) => return Err(self.refused(&fin.into(), i, total)),
+                Ok(_) => {}
                 Err(LinkError::Lost(_)) => return Err(lost("before sending")),
                 Err(LinkError::Timeout) => return Err(self.no_prompt(conn, i, total).await),
             }
@@ -1421,7 +1286,6 @@ impl Owner {
             reason: format!("{name}: {why} after part {}/{total} was handed over", i + 1),
         };
         let hand_over = Instant::now() + self.cfg.command_timeout;
-        conn.echo = Some(part.hex.clone());
         let mut bytes = Vec::with_capacity(part.hex.len() + 1);
         bytes.extend_from_slice(part.hex.as_bytes());
         bytes.push(0x1a);
@@ -1436,37 +1300,26 @@ impl Owner {
             (Instant::now() + self.cfg.send_timeout).min(job.deadline.max(hand_over));
         let mut mr = None;
         loop {
-            match conn.next_token(answer_deadline).await {
-                Ok(Token::Line(l)) => {
-                    if let Some(v) = l.strip_prefix("+CMGS:") {
-                        mr = fields(v).first().and_then(|s| s.parse::<u8>().ok());
-                        continue;
-                    }
-                    match parse_final(&l) {
-                        Some(Final::Ok) => match mr {
-                            Some(mr) => {
-                                conn.echo = None;
-                                return Ok(mr);
-                            }
-                            None => {
-                                return Err((
-                                    unknown("OK without a message reference".into()),
-                                    After::Nothing,
-                                ));
-                            }
-                        },
-                        Some(fin) => return Err(self.refused(&fin, i, total)),
-                        None => {
-                            if looks_unsolicited(&l) {
-                                conn.queue_unsolicited(Token::Line(l));
-                            }
-                        }
+            match conn.next_event(answer_deadline).await {
+                Ok(Event::Info(l)) => {
+                    if let Some(m) = parse_cmgs(&l) {
+                        mr = Some(m);
                     }
                 }
-                Ok(t @ Token::Cds(_)) => conn.queue_unsolicited(t),
-                Ok(Token::Prompt) => {}
+                Ok(Event::Final(FinalResult::Ok)) => match mr {
+                    Some(mr) => return Ok(mr),
+                    None => {
+                        return Err((
+                            unknown("OK without a message reference".into()),
+                            After::Nothing,
+                        ));
+                    }
+                },
+                Ok(Event::Final(fin)) => return Err(self.refused(&fin.into(), i, total)),
+                Ok(_) => {}
                 Err(LinkError::Lost(_)) => return Err((unknown("port lost".into()), After::Lost)),
                 Err(LinkError::Timeout) => {
+                    conn.abandon();
                     warn!(modem = %name, message_id = %job.message_id, part = i + 1, total, "no +CMGS after Ctrl-Z: outcome unknown");
                     return Err((unknown("no answer".into()), After::Recover));
                 }
@@ -1629,29 +1482,25 @@ pub async fn probe(device: &Path, baud: u32, timeout: Duration) -> Result<ProbeR
     let firmware = ask("AT+CGMR").await?.value();
     let imei = ask("AT+CGSN").await?.value();
     let cpin = ask("AT+CPIN?").await?;
-    let sim = match (&cpin.fin, cpin.field("+CPIN:")) {
-        (Final::Ok, Some(s)) => s.to_string(),
+    let sim = match (&cpin.fin, cpin.parse(parse_cpin)) {
+        (Final::Ok, Some(PinState::Ready)) => "READY".to_string(),
+        (Final::Ok, Some(PinState::SimPin)) => "SIM PIN (a PIN is needed)".to_string(),
+        (Final::Ok, Some(PinState::SimPuk)) => "SIM PUK (locked)".to_string(),
+        (Final::Ok, Some(other)) => format!("{other:?}"),
         (Final::Cme(Some(10)), _) => "no SIM inserted".to_string(),
         (fin, _) => format!("unknown ({fin})"),
     };
-    let creg = ask("AT+CREG?").await?;
-    let cereg = ask("AT+CEREG?").await?;
-    let stat = creg.field("+CREG:").and_then(reg_stat);
-    let estat = cereg.field("+CEREG:").and_then(reg_stat);
-    let best = match (stat, estat) {
-        (Some(s), _) if reg_usable(s) => Some(s),
-        (_, Some(e)) if reg_usable(e) => Some(e),
-        (s, e) => s.or(e),
-    };
-    let operator = ask("AT+COPS?")
-        .await?
-        .field("+COPS:")
-        .and_then(cops_operator);
-    let signal = ask("AT+CSQ").await?.field("+CSQ:").and_then(csq_dbm);
-    let smsc = ask("AT+CSCA?")
-        .await?
-        .field("+CSCA:")
-        .and_then(csca_address);
+    let stat = reg_stat(&ask("AT+CREG?").await?);
+    let estat = reg_stat(&ask("AT+CEREG?").await?);
+    let best = [stat, estat]
+        .into_iter()
+        .flatten()
+        .find(|r| r.is_usable())
+        .or(stat)
+        .or(estat);
+    let operator = ask("AT+COPS?").await?.parse(parse_cops);
+    let signal = ask("AT+CSQ").await?.parse(parse_csq);
+    let smsc = ask("AT+CSCA?").await?.parse(parse_csca);
     Ok(ProbeReport {
         device: device.to_path_buf(),
         manufacturer,
@@ -1659,10 +1508,10 @@ pub async fn probe(device: &Path, baud: u32, timeout: Duration) -> Result<ProbeR
         firmware,
         imei,
         sim,
-        registration: reg_word(best).to_string(),
+        registration: reg_word(best),
         operator,
-        signal_dbm: signal.map(|(d, _)| d),
-        signal_bars: signal.map(|(_, b)| b),
+        signal_dbm: signal.and_then(|g| g.dbm()),
+        signal_bars: signal.filter(|g| g.dbm().is_some()).map(|g| g.bars()),
         smsc,
     })
 }
@@ -1671,72 +1520,66 @@ pub async fn probe(device: &Path, baud: u32, timeout: Duration) -> Result<ProbeR
 mod tests {
     use super::*;
 
-    fn lines(input: &[&[u8]], prompt: bool, echo: Option<&str>) -> Lines {
-        let mut l = Lines {
-            expect_prompt: prompt,
-            echo: echo.map(str::to_string),
-            ..Lines::default()
-        };
-        for i in input {
-            l.push(i);
+    fn reply(info: &[&str], fin: Final) -> Reply {
+        Reply {
+            info: info.iter().map(|s| s.to_string()).collect(),
+            fin,
         }
-        l
-    }
-
-    fn line(s: &str) -> Token {
-        Token::Line(s.to_string())
     }
 
     #[test]
-    fn tokenizer_splits_lines_prompt_and_reports() {
-        let l = lines(&[b"AT+CMGS=23\r\r\n> "], true, Some("AT+CMGS=23"));
-        assert_eq!(l.tokens, [Token::Prompt]);
-        let l = lines(&[b"\r\n+CMGS: 4", b"2\r\n\r\nOK\r\n"], false, None);
-        assert_eq!(l.tokens, [line("+CMGS: 42"), line("OK")]);
-        let l = lines(&[b"\r\n+CDS: 6\r\n0006AB\r\n"], false, None);
-        assert_eq!(l.unsolicited, [Token::Cds("0006AB".into())]);
-        assert!(l.tokens.is_empty());
-        let l = lines(&[b"\r\n> \r\n^RSSI:18\r\n"], true, None);
-        assert_eq!(l.tokens, [Token::Prompt, line("^RSSI:18")]);
-        // a prompt is only a prompt when one is expected
-        let l = lines(&[b"\r\n> "], false, None);
-        assert!(l.tokens.is_empty());
-    }
-
-    #[test]
-    fn tokenizer_survives_garbage_and_floods() {
-        let mut junk = vec![0u8, 0xff, 0xfe, 0x1a];
-        junk.extend(std::iter::repeat_n(b'x', 10_000));
-        let l = lines(&[&junk, b"\r\nOK\r\n"], false, None);
-        assert_eq!(l.tokens, [line("OK")]);
-        assert!(l.buf.is_empty());
-        let flood: Vec<u8> = b"^RSSI:18\r\n".repeat(5000);
-        let l = lines(&[&flood], false, None);
-        assert!(l.tokens.len() <= MAX_UNSOLICITED);
-    }
-
-    #[test]
-    fn finals_and_prefixes() {
-        assert_eq!(parse_final("+CMS ERROR: 330"), Some(Final::Cms(Some(330))));
-        assert_eq!(parse_final("+CME ERROR: SIM busy"), Some(Final::Cme(None)));
-        assert_eq!(parse_final("+CMGS: 4"), None);
-        assert_eq!(response_prefix("AT+CREG?").as_deref(), Some("+CREG:"));
-        assert_eq!(response_prefix("AT^CURC=0").as_deref(), Some("^CURC:"));
-        assert_eq!(response_prefix("ATE0"), None);
+    fn finals_and_command_names() {
+        assert_eq!(
+            Final::from(FinalResult::CmsError(
+                crate::channel::sms::at::ErrorCode::Numeric(330)
+            )),
+            Final::Cms(Some(330))
+        );
+        assert_eq!(Final::Cms(Some(1)).to_string(), "CMS 1");
         assert_eq!(command_name("AT+CPIN=\"1234\""), "AT+CPIN");
+        assert_eq!(command_name("AT+CREG?"), "AT+CREG");
     }
 
     #[test]
     fn answers_parse_defensively() {
-        assert_eq!(reg_stat("0,5"), Some(5));
-        assert_eq!(reg_stat("2"), Some(2));
-        assert_eq!(reg_stat("x,y"), None);
-        assert_eq!(csq_dbm("21,99"), Some((-71, 4)));
-        assert_eq!(csq_dbm("99,99"), None);
-        assert_eq!(csq_dbm(""), None);
-        assert_eq!(cops_operator("0,0,\"Op\",7").as_deref(), Some("Op"));
-        assert_eq!(cops_operator("0"), None);
-        assert_eq!(csca_address("\"\",129"), None);
-        assert_eq!(csca_address("\"+100\",145").as_deref(), Some("+100"));
+        let r = reply(&["+CREG: 0,5"], Final::Ok);
+        assert_eq!(reg_stat(&r), Some(Registration::Roaming));
+        assert_eq!(reg_stat(&reply(&["+CREG: x,y"], Final::Ok)), None);
+        assert_eq!(
+            reg_word(Some(Registration::Home)),
+            "registered, home network"
+        );
+        assert_eq!(
+            reply(&["Quectel"], Final::Ok).value().as_deref(),
+            Some("Quectel")
+        );
+        assert_eq!(
+            reply(&["+CGMI: \"huawei\""], Final::Ok).value().as_deref(),
+            Some("huawei")
+        );
+        assert_eq!(reply(&["x"], Final::Error).value(), None);
+        assert_eq!(reply(&[], Final::Ok).value(), None);
+        assert!(
+            reply(&["^RSSI:3", "+CSQ: 21,99"], Final::Ok)
+                .parse(parse_csq)
+                .is_some()
+        );
+    }
+
+    #[test]
+    fn probe_report_prints_a_few_lines() {
+        let r = ProbeReport {
+            device: "/dev/ttyUSB2".into(),
+            manufacturer: Some("Quectel".into()),
+            sim: "READY".into(),
+            registration: "registered, roaming".into(),
+            signal_dbm: Some(-71),
+            signal_bars: Some(4),
+            ..ProbeReport::default()
+        };
+        let text = r.to_string();
+        assert!(text.contains("-71 dBm (4/4 bars)"));
+        assert!(text.contains("none on the SIM"));
+        assert_eq!(text.lines().count(), 8);
     }
 }
