@@ -466,6 +466,25 @@ async fn status_reports_become_receipts_matched_to_the_provider_id() {
         .unwrap();
     assert_eq!((r.provider_id, r.status), (id, ReceiptStatus::Delivered));
     assert_eq!(sim.reports_sent(), 5);
+    assert_eq!(sim.acks(), 0, "phase 2 modems must not get AT+CNMA");
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn phase2plus_status_reports_are_acknowledged() {
+    let sim = SimModem::start(Profile::quectel()).unwrap();
+    sim.set_phase2plus(true);
+    let mut c = cfg("modem0", sim.path());
+    c.status_reports = true;
+    let (pool, mut rx) = start(vec![c]);
+    wait_state(&pool, 0, "ready").await;
+    let id = accepted(&pool.send(&delivery("Your code is 123456")).await);
+    let r = tokio::time::timeout(GUARD, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((r.provider_id, r.status), (id, ReceiptStatus::Delivered));
+    wait_for("AT+CNMA", || sim.acks() == 1).await;
     pool.shutdown().await;
 }
 

@@ -195,6 +195,8 @@ struct State {
     messages: Vec<Received>,
     partial: HashMap<(String, u16), Vec<(u8, Received)>>,
     reports_sent: u32,
+    csms: u8,
+    acks: u32,
 }
 
 impl State {
@@ -225,6 +227,8 @@ impl State {
             messages: Vec::new(),
             partial: HashMap::new(),
             reports_sent: 0,
+            csms: 0,
+            acks: 0,
         };
         s.power_on();
         s
@@ -489,6 +493,16 @@ impl SimModem {
     /// The command lines received so far (a PIN is shown as AT+CPIN=***).
     pub fn commands(&self) -> Vec<String> {
         self.shared.lock().commands.clone()
+    }
+
+    /// Runs SMS phase 2+ (AT+CSMS? says 1): status reports expect an AT+CNMA.
+    pub fn set_phase2plus(&self, on: bool) {
+        self.with(|s| s.csms = u8::from(on));
+    }
+
+    /// How many AT+CNMA acknowledgements arrived.
+    pub fn acks(&self) -> u32 {
+        self.shared.lock().acks
     }
 
     /// How many +CDS status reports were emitted.
@@ -826,8 +840,12 @@ fn command(
                 None,
             )
         }
-        "AT+CNMA" | "AT+CMEE=1" | "AT+CMEE=2" | "AT+CMEE=0" | "ATV1" => (none(), ok(), None),
-        "AT+CSMS?" => (vec!["+CSMS: 0,1,1,1".into()], ok(), None),
+        "AT+CNMA" => {
+            st.acks += 1;
+            (none(), ok(), None)
+        }
+        "AT+CMEE=1" | "AT+CMEE=2" | "AT+CMEE=0" | "ATV1" => (none(), ok(), None),
+        "AT+CSMS?" => (vec![format!("+CSMS: {},1,1,1", st.csms)], ok(), None),
         "AT^CURC=0" if huawei => {
             st.curc = false;
             (none(), ok(), None)

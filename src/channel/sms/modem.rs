@@ -268,6 +268,8 @@ impl Modem {
             tracked: VecDeque::new(),
             pin_rejected: false,
             huawei: false,
+            cnma: false,
+            acks_due: 0,
         };
         let task = tokio::spawn(owner.run());
         Modem {
@@ -726,6 +728,10 @@ struct Owner {
     tracked: VecDeque<Tracked>,
     pin_rejected: bool,
     huawei: bool,
+    /// The modem runs SMS phase 2+: each +CDS needs an AT+CNMA.
+    cnma: bool,
+    /// Status reports received and not yet acknowledged.
+    acks_due: u32,
 }
 
 fn permanent(reason: String) -> SendResult {
@@ -929,6 +935,16 @@ impl Owner {
             if !r.ok() {
                 warn!(modem = %self.name, result = %r.fin, "status reports not available");
             }
+            // Phase 2+ (AT+CSMS=1, some firmware's default) wants every +CDS acknowledged
+            // with AT+CNMA, or the modem stops routing reports; phase 2 (0) must not ack.
+            let csms = conn.command("AT+CSMS?", t).await?;
+            self.cnma = csms
+                .parse(|l| {
+                    l.strip_prefix("+CSMS:")
+                        .and_then(|v| v.split(',').next())
+                        .and_then(|v| v.trim().parse::<u8>().ok())
+                })
+                .is_some_and(|service| service == 1);
         }
         if self.huawei {
             // Silences ^RSSI/^MODE/^BOOT chatter; older firmware refuses it, which is fine.
@@ -1028,6 +1044,14 @@ impl Owner {
                 News::Registration => next_probe = Instant::now(),
                 News::Nothing => {}
             }
+            while self.acks_due > 0 {
+                self.acks_due -= 1;
+                match conn.command("AT+CNMA", self.cfg.command_timeout).await {
+                    Ok(_) => {}
+                    Err(LinkError::Timeout) => return Exit::NoAnswer,
+                    Err(LinkError::Lost(_)) => return Exit::Lost,
+                }
+            }
             tokio::select! {
                 req = self.rx.recv() => match req {
                     None | Some(Request::Shutdown) => return Exit::Shutdown,
@@ -1114,7 +1138,12 @@ impl Owner {
         let mut news = News::Nothing;
         while let Some(urc) = conn.unsolicited.pop_front() {
             match urc {
-                Urc::StatusReport { pdu_hex } => self.status_report(&pdu_hex),
+                Urc::StatusReport { pdu_hex } => {
+                    self.status_report(&pdu_hex);
+                    if self.cnma {
+                        self.acks_due = self.acks_due.saturating_add(1);
+                    }
+                }
                 Urc::Boot => {
                     info!(modem = %self.name, "modem rebooted; initialising again");
                     news = News::Rebooted;
