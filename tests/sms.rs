@@ -181,16 +181,22 @@ async fn transient_cms_error_moves_the_message_to_another_modem() {
 }
 
 #[tokio::test]
-async fn transient_cms_error_on_the_only_modem_asks_for_a_retry() {
+async fn transient_cms_error_on_the_only_modem_is_tried_again_then_retried_later() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
-    sim.fail_next_sends(1, 331);
     let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
     wait_state(&pool, 0, "ready").await;
+    // CMS 41 "temporary failure": the second try on the same modem goes through.
+    sim.fail_next_sends(1, 41);
+    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    assert_eq!(cmgs_count(&sim), 2);
+    assert_eq!(sim.received().len(), 1);
+    // A lasting transient error: two tries, then the dispatcher is asked to retry later.
+    sim.fail_next_sends(5, 331);
     match pool.send(&delivery("Your code is 123456")).await {
         Outcome::Retry { code, .. } => assert_eq!(code.as_deref(), Some("CMS 331")),
         other => panic!("{other:?}"),
     }
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    assert_eq!(cmgs_count(&sim), 4);
     pool.shutdown().await;
 }
 

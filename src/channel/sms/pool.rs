@@ -3,7 +3,7 @@
 //! failure or a sick modem moves it to another ready modem while the budget lasts. A message
 //! whose fate is unknown (handed over, no answer) is never sent again.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -18,6 +18,11 @@ use crate::config::ModemConfig;
 
 /// Wait suggested to the dispatcher when every modem failed transiently.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
+/// Tries per modem and message: a transient network error (CMS 41 "temporary failure")
+/// often clears at once, so a modem gets a second go, after a short pause.
+const ATTEMPTS_PER_MODEM: u32 = 2;
+/// Pause before a modem's second try.
+const SECOND_TRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// The SMS channel: one owner task per configured modem.
 pub struct SmsPool {
@@ -58,16 +63,19 @@ impl SmsPool {
         }
     }
 
-    /// The next ready modem not yet tried, round robin.
-    fn pick(&self, tried: &HashSet<usize>) -> Option<usize> {
+    /// The next ready modem not used up for this message, fewest attempts first, round robin.
+    fn pick(&self, attempts: &HashMap<usize, u32>) -> Option<usize> {
         let n = self.modems.len();
         if n == 0 {
             return None;
         }
         let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let used = |i: &usize| attempts.get(i).copied().unwrap_or(0);
         (0..n)
             .map(|k| (start + k) % n)
-            .find(|i| !tried.contains(i) && self.modems[*i].status().state == ModemState::Ready)
+            .filter(|i| used(i) < ATTEMPTS_PER_MODEM)
+            .filter(|i| self.modems[*i].status().state == ModemState::Ready)
+            .min_by_key(used)
     }
 
     fn states(&self) -> String {
@@ -96,10 +104,10 @@ impl SmsPool {
             Content::Text(t) => t.clone(),
         };
         let deadline = Instant::now() + d.budget;
-        let mut tried = HashSet::new();
+        let mut attempts: HashMap<usize, u32> = HashMap::new();
         let mut last: Option<(Option<String>, String)> = None;
         loop {
-            let Some(i) = self.pick(&tried) else {
+            let Some(i) = self.pick(&attempts) else {
                 return match last {
                     Some((code, reason)) => Outcome::Retry {
                         after: RETRY_AFTER,
@@ -112,7 +120,11 @@ impl SmsPool {
                     },
                 };
             };
-            tried.insert(i);
+            let n = attempts.entry(i).or_insert(0);
+            *n += 1;
+            if *n > 1 {
+                tokio::time::sleep_until((Instant::now() + SECOND_TRY_PAUSE).min(deadline)).await;
+            }
             if Instant::now() >= deadline {
                 return Outcome::Retry {
                     after: RETRY_AFTER,
@@ -136,11 +148,13 @@ impl SmsPool {
                         modem = %self.modems[i].name(),
                         message_id = %d.message_id,
                         code = code.as_deref().unwrap_or("-"),
-                        "SMS not sent; trying another modem"
+                        "SMS not sent; trying again"
                     );
                     last = Some((code, reason));
                 }
                 SendResult::NotReady { state } => {
+                    // Not ready after all (it changed since the pick): do not ask it again.
+                    attempts.insert(i, ATTEMPTS_PER_MODEM);
                     last.get_or_insert((None, format!("{} {}", self.modems[i].name(), state)));
                 }
             }
