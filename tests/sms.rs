@@ -680,3 +680,65 @@ async fn heartbeat_moves_while_idle_and_while_unplugged() {
     assert_eq!(pool.progress()[0].0, "modem0");
     pool.shutdown().await;
 }
+
+#[tokio::test]
+async fn unplug_after_ctrl_z_is_unknown_and_the_modem_comes_back() {
+    let mut sim = SimModem::start(Profile::quectel()).unwrap();
+    sim.swallow_next_sends(1);
+    let mut c = cfg("modem0", sim.path());
+    c.send_timeout = Duration::from_secs(20);
+    let (pool, _rx) = start(vec![c]);
+    let pool = Arc::new(pool);
+    wait_state(&pool, 0, "ready").await;
+    let p = pool.clone();
+    let send = tokio::spawn(async move { p.send(&delivery("Your code is 123456")).await });
+    wait_for("the PDU reached the modem", || sim.received().len() == 1).await;
+    sim.vanish();
+    match tokio::time::timeout(GUARD, send).await.unwrap().unwrap() {
+        Outcome::Unknown { reason } => assert!(reason.contains("port lost"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    sim.reappear().unwrap();
+    wait_state(&pool, 0, "ready").await;
+    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    assert_eq!(sim.received().len(), 2);
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_sends_share_two_modems_without_loss_or_duplicates() {
+    let a = SimModem::start(Profile::quectel()).unwrap();
+    let b = SimModem::start(Profile::huawei()).unwrap();
+    let (pool, _rx) = start(vec![cfg("modem0", a.path()), cfg("modem1", b.path())]);
+    let pool = Arc::new(pool);
+    wait_state(&pool, 0, "ready").await;
+    wait_state(&pool, 1, "ready").await;
+    let mut tasks = Vec::new();
+    for k in 0..20 {
+        let p = pool.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut d = delivery(&format!("Your code is {k:06}"));
+            d.message_id = format!("msg-{k}");
+            p.send(&d).await
+        }));
+    }
+    let mut ids = std::collections::HashSet::new();
+    for t in tasks {
+        let id = accepted(&tokio::time::timeout(GUARD, t).await.unwrap().unwrap());
+        assert!(ids.insert(id.clone()), "duplicate provider id {id}");
+    }
+    let mut texts: Vec<String> = a
+        .received()
+        .into_iter()
+        .chain(b.received())
+        .map(|r| r.text)
+        .collect();
+    texts.sort();
+    let want: Vec<String> = (0..20).map(|k| format!("Your code is {k:06}")).collect();
+    assert_eq!(texts, want);
+    assert!(
+        !a.received().is_empty() && !b.received().is_empty(),
+        "both modems used"
+    );
+    pool.shutdown().await;
+}
