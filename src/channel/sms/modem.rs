@@ -6,7 +6,10 @@
 //! the modem. The task initialises the modem per the reference sequence, keeps a stable state
 //! word for /readyz, recovers from hangs (ESC, AT, ATZ, AT+CFUN=1,1, re-init) and from unplugs
 //! (reopen the same configured path with back-off), and turns +CDS status reports into
-//! [`Receipt`]s. The text of an SMS never reaches a log line, an error or a reason string.
+//! [`Receipt`]s (acknowledged with AT+CNMA on phase 2+ modems). Modem output goes through
+//! [`super::at`]'s `LineReader` and `Dialogue`, so echo, the `> ` prompt, URCs inside answers
+//! and stale results are told apart in one tested place. The text of an SMS never reaches a log
+//! line, an error or a reason string.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -185,7 +188,7 @@ impl fmt::Debug for SendJob {
 /// What one modem made of one message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SendResult {
-    /// Every part got a +CMGS; `provider_id` is "<modem>/<mr of the last part>".
+    /// Every part got a +CMGS; `provider_id` is `"modem0/42"`: modem name / TP-MR of the last part.
     Accepted {
         /// Id used to match status reports.
         provider_id: String,

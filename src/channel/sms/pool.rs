@@ -1,7 +1,8 @@
 //! The SMS [`Channel`]: a pool of modems, each run by its own owner task
 //! ([`super::modem::Modem`]). A message goes to the next ready modem (round robin); a transient
-//! failure or a sick modem moves it to another ready modem while the budget lasts. A message
-//! whose fate is unknown (handed over, no answer) is never sent again.
+//! failure or a sick modem moves it to another ready modem, and a transient one may get a second
+//! try on the same modem, while the budget lasts. A permanent refusal is final; a message whose
+//! fate is unknown (handed over, no answer) is never sent again.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
