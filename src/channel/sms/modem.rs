@@ -1033,7 +1033,7 @@ impl Owner {
             }
             info!(modem = %self.name, "PIN accepted");
         }
-        self.set_state(ModemState::Error, "SIM not ready after the PIN");
+        self.set_state(ModemState::Error, "SIM still not ready after 5 s");
         Ok(false)
     }
 
