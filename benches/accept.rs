@@ -1,1 +1,194 @@
-fn main() {}
+//! Accept throughput and latency of the real daemon (SQLite, synchronous=FULL, group commit,
+//! the dispatcher delivering to the Cloud API simulator at the same time) next to a bare hyper
+//! server that answers 202 without storing, under the same load, in the same run.
+//!
+//! `cargo bench --bench accept` (add `-- --seconds 5` for longer rounds). The bare server and
+//! the simulator run as separate processes (this binary re-executed) so they do not share the
+//! load generator's process.
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+
+const KEY: &str = "bench-key-0123456789";
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    if args.iter().any(|a| a == "--bare-server") {
+        rt.block_on(bare_server());
+        return;
+    }
+    if args.iter().any(|a| a == "--sim") {
+        rt.block_on(sim());
+        return;
+    }
+    let seconds: u64 = args.iter().position(|a| a == "--seconds").and_then(|i| args.get(i + 1)).and_then(|s| s.parse().ok()).unwrap_or(3);
+    rt.block_on(run(Duration::from_secs(seconds)));
+}
+
+/// A hyper server that answers every request 202 with a body like ours, storing nothing.
+async fn bare_server() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    println!("{}", l.local_addr().expect("addr"));
+    std::io::stdout().flush().ok();
+    loop {
+        let Ok((s, _)) = l.accept().await else { continue };
+        let _ = s.set_nodelay(true);
+        tokio::spawn(async move {
+            let svc = service_fn(|_req| async {
+                let mut r = http::Response::new(Full::new(Bytes::from_static(b"{\"id\":\"msg_00000000000000000000000000000000\",\"status\":\"queued\",\"expires_at\":\"2026-01-01T00:00:00.000Z\",\"to\":\"+919876543210\"}")));
+                *r.status_mut() = http::StatusCode::ACCEPTED;
+                Ok::<_, Infallible>(r)
+            });
+            let _ = http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+        });
+    }
+}
+
+async fn sim() {
+    let sim = otpgate::sim::cloud_api::CloudApiSim::start(otpgate::sim::cloud_api::SimOptions { builtin_rules: false, ..Default::default() }).await.expect("sim");
+    let dir = std::env::temp_dir().join(format!("otpgate-bench-sim-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, sim.ca_pem()).expect("ca");
+    println!("{} {}", sim.base_url(), ca.display());
+    std::io::stdout().flush().ok();
+    std::future::pending::<()>().await;
+}
+
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_self(arg: &str) -> (Proc, String) {
+    let exe = std::env::current_exe().expect("exe");
+    let mut c = Command::new(exe).arg(arg).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn");
+    let mut line = String::new();
+    BufReader::new(c.stdout.take().expect("stdout")).read_line(&mut line).expect("line");
+    (Proc(c), line.trim().to_string())
+}
+
+fn spawn_daemon(dir: &std::path::Path, sim_base: &str, sim_ca: &str) -> (Proc, String) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let token = dir.join("token");
+    std::fs::write(&token, "sim-token").expect("token");
+    let hash = hex::encode(otpgate::api::auth::sha256(KEY));
+    let cfg = dir.join("otpgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nmax_connections = 256\n[store]\npath = \"{}\"\n[otp]\ndefault_country = \"IN\"\n[whatsapp]\nenabled = true\napi_base = \"{sim_base}\"\nphone_number_id = \"106540352242922\"\ntemplate = \"otp_auth\"\ntoken_file = \"{}\"\nca_file = \"{sim_ca}\"\nmax_rate = 1000\n[policy]\nprenotify = false\n[limits]\n[log]\nlevel = \"warn\"\n[[clients]]\nname = \"bench\"\nkey_sha256 = \"{hash}\"\n",
+            dir.join("otpgate.db").display(),
+            token.display()
+        ),
+    )
+    .expect("config");
+    let c = Command::new(env!("CARGO_BIN_EXE_otpgate")).args(["run", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("daemon");
+    let addr = format!("127.0.0.1:{port}");
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    (Proc(c), addr)
+}
+
+struct Result {
+    rate: f64,
+    p50: Duration,
+    p99: Duration,
+    errors: u64,
+}
+
+/// `conns` workers, each on its own keep-alive connection, POSTing for `dur`.
+async fn load(addr: &str, conns: usize, dur: Duration) -> Result {
+    let stop = Instant::now() + dur;
+    let mut tasks = Vec::new();
+    for w in 0..conns {
+        let url = format!("http://{addr}/v1/messages");
+        tasks.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder()
+                .use_preconfigured_tls(
+                    rustls::ClientConfig::builder_with_provider(otpgate::sim::tls::ring_provider())
+                        .with_safe_default_protocol_versions()
+                        .expect("tls")
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                )
+                .pool_max_idle_per_host(1)
+                .no_proxy()
+                .build()
+                .expect("client");
+            let mut lat = Vec::new();
+            let mut errors = 0u64;
+            let mut i = 0u64;
+            while Instant::now() < stop {
+                i += 1;
+                let body = format!("{{\"to\":\"+9198{:02}{:06}\",\"code\":\"{:06}\"}}", w % 100, i % 1_000_000, i % 1_000_000);
+                let t = Instant::now();
+                match client.post(&url).bearer_auth(KEY).header("content-type", "application/json").body(body).send().await {
+                    Ok(r) if r.status() == 202 => {
+                        let _ = r.bytes().await;
+                        lat.push(t.elapsed());
+                    }
+                    _ => errors += 1,
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in tasks {
+        let (l, e) = t.await.expect("worker");
+        all.extend(l);
+        errors += e;
+    }
+    all.sort();
+    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default();
+    Result { rate: all.len() as f64 / dur.as_secs_f64(), p50: pct(0.50), p99: pct(0.99), errors }
+}
+
+async fn run(dur: Duration) {
+    let dir = tempfile::tempdir().expect("tmp");
+    let (_sim, sim_line) = spawn_self("--sim");
+    let mut parts = sim_line.split(' ');
+    let (sim_base, sim_ca) = (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default().to_string());
+    let (_bare, bare_addr) = spawn_self("--bare-server");
+    let (_daemon, addr) = spawn_daemon(dir.path(), &sim_base, &sim_ca);
+    println!("accept benchmark: {}s per round; otpgate (SQLite synchronous=FULL, WAL, group commit; dispatcher delivering to the simulator) vs a bare hyper 202 server", dur.as_secs());
+    println!("{:>5} | {:>12} {:>9} {:>9} | {:>12} {:>9} {:>9} | {:>6}", "conns", "bare msg/s", "p50", "p99", "otpgate/s", "p50", "p99", "ratio");
+    let _ = load(&addr, 4, Duration::from_millis(500)).await; // warm-up
+    let _ = load(&bare_addr, 4, Duration::from_millis(500)).await;
+    let ms = |d: Duration| format!("{:.2}ms", d.as_secs_f64() * 1000.0);
+    for conns in [1usize, 16, 64] {
+        let b = load(&bare_addr, conns, dur).await;
+        let o = load(&addr, conns, dur).await;
+        println!(
+            "{conns:>5} | {:>12.0} {:>9} {:>9} | {:>12.0} {:>9} {:>9} | {:>6.2}{}",
+            b.rate,
+            ms(b.p50),
+            ms(b.p99),
+            o.rate,
+            ms(o.p50),
+            ms(o.p99),
+            o.rate / b.rate.max(1.0),
+            if o.errors + b.errors > 0 { format!("  (errors: bare {}, otpgate {})", b.errors, o.errors) } else { String::new() }
+        );
+    }
+    let _ = Arc::new(());
+}
