@@ -22,7 +22,10 @@ const KEY: &str = "bench-key-0123456789";
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
     if args.iter().any(|a| a == "--bare-server") {
         rt.block_on(bare_server());
         return;
@@ -31,17 +34,26 @@ fn main() {
         rt.block_on(sim());
         return;
     }
-    let seconds: u64 = args.iter().position(|a| a == "--seconds").and_then(|i| args.get(i + 1)).and_then(|s| s.parse().ok()).unwrap_or(3);
+    let seconds: u64 = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
     rt.block_on(run(Duration::from_secs(seconds)));
 }
 
 /// A hyper server that answers every request 202 with a body like ours, storing nothing.
 async fn bare_server() {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     println!("{}", l.local_addr().expect("addr"));
     std::io::stdout().flush().ok();
     loop {
-        let Ok((s, _)) = l.accept().await else { continue };
+        let Ok((s, _)) = l.accept().await else {
+            continue;
+        };
         let _ = s.set_nodelay(true);
         tokio::spawn(async move {
             let svc = service_fn(|_req| async {
@@ -49,13 +61,20 @@ async fn bare_server() {
                 *r.status_mut() = http::StatusCode::ACCEPTED;
                 Ok::<_, Infallible>(r)
             });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(s), svc).await;
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
         });
     }
 }
 
 async fn sim() {
-    let sim = otpgate::sim::cloud_api::CloudApiSim::start(otpgate::sim::cloud_api::SimOptions { builtin_rules: false, ..Default::default() }).await.expect("sim");
+    let sim = otpgate::sim::cloud_api::CloudApiSim::start(otpgate::sim::cloud_api::SimOptions {
+        builtin_rules: false,
+        ..Default::default()
+    })
+    .await
+    .expect("sim");
     let dir = std::env::temp_dir().join(format!("otpgate-bench-sim-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let ca = dir.join("ca.pem");
@@ -75,14 +94,25 @@ impl Drop for Proc {
 
 fn spawn_self(arg: &str) -> (Proc, String) {
     let exe = std::env::current_exe().expect("exe");
-    let mut c = Command::new(exe).arg(arg).stdout(Stdio::piped()).stderr(Stdio::null()).spawn().expect("spawn");
+    let mut c = Command::new(exe)
+        .arg(arg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
     let mut line = String::new();
-    BufReader::new(c.stdout.take().expect("stdout")).read_line(&mut line).expect("line");
+    BufReader::new(c.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("line");
     (Proc(c), line.trim().to_string())
 }
 
 fn spawn_daemon(dir: &std::path::Path, sim_base: &str, sim_ca: &str) -> (Proc, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
     let token = dir.join("token");
     std::fs::write(&token, "sim-token").expect("token");
     let hash = hex::encode(otpgate::api::auth::sha256(KEY));
@@ -96,7 +126,13 @@ fn spawn_daemon(dir: &std::path::Path, sim_base: &str, sim_ca: &str) -> (Proc, S
         ),
     )
     .expect("config");
-    let c = Command::new(env!("CARGO_BIN_EXE_otpgate")).args(["run", "--config"]).arg(&cfg).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("daemon");
+    let c = Command::new(env!("CARGO_BIN_EXE_otpgate"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("daemon");
     let addr = format!("127.0.0.1:{port}");
     for _ in 0..200 {
         if std::net::TcpStream::connect(&addr).is_ok() {
@@ -138,9 +174,21 @@ async fn load(addr: &str, conns: usize, dur: Duration) -> Result {
             let mut i = 0u64;
             while Instant::now() < stop {
                 i += 1;
-                let body = format!("{{\"to\":\"+9198{:02}{:06}\",\"code\":\"{:06}\"}}", w % 100, i % 1_000_000, i % 1_000_000);
+                let body = format!(
+                    "{{\"to\":\"+9198{:02}{:06}\",\"code\":\"{:06}\"}}",
+                    w % 100,
+                    i % 1_000_000,
+                    i % 1_000_000
+                );
                 let t = Instant::now();
-                match client.post(&url).bearer_auth(KEY).header("content-type", "application/json").body(body).send().await {
+                match client
+                    .post(&url)
+                    .bearer_auth(KEY)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                {
                     Ok(r) if r.status() == 202 => {
                         let _ = r.bytes().await;
                         lat.push(t.elapsed());
@@ -159,19 +207,37 @@ async fn load(addr: &str, conns: usize, dur: Duration) -> Result {
         errors += e;
     }
     all.sort();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or_default();
-    Result { rate: all.len() as f64 / dur.as_secs_f64(), p50: pct(0.50), p99: pct(0.99), errors }
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
+    Result {
+        rate: all.len() as f64 / dur.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+        errors,
+    }
 }
 
 async fn run(dur: Duration) {
     let dir = tempfile::tempdir().expect("tmp");
     let (_sim, sim_line) = spawn_self("--sim");
     let mut parts = sim_line.split(' ');
-    let (sim_base, sim_ca) = (parts.next().unwrap_or_default().to_string(), parts.next().unwrap_or_default().to_string());
+    let (sim_base, sim_ca) = (
+        parts.next().unwrap_or_default().to_string(),
+        parts.next().unwrap_or_default().to_string(),
+    );
     let (_bare, bare_addr) = spawn_self("--bare-server");
     let (_daemon, addr) = spawn_daemon(dir.path(), &sim_base, &sim_ca);
-    println!("accept benchmark: {}s per round; otpgate (SQLite synchronous=FULL, WAL, group commit; dispatcher delivering to the simulator) vs a bare hyper 202 server", dur.as_secs());
-    println!("{:>5} | {:>12} {:>9} {:>9} | {:>12} {:>9} {:>9} | {:>6}", "conns", "bare msg/s", "p50", "p99", "otpgate/s", "p50", "p99", "ratio");
+    println!(
+        "accept benchmark: {}s per round; otpgate (SQLite synchronous=FULL, WAL, group commit; dispatcher delivering to the simulator) vs a bare hyper 202 server",
+        dur.as_secs()
+    );
+    println!(
+        "{:>5} | {:>12} {:>9} {:>9} | {:>12} {:>9} {:>9} | {:>6}",
+        "conns", "bare msg/s", "p50", "p99", "otpgate/s", "p50", "p99", "ratio"
+    );
     let _ = load(&addr, 4, Duration::from_millis(500)).await; // warm-up
     let _ = load(&bare_addr, 4, Duration::from_millis(500)).await;
     let ms = |d: Duration| format!("{:.2}ms", d.as_secs_f64() * 1000.0);
@@ -187,7 +253,11 @@ async fn run(dur: Duration) {
             ms(o.p50),
             ms(o.p99),
             o.rate / b.rate.max(1.0),
-            if o.errors + b.errors > 0 { format!("  (errors: bare {}, otpgate {})", b.errors, o.errors) } else { String::new() }
+            if o.errors + b.errors > 0 {
+                format!("  (errors: bare {}, otpgate {})", b.errors, o.errors)
+            } else {
+                String::new()
+            }
         );
     }
     let _ = Arc::new(());

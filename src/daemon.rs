@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::App;
 use crate::api::listener::{self, ConnStats, ListenSettings};
+use crate::channel::sms::pool::SmsPool;
 use crate::channel::whatsapp::WhatsAppChannel;
 use crate::channel::{Channel, ChannelKind, Receipt};
 use crate::clock::SharedClock;
@@ -77,6 +78,7 @@ pub struct Running {
     settings: Arc<RwLock<ListenSettings>>,
     channels: Vec<Arc<dyn Channel>>,
     whatsapp: Option<Arc<WhatsAppChannel>>,
+    sms: Option<Arc<SmsPool>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -91,6 +93,8 @@ pub struct ChannelSet {
     pub receipts_tx: mpsc::Sender<Receipt>,
     /// The WhatsApp channel itself, for its webhook and live reloads.
     pub whatsapp: Option<Arc<WhatsAppChannel>>,
+    /// The modem pool itself, for the watchdog and shutdown.
+    pub sms: Option<Arc<SmsPool>>,
 }
 
 impl ChannelSet {
@@ -102,6 +106,7 @@ impl ChannelSet {
             receipts_rx,
             receipts_tx,
             whatsapp: None,
+            sms: None,
         }
     }
 }
@@ -118,6 +123,15 @@ pub async fn build_channels(cfg: &Config, clock: &SharedClock) -> Result<Channel
         let wa = Arc::new(wa);
         set.channels.push(wa.clone());
         set.whatsapp = Some(wa);
+    }
+    if !cfg.modems.is_empty() {
+        let pool = Arc::new(SmsPool::start(
+            cfg.modems.clone(),
+            set.receipts_tx.clone(),
+            clock.clone(),
+        ));
+        set.channels.push(pool.clone());
+        set.sms = Some(pool);
     }
     Ok(set)
 }
@@ -198,6 +212,7 @@ pub async fn start(
     }
     Ok(Running {
         whatsapp: set.whatsapp,
+        sms: set.sms,
         addrs,
         live,
         store,
@@ -294,11 +309,24 @@ impl Running {
         parts.join("; ")
     }
 
+    /// Progress counters of every loop the watchdog vouches for: the dispatcher, then each
+    /// modem owner. A loop is wedged when its counter stops moving.
+    pub fn liveness(&self) -> Vec<(String, u64)> {
+        let mut v = vec![("dispatcher".to_string(), self.dispatcher.progress())];
+        if let Some(pool) = &self.sms {
+            v.extend(pool.progress());
+        }
+        v
+    }
+
     /// Stops accepting, lets requests and attempts in flight finish (bounded), and returns.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         for t in self.tasks {
             let _ = t.await;
+        }
+        if let Some(pool) = &self.sms {
+            pool.shutdown().await;
         }
         // The store's writer ends when the last handle goes; every acknowledged write is
         // already committed, so nothing needs flushing here.

@@ -28,6 +28,7 @@
 //! | routing policy (pure function) | [`dispatch::policy`] |
 //! | Cloud API simulator and pty modem simulator | [`sim`] |
 //! | wiring it all together, signals, shutdown | [`daemon`] |
+//! | `otpgate demo`: the daemon on the simulators | [`demo`] |
 //! | metrics counters | [`metrics`] |
 //!
 //! Rules kept throughout: time comes from a [`clock::Clock`]; protocol parsing works on byte
@@ -39,6 +40,7 @@ pub mod channel;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod dispatch;
 pub mod metrics;
 pub mod phone;

@@ -30,6 +30,13 @@ enum Command {
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Run the whole gateway against built-in simulators of WhatsApp and a modem: try it with
+    /// no account and no hardware.
+    Demo {
+        /// Where the demo's API listens.
+        #[arg(long, default_value = "127.0.0.1:8025")]
+        listen: std::net::SocketAddr,
+    },
     /// Validate the configuration and print a summary; exit 1 with every error otherwise.
     CheckConfig {
         /// Main configuration file.
@@ -65,6 +72,11 @@ enum Command {
         #[arg(long)]
         cacert: Option<PathBuf>,
     },
+    /// Work with modems.
+    Modem {
+        #[command(subcommand)]
+        command: ModemCommand,
+    },
     /// Print shell completions (used by the packages).
     #[command(hide = true)]
     Completions {
@@ -85,6 +97,21 @@ enum Shell {
     Bash,
     Zsh,
     Fish,
+}
+
+#[derive(Subcommand)]
+enum ModemCommand {
+    /// Talk to a modem and print what it is and how it is doing.
+    Probe {
+        /// Serial device, e.g. /dev/serial/by-id/usb-Quectel_EC25-if02-port0.
+        device: PathBuf,
+        /// Baud rate.
+        #[arg(long, default_value_t = 115_200)]
+        baud: u32,
+        /// How long the modem gets to answer each step, e.g. "5s".
+        #[arg(long, default_value = "5s")]
+        timeout: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -190,6 +217,35 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     .context("running")?;
                 Ok(ExitCode::SUCCESS)
             })
+        }
+        Command::Modem {
+            command:
+                ModemCommand::Probe {
+                    device,
+                    baud,
+                    timeout,
+                },
+        } => {
+            let timeout = config::parse_duration(&timeout).map_err(anyhow::Error::msg)?;
+            runtime()?.block_on(async move {
+                match otpgate::channel::sms::modem::probe(&device, baud, timeout).await {
+                    Ok(report) => {
+                        println!("{report}");
+                        Ok(ExitCode::SUCCESS)
+                    }
+                    Err(e) => {
+                        eprintln!("otpgate: {}: {e}", device.display());
+                        Ok(ExitCode::FAILURE)
+                    }
+                }
+            })
+        }
+        Command::Demo { listen } => {
+            init_logging("warn,otpgate=info", false);
+            runtime()?
+                .block_on(otpgate::demo::run(listen))
+                .context("demo")?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;

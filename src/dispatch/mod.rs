@@ -240,7 +240,11 @@ impl Dispatcher {
                         .inc();
                 }
                 let now = self.0.clock.now();
-                if failed && effect.state == MessageState::Sent && now < effect.expires_at {
+                if failed
+                    && effect.changed
+                    && effect.state == MessageState::Sent
+                    && now < effect.expires_at
+                {
                     tracing::info!(message = %effect.message_id, channel = %r.channel, "provider reported failure; falling back");
                     self.0
                         .metrics
@@ -417,7 +421,7 @@ impl Dispatcher {
                 .inc();
             tracing::info!(
                 message = %m.id, channel = %step.channel, outcome = outcome.class(),
-                code = outcome.error_code().unwrap_or(""), ms = took.as_millis() as u64,
+                provider_error = outcome.error_code().unwrap_or("-"), ms = took.as_millis() as u64,
                 "attempt finished"
             );
             let fallback = |reason: &str| {

@@ -262,6 +262,8 @@ pub struct ReceiptEffect {
     pub state: MessageState,
     /// The message's expiry (for fallback decisions).
     pub expires_at: Timestamp,
+    /// False for a repeated or out-of-order receipt that changed nothing.
+    pub changed: bool,
 }
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -597,7 +599,8 @@ impl Store {
                 "failed" => 5,
                 _ => 0,
             };
-            if previous.as_deref().map(rank).unwrap_or(0) < rank(word) {
+            let changed = previous.as_deref().map(rank).unwrap_or(0) < rank(word);
+            if changed {
                 c.execute(
                     "UPDATE attempts SET receipt = ?2, receipt_at = ?3, error_code = COALESCE(?4, error_code) WHERE id = ?1",
                     params![attempt_id, word, at.0, code],
@@ -619,6 +622,7 @@ impl Store {
                 message_id,
                 state: MessageState::parse(&state)?,
                 expires_at: Timestamp(expires),
+                changed,
             }))
         })
         .await

@@ -148,7 +148,7 @@ impl SmsPool {
                     tracing::info!(
                         modem = %self.modems[i].name(),
                         message_id = %d.message_id,
-                        code = code.as_deref().unwrap_or("-"),
+                        provider_error = code.as_deref().unwrap_or("-"),
                         "SMS not sent; trying again"
                     );
                     last = Some((code, reason));

@@ -487,7 +487,7 @@ impl WhatsAppChannel {
             };
             tracing::warn!(
                 message_id = %d.message_id,
-                code = c.code.as_deref().unwrap_or("-"),
+                provider_error = c.code.as_deref().unwrap_or("-"),
                 status = c.status.unwrap_or(0),
                 attempt,
                 ms,
@@ -519,7 +519,7 @@ impl WhatsAppChannel {
                 ErrorClass::ChannelDown => {
                     guard.armed = false;
                     lock(&self.circuit).open(self.clock.now(), c.code.clone(), c.reason.clone());
-                    tracing::error!(code = c.code.as_deref().unwrap_or("-"), reason = %c.reason, "whatsapp: circuit opened");
+                    tracing::error!(provider_error = c.code.as_deref().unwrap_or("-"), reason = %c.reason, "whatsapp: circuit opened");
                     return Outcome::ChannelDown {
                         code: c.code,
                         reason: c.reason,

@@ -1,0 +1,448 @@
+//! End to end with the real channels: the daemon in-process, the WhatsApp client over TLS to
+//! the Cloud API simulator, the modem pool over a real pseudo-terminal to the modem simulator.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{CLIENT, KEY};
+use otpgate::clock::{SharedClock, SystemClock};
+use otpgate::sim::cloud_api::{CloudApiSim, Script, SimOptions};
+use otpgate::sim::modem::{Profile, SimModem};
+use serde_json::json;
+
+struct World {
+    _dir: tempfile::TempDir,
+    sim: CloudApiSim,
+    modem: SimModem,
+    base: String,
+    http: reqwest::Client,
+    running: Option<otpgate::daemon::Running>,
+}
+
+async fn world(policy: &str, extra: &str) -> World {
+    world_with(policy, extra, "").await
+}
+
+async fn world_with(policy: &str, extra: &str, wa_extra: &str) -> World {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
+    let modem = SimModem::start(Profile::quectel()).unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "sim-token").unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, sim.ca_pem()).unwrap();
+    let hash = hex::encode(otpgate::api::auth::sha256(KEY));
+    let cfg = dir.path().join("otpgate.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+[server]
+listen = ["127.0.0.1:0"]
+[store]
+path = "{db}"
+[otp]
+default_country = "IN"
+org = "ACME"
+[whatsapp]
+enabled = true
+api_base = "{base}"
+phone_number_id = "106540352242922"
+template = "otp_auth"
+token_file = "{token}"
+ca_file = "{ca}"
+timeout = "1s"
+circuit_cooldown = "1s"
+{wa_extra}
+[[modems]]
+name = "modem0"
+device = "{modem}"
+[policy]
+whatsapp_deadline = "3s"
+{policy}
+[[clients]]
+name = "{CLIENT}"
+key_sha256 = "{hash}"
+{extra}
+"#,
+            db = dir.path().join("otpgate.db").display(),
+            base = sim.base_url(),
+            token = token.display(),
+            ca = ca.display(),
+            modem = modem.path().display(),
+        ),
+    )
+    .unwrap();
+    let cfg = otpgate::config::load(&otpgate::config::Sources {
+        main: cfg,
+        env: Default::default(),
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    let clock: SharedClock = Arc::new(SystemClock);
+    let set = otpgate::daemon::build_channels(&cfg, &clock).await.unwrap();
+    let running = otpgate::daemon::start(cfg, clock, set).await.unwrap();
+    let base = format!("http://{}", running.addrs[0]);
+    let w = World {
+        _dir: dir,
+        sim,
+        modem,
+        base,
+        http: common::http_client(),
+        running: Some(running),
+    };
+    w.wait_ready().await;
+    w
+}
+
+impl World {
+    async fn wait_ready(&self) {
+        for _ in 0..400 {
+            let v: serde_json::Value = self
+                .http
+                .get(format!("{}/readyz", self.base))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if v["channels"]["sms"]["usable"] == true {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("modem never became ready");
+    }
+    async fn send(&self, to: &str, code: &str) -> serde_json::Value {
+        let r = self
+            .http
+            .post(format!("{}/v1/messages?wait=20s", self.base))
+            .bearer_auth(KEY)
+            .json(&json!({"to": to, "code": code}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+        r.json().await.unwrap()
+    }
+    async fn get(&self, id: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}/v1/messages/{id}", self.base))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+    fn wa_to(&self, digits: &str) -> usize {
+        self.sim
+            .requests()
+            .iter()
+            .filter(|r| r.json.as_ref().is_some_and(|j| j["to"] == digits))
+            .count()
+    }
+    fn sms_codes_to(&self, e164: &str, code: &str) -> usize {
+        self.modem
+            .received()
+            .iter()
+            .filter(|m| m.to == e164 && m.text.contains(code))
+            .count()
+    }
+    async fn stop(mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn whatsapp_success_with_a_single_prenotice_before_the_first_code() {
+    let w = world("", "").await;
+    let v = w.send("+919876543210", "482913").await;
+    assert_eq!(
+        (v["status"].as_str(), v["channel"].as_str()),
+        (Some("sent"), Some("whatsapp"))
+    );
+    let req = &w.sim.requests()[0];
+    let j = req.json.as_ref().unwrap();
+    assert_eq!(j["to"], "919876543210");
+    assert_eq!(
+        j["template"]["components"][0]["parameters"][0]["text"],
+        "482913"
+    );
+    assert_eq!(
+        j["template"]["components"][1]["parameters"][0]["text"],
+        "482913"
+    );
+    w.send("+919876543210", "111222").await;
+    // The pre-notice went once, by SMS, and it is not the code.
+    for _ in 0..200 {
+        if !w.modem.received().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sms = w.modem.received();
+    assert_eq!(sms.len(), 1, "exactly one pre-notice");
+    assert!(sms[0].text.contains("WhatsApp") && !sms[0].text.contains("482913"));
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn not_on_whatsapp_goes_by_sms_then_straight_to_sms() {
+    let w = world("prenotify = false", "").await;
+    w.sim
+        .handle()
+        .set_for("919876543210", Script::error(400, 131026));
+    let v = w.send("+919876543210", "555111").await;
+    assert_eq!(v["channel"], "sms");
+    let sms = w.modem.received();
+    assert_eq!(sms.len(), 1);
+    assert!(sms[0].text.contains("555111") && sms[0].text.contains("ACME"));
+    assert!(
+        sms[0]
+            .validity
+            .is_some_and(|v| v <= Duration::from_secs(300)),
+        "validity within the lifetime: {:?}",
+        sms[0].validity
+    );
+    let v = w.send("+919876543210", "555222").await;
+    assert_eq!(v["channel"], "sms");
+    assert_eq!(
+        w.wa_to("919876543210"),
+        1,
+        "remembered: no second WhatsApp try"
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn whatsapp_outages_fall_back_within_the_deadline() {
+    let w = world("prenotify = false", "").await;
+    let h = w.sim.handle();
+    for (i, (what, script)) in [
+        ("5xx", Some(Script::error(500, 131000))),
+        ("hang", Some(Script::Hang)),
+        ("refused", None),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        match script {
+            Some(s) => {
+                h.refuse_connections(false);
+                h.set_default(Some(s));
+            }
+            None => {
+                h.set_default(None);
+                h.refuse_connections(true);
+            }
+        }
+        let to = format!("+91987654330{i}");
+        let code = format!("60{i}{i}{i}{i}");
+        let t = Instant::now();
+        let v = w.send(&to, &code).await;
+        let took = t.elapsed();
+        assert_eq!(v["channel"], "sms", "{what}");
+        // A hang guard, not a speed claim: the deadline is 3s, the wait 20s.
+        assert!(took < Duration::from_secs(15), "{what}: {took:?}");
+        assert_eq!(w.sms_codes_to(&to, &code), 1, "{what}");
+        let m = w.get(v["id"].as_str().unwrap()).await;
+        assert_eq!(m["attempts"][0]["channel"], "whatsapp", "{what}: {m}");
+        assert_ne!(m["attempts"][0]["outcome"], "accepted", "{what}");
+    }
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn token_error_opens_the_circuit_readiness_says_so_and_a_probe_recovers() {
+    let w = world("prenotify = false", "").await;
+    let h = w.sim.handle();
+    h.set_default(Some(Script::error(401, 190)));
+    let v = w.send("+919876543210", "700001").await;
+    assert_eq!(v["channel"], "sms");
+    let ready: serde_json::Value = w
+        .http
+        .get(format!("{}/readyz", w.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["channels"]["whatsapp"]["usable"], false, "{ready}");
+    assert!(
+        ready["channels"]["whatsapp"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("190"),
+        "{ready}"
+    );
+    assert_eq!(ready["status"], "ready", "SMS still carries codes");
+    let before = w.sim.requests().len();
+    let v = w.send("+919876543211", "700002").await;
+    assert_eq!(v["channel"], "sms");
+    assert_eq!(
+        w.sim.requests().len(),
+        before,
+        "open circuit: no request to Meta"
+    );
+    let metrics = w
+        .http
+        .get(format!("{}/metrics", w.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("otpgate_whatsapp_circuit_open 1"),
+        "{metrics}"
+    );
+    // The token is fixed at Meta's end; after the cool-down the next message probes and closes it.
+    h.set_default(None);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let v = w.send("+919876543212", "700003").await;
+    assert_eq!(v["channel"], "whatsapp");
+    let metrics = w
+        .http
+        .get(format!("{}/metrics", w.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for code in ["700001", "700002", "700003", "9876543210"] {
+        assert!(!metrics.contains(code), "metrics carry no codes or numbers");
+    }
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn whatsapp_switched_off_per_client_and_per_country_goes_sms_only() {
+    let w = world("prenotify = false\nwhatsapp_countries = [\"ID\"]", "").await;
+    let v = w.send("+919876543210", "810001").await;
+    assert_eq!(v["channel"], "sms");
+    assert_eq!(w.sim.requests().len(), 0);
+    let m = w.get(v["id"].as_str().unwrap()).await;
+    assert!(
+        m["attempts"][0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not rolled out to IN"),
+        "{m}"
+    );
+    w.stop().await;
+    let w = world("prenotify = false", "whatsapp = false").await;
+    let v = w.send("+919876543210", "810002").await;
+    assert_eq!(v["channel"], "sms");
+    assert_eq!(w.sim.requests().len(), 0);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn failed_webhook_receipt_falls_back_to_sms_while_the_code_lives() {
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("app-secret");
+    let verify = secrets.path().join("verify-token");
+    std::fs::write(&secret, "app-secret-value").unwrap();
+    std::fs::write(&verify, "verify-token-value").unwrap();
+    let wa = format!(
+        "app_secret_file = \"{}\"\nverify_token_file = \"{}\"",
+        secret.display(),
+        verify.display()
+    );
+    let w = world_with("prenotify = false", "", &wa).await;
+    let url = format!("{}/webhooks/whatsapp", w.base);
+    // Meta's subscription handshake.
+    let r = w
+        .http
+        .get(format!(
+            "{url}?hub.mode=subscribe&hub.verify_token=verify-token-value&hub.challenge=12345"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.text().await.unwrap().as_str()),
+        (200, "12345")
+    );
+    let r = w
+        .http
+        .get(format!(
+            "{url}?hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=12345"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let v = w.send("+919876543210", "909090").await;
+    assert_eq!(v["channel"], "whatsapp");
+    let m = w.get(v["id"].as_str().unwrap()).await;
+    let wamid = m["attempts"][0]["provider_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+        "messaging_product": "whatsapp",
+        "statuses": [{"id": wamid, "status": "failed", "timestamp": "1764355200", "recipient_id": "919876543210",
+                      "errors": [{"code": 131026, "title": "Message undeliverable"}]}]}}]}]})
+    .to_string();
+    // Unsigned and wrongly signed posts change nothing.
+    let r = w.http.post(&url).body(body.clone()).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = w
+        .http
+        .post(&url)
+        .header("x-hub-signature-256", format!("sha256={}", "0".repeat(64)))
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(w.sms_codes_to("+919876543210", "909090"), 0);
+    let sig = otpgate::channel::whatsapp::webhook::sign(
+        body.as_bytes(),
+        &otpgate::secret::Secret::new("app-secret-value"),
+    );
+    let r = w
+        .http
+        .post(&url)
+        .header("x-hub-signature-256", sig.clone())
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let id = v["id"].as_str().unwrap().to_string();
+    let mut m = serde_json::Value::Null;
+    for _ in 0..400 {
+        m = w.get(&id).await;
+        if m["channel"] == "sms" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(m["channel"], "sms", "{m}");
+    assert_eq!(m["attempts"][0]["receipt"], "failed");
+    assert_eq!(w.sms_codes_to("+919876543210", "909090"), 1);
+    // Meta repeats deliveries: a second copy does not send the code again.
+    let r = w
+        .http
+        .post(&url)
+        .header("x-hub-signature-256", sig)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(w.sms_codes_to("+919876543210", "909090"), 1);
+    w.stop().await;
+}
