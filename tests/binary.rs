@@ -39,6 +39,24 @@ impl Drop for Daemon {
 
 /// A config for the binary: WhatsApp against the simulator, listening on a free port.
 fn config(dir: &Path, sim: &CloudApiSim, extra_server: &str, extra: &str) -> PathBuf {
+    config_with_modem(dir, sim, extra_server, extra, None)
+}
+
+fn config_with_modem(
+    dir: &Path,
+    sim: &CloudApiSim,
+    extra_server: &str,
+    extra: &str,
+    modem: Option<&Path>,
+) -> PathBuf {
+    let modem = modem
+        .map(|m| {
+            format!(
+                "[[modems]]\nname = \"modem0\"\ndevice = \"{}\"\n",
+                m.display()
+            )
+        })
+        .unwrap_or_default();
     let token = dir.join("token");
     std::fs::write(&token, TOKEN).unwrap();
     let ca = dir.join("sim-ca.pem");
@@ -65,8 +83,10 @@ phone_number_id = "106540352242922"
 template = "otp_auth"
 token_file = "{token}"
 ca_file = "{ca}"
+{modem}
 [policy]
 prenotify = false
+whatsapp_deadline = "30s"
 [log]
 level = "trace"
 [[clients]]
@@ -147,10 +167,17 @@ async fn post(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_after_a_burst_loses_nothing_and_logs_hold_no_secrets() {
     let dir = tempfile::tempdir().unwrap();
-    let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
+    let sim = CloudApiSim::start(SimOptions {
+        builtin_rules: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     // Hang WhatsApp so messages are mid-attempt when the process dies.
     sim.handle().set_default(Some(Script::Hang));
-    let cfg = config(dir.path(), &sim, "", "");
+    let modem =
+        otpgate::sim::modem::SimModem::start(otpgate::sim::modem::Profile::quectel()).unwrap();
+    let cfg = config_with_modem(dir.path(), &sim, "", "", Some(modem.path()));
     let d = spawn(&cfg);
     let base = format!("http://{}", d.addr);
     let http = common::http_client();
@@ -178,6 +205,18 @@ async fn kill_9_after_a_burst_loses_nothing_and_logs_hold_no_secrets() {
         ids.push(id.unwrap());
         codes.push(code);
     }
+    // Let the dispatcher start WhatsApp attempts (they hang), then kill it mid-attempt.
+    for _ in 0..400 {
+        if !sim.requests().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let in_flight_before_kill = sim.requests().len();
+    assert!(
+        in_flight_before_kill > 0,
+        "no WhatsApp attempt was under way"
+    );
     let mut d = d;
     d.child.kill().unwrap(); // SIGKILL
     d.child.wait().unwrap();
@@ -195,8 +234,51 @@ async fn kill_9_after_a_burst_loses_nothing_and_logs_hold_no_secrets() {
             .unwrap();
         assert_eq!(r.status(), 200, "accepted message {id} lost");
     }
-    // Messages interrupted mid-attempt are not sent twice on the same channel.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Every message reaches a phone: interrupted WhatsApp attempts are not repeated on
+    // WhatsApp (they may have gone out), so those codes go by SMS; the rest by WhatsApp.
+    for id in &ids {
+        let mut status = serde_json::Value::Null;
+        for _ in 0..600 {
+            let v: serde_json::Value = http
+                .get(format!("{base}/v1/messages/{id}"))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            status = v["status"].clone();
+            if status == "sent" || status == "delivered" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !(status == "sent" || status == "delivered") {
+            let v: serde_json::Value = http
+                .get(format!("{base}/v1/messages/{id}"))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            panic!("{id} ended {status}: {v}");
+        }
+    }
+    let sms = modem.received();
+    for c in &codes {
+        assert!(
+            sms.iter().filter(|m| m.text.contains(c.as_str())).count() <= 1,
+            "a code went twice by SMS"
+        );
+    }
+    assert!(
+        sms.len() >= in_flight_before_kill.min(64),
+        "interrupted codes went by SMS: {} SMS for {in_flight_before_kill} interrupted",
+        sms.len()
+    );
     let mut per_recipient = std::collections::HashMap::<String, usize>::new();
     for r in sim.requests() {
         if let Some(to) = r

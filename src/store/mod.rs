@@ -283,6 +283,7 @@ const MAX_GROUP: usize = 512;
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
+    conn.set_prepared_statement_cache_capacity(64);
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
 }
@@ -415,7 +416,7 @@ impl Store {
         max: usize,
     ) -> Result<(Vec<Message>, usize), StoreError> {
         self.write(move |c| {
-            let expired = c.execute(
+            let expired = exec(c,
                 "UPDATE messages SET state = 'expired', body = NULL, sms_text = NULL,
                     reason = COALESCE(reason, 'expired before it could be delivered'), finished_at = ?1
                  WHERE state = 'queued' AND expires_at <= ?1",
@@ -460,7 +461,7 @@ impl Store {
     ) -> Result<i64, StoreError> {
         let id = message_id.to_owned();
         self.write(move |c| {
-            c.execute(
+            exec(c,
                 "INSERT INTO attempts (message_id, channel, purpose, started_at) VALUES (?1, ?2, ?3, ?4)",
                 params![id, channel.as_str(), purpose, now.0],
             )?;
@@ -484,7 +485,7 @@ impl Store {
         let code = outcome.error_code().map(str::to_owned);
         let detail = outcome.reason().map(str::to_owned);
         self.write(move |c| {
-            c.execute(
+            exec(c,
                 "UPDATE attempts SET ended_at = ?2, outcome = ?3, provider_id = ?4, error_code = ?5, detail = ?6
                  WHERE id = ?1",
                 params![attempt_id, now.0, class, provider, code, detail],
@@ -504,7 +505,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         let id = message_id.to_owned();
         self.write(move |c| {
-            c.execute(
+            exec(
+                c,
                 "INSERT INTO attempts (message_id, channel, started_at, ended_at, outcome, detail)
                  VALUES (?1, ?2, ?3, ?3, 'skipped', ?4)",
                 params![id, channel.as_str(), now.0, why],
@@ -534,7 +536,7 @@ impl Store {
                 "UPDATE messages SET state = ?2, channel = COALESCE(?3, channel), reason = ?4, finished_at = ?5,
                     body = NULL, sms_text = NULL WHERE id = ?1"
             };
-            c.execute(
+            exec(c,
                 sql,
                 params![id, state.as_str(), channel.map(ChannelKind::as_str), reason, finished],
             )?;
@@ -552,7 +554,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let id = message_id.to_owned();
         self.write(move |c| {
-            c.execute(
+            exec(c,
                 "UPDATE messages SET state = 'queued', next_attempt_at = ?2, reason = COALESCE(?3, reason)
                  WHERE id = ?1 AND state IN ('sending', 'sent')",
                 params![id, at.0, reason],
@@ -601,13 +603,13 @@ impl Store {
             };
             let changed = previous.as_deref().map(rank).unwrap_or(0) < rank(word);
             if changed {
-                c.execute(
+                exec(c,
                     "UPDATE attempts SET receipt = ?2, receipt_at = ?3, error_code = COALESCE(?4, error_code) WHERE id = ?1",
                     params![attempt_id, word, at.0, code],
                 )?;
             }
             if matches!(status, ReceiptStatus::Delivered | ReceiptStatus::Read) {
-                c.execute(
+                exec(c,
                     "UPDATE messages SET state = 'delivered', finished_at = ?2, body = NULL, sms_text = NULL
                      WHERE id = ?1 AND state IN ('sent', 'sending')",
                     params![message_id, at.0],
@@ -652,7 +654,8 @@ impl Store {
     pub async fn set_no_whatsapp(&self, number: &str, until: Timestamp) -> Result<(), StoreError> {
         let n = number.to_owned();
         self.write(move |c| {
-            c.execute(
+            exec(
+                c,
                 "INSERT INTO recipients (number, no_whatsapp_until) VALUES (?1, ?2)
                  ON CONFLICT (number) DO UPDATE SET no_whatsapp_until = ?2",
                 params![n, until.0],
@@ -666,7 +669,7 @@ impl Store {
     pub async fn claim_prenotice(&self, number: &str, now: Timestamp) -> Result<bool, StoreError> {
         let n = number.to_owned();
         self.write(move |c| {
-            let changed = c.execute(
+            let changed = exec(c,
                 "INSERT INTO recipients (number, prenotified_at) VALUES (?1, ?2)
                  ON CONFLICT (number) DO UPDATE SET prenotified_at = ?2 WHERE prenotified_at IS NULL",
                 params![n, now.0],
@@ -749,13 +752,13 @@ impl Store {
     /// messages go back to the queue. Returns how many messages were recovered.
     pub async fn recover(&self, now: Timestamp) -> Result<usize, StoreError> {
         self.write(move |c| {
-            c.execute(
+            exec(c,
                 "UPDATE attempts SET ended_at = ?1, outcome = 'interrupted',
                     detail = 'the daemon stopped during this attempt; it may or may not have been delivered'
                  WHERE ended_at IS NULL",
                 params![now.0],
             )?;
-            let n = c.execute(
+            let n = exec(c,
                 "UPDATE messages SET state = 'queued', next_attempt_at = ?1 WHERE state = 'sending'",
                 params![now.0],
             )?;
@@ -776,21 +779,21 @@ impl Store {
                 .saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX)),
         );
         self.write(move |c| {
-            c.execute(
+            exec(c,
                 "UPDATE messages SET body = NULL, sms_text = NULL,
                     finished_at = COALESCE(finished_at, ?1)
                  WHERE state = 'sent' AND expires_at <= ?1 AND body IS NOT NULL",
                 params![now.0],
             )?;
-            let n = c.execute(
+            let n = exec(c,
                 "DELETE FROM messages WHERE created_at < ?1 AND state NOT IN ('queued', 'sending')",
                 params![cutoff.0],
             )?;
-            c.execute(
+            exec(c,
                 "UPDATE verifications SET status = 'expired', finished_at = ?1 WHERE status = 'pending' AND expires_at <= ?1",
                 params![now.0],
             )?;
-            c.execute("DELETE FROM verifications WHERE created_at < ?1", params![cutoff.0])?;
+            exec(c, "DELETE FROM verifications WHERE created_at < ?1", params![cutoff.0])?;
             Ok(n)
         })
         .await
@@ -930,7 +933,7 @@ fn insert_tx(
         Content::Code { code, sms_text } => ("code", code.clone(), Some(sms_text.clone())),
         Content::Text(t) => ("text", t.clone(), None),
     };
-    c.execute(
+    exec(c,
         "INSERT INTO messages (id, client, recipient, country, kind, body, sms_text, locale, reference,
             idempotency_key, created_at, expires_at, state, next_attempt_at, only_channel)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'queued', ?11, ?13)",
@@ -970,19 +973,31 @@ fn insert_tx(
     }))
 }
 
+/// Runs one statement through the connection's prepared-statement cache: the writer runs the
+/// same few statements thousands of times a second, and parsing them each time costs more
+/// than executing them.
+pub(crate) fn exec(
+    c: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> rusqlite::Result<usize> {
+    c.prepare_cached(sql)?.execute(params)
+}
+
 fn in_savepoint<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
-    conn.execute_batch("SAVEPOINT job")?;
+    exec(conn, "SAVEPOINT job", [])?;
     match f(conn) {
         Ok(v) => {
-            conn.execute_batch("RELEASE job")?;
+            exec(conn, "RELEASE job", [])?;
             Ok(v)
         }
         Err(e) => {
             // Undo only this job; the rest of the group still commits.
-            let _ = conn.execute_batch("ROLLBACK TO job; RELEASE job");
+            let _ = exec(conn, "ROLLBACK TO job", []);
+            let _ = exec(conn, "RELEASE job", []);
             Err(e)
         }
     }
@@ -997,15 +1012,17 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = conn.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(e) = exec(&conn, "BEGIN IMMEDIATE", []) {
             // Dropping the jobs unblocks their callers with an error; nothing was written.
             tracing::error!(error = %e, jobs = group.len(), "store: cannot begin a transaction");
             continue;
         }
         let completions: Vec<Completion> = group.into_iter().map(|job| job(&conn)).collect();
-        let commit = conn.execute_batch("COMMIT").map_err(StoreError::from);
+        let commit = exec(&conn, "COMMIT", [])
+            .map(|_| ())
+            .map_err(StoreError::from);
         if commit.is_err() {
-            let _ = conn.execute_batch("ROLLBACK");
+            let _ = exec(&conn, "ROLLBACK", []);
         }
         let n = completions.len();
         match &commit {

@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use subtle::ConstantTimeEq;
 
-use super::{InsertResult, LimitScope, NewMessage, Store, StoreError, insert_tx};
+use super::{InsertResult, LimitScope, NewMessage, Store, StoreError, exec, insert_tx};
 use crate::clock::Timestamp;
 use crate::config::Rate;
 
@@ -97,12 +97,16 @@ fn retire_message(
     now: Timestamp,
 ) -> Result<(), StoreError> {
     if let Some(mid) = message_id {
-        c.execute(
+        exec(c,
             "UPDATE messages SET state = 'failed', reason = ?2, finished_at = ?3, body = NULL, sms_text = NULL
              WHERE id = ?1 AND state = 'queued'",
             params![mid, why, now.0],
         )?;
-        c.execute("UPDATE messages SET body = NULL, sms_text = NULL WHERE id = ?1 AND state NOT IN ('queued', 'sending')", params![mid])?;
+        exec(
+            c,
+            "UPDATE messages SET body = NULL, sms_text = NULL WHERE id = ?1 AND state NOT IN ('queued', 'sending')",
+            params![mid],
+        )?;
     }
     Ok(())
 }
@@ -126,10 +130,10 @@ impl Store {
                 return Ok(result);
             }
             for (oid, mid) in older {
-                c.execute("UPDATE verifications SET status = 'canceled', finished_at = ?2 WHERE id = ?1", params![oid, now.0])?;
+                exec(c, "UPDATE verifications SET status = 'canceled', finished_at = ?2 WHERE id = ?1", params![oid, now.0])?;
                 retire_message(c, mid.as_deref(), "superseded by a newer verification", now)?;
             }
-            c.execute(
+            exec(c,
                 "INSERT INTO verifications (id, client, recipient, message_id, code_hash, length, channel, locale, created_at, expires_at, status)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending')",
                 params![v.id, v.message.client, v.message.recipient, v.message.id, v.code_hash.to_vec(), v.length, v.channel, v.message.locale, now.0, v.message.expires_at.0],
@@ -186,26 +190,26 @@ impl Store {
                 other => return Ok(CheckOutcome::NotPending(other.to_owned())),
             }
             if now.0 >= expires {
-                c.execute("UPDATE verifications SET status = 'expired', finished_at = ?2 WHERE id = ?1", params![id, now.0])?;
+                exec(c, "UPDATE verifications SET status = 'expired', finished_at = ?2 WHERE id = ?1", params![id, now.0])?;
                 return Ok(CheckOutcome::Expired);
             }
             if attempts >= max_attempts {
-                c.execute("UPDATE verifications SET status = 'max_attempts', finished_at = ?2 WHERE id = ?1", params![id, now.0])?;
+                exec(c, "UPDATE verifications SET status = 'max_attempts', finished_at = ?2 WHERE id = ?1", params![id, now.0])?;
                 return Ok(CheckOutcome::MaxAttempts);
             }
             let attempts = attempts + 1;
             let matched = bool::from(hash.as_slice().ct_eq(candidate.as_slice()));
             if matched {
-                c.execute("UPDATE verifications SET status = 'approved', attempts = ?2, finished_at = ?3 WHERE id = ?1", params![id, attempts, now.0])?;
+                exec(c, "UPDATE verifications SET status = 'approved', attempts = ?2, finished_at = ?3 WHERE id = ?1", params![id, attempts, now.0])?;
                 retire_message(c, message_id.as_deref(), "verification completed", now)?;
                 return Ok(CheckOutcome::Approved);
             }
             if attempts >= max_attempts {
-                c.execute("UPDATE verifications SET status = 'max_attempts', attempts = ?2, finished_at = ?3 WHERE id = ?1", params![id, attempts, now.0])?;
+                exec(c, "UPDATE verifications SET status = 'max_attempts', attempts = ?2, finished_at = ?3 WHERE id = ?1", params![id, attempts, now.0])?;
                 retire_message(c, message_id.as_deref(), "verification locked after too many attempts", now)?;
                 return Ok(CheckOutcome::MaxAttempts);
             }
-            c.execute("UPDATE verifications SET attempts = ?2 WHERE id = ?1", params![id, attempts])?;
+            exec(c, "UPDATE verifications SET attempts = ?2 WHERE id = ?1", params![id, attempts])?;
             Ok(CheckOutcome::Denied { left: max_attempts - attempts })
         })
         .await
@@ -239,7 +243,7 @@ impl Store {
             let result = insert_tx(c, message, &limits)?;
             if matches!(result, InsertResult::Created(_)) {
                 retire_message(c, old_message.as_deref(), "replaced by a resend", now)?;
-                c.execute(
+                exec(c,
                     "UPDATE verifications SET code_hash = ?2, message_id = ?3, sends = sends + 1 WHERE id = ?1",
                     params![id, code_hash.to_vec(), mid],
                 )?;
