@@ -43,12 +43,18 @@ for f in README.md LICENSE-MIT LICENSE-APACHE; do
     if [ -f "$f" ]; then cp "$f" "$assets/doc/"; fi
 done
 cp systemd/README.md "$assets/doc/README.systemd.md"
+# The rpm's sysusers.d file leaves out "m otpgate dialout": the rpm crate (like rpm >= 4.19)
+# turns that line into "Requires: group(dialout)", which nothing provides on RHEL 9, so the
+# package would not install there. %pre adds the membership instead, and the service gets
+# dialout from the unit's SupplementaryGroups= either way.
+grep -v '^m ' systemd/otpgate.sysusers >"$assets/sysusers-rpm.conf"
 
 say "deb"
 rm -rf target/debian target/generate-rpm
 # The binary is already stripped; cargo-deb would otherwise strip it a second time.
 cargo deb --no-build --no-strip
 say "rpm"
-cargo generate-rpm
+# Library requirements from ldd, whatever rpm tooling the build host has.
+cargo generate-rpm --auto-req builtin
 
 ls -l target/debian/*.deb target/generate-rpm/*.rpm

@@ -91,10 +91,26 @@ rpm_file -rw-r--r-- root root '' /usr/share/zsh/site-functions/_otpgate
 rpm_file -rw-r--r-- root root '' /usr/share/fish/vendor_completions.d/otpgate.fish
 rpm_file -rw-r--r-- root root d /usr/share/doc/otpgate/LICENSE-MIT
 rpm_file -rw-r--r-- root root d /usr/share/doc/otpgate/LICENSE-APACHE
+# Unpacked (scriptlets need /bin/sh inside the root, so they are only asserted as text) into
+# a throwaway rpm root where the otpgate group exists, as %pre would have made it.
+RR="$work/rpmroot"
+mkdir -p "$RR/etc"
+printf 'root:x:0:0:root:/root:/bin/bash\notpgate:x:990:990::/var/lib/otpgate:/sbin/nologin\n' >"$RR/etc/passwd"
+printf 'root:x:0:\ndialout:x:18:otpgate\notpgate:x:990:\n' >"$RR/etc/group"
+if rpm --root "$RR" --initdb && rpm --root "$RR" --noscripts --nodeps -i "$rpmf" >"$work/rpm.log" 2>&1; then ok; else bad "rpm -i: $(cat "$work/rpm.log")"; fi
+check "rpm root: config 640 root:otpgate" test "$(stat -c '%a %u %g' "$RR/etc/otpgate/otpgate.toml")" = "640 0 990"
+check "rpm root: sysusers.d creates the user" grep -q '^u otpgate ' "$RR/usr/lib/sysusers.d/otpgate.conf"
+check "rpm root: binary runs" "$RR/usr/bin/otpgate" --version
+check "rpm -e" rpm --root "$RR" --noscripts -e otpgate
+check "rpm -e: binary gone" test ! -e "$RR/usr/bin/otpgate"
 check "rpm: --dump lists the config" has "$(rpm -qp --dump "$rpmf")" "/etc/otpgate/otpgate.toml"
+reqs="$(rpm -qp --requires "$rpmf")"
+check "rpm: requires libc" has_re "$reqs" '^libc\.so\.6'
+# user()/group() requirements break installs on RHEL 9, where nothing provides them.
+if has_re "$reqs" '^(user|group|groupmember)\('; then bad "rpm: sysusers requirements: $reqs"; else ok; fi
 scripts="$(rpm -qp --scripts "$rpmf")"
 for want in 'preinstall scriptlet' 'systemd-sysusers --replace=/usr/lib/sysusers.d/otpgate.conf' \
-    'useradd --system' 'chmod 0640 /etc/otpgate/otpgate.toml' 'chmod 0750 /etc/otpgate' \
+    'useradd --system' 'usermod --append --groups dialout otpgate' 'm otpgate dialout' 'chmod 0640 /etc/otpgate/otpgate.toml' 'chmod 0750 /etc/otpgate' \
     'install -d -o otpgate -g otpgate -m 0700 /var/lib/otpgate' 'systemctl enable otpgate.service' \
     'disable --now otpgate.service' 'try-restart otpgate.service' 'udevadm control --reload'; do
     check "rpm scripts: $want" has "$scripts" "$want"
