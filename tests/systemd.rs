@@ -358,6 +358,37 @@ fn sighup_reloads_with_reloading_and_monotonic_usec_in_one_datagram() {
     let status = otpgate::daemon::ReloadStatus::read(&d.status_file).unwrap();
     assert_eq!((status.generation, status.result.as_str()), (2, "applied"));
     assert_eq!(status.pid, u32::try_from(d.pid()).unwrap());
+
+    // A key that only a restart can change: applied otherwise, and said so; still exit 0.
+    let text = std::fs::read_to_string(&main).unwrap();
+    let other = free_port();
+    std::fs::write(
+        &main,
+        text.replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{other}")),
+    )
+    .unwrap();
+    let (code, out) = d.reload_command();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("needs a restart: server.listen"), "{out}");
+    assert_eq!(
+        d.http("GET", "/healthz", None, None).0,
+        200,
+        "still on the old port"
+    );
+}
+
+#[test]
+fn reload_command_without_a_daemon_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .arg("reload")
+        .arg("--status-file")
+        .arg(dir.path().join("reload.status"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no daemon pid"), "{err}");
 }
 
 #[test]
