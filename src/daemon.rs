@@ -343,6 +343,10 @@ pub async fn run_until_signalled(sources: Sources, running: Running) -> Result<(
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let mut hup = signal(SignalKind::hangup()).map_err(DaemonError::Signal)?;
+    let status_path = reload_status_path();
+    let mut generation = 0u64;
+    // Generation 0 tells `otpgate reload` which process owns the file before any reload.
+    write_reload_status(&status_path, &ReloadStatus::started());
     let status = running.status_line().await;
     notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
     tracing::info!(addrs = ?running.addrs, "ready");
@@ -351,21 +355,37 @@ pub async fn run_until_signalled(sources: Sources, running: Running) -> Result<(
         .map(|w| w / 2)
         .unwrap_or(Duration::from_secs(5))
         .min(Duration::from_secs(5));
-    let mut last_progress = running.dispatcher.progress();
+    let mut last_progress = running.liveness();
+    let mut snapshot_at = tokio::time::Instant::now();
+    let mut moving = true;
     let mut last_status = status;
     let mut interval = tokio::time::interval(tick);
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload(&sources, &running).await,
+            _ = hup.recv() => {
+                generation += 1;
+                let verdict = reload(&sources, &running).await;
+                write_reload_status(&status_path, &ReloadStatus::of(generation, &verdict));
+            }
             _ = interval.tick() => {
-                let p = running.dispatcher.progress();
-                // Ping only while the dispatcher moves: a wedged loop gets us restarted.
-                if watchdog.is_some() && p != last_progress {
+                let p = running.liveness();
+                // Ping only while every loop moves (the dispatcher and each modem owner, which
+                // ticks once a second even when idle or unplugged): a wedged one gets us restarted.
+                // Judged over at least 2 s, since the modem heartbeat ticks once a second.
+                if snapshot_at.elapsed() >= Duration::from_secs(2) {
+                    moving = p.len() == last_progress.len()
+                        && p.iter().zip(&last_progress).all(|((_, now), (_, before))| now != before);
+                    last_progress = p;
+                    snapshot_at = tokio::time::Instant::now();
+                }
+                // The store probe matters too: with the database locked by someone else the
+                // loop still turns (each claim gives up after SQLite's busy timeout), but
+                // nothing is delivered, and a restart is the honest answer.
+                if watchdog.is_some() && moving && store_takes_writes(&running, tick).await {
                     notify(&[NotifyState::Watchdog]);
                 }
-                last_progress = p;
                 let s = running.status_line().await;
                 if s != last_status {
                     notify(&[NotifyState::Status(&s)]);
@@ -383,11 +403,12 @@ pub async fn run_until_signalled(sources: Sources, running: Running) -> Result<(
     Ok(())
 }
 
-async fn reload(sources: &Sources, running: &Running) {
+async fn reload(sources: &Sources, running: &Running) -> ReloadVerdict {
     let mut states = vec![NotifyState::Reloading];
     if let Ok(m) = NotifyState::monotonic_usec_now() {
         states.push(m);
     }
+    // One datagram: systemd matches RELOADING=1 to the MONOTONIC_USEC= sent with it.
     notify(&states);
     let fresh = Sources {
         main: sources.main.clone(),
@@ -395,7 +416,7 @@ async fn reload(sources: &Sources, running: &Running) {
             .filter(|(k, _)| k.starts_with("OTPGATE__"))
             .collect(),
     };
-    match config::load(&fresh) {
+    let verdict = match config::load(&fresh) {
         Ok(new) => {
             for w in &new.warnings {
                 tracing::warn!("{w}");
@@ -403,9 +424,15 @@ async fn reload(sources: &Sources, running: &Running) {
             match running.apply(new) {
                 Ok(r) => {
                     tracing::info!(applied = ?r.applied, need_restart = ?r.need_restart, "configuration reloaded");
+                    if r.need_restart.is_empty() {
+                        ReloadVerdict::Applied(r)
+                    } else {
+                        ReloadVerdict::NeedsRestart(r)
+                    }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "reload failed; the previous configuration stays in force")
+                    tracing::error!(error = %e, "reload failed; the previous configuration stays in force");
+                    ReloadVerdict::Rejected(vec![e.to_string()])
                 }
             }
         }
@@ -417,10 +444,12 @@ async fn reload(sources: &Sources, running: &Running) {
                 errors = e.0.len(),
                 "invalid configuration; the previous configuration stays in force"
             );
+            ReloadVerdict::Rejected(e.0.iter().map(ToString::to_string).collect())
         }
-    }
+    };
     let status = running.status_line().await;
     notify(&[NotifyState::Ready, NotifyState::Status(&status)]);
+    verdict
 }
 
 fn notify(states: &[NotifyState<'_>]) {
@@ -428,5 +457,232 @@ fn notify(states: &[NotifyState<'_>]) {
         && let Err(e) = sd_notify::notify(states)
     {
         tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Whether the store writer takes the write lock within `within` (the watchdog's probe).
+async fn store_takes_writes(running: &Running, within: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(within, running.store.ping()).await,
+        Ok(Ok(()))
+    )
+}
+
+/// What one reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReloadVerdict {
+    /// The new configuration took effect entirely.
+    Applied(ReloadReport),
+    /// It took effect, except for the keys that need a restart.
+    NeedsRestart(ReloadReport),
+    /// It was rejected and the previous configuration stays in force; the errors.
+    Rejected(Vec<String>),
+}
+
+/// Overrides where the daemon writes, and `otpgate reload` reads, the reload status file.
+pub const RELOAD_STATUS_ENV: &str = "OTPGATE_RELOAD_STATUS";
+
+/// The reload status file: `$OTPGATE_RELOAD_STATUS`, else `reload.status` in systemd's
+/// `$RUNTIME_DIRECTORY`, else `/run/otpgate/reload.status` (the unit's RuntimeDirectory).
+pub fn reload_status_path() -> std::path::PathBuf {
+    if let Some(p) = std::env::var_os(RELOAD_STATUS_ENV) {
+        return p.into();
+    }
+    let dir = std::env::var_os("RUNTIME_DIRECTORY")
+        .map(std::path::PathBuf::from)
+        // systemd passes a colon-separated list when a unit has several; ours has one.
+        .and_then(|d| {
+            d.to_str()
+                .and_then(|s| s.split(':').next())
+                .map(std::path::PathBuf::from)
+        })
+        .unwrap_or_else(|| std::path::PathBuf::from("/run/otpgate"));
+    dir.join("reload.status")
+}
+
+/// The content of the reload status file: which daemon, which reload, and its verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadStatus {
+    /// The daemon's process id.
+    pub pid: u32,
+    /// 0 at start, then one more per SIGHUP.
+    pub generation: u64,
+    /// `started`, `applied`, `restart` (applied, some keys need a restart) or `rejected`.
+    pub result: String,
+    /// Details: what was applied, what needs a restart, or the errors.
+    pub details: Vec<String>,
+}
+
+impl ReloadStatus {
+    fn started() -> Self {
+        ReloadStatus {
+            pid: std::process::id(),
+            generation: 0,
+            result: "started".into(),
+            details: Vec::new(),
+        }
+    }
+
+    fn of(generation: u64, v: &ReloadVerdict) -> Self {
+        let (result, details) = match v {
+            ReloadVerdict::Applied(r) => ("applied", r.applied.clone()),
+            ReloadVerdict::NeedsRestart(r) => (
+                "restart",
+                r.applied
+                    .iter()
+                    .cloned()
+                    .chain(
+                        r.need_restart
+                            .iter()
+                            .map(|k| format!("needs a restart: {k}")),
+                    )
+                    .collect(),
+            ),
+            ReloadVerdict::Rejected(errors) => ("rejected", errors.clone()),
+        };
+        ReloadStatus {
+            pid: std::process::id(),
+            generation,
+            result: result.into(),
+            details,
+        }
+    }
+
+    /// The file format: `pid N`, `generation N`, `result WORD`, then one detail per line.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "pid {}\ngeneration {}\nresult {}\n",
+            self.pid, self.generation, self.result
+        );
+        for d in &self.details {
+            // One detail per line: a newline inside one would forge a field.
+            s.push_str(&d.replace('\n', " "));
+            s.push('\n');
+        }
+        s
+    }
+
+    /// Parses [`ReloadStatus::render`]'s output; `None` for anything else.
+    pub fn parse(text: &str) -> Option<Self> {
+        let mut lines = text.lines();
+        let pid = lines.next()?.strip_prefix("pid ")?.parse().ok()?;
+        let generation = lines.next()?.strip_prefix("generation ")?.parse().ok()?;
+        let result = lines.next()?.strip_prefix("result ")?.to_string();
+        Some(ReloadStatus {
+            pid,
+            generation,
+            result,
+            details: lines.map(str::to_owned).collect(),
+        })
+    }
+
+    /// Reads and parses the file at `path`.
+    pub fn read(path: &std::path::Path) -> Option<Self> {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|t| Self::parse(&t))
+    }
+}
+
+/// Writes the status atomically (temp file, then rename) so a reader never sees half of it.
+/// Best effort: without a runtime directory (run by hand) there is simply no file.
+fn write_reload_status(path: &std::path::Path, status: &ReloadStatus) {
+    let Some(dir) = path.parent() else { return };
+    if !dir.is_dir() {
+        return;
+    }
+    let tmp = path.with_extension("tmp");
+    let r = std::fs::write(&tmp, status.render()).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = r {
+        tracing::warn!(path = %path.display(), error = %e, "cannot write the reload status");
+    }
+}
+
+/// Why `otpgate reload` could not get a verdict.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadRequestError {
+    /// No pid given and none in the status file.
+    #[error("no daemon pid: pass --pid, or check that otpgate runs ({0} has none)")]
+    NoPid(String),
+    /// The signal could not be sent.
+    #[error("cannot signal pid {pid}: {source}")]
+    Signal {
+        /// Target.
+        pid: i32,
+        /// Cause.
+        source: nix::Error,
+    },
+    /// The daemon wrote no newer status in time.
+    #[error(
+        "pid {pid} wrote no reload result to {path} within {secs} s (is it otpgate, and does it see the same status file?)"
+    )]
+    Timeout {
+        /// Target.
+        pid: i32,
+        /// Status file.
+        path: String,
+        /// Waited.
+        secs: u64,
+    },
+}
+
+/// Sends SIGHUP to the daemon and waits for its verdict in the status file at `path`.
+/// `pid`: the daemon; `None` takes the pid recorded in the status file.
+pub fn request_reload(
+    pid: Option<i32>,
+    path: &std::path::Path,
+    timeout: Duration,
+) -> Result<ReloadStatus, ReloadRequestError> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let before = ReloadStatus::read(path);
+    let pid = match (pid, &before) {
+        (Some(p), _) => p,
+        (None, Some(s)) => i32::try_from(s.pid)
+            .map_err(|_| ReloadRequestError::NoPid(path.display().to_string()))?,
+        (None, None) => return Err(ReloadRequestError::NoPid(path.display().to_string())),
+    };
+    // A file left by another process says nothing about this one's reloads.
+    let seen = before
+        .filter(|s| i64::from(s.pid) == i64::from(pid))
+        .map_or(0, |s| s.generation);
+    kill(Pid::from_raw(pid), Signal::SIGHUP)
+        .map_err(|source| ReloadRequestError::Signal { pid, source })?;
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if let Some(s) = ReloadStatus::read(path)
+            && i64::from(s.pid) == i64::from(pid)
+            && s.generation > seen
+        {
+            return Ok(s);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Err(ReloadRequestError::Timeout {
+                pid,
+                path: path.display().to_string(),
+                secs: timeout.as_secs(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[cfg(test)]
+mod reload_status_tests {
+    use super::*;
+
+    #[test]
+    fn status_round_trips_and_flattens_newlines() {
+        let s = ReloadStatus {
+            pid: 42,
+            generation: 3,
+            result: "rejected".into(),
+            details: vec!["a: bad\nresult applied".into(), "b".into()],
+        };
+        let back = ReloadStatus::parse(&s.render()).unwrap();
+        assert_eq!(back.generation, 3);
+        assert_eq!(back.result, "rejected");
+        assert_eq!(back.details, vec!["a: bad result applied", "b"]);
+        assert!(ReloadStatus::parse("garbage").is_none());
     }
 }

@@ -77,6 +77,19 @@ enum Command {
         #[command(subcommand)]
         command: ModemCommand,
     },
+    /// Reload the running daemon's configuration and print the verdict (`systemctl reload`
+    /// runs this); exits 1 when the new configuration is rejected.
+    Reload {
+        /// The daemon's pid (the unit passes $MAINPID); default: the one in the status file.
+        #[arg(long)]
+        pid: Option<i32>,
+        /// The daemon's reload status file [default: /run/otpgate/reload.status].
+        #[arg(long, env = otpgate::daemon::RELOAD_STATUS_ENV)]
+        status_file: Option<PathBuf>,
+        /// Seconds to wait for the verdict.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+    },
     /// Print shell completions (used by the packages).
     #[command(hide = true)]
     Completions {
@@ -246,6 +259,33 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 .block_on(otpgate::demo::run(listen))
                 .context("demo")?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload {
+            pid,
+            status_file,
+            timeout,
+        } => {
+            let path = status_file.unwrap_or_else(otpgate::daemon::reload_status_path);
+            let s = otpgate::daemon::request_reload(
+                pid,
+                &path,
+                std::time::Duration::from_secs(timeout),
+            )?;
+            let headline = match s.result.as_str() {
+                "applied" => "reloaded: configuration applied",
+                "restart" => "reloaded: applied, but some changes take effect only after a restart",
+                "rejected" => "rejected: the previous configuration stays in force",
+                _ => "reload result unknown",
+            };
+            println!("{headline}");
+            for d in &s.details {
+                println!("  {d}");
+            }
+            Ok(if s.result == "rejected" {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
         Command::Completions { shell } => {
             use clap::CommandFactory;
