@@ -9,7 +9,6 @@
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,7 +30,7 @@ fn main() {
         return;
     }
     if args.iter().any(|a| a == "--sim") {
-        rt.block_on(sim());
+        rt.block_on(sim(args.iter().any(|a| a == "--hang")));
         return;
     }
     let seconds: u64 = args
@@ -68,13 +67,17 @@ async fn bare_server() {
     }
 }
 
-async fn sim() {
+async fn sim(hang: bool) {
     let sim = otpgate::sim::cloud_api::CloudApiSim::start(otpgate::sim::cloud_api::SimOptions {
         builtin_rules: false,
         ..Default::default()
     })
     .await
     .expect("sim");
+    if hang {
+        sim.handle()
+            .set_default(Some(otpgate::sim::cloud_api::Script::Hang));
+    }
     let dir = std::env::temp_dir().join(format!("otpgate-bench-sim-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let ca = dir.join("ca.pem");
@@ -92,10 +95,10 @@ impl Drop for Proc {
     }
 }
 
-fn spawn_self(arg: &str) -> (Proc, String) {
+fn spawn_self(args: &[&str]) -> (Proc, String) {
     let exe = std::env::current_exe().expect("exe");
     let mut c = Command::new(exe)
-        .arg(arg)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -221,44 +224,55 @@ async fn load(addr: &str, conns: usize, dur: Duration) -> Result {
 }
 
 async fn run(dur: Duration) {
-    let dir = tempfile::tempdir().expect("tmp");
-    let (_sim, sim_line) = spawn_self("--sim");
-    let mut parts = sim_line.split(' ');
-    let (sim_base, sim_ca) = (
-        parts.next().unwrap_or_default().to_string(),
-        parts.next().unwrap_or_default().to_string(),
-    );
-    let (_bare, bare_addr) = spawn_self("--bare-server");
-    let (_daemon, addr) = spawn_daemon(dir.path(), &sim_base, &sim_ca);
+    let (_bare, bare_addr) = spawn_self(&["--bare-server"]);
     println!(
-        "accept benchmark: {}s per round; otpgate (SQLite synchronous=FULL, WAL, group commit; dispatcher delivering to the simulator) vs a bare hyper 202 server",
+        "accept benchmark, {}s per round: the real otpgate binary (SQLite WAL, synchronous=FULL, group commit) vs a bare hyper server answering 202 without storing",
         dur.as_secs()
     );
-    println!(
-        "{:>5} | {:>12} {:>9} {:>9} | {:>12} {:>9} {:>9} | {:>6}",
-        "conns", "bare msg/s", "p50", "p99", "otpgate/s", "p50", "p99", "ratio"
-    );
-    let _ = load(&addr, 4, Duration::from_millis(500)).await; // warm-up
-    let _ = load(&bare_addr, 4, Duration::from_millis(500)).await;
-    let ms = |d: Duration| format!("{:.2}ms", d.as_secs_f64() * 1000.0);
-    for conns in [1usize, 16, 64] {
-        let b = load(&bare_addr, conns, dur).await;
-        let o = load(&addr, conns, dur).await;
-        println!(
-            "{conns:>5} | {:>12.0} {:>9} {:>9} | {:>12.0} {:>9} {:>9} | {:>6.2}{}",
-            b.rate,
-            ms(b.p50),
-            ms(b.p99),
-            o.rate,
-            ms(o.p50),
-            ms(o.p99),
-            o.rate / b.rate.max(1.0),
-            if o.errors + b.errors > 0 {
-                format!("  (errors: bare {}, otpgate {})", b.errors, o.errors)
-            } else {
-                String::new()
-            }
+    for (mode, sim_args) in [
+        (
+            "intake: WhatsApp stalled, so the dispatcher's slots stay full and only accept + commit run",
+            vec!["--sim", "--hang"],
+        ),
+        (
+            "live: the dispatcher delivers every message to the Cloud API simulator over TLS meanwhile",
+            vec!["--sim"],
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("tmp");
+        let (_sim, sim_line) = spawn_self(&sim_args);
+        let mut parts = sim_line.split(' ');
+        let (sim_base, sim_ca) = (
+            parts.next().unwrap_or_default().to_string(),
+            parts.next().unwrap_or_default().to_string(),
         );
+        let (_daemon, addr) = spawn_daemon(dir.path(), &sim_base, &sim_ca);
+        println!("\n{mode}");
+        println!(
+            "{:>5} | {:>12} {:>9} {:>9} | {:>12} {:>9} {:>9} | {:>6}",
+            "conns", "bare msg/s", "p50", "p99", "otpgate/s", "p50", "p99", "ratio"
+        );
+        let _ = load(&addr, 4, Duration::from_millis(500)).await; // warm-up
+        let _ = load(&bare_addr, 4, Duration::from_millis(500)).await;
+        let ms = |d: Duration| format!("{:.2}ms", d.as_secs_f64() * 1000.0);
+        for conns in [1usize, 16, 64] {
+            let b = load(&bare_addr, conns, dur).await;
+            let o = load(&addr, conns, dur).await;
+            println!(
+                "{conns:>5} | {:>12.0} {:>9} {:>9} | {:>12.0} {:>9} {:>9} | {:>6.2}{}",
+                b.rate,
+                ms(b.p50),
+                ms(b.p99),
+                o.rate,
+                ms(o.p50),
+                ms(o.p99),
+                o.rate / b.rate.max(1.0),
+                if o.errors + b.errors > 0 {
+                    format!("  (errors: bare {}, otpgate {})", b.errors, o.errors)
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
-    let _ = Arc::new(());
 }

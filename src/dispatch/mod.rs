@@ -139,20 +139,39 @@ impl Dispatcher {
         drain: Duration,
     ) {
         let mut last_housekeeping = Timestamp(0);
+        let mut last_sweep = Timestamp(0);
         loop {
             self.0.progress.fetch_add(1, Ordering::Relaxed);
             let now = self.0.clock.now();
             if let Err(e) = self.claim_and_spawn(now).await {
                 tracing::error!(error = %e, "dispatcher: cannot claim due messages");
             }
+            // With every slot busy nothing is claimed, but queued codes still expire on time.
+            if self.0.slots.available_permits() == 0 && now.0 - last_sweep.0 >= 1_000 {
+                last_sweep = now;
+                match self.0.store.claim_due(now, 0).await {
+                    Ok((_, n)) if n > 0 => {
+                        self.0.metrics.expired.inc_by(u64::try_from(n).unwrap_or(0));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "dispatcher: cannot expire queued messages")
+                    }
+                }
+            }
             if now.0 - last_housekeeping.0 >= 60_000 {
                 last_housekeeping = now;
                 self.housekeeping(now).await;
             }
-            let next = self.0.store.next_due().await.ok().flatten();
-            let sleep = match next {
-                Some(t) => now.until(t).min(Duration::from_secs(1)),
-                None => Duration::from_secs(1),
+            // With every slot busy there is nothing to claim: wait for a slot (its task wakes
+            // us) instead of asking the store on every accept.
+            let sleep = if self.0.slots.available_permits() == 0 {
+                Duration::from_secs(1)
+            } else {
+                match self.0.store.next_due().await.ok().flatten() {
+                    Some(t) => now.until(t).min(Duration::from_secs(1)),
+                    None => Duration::from_secs(1),
+                }
             };
             tokio::select! {
                 _ = self.0.wake.notified() => {}

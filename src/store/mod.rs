@@ -422,13 +422,16 @@ impl Store {
                  WHERE state = 'queued' AND expires_at <= ?1",
                 params![now.0],
             )?;
+            if max == 0 {
+                return Ok((Vec::new(), expired));
+            }
             let mut stmt = c.prepare_cached(&format!(
                 "UPDATE messages SET state = 'sending'
                  WHERE id IN (SELECT id FROM messages WHERE state = 'queued' AND next_attempt_at <= ?1
-                              ORDER BY next_attempt_at LIMIT {max})
+                              ORDER BY next_attempt_at LIMIT ?2)
                  RETURNING {MESSAGE_COLUMNS}"
             ))?;
-            let rows = stmt.query_map(params![now.0], row_to_message)?;
+            let rows = stmt.query_map(params![now.0, i64::try_from(max).unwrap_or(i64::MAX)], row_to_message)?;
             let mut out = Vec::new();
             for r in rows {
                 out.push(r??);

@@ -30,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
         UNIQUE (client, idempotency_key)
     );
     CREATE INDEX messages_due ON messages (state, next_attempt_at);
+    CREATE INDEX messages_expiry ON messages (state, expires_at);
     CREATE INDEX messages_recipient ON messages (recipient, created_at);
     CREATE INDEX messages_country ON messages (country, created_at);
     CREATE INDEX messages_client ON messages (client, created_at);
