@@ -31,6 +31,34 @@ pub mod kannel_reply {
     pub const TEMPORAL: &str = "Temporal failure, try again later.";
 }
 
+/// Accepts one message per number: every number is checked before any is stored, so a bad
+/// one refuses the whole request and changes nothing.
+async fn accept_each(
+    app: &App,
+    client: &ClientConfig,
+    numbers: Vec<String>,
+    content: &crate::channel::Content,
+    ttl: std::time::Duration,
+) -> Result<Vec<String>, ApiError> {
+    let country = app.live.get().otp.default_country;
+    for to in &numbers {
+        if let Err(e) = crate::phone::parse(to, country) {
+            return Err(ApiError::field(
+                "invalid_phone_number",
+                "to",
+                format!("to {e}"),
+            ));
+        }
+    }
+    let mut ids = Vec::new();
+    for to in numbers {
+        match v1::accept(app, client, Submission::plain(to, content.clone(), ttl)).await? {
+            Accepted::New(m) | Accepted::Repeat(m) => ids.push(m.id),
+        }
+    }
+    Ok(ids)
+}
+
 fn first<'a>(params: &'a HashMap<String, String>, names: &[&str]) -> Option<&'a str> {
     names
         .iter()
@@ -138,55 +166,28 @@ pub async fn kannel(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Resp {
             );
         }
     };
-    // Every number is checked before any is stored: a bad one refuses the whole request.
-    if let Some(bad) = receivers
-        .iter()
-        .find(|to| crate::phone::parse(to, cfg.otp.default_country).is_err())
-    {
-        app.metrics.reject("invalid_phone_number");
-        let why = crate::phone::parse(bad, cfg.otp.default_country)
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
-        return kannel_text(
-            StatusCode::BAD_REQUEST,
-            &format!("Invalid receiver number, rejected (to {why})"),
-        );
-    }
-    let mut ids = Vec::new();
-    for to in receivers {
-        let sub = Submission {
-            to,
-            content: content.clone(),
-            ttl,
-            locale: None,
-            idempotency_key: None,
-            reference: None,
-            only_channel: None,
-        };
-        match v1::accept(app, &client, sub).await {
-            Ok(Accepted::New(m) | Accepted::Repeat(m)) => ids.push(m.id),
-            Err(e) => {
-                app.metrics.reject(e.code);
-                let mut r = match e.code {
-                    "invalid_phone_number" => kannel_text(
-                        StatusCode::BAD_REQUEST,
-                        &format!("Invalid receiver number, rejected ({})", e.message),
-                    ),
-                    "country_not_allowed" => {
-                        kannel_text(StatusCode::FORBIDDEN, kannel_reply::NOT_ROUTABLE)
-                    }
-                    _ => kannel_text(StatusCode::SERVICE_UNAVAILABLE, kannel_reply::TEMPORAL),
-                };
-                if let Some(s) = e.retry_after
-                    && let Ok(v) = http::HeaderValue::from_str(&s.to_string())
-                {
-                    r.headers_mut().insert(header::RETRY_AFTER, v);
+    let ids = match accept_each(app, &client, receivers, &content, ttl).await {
+        Ok(ids) => ids,
+        Err(e) => {
+            app.metrics.reject(e.code);
+            let mut r = match e.code {
+                "invalid_phone_number" => kannel_text(
+                    StatusCode::BAD_REQUEST,
+                    &format!("Invalid receiver number, rejected ({})", e.message),
+                ),
+                "country_not_allowed" => {
+                    kannel_text(StatusCode::FORBIDDEN, kannel_reply::NOT_ROUTABLE)
                 }
-                return r;
+                _ => kannel_text(StatusCode::SERVICE_UNAVAILABLE, kannel_reply::TEMPORAL),
+            };
+            if let Some(s) = e.retry_after
+                && let Ok(v) = http::HeaderValue::from_str(&s.to_string())
+            {
+                r.headers_mut().insert(header::RETRY_AFTER, v);
             }
+            return r;
         }
-    }
+    };
     let mut r = kannel_text(StatusCode::ACCEPTED, kannel_reply::ACCEPTED);
     if let Ok(v) = http::HeaderValue::from_str(&ids.join(" ")) {
         r.headers_mut().insert("x-otpgate-id", v);
@@ -417,38 +418,13 @@ async fn generic_inner(
             )),
         );
     }
-    for to in &numbers {
-        if let Err(e) = crate::phone::parse(to, cfg.otp.default_country) {
-            return (
-                is_json,
-                Err(ApiError::field(
-                    "invalid_phone_number",
-                    "to",
-                    format!("to {e}"),
-                )),
-            );
-        }
-    }
-    let mut ids = Vec::new();
-    for to in numbers {
-        let sub = Submission {
-            to,
-            content: content.clone(),
-            ttl,
-            locale: None,
-            idempotency_key: None,
-            reference: None,
-            only_channel: None,
-        };
-        match v1::accept(app, &client, sub).await {
-            Ok(Accepted::New(m) | Accepted::Repeat(m)) => ids.push(m.id),
-            Err(mut e) => {
-                if e.status == StatusCode::TOO_MANY_REQUESTS && e.retry_after.is_none() {
-                    e.retry_after = Some(retry_after_secs(std::time::Duration::from_secs(1)));
-                }
-                return (is_json, Err(e));
+    match accept_each(app, &client, numbers, &content, ttl).await {
+        Ok(ids) => (is_json, Ok(ids)),
+        Err(mut e) => {
+            if e.status == StatusCode::TOO_MANY_REQUESTS && e.retry_after.is_none() {
+                e.retry_after = Some(retry_after_secs(std::time::Duration::from_secs(1)));
             }
+            (is_json, Err(e))
         }
     }
-    (is_json, Ok(ids))
 }

@@ -54,6 +54,36 @@ pub struct Submission {
     pub only_channel: Option<crate::channel::ChannelKind>,
 }
 
+/// Parses a JSON body strictly (unknown fields, trailing bytes and wrong types are errors
+/// naming the field, never echoing a value).
+pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let v = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
+    de.end().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "trailing characters after the JSON body",
+        )
+    })?;
+    Ok(v)
+}
+
+impl Submission {
+    /// A message from a compatibility caller: no locale, key, reference or channel choice.
+    pub fn plain(to: String, content: Content, ttl: Duration) -> Submission {
+        Submission {
+            to,
+            content,
+            ttl,
+            locale: None,
+            idempotency_key: None,
+            reference: None,
+            only_channel: None,
+        }
+    }
+}
+
 /// Turns serde's error into one that names the field and never echoes a value (a mistyped
 /// code would otherwise come back in the error, and be logged by the caller).
 pub fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
@@ -416,15 +446,7 @@ pub async fn post_message(
     }
     let query = req.uri().query().map(str::to_owned);
     let (_, body) = read_body(req, cfg.server.max_body_bytes).await?;
-    let mut de = serde_json::Deserializer::from_slice(&body);
-    let r: SendRequest = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
-    de.end().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "trailing characters after the JSON body",
-        )
-    })?;
+    let r: SendRequest = parse_json(&body)?;
     let wait = parse_wait(query.as_deref(), r.wait_seconds)?;
     check_token("idempotency_key", &r.idempotency_key, 128)?;
     check_token("reference", &r.reference, 128)?;

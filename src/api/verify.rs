@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::listener::ConnInfo;
-use super::v1::{self, Submission, json_error};
+use super::v1::{self, Submission, parse_json};
 use super::{App, Resp, json_response, read_body};
 use crate::channel::ChannelKind;
 use crate::secret::Secret;
@@ -55,19 +55,6 @@ struct StartRequest {
 #[serde(deny_unknown_fields)]
 struct CheckRequest {
     code: String,
-}
-
-fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let v = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
-    de.end().map_err(|_| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "trailing characters after the JSON body",
-        )
-    })?;
-    Ok(v)
 }
 
 fn view(v: &Verification) -> serde_json::Value {

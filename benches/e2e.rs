@@ -1,0 +1,227 @@
+//! The whole daemon on the simulators, in one run: accept -> provider request latency and
+//! messages per second on the WhatsApp path and on the SMS path (a real pty), and the fallback
+//! time when WhatsApp refuses connections or hangs, against `policy.whatsapp_deadline`.
+//!
+//! `cargo bench --bench e2e`
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use otpgate::clock::{SharedClock, SystemClock};
+use otpgate::sim::cloud_api::{CloudApiSim, Script, SimOptions};
+use otpgate::sim::modem::{Profile, SimModem};
+
+const KEY: &str = "bench-key-0123456789";
+const DEADLINE_S: u64 = 3;
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(run());
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1}ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn run() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let sim = CloudApiSim::start(SimOptions::default())
+        .await
+        .expect("sim");
+    let modem = SimModem::start(Profile::quectel()).expect("modem");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "sim-token").expect("token");
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, sim.ca_pem()).expect("ca");
+    let cfg_path = dir.path().join("otpgate.toml");
+    std::fs::write(
+        &cfg_path,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:0\"]\n[store]\npath = \"{}\"\n[otp]\ndefault_country = \"IN\"\n[whatsapp]\nenabled = true\napi_base = \"{}\"\nphone_number_id = \"106540352242922\"\ntemplate = \"otp_auth\"\ntoken_file = \"{}\"\nca_file = \"{}\"\ntimeout = \"1s\"\nmax_rate = 1000\n[[modems]]\nname = \"modem0\"\ndevice = \"{}\"\nstatus_reports = false\n[policy]\nprenotify = false\nwhatsapp_deadline = \"{DEADLINE_S}s\"\n[limits]\n[log]\nlevel = \"error\"\n[[clients]]\nname = \"bench\"\nkey_sha256 = \"{}\"\n",
+            dir.path().join("db").display(),
+            sim.base_url(),
+            token.display(),
+            ca.display(),
+            modem.path().display(),
+            hex::encode(otpgate::api::auth::sha256(KEY)),
+        ),
+    )
+    .expect("config");
+    let cfg = otpgate::config::load(&otpgate::config::Sources {
+        main: cfg_path,
+        env: Default::default(),
+    })
+    .expect("config");
+    let clock: SharedClock = Arc::new(SystemClock);
+    let set = otpgate::daemon::build_channels(&cfg, &clock)
+        .await
+        .expect("channels");
+    let running = otpgate::daemon::start(cfg, clock, set)
+        .await
+        .expect("start");
+    let base = format!("http://{}/v1/messages", running.addrs[0]);
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(
+            rustls::ClientConfig::builder_with_provider(otpgate::sim::tls::ring_provider())
+                .with_safe_default_protocol_versions()
+                .expect("tls")
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        )
+        .no_proxy()
+        .build()
+        .expect("client");
+    for _ in 0..400 {
+        if running.dispatcher.health().iter().all(|(_, h)| h.usable) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    println!("end-to-end on the simulators (whatsapp_deadline {DEADLINE_S}s, WhatsApp timeout 1s)");
+    println!(
+        "{:<34} {:>6} {:>10} {:>10} {:>10}",
+        "path", "n", "msg/s", "p50", "p99"
+    );
+
+    // WhatsApp path: accept -> the simulator sees the request. Numbers 9876501xxx are on WhatsApp.
+    let n = 400usize;
+    let t0 = Instant::now();
+    let mut sent_at = HashMap::new();
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let to = format!("919876{:06}", 200_100 + i);
+        sent_at.insert(to.clone(), Instant::now());
+        let (http, base) = (http.clone(), base.clone());
+        tasks.push(tokio::spawn(async move {
+            http.post(&base)
+                .bearer_auth(KEY)
+                .json(&serde_json::json!({"to": format!("+{to}"), "code": "123456"}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+        if tasks.len() >= 16 {
+            for t in tasks.drain(..) {
+                let _ = t.await;
+            }
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    while sim.requests().len() < n && t0.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let reqs = sim.requests();
+    let last = reqs.iter().map(|r| r.at).max().unwrap_or_else(Instant::now);
+    let mut lat: Vec<Duration> = reqs
+        .iter()
+        .filter_map(|r| {
+            let to = r.json.as_ref()?["to"].as_str()?.to_string();
+            Some(r.at.saturating_duration_since(*sent_at.get(&to)?))
+        })
+        .collect();
+    let rate = reqs.len() as f64 / last.saturating_duration_since(t0).as_secs_f64().max(1e-6);
+    println!(
+        "{:<34} {:>6} {:>10.0} {:>10} {:>10}",
+        "accept -> WhatsApp request",
+        lat.len(),
+        rate,
+        ms(pct(&mut lat, 0.5)),
+        ms(pct(&mut lat, 0.99))
+    );
+
+    // SMS path: numbers ending 000-099 are "not on WhatsApp": accept -> WhatsApp no -> modem.
+    let n_sms = 100usize;
+    let before = modem.received().len();
+    let t0 = Instant::now();
+    let mut sms_lat = Vec::new();
+    let mut tasks = Vec::new();
+    for i in 0..n_sms {
+        let to = format!("+9198765{:02}0{:02}", i / 100, i % 100);
+        let (http, base) = (http.clone(), format!("{base}?wait=20s"));
+        tasks.push(tokio::spawn(async move {
+            let t = Instant::now();
+            let r = http
+                .post(&base)
+                .bearer_auth(KEY)
+                .json(&serde_json::json!({"to": to, "code": "654321"}))
+                .send()
+                .await;
+            (t.elapsed(), r.map(|r| r.status().as_u16()).unwrap_or(0))
+        }));
+        if tasks.len() >= 8 {
+            for t in tasks.drain(..) {
+                if let Ok((d, 202)) = t.await {
+                    sms_lat.push(d);
+                }
+            }
+        }
+    }
+    for t in tasks {
+        if let Ok((d, 202)) = t.await {
+            sms_lat.push(d);
+        }
+    }
+    let got = modem.received().len() - before;
+    let rate = got as f64 / t0.elapsed().as_secs_f64();
+    println!(
+        "{:<34} {:>6} {:>10.0} {:>10} {:>10}",
+        "accept -> WhatsApp no -> SMS sent",
+        got,
+        rate,
+        ms(pct(&mut sms_lat, 0.5)),
+        ms(pct(&mut sms_lat, 0.99))
+    );
+
+    // Fallback time when WhatsApp is down, measured to the SMS's +CMGS (the answer of ?wait).
+    // Hang first (pooled connections hang too), then stop the simulator so that pooled and
+    // new connections alike are refused.
+    let h = sim.handle();
+    for (what, refuse) in [
+        ("WhatsApp hangs", false),
+        ("WhatsApp refuses connections", true),
+    ] {
+        if refuse {
+            h.set_default(None);
+            sim.stop();
+        } else {
+            h.set_default(Some(Script::Hang));
+        }
+        let mut v = Vec::new();
+        for i in 0..5 {
+            let to = format!("+91987651{}{:03}", if refuse { 1 } else { 2 }, 200 + i);
+            let t = Instant::now();
+            let r = http
+                .post(format!("{base}?wait=20s"))
+                .bearer_auth(KEY)
+                .json(&serde_json::json!({"to": to, "code": "111222"}))
+                .send()
+                .await;
+            if let Ok(r) = r {
+                let body: serde_json::Value = r.json().await.unwrap_or_default();
+                if body["channel"] == "sms" {
+                    v.push(t.elapsed());
+                }
+            }
+        }
+        println!(
+            "fallback, {what:<28} n={} p50 {} max {} (whatsapp_deadline {DEADLINE_S}s)",
+            v.len(),
+            ms(pct(&mut v, 0.5)),
+            ms(v.iter().max().copied().unwrap_or_default())
+        );
+    }
+    running.shutdown().await;
+}
