@@ -483,6 +483,7 @@ async fn verify_new_one_cancels_the_old_and_expiry_and_resend() {
     for (body, field) in [
         (json!({"to": "+919876543210", "length": 3}), "length"),
         (json!({"to": "+919876543210", "channel": "fax"}), "channel"),
+        (json!({"to": "+919876543210", "locale": "en us"}), "locale"),
         (json!({"to": "x"}), "to"),
     ] {
         let (s, v) = g.post_path("/v1/verifications", body).await;

@@ -146,6 +146,24 @@ fn check_token(field: &'static str, v: &Option<String>, max: usize) -> Result<()
     Ok(())
 }
 
+/// Validates a caller's locale ("en", "hi", "pt_BR").
+pub fn check_locale(locale: Option<&str>) -> Result<(), ApiError> {
+    if let Some(l) = locale
+        && (l.is_empty()
+            || l.len() > 16
+            || !l
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
+    {
+        return Err(ApiError::field(
+            "invalid_field",
+            "locale",
+            "locale must look like \"en\", \"hi\" or \"pt_BR\"",
+        ));
+    }
+    Ok(())
+}
+
 /// Validates a code: what WhatsApp's template can carry.
 pub fn check_code(code: &str) -> Result<(), ApiError> {
     let n = code.chars().count();
@@ -450,19 +468,7 @@ pub async fn post_message(
     let wait = parse_wait(query.as_deref(), r.wait_seconds)?;
     check_token("idempotency_key", &r.idempotency_key, 128)?;
     check_token("reference", &r.reference, 128)?;
-    if let Some(l) = &r.locale
-        && (l.is_empty()
-            || l.len() > 16
-            || !l
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
-    {
-        return Err(ApiError::field(
-            "invalid_field",
-            "locale",
-            "locale must look like \"en\", \"hi\" or \"pt_BR\"",
-        ));
-    }
+    check_locale(r.locale.as_deref())?;
     let ttl = ttl_of(&cfg, r.ttl_seconds)?;
     let (content, _) = build_content(&cfg, r.code, r.text, r.locale.as_deref(), ttl)?;
     let accepted = accept(

@@ -115,6 +115,7 @@ async fn start(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Result<Resp
     let (_, body) = read_body(req, cfg.server.max_body_bytes).await?;
     let r: StartRequest = parse_json(&body)?;
     let only_channel = parse_channel(r.channel.as_deref())?;
+    v1::check_locale(r.locale.as_deref())?;
     let length = r.length.unwrap_or(cfg.verify.default_length);
     if !(4..=10).contains(&length) {
         return Err(ApiError::field(
