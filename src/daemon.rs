@@ -159,7 +159,7 @@ pub async fn start(
             "resuming messages that were in flight when the daemon stopped"
         );
     }
-    crate::phone::warm_up();
+    crate::phone::warm_up(cfg.otp.default_country);
     let settings = Arc::new(RwLock::new(ListenSettings::from_config(&cfg.server)?));
     let mut listeners = Vec::new();
     for addr in &cfg.server.listen {
