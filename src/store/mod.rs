@@ -2,7 +2,9 @@
 //! job that arrives while the previous group is being fsynced joins the next group, so many
 //! accepted requests share one fsync and durability does not cap throughput. A job's caller
 //! hears back only after its group's COMMIT returned (with `synchronous=FULL`, on disk).
-//! Reads run on their own connections (WAL lets them proceed during writes).
+//! Reads run on their own connections (WAL lets them proceed during writes). Copying the WAL
+//! back into the database file (checkpointing) runs on a thread of its own, so that work and
+//! its fsync do not stall the writer.
 
 pub mod schema;
 mod verify;
@@ -10,6 +12,7 @@ mod verify;
 pub use verify::{CheckOutcome, NewVerification, Verification};
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -323,15 +326,32 @@ impl Store {
             )));
         }
         conn.pragma_update(None, "synchronous", "FULL")?;
+        // Savepoint journals stay in memory: they only undo a failed job inside its group.
+        conn.pragma_update(None, "temp_store", "MEMORY")?;
         schema::migrate(&mut conn)?;
+        let spawn_failed = |source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let checkpointer = Checkpointer::start(open_connection(path)?).map_err(spawn_failed)?;
+        // Replaces SQLite's automatic checkpoint, which would run inside the writer's commit.
+        conn.wal_hook(Some(move |wal: &mut rusqlite::hooks::Wal, frames| {
+            if checkpointer.committed(frames) {
+                // The checkpointer is not keeping up (or is gone): bound the WAL ourselves.
+                // An error returned from this hook would make the COMMIT that ran it report
+                // failure although it happened, so a failed checkpoint is only logged (it is
+                // busy while the checkpointer works, and the next commit tries again).
+                if let Err(e) = wal.checkpoint() {
+                    tracing::debug!(error = %e, "store: writer checkpoint did not run");
+                }
+            }
+            Ok(())
+        }))?;
         let (tx, rx) = mpsc::channel::<Job>(4096);
         std::thread::Builder::new()
             .name("otpgate-store".into())
             .spawn(move || writer_loop(conn, rx))
-            .map_err(|source| StoreError::Open {
-                path: path.to_path_buf(),
-                source,
-            })?;
+            .map_err(spawn_failed)?;
         Ok(Store {
             writer: tx,
             readers: Arc::new(Mutex::new(Vec::new())),
@@ -344,15 +364,35 @@ impl Store {
         &self.path
     }
 
-    /// Runs `f` in the writer's current group; resolves after the group is committed.
+    /// Runs `f` in the writer's current group; resolves after the group is committed. `f`
+    /// runs in a savepoint, so if it fails, its changes are undone and the group's are not.
     pub async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.submit(move |conn| in_savepoint(conn, f)).await
+    }
+
+    /// [`Store::write`] for a job whose only change is its last statement: SQLite undoes a
+    /// failed statement by itself, so the job needs no savepoint. A savepoint copies every
+    /// page the job touches into its journal first, a tenth of an insert's cost.
+    async fn write_last_statement<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.submit(f).await
+    }
+
+    async fn submit<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |conn: &Connection| {
-            let result = in_savepoint(conn, f);
+            let result = f(conn);
             Box::new(move |commit: Result<(), StoreError>| {
                 let _ = tx.send(commit.and(result));
             }) as Completion
@@ -405,7 +445,9 @@ impl Store {
         m: NewMessage,
         limits: Vec<(LimitScope, Rate)>,
     ) -> Result<InsertResult, StoreError> {
-        self.write(move |c| insert_tx(c, m, &limits)).await
+        // Reads, then one INSERT.
+        self.write_last_statement(move |c| insert_tx(c, m, &limits))
+            .await
     }
 
     /// Claims up to `max` due messages (state -> sending) and expires queued ones past their
@@ -1006,6 +1048,69 @@ fn in_savepoint<T>(
     }
 }
 
+/// New WAL frames (pages) after which the checkpointer copies the WAL back: SQLite's default.
+const CHECKPOINT_FRAMES: i32 = 1000;
+/// WAL frames after which the writer checkpoints itself (64 MiB of 4 KiB pages).
+const WRITER_CHECKPOINT_FRAMES: i32 = 16_000;
+
+/// The writer's handle on the checkpointer thread.
+///
+/// A passive checkpoint never blocks the writer. Each ends with an fsync of the database
+/// file, so it waits for [`CHECKPOINT_FRAMES`] new frames rather than running after every
+/// commit. The WAL restarts from its beginning at the first commit after a complete
+/// checkpoint: when idle, right after the checkpointer's; under a continuous load, which a
+/// passive checkpoint never quite catches, at the writer's own checkpoint at
+/// [`WRITER_CHECKPOINT_FRAMES`], which finds all but the last few hundred frames copied.
+struct Checkpointer {
+    due: std::sync::mpsc::SyncSender<()>,
+    /// Frames of the current WAL already copied back, as the last checkpoint reported.
+    copied: Arc<AtomicI32>,
+}
+
+impl Checkpointer {
+    fn start(conn: Connection) -> std::io::Result<Checkpointer> {
+        let (due, wake) = std::sync::mpsc::sync_channel::<()>(1);
+        let copied = Arc::new(AtomicI32::new(0));
+        let progress = copied.clone();
+        std::thread::Builder::new()
+            .name("otpgate-ckpt".into())
+            .spawn(move || {
+                // A connection sees the WAL only once it has read the database; until then a
+                // checkpoint returns "not in WAL mode" and does nothing.
+                if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+                {
+                    tracing::warn!(error = %e, "store: checkpointer cannot read the database");
+                }
+                // Ends when the writer's hook, the only sender, is dropped with the writer.
+                while wake.recv().is_ok() {
+                    let mode = rusqlite::wal::CheckpointMode::PASSIVE;
+                    match conn.wal_checkpoint_v2(Some(rusqlite::MAIN_DB), mode) {
+                        Ok((_, copied)) => progress.store(copied.max(0), Ordering::Relaxed),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "store: checkpoint failed; will retry")
+                        }
+                    }
+                }
+            })?;
+        Ok(Checkpointer { due, copied })
+    }
+
+    /// Told the WAL's length after each commit; true when the writer must checkpoint itself.
+    fn committed(&self, frames: i32) -> bool {
+        let copied = self.copied.load(Ordering::Relaxed);
+        // Fewer frames than were copied: the WAL has restarted since.
+        let pending = if frames < copied {
+            frames
+        } else {
+            frames - copied
+        };
+        if pending >= CHECKPOINT_FRAMES {
+            let _ = self.due.try_send(());
+        }
+        frames >= WRITER_CHECKPOINT_FRAMES
+    }
+}
+
 fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
@@ -1020,10 +1125,27 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
             tracing::error!(error = %e, jobs = group.len(), "store: cannot begin a transaction");
             continue;
         }
-        let completions: Vec<Completion> = group.into_iter().map(|job| job(&conn)).collect();
-        let commit = exec(&conn, "COMMIT", [])
-            .map(|_| ())
-            .map_err(StoreError::from);
+        let mut completions: Vec<Completion> = Vec::with_capacity(group.len());
+        let mut jobs = group.into_iter();
+        for job in jobs.by_ref() {
+            completions.push(job(&conn));
+            if conn.is_autocommit() {
+                // SQLite rolled the whole transaction back (disk full, I/O error). Later jobs
+                // would each commit on their own while their callers hear "failed": stop here.
+                break;
+            }
+        }
+        let unrun = jobs.len();
+        drop(jobs); // their callers hear that the store is unavailable
+        let commit = if conn.is_autocommit() {
+            Err(StoreError::Corrupt(format!(
+                "the transaction was rolled back by SQLite; {unrun} jobs not run"
+            )))
+        } else {
+            exec(&conn, "COMMIT", [])
+                .map(|_| ())
+                .map_err(StoreError::from)
+        };
         if commit.is_err() {
             let _ = exec(&conn, "ROLLBACK", []);
         }
@@ -1266,5 +1388,41 @@ mod tests {
         let (b, g) = tokio::join!(bad, good);
         assert!(b.is_err());
         assert!(matches!(g.unwrap(), InsertResult::Created(_)));
+        // Inserts run without a savepoint: one whose INSERT fails (a duplicate id) is undone
+        // by SQLite alone and leaves the rest of its group to commit.
+        let dup = s.insert(new_msg("ok", "+98", 1000, None), vec![]);
+        let fine = s.insert(new_msg("fine", "+97", 1000, None), vec![]);
+        let (d, f) = tokio::join!(dup, fine);
+        assert!(d.is_err());
+        assert!(matches!(f.unwrap(), InsertResult::Created(_)));
+        assert_eq!(s.queue_depth().await.unwrap(), 202);
+    }
+
+    #[tokio::test]
+    async fn the_checkpointer_copies_the_wal_into_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let s = Store::open(&path).unwrap();
+        let empty = std::fs::metadata(&path).unwrap().len();
+        // One commit each, so the WAL passes CHECKPOINT_FRAMES quickly.
+        for i in 0..400 {
+            let mut m = new_msg(&format!("m{i:04}"), &format!("+91{i}"), 1000, None);
+            m.content = Content::Text("x".repeat(2000));
+            s.insert(m, vec![]).await.unwrap();
+        }
+        // SQLite's own automatic checkpoint is off (the WAL hook replaces it), and the WAL is
+        // far below the writer's threshold: only the checkpointer can grow the file.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let size = std::fs::metadata(&path).unwrap().len();
+            if size > empty + 400 * 2000 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "database file still {size} bytes (was {empty}): nothing was checkpointed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
