@@ -125,7 +125,7 @@ async fn start(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Result<Resp
         ));
     }
     let ttl = v1::ttl_of(&cfg, r.ttl_seconds)?;
-    let id = v1::new_id("ver");
+    let id = v1::new_id("ver", app.clock.now());
     let code = new_code(length);
     let key = app.verify_key();
     let hash = code_hash(&key, &id, &code);
