@@ -6,6 +6,7 @@
 //! back into the database file (checkpointing) runs on a thread of its own, so that work and
 //! its fsync do not stall the writer.
 
+mod recent;
 pub mod schema;
 mod verify;
 
@@ -270,7 +271,13 @@ pub struct ReceiptEffect {
 }
 
 type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
-type Job = Box<dyn FnOnce(&Connection) -> Completion + Send>;
+type Job = Box<dyn FnOnce(&Writer) -> Completion + Send>;
+
+/// What the writer thread owns: the write connection and what it keeps in memory beside it.
+struct Writer {
+    conn: Connection,
+    recent: recent::Recent,
+}
 
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
@@ -329,6 +336,7 @@ impl Store {
         // Savepoint journals stay in memory: they only undo a failed job inside its group.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         schema::migrate(&mut conn)?;
+        recent::create(&conn)?;
         let spawn_failed = |source| StoreError::Open {
             path: path.to_path_buf(),
             source,
@@ -350,7 +358,15 @@ impl Store {
         let (tx, rx) = mpsc::channel::<Job>(4096);
         std::thread::Builder::new()
             .name("otpgate-store".into())
-            .spawn(move || writer_loop(conn, rx))
+            .spawn(move || {
+                writer_loop(
+                    Writer {
+                        conn,
+                        recent: recent::Recent::default(),
+                    },
+                    rx,
+                )
+            })
             .map_err(spawn_failed)?;
         Ok(Store {
             writer: tx,
@@ -371,28 +387,28 @@ impl Store {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        self.submit(move |conn| in_savepoint(conn, f)).await
+        self.submit(move |w| in_savepoint(w, |w| f(&w.conn))).await
     }
 
-    /// [`Store::write`] for a job whose only change is its last statement: SQLite undoes a
-    /// failed statement by itself, so the job needs no savepoint. A savepoint copies every
-    /// page the job touches into its journal first, a tenth of an insert's cost.
-    async fn write_last_statement<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// [`Store::write`] for jobs that call [`insert_tx`], which needs the whole writer.
+    async fn write_with_writer<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Writer) -> Result<T, StoreError> + Send + 'static,
     {
-        self.submit(f).await
+        self.submit(move |w| in_savepoint(w, f)).await
     }
 
+    /// Runs `f` in the writer's current group with no savepoint of its own, for jobs that
+    /// undo their own changes on failure.
     async fn submit<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Writer) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let job: Job = Box::new(move |conn: &Connection| {
-            let result = f(conn);
+        let job: Job = Box::new(move |w: &Writer| {
+            let result = f(w);
             Box::new(move |commit: Result<(), StoreError>| {
                 let _ = tx.send(commit.and(result));
             }) as Completion
@@ -445,9 +461,7 @@ impl Store {
         m: NewMessage,
         limits: Vec<(LimitScope, Rate)>,
     ) -> Result<InsertResult, StoreError> {
-        // Reads, then one INSERT.
-        self.write_last_statement(move |c| insert_tx(c, m, &limits))
-            .await
+        self.submit(move |w| insert_tx(w, m, &limits)).await
     }
 
     /// Claims up to `max` due messages (state -> sending) and expires queued ones past their
@@ -911,7 +925,7 @@ fn attempts_of(c: &Connection, message_id: &str) -> Result<Vec<Attempt>, StoreEr
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// The messages table's columns for one scope's limit counting.
+/// The messages table's columns for one scope's limit counting (recipients: see `recent`).
 fn limit_filter(scope: LimitScope) -> &'static str {
     match scope {
         LimitScope::Recipient => "recipient = ?1",
@@ -921,11 +935,15 @@ fn limit_filter(scope: LimitScope) -> &'static str {
     }
 }
 
+/// Checks idempotency and limits, then stores. Runs without a savepoint (one copies every
+/// page a job touches first, a tenth of an insert's cost): everything before the final INSERT
+/// only reads, except the recent-sends row, which is taken back if that INSERT fails.
 fn insert_tx(
-    c: &Connection,
+    w: &Writer,
     m: NewMessage,
     limits: &[(LimitScope, Rate)],
 ) -> Result<InsertResult, StoreError> {
+    let c = &w.conn;
     if let Some(key) = &m.idempotency_key {
         let existing = c
             .query_row(
@@ -943,29 +961,22 @@ fn insert_tx(
             });
         }
     }
+    let window_ms = |rate: &Rate| i64::try_from(rate.window.as_millis()).unwrap_or(i64::MAX);
+    let per_recipient = limits
+        .iter()
+        .find(|(scope, _)| *scope == LimitScope::Recipient)
+        .map(|(_, rate)| rate);
+    match per_recipient {
+        Some(rate) => w.recent.cover(c, m.created_at.0, window_ms(rate))?,
+        None => w.recent.disable(c)?,
+    }
     for (scope, rate) in limits {
-        let value = match scope {
-            LimitScope::Recipient => Some(m.recipient.clone()),
-            LimitScope::Client => Some(m.client.clone()),
-            LimitScope::Country => m.country.clone(),
-            LimitScope::Global => Some(String::new()),
+        let since = m.created_at.0.saturating_sub(window_ms(rate));
+        let oldest = if *scope == LimitScope::Recipient {
+            w.recent.nth_newest(c, &m.recipient, since, rate.count)?
+        } else {
+            limit_oldest(c, *scope, &m, since, rate.count)?
         };
-        let Some(value) = value else { continue };
-        let since = m.created_at.0 - i64::try_from(rate.window.as_millis()).unwrap_or(i64::MAX);
-        // The oldest of the last `count` messages in the window: when it leaves the window,
-        // there is room again.
-        let sql = format!(
-            "SELECT created_at FROM messages WHERE {} AND created_at > ?2
-             ORDER BY created_at DESC LIMIT 1 OFFSET ?3",
-            limit_filter(*scope)
-        );
-        let oldest: Option<i64> = c
-            .query_row(
-                &sql,
-                params![value, since, i64::from(rate.count) - 1],
-                |r| r.get(0),
-            )
-            .optional()?;
         if let Some(oldest) = oldest {
             let free_at = Timestamp(oldest).plus(rate.window);
             return Ok(InsertResult::Limited {
@@ -974,6 +985,47 @@ fn insert_tx(
             });
         }
     }
+    let recorded = match per_recipient {
+        Some(_) => Some(w.recent.record(c, &m.recipient, m.created_at.0)?),
+        None => None,
+    };
+    let stored = insert_row(c, m);
+    if let (Err(_), Some(row)) = (&stored, recorded) {
+        w.recent.unrecord(c, row);
+    }
+    stored
+}
+
+/// The oldest of the last `count` messages of `m`'s client, country or everyone after
+/// `since`, if there are that many.
+fn limit_oldest(
+    c: &Connection,
+    scope: LimitScope,
+    m: &NewMessage,
+    since: i64,
+    count: u32,
+) -> Result<Option<i64>, StoreError> {
+    let value = match scope {
+        LimitScope::Recipient => Some(m.recipient.as_str()),
+        LimitScope::Client => Some(m.client.as_str()),
+        LimitScope::Country => m.country.as_deref(),
+        LimitScope::Global => Some(""),
+    };
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    let sql = format!(
+        "SELECT created_at FROM messages WHERE {} AND created_at > ?2
+         ORDER BY created_at DESC LIMIT 1 OFFSET ?3",
+        limit_filter(scope)
+    );
+    Ok(c.prepare_cached(&sql)?
+        .query_row(params![value, since, i64::from(count) - 1], |r| r.get(0))
+        .optional()?)
+}
+
+/// The final INSERT of [`insert_tx`].
+fn insert_row(c: &Connection, m: NewMessage) -> Result<InsertResult, StoreError> {
     let (kind, body, sms_text) = match &m.content {
         Content::Code { code, sms_text } => ("code", code.clone(), Some(sms_text.clone())),
         Content::Text(t) => ("text", t.clone(), None),
@@ -1030,11 +1082,12 @@ pub(crate) fn exec(
 }
 
 fn in_savepoint<T>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> Result<T, StoreError>,
+    w: &Writer,
+    f: impl FnOnce(&Writer) -> Result<T, StoreError>,
 ) -> Result<T, StoreError> {
+    let conn = &w.conn;
     exec(conn, "SAVEPOINT job", [])?;
-    match f(conn) {
+    match f(w) {
         Ok(v) => {
             exec(conn, "RELEASE job", [])?;
             Ok(v)
@@ -1043,6 +1096,8 @@ fn in_savepoint<T>(
             // Undo only this job; the rest of the group still commits.
             let _ = exec(conn, "ROLLBACK TO job", []);
             let _ = exec(conn, "RELEASE job", []);
+            // Recent sends may have been rebuilt or pruned inside the savepoint.
+            w.recent.forget();
             Err(e)
         }
     }
@@ -1111,7 +1166,8 @@ impl Checkpointer {
     }
 }
 
-fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
+fn writer_loop(writer: Writer, mut rx: mpsc::Receiver<Job>) {
+    let conn = &writer.conn;
     while let Some(first) = rx.blocking_recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -1120,7 +1176,7 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        if let Err(e) = exec(&conn, "BEGIN IMMEDIATE", []) {
+        if let Err(e) = exec(conn, "BEGIN IMMEDIATE", []) {
             // Dropping the jobs unblocks their callers with an error; nothing was written.
             tracing::error!(error = %e, jobs = group.len(), "store: cannot begin a transaction");
             continue;
@@ -1128,7 +1184,7 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
         let mut completions: Vec<Completion> = Vec::with_capacity(group.len());
         let mut jobs = group.into_iter();
         for job in jobs.by_ref() {
-            completions.push(job(&conn));
+            completions.push(job(&writer));
             if conn.is_autocommit() {
                 // SQLite rolled the whole transaction back (disk full, I/O error). Later jobs
                 // would each commit on their own while their callers hear "failed": stop here.
@@ -1142,12 +1198,13 @@ fn writer_loop(conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 "the transaction was rolled back by SQLite; {unrun} jobs not run"
             )))
         } else {
-            exec(&conn, "COMMIT", [])
+            exec(conn, "COMMIT", [])
                 .map(|_| ())
                 .map_err(StoreError::from)
         };
         if commit.is_err() {
-            let _ = exec(&conn, "ROLLBACK", []);
+            let _ = exec(conn, "ROLLBACK", []);
+            writer.recent.forget();
         }
         let n = completions.len();
         match &commit {
@@ -1396,6 +1453,54 @@ mod tests {
         assert!(d.is_err());
         assert!(matches!(f.unwrap(), InsertResult::Created(_)));
         assert_eq!(s.queue_depth().await.unwrap(), 202);
+    }
+
+    /// Per-recipient counting lives in memory; it must still see every stored message.
+    #[tokio::test]
+    async fn recipient_limits_survive_restarts_wider_windows_and_being_switched_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let per = |count, secs| {
+            vec![(
+                LimitScope::Recipient,
+                Rate {
+                    count,
+                    window: Duration::from_secs(secs),
+                },
+            )]
+        };
+        let created = |r: InsertResult| matches!(r, InsertResult::Created(_));
+        let mut n = 0;
+        let mut send = async |s: &Store, at: i64, limits| {
+            n += 1;
+            s.insert(new_msg(&format!("m{n}"), "+911", at, None), limits)
+                .await
+                .unwrap()
+        };
+        let s = Store::open(&path).unwrap();
+        assert!(created(send(&s, 1000, per(3, 60)).await));
+        assert!(created(send(&s, 2000, per(3, 60)).await));
+        drop(s);
+        // A restart: the table is rebuilt from the outbox.
+        let s = Store::open(&path).unwrap();
+        assert!(created(send(&s, 3000, per(3, 60)).await));
+        assert!(!created(send(&s, 4000, per(3, 60)).await));
+        // Later, the three have left the minute; a reload widens the window to ten minutes,
+        // which must count them again.
+        assert!(created(send(&s, 100_000, per(3, 60)).await));
+        assert!(!created(send(&s, 100_001, per(4, 600)).await));
+        // Switched off, the limit lets everything through and records nothing; switched back
+        // on, it counts what was stored meanwhile.
+        for at in [700_000, 700_001, 700_002] {
+            assert!(created(send(&s, at, vec![]).await));
+        }
+        assert!(!created(send(&s, 700_003, per(3, 60)).await));
+        // Old rows are pruned as time moves on, and counting stays right.
+        for at in [900_000, 900_001, 900_002] {
+            assert!(created(send(&s, at, per(3, 60)).await));
+        }
+        assert!(!created(send(&s, 900_003, per(3, 60)).await));
+        assert!(created(send(&s, 960_001, per(3, 60)).await));
     }
 
     #[tokio::test]

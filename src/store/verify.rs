@@ -119,13 +119,14 @@ impl Store {
         v: NewVerification,
         limits: Vec<(LimitScope, Rate)>,
     ) -> Result<InsertResult, StoreError> {
-        self.write(move |c| {
+        self.write_with_writer(move |w| {
+            let c = &w.conn;
             let now = v.message.created_at;
             let mut stmt = c.prepare_cached("SELECT id, message_id FROM verifications WHERE client = ?1 AND recipient = ?2 AND status = 'pending'")?;
             let older: Vec<(String, Option<String>)> = stmt
                 .query_map(params![v.message.client, v.message.recipient], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
-            let result = insert_tx(c, v.message.clone(), &limits)?;
+            let result = insert_tx(w, v.message.clone(), &limits)?;
             if !matches!(result, InsertResult::Created(_)) {
                 return Ok(result);
             }
@@ -227,7 +228,8 @@ impl Store {
         limits: Vec<(LimitScope, Rate)>,
     ) -> Result<Result<InsertResult, &'static str>, StoreError> {
         let (id, client) = (id.to_owned(), client.to_owned());
-        self.write(move |c| {
+        self.write_with_writer(move |w| {
+            let c = &w.conn;
             let row: Option<(String, u32, i64, Option<String>)> = c
                 .query_row("SELECT status, sends, expires_at, message_id FROM verifications WHERE id = ?1 AND client = ?2", params![id, client], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                 .optional()?;
@@ -240,7 +242,7 @@ impl Store {
             }
             let now = message.created_at;
             let mid = message.id.clone();
-            let result = insert_tx(c, message, &limits)?;
+            let result = insert_tx(w, message, &limits)?;
             if matches!(result, InsertResult::Created(_)) {
                 retire_message(c, old_message.as_deref(), "replaced by a resend", now)?;
                 exec(c,
