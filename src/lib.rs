@@ -9,9 +9,10 @@
 //! | "now" for all logic | [`clock`] |
 //! | config files, layering, validation, `check-config` summary | [`config`] |
 //! | secrets from files / systemd credentials, masked Debug | [`secret`] |
-//! | phone numbers to E.164, country of a number | [`phone`] |
+//! | phone numbers to E.164, country of a number, libphonenumber validity | [`phone`] |
 //! | SQLite outbox: schema and migrations | [`store::schema`] |
-//! | single writer with group commit; reads | [`store`] |
+//! | single writer with group commit, checkpointer thread, limit counting; reads | [`store`] |
+//! | per-recipient limit: recent sends in memory (`src/store/recent.rs`) | `store::recent` |
 //! | HTTP listener: hyper, rustls, mTLS, connection limits, timeouts | [`api::listener`] |
 //! | routing of requests to front doors | [`api`] |
 //! | client authentication (Bearer, X-API-Key, Basic, IP allow list) | [`api::auth`] |
