@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
@@ -294,6 +295,11 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.set_prepared_statement_cache_capacity(64);
+    // Without the planner stability guarantee SQLite peeks at bound values (a bound LIMIT or
+    // OFFSET, STAT4 ranges) and marks the statement to be prepared again whenever they are
+    // rebound. rusqlite clears bindings when a statement goes back to its cache, so every
+    // cached limit query was parsed afresh: a third of the writer's CPU under load.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     Ok(conn)
 }
@@ -1501,6 +1507,44 @@ mod tests {
         }
         assert!(!created(send(&s, 900_003, per(3, 60)).await));
         assert!(created(send(&s, 960_001, per(3, 60)).await));
+    }
+
+    #[tokio::test]
+    async fn cached_statements_are_not_prepared_again_on_every_use() {
+        // SQLite re-prepares a statement whose bound LIMIT it peeked at once the binding
+        // changes, and rusqlite clears bindings whenever a statement returns to its cache:
+        // without the planner stability guarantee every claim was parsed afresh.
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        for i in 0..20 {
+            let m = new_msg(&format!("m{i:02}"), &format!("+91{i}"), 1000, None);
+            s.insert(m, vec![]).await.unwrap();
+        }
+        for n in [1, 2, 3, 4] {
+            assert_eq!(s.claim_due(Timestamp(2000), n).await.unwrap().0.len(), n);
+        }
+        let reprepared = s
+            .write(|c| {
+                let mut total = 0;
+                // SAFETY: walks this connection's own statements on the thread that owns it,
+                // without keeping any pointer past the loop.
+                unsafe {
+                    let db = c.handle();
+                    let mut stmt = rusqlite::ffi::sqlite3_next_stmt(db, std::ptr::null_mut());
+                    while !stmt.is_null() {
+                        total += rusqlite::ffi::sqlite3_stmt_status(
+                            stmt,
+                            rusqlite::ffi::SQLITE_STMTSTATUS_REPREPARE,
+                            0,
+                        );
+                        stmt = rusqlite::ffi::sqlite3_next_stmt(db, stmt);
+                    }
+                }
+                Ok(total)
+            })
+            .await
+            .unwrap();
+        assert_eq!(reprepared, 0, "statements were prepared again");
     }
 
     #[tokio::test]
