@@ -12,7 +12,7 @@
 //! | phone numbers to E.164, country of a number, libphonenumber validity | [`phone`] |
 //! | SQLite outbox: schema and migrations | [`store::schema`] |
 //! | single writer with group commit, checkpointer thread, limit counting; reads | [`store`] |
-//! | per-recipient limit: recent sends in memory (`src/store/recent.rs`) | `store::recent` |
+//! | `[limits]` counting: recent sends per key in the writer's memory (`src/store/recent.rs`) | `store::recent` |
 //! | HTTP listener: hyper, rustls, mTLS, connection limits, timeouts | [`api::listener`] |
 //! | routing of requests to front doors | [`api`] |
 //! | client authentication (Bearer, X-API-Key, Basic, IP allow list) | [`api::auth`] |

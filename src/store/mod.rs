@@ -342,7 +342,6 @@ impl Store {
         // Savepoint journals stay in memory: they only undo a failed job inside its group.
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         schema::migrate(&mut conn)?;
-        recent::create(&conn)?;
         let spawn_failed = |source| StoreError::Open {
             path: path.to_path_buf(),
             source,
@@ -931,19 +930,9 @@ fn attempts_of(c: &Connection, message_id: &str) -> Result<Vec<Attempt>, StoreEr
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// The messages table's columns for one scope's limit counting (recipients: see `recent`).
-fn limit_filter(scope: LimitScope) -> &'static str {
-    match scope {
-        LimitScope::Recipient => "recipient = ?1",
-        LimitScope::Client => "client = ?1",
-        LimitScope::Country => "country = ?1",
-        LimitScope::Global => "?1 IS NOT NULL",
-    }
-}
-
 /// Checks idempotency and limits, then stores. Runs without a savepoint (one copies every
 /// page a job touches first, a tenth of an insert's cost): everything before the final INSERT
-/// only reads, except the recent-sends row, which is taken back if that INSERT fails.
+/// only reads, and the send is counted only once that INSERT succeeded.
 fn insert_tx(
     w: &Writer,
     m: NewMessage,
@@ -952,11 +941,10 @@ fn insert_tx(
     let c = &w.conn;
     if let Some(key) = &m.idempotency_key {
         let existing = c
-            .query_row(
-                &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE client = ?1 AND idempotency_key = ?2"),
-                params![m.client, key],
-                row_to_message,
-            )
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE client = ?1 AND idempotency_key = ?2"
+            ))?
+            .query_row(params![m.client, key], row_to_message)
             .optional()?;
         if let Some(e) = existing {
             let e = e?;
@@ -967,67 +955,24 @@ fn insert_tx(
             });
         }
     }
-    let window_ms = |rate: &Rate| i64::try_from(rate.window.as_millis()).unwrap_or(i64::MAX);
-    let per_recipient = limits
-        .iter()
-        .find(|(scope, _)| *scope == LimitScope::Recipient)
-        .map(|(_, rate)| rate);
-    match per_recipient {
-        Some(rate) => w.recent.cover(c, m.created_at.0, window_ms(rate))?,
-        None => w.recent.disable(c)?,
+    if let Some((scope, oldest)) = w.recent.check(c, limits, &recent::Keys::new(&m))? {
+        let rate = limits
+            .iter()
+            .find(|(s, _)| *s == scope)
+            .map_or(Duration::ZERO, |(_, r)| r.window);
+        return Ok(InsertResult::Limited {
+            scope,
+            retry_after: m
+                .created_at
+                .until(Timestamp(oldest).plus(rate))
+                .max(Duration::from_secs(1)),
+        });
     }
-    for (scope, rate) in limits {
-        let since = m.created_at.0.saturating_sub(window_ms(rate));
-        let oldest = if *scope == LimitScope::Recipient {
-            w.recent.nth_newest(c, &m.recipient, since, rate.count)?
-        } else {
-            limit_oldest(c, *scope, &m, since, rate.count)?
-        };
-        if let Some(oldest) = oldest {
-            let free_at = Timestamp(oldest).plus(rate.window);
-            return Ok(InsertResult::Limited {
-                scope: *scope,
-                retry_after: m.created_at.until(free_at).max(Duration::from_secs(1)),
-            });
-        }
+    let stored = insert_row(c, m)?;
+    if let InsertResult::Created(created) = &stored {
+        w.recent.record(&recent::Keys::stored(created));
     }
-    let recorded = match per_recipient {
-        Some(_) => Some(w.recent.record(c, &m.recipient, m.created_at.0)?),
-        None => None,
-    };
-    let stored = insert_row(c, m);
-    if let (Err(_), Some(row)) = (&stored, recorded) {
-        w.recent.unrecord(c, row);
-    }
-    stored
-}
-
-/// The oldest of the last `count` messages of `m`'s client, country or everyone after
-/// `since`, if there are that many.
-fn limit_oldest(
-    c: &Connection,
-    scope: LimitScope,
-    m: &NewMessage,
-    since: i64,
-    count: u32,
-) -> Result<Option<i64>, StoreError> {
-    let value = match scope {
-        LimitScope::Recipient => Some(m.recipient.as_str()),
-        LimitScope::Client => Some(m.client.as_str()),
-        LimitScope::Country => m.country.as_deref(),
-        LimitScope::Global => Some(""),
-    };
-    let Some(value) = value else {
-        return Ok(None);
-    };
-    let sql = format!(
-        "SELECT created_at FROM messages WHERE {} AND created_at > ?2
-         ORDER BY created_at DESC LIMIT 1 OFFSET ?3",
-        limit_filter(scope)
-    );
-    Ok(c.prepare_cached(&sql)?
-        .query_row(params![value, since, i64::from(count) - 1], |r| r.get(0))
-        .optional()?)
+    Ok(stored)
 }
 
 /// The final INSERT of [`insert_tx`].
@@ -1463,50 +1408,116 @@ mod tests {
 
     /// Per-recipient counting lives in memory; it must still see every stored message.
     #[tokio::test]
-    async fn recipient_limits_survive_restarts_wider_windows_and_being_switched_off() {
+    async fn limits_survive_restarts_wider_windows_and_being_switched_off() {
+        // Every test message has the same recipient, client and country, so each scope sees
+        // the same sends; each runs the same story on its own database.
+        for scope in [
+            LimitScope::Recipient,
+            LimitScope::Client,
+            LimitScope::Country,
+            LimitScope::Global,
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("db");
+            let per = |count, secs| {
+                vec![(
+                    scope,
+                    Rate {
+                        count,
+                        window: Duration::from_secs(secs),
+                    },
+                )]
+            };
+            let created = |r: InsertResult| matches!(r, InsertResult::Created(_));
+            let mut n = 0;
+            let mut send = async |s: &Store, at: i64, limits| {
+                n += 1;
+                s.insert(new_msg(&format!("m{n}"), "+911", at, None), limits)
+                    .await
+                    .unwrap()
+            };
+            let s = Store::open(&path).unwrap();
+            assert!(created(send(&s, 1000, per(3, 60)).await), "{scope:?}");
+            assert!(created(send(&s, 2000, per(3, 60)).await), "{scope:?}");
+            drop(s);
+            // A restart: the tally is rebuilt from the outbox.
+            let s = Store::open(&path).unwrap();
+            assert!(created(send(&s, 3000, per(3, 60)).await), "{scope:?}");
+            assert!(!created(send(&s, 4000, per(3, 60)).await), "{scope:?}");
+            // A tally built for a limit of one (after a restart) keeps one send per key;
+            // raised back to three, the limit must see all three again.
+            drop(s);
+            let s = Store::open(&path).unwrap();
+            assert!(!created(send(&s, 4001, per(1, 60)).await), "{scope:?}");
+            assert!(!created(send(&s, 4002, per(3, 60)).await), "{scope:?}");
+            // Later, the three have left the minute; a reload widens the window to ten
+            // minutes, which must count them again.
+            assert!(created(send(&s, 100_000, per(3, 60)).await), "{scope:?}");
+            assert!(!created(send(&s, 100_001, per(4, 600)).await), "{scope:?}");
+            // Switched off, the limit lets everything through; switched back on, it counts
+            // what was stored meanwhile.
+            for at in [700_000, 700_001, 700_002] {
+                assert!(created(send(&s, at, vec![]).await), "{scope:?}");
+            }
+            assert!(!created(send(&s, 700_003, per(3, 60)).await), "{scope:?}");
+            // Old sends are pruned as time moves on, and counting stays right.
+            for at in [900_000, 900_001, 900_002] {
+                assert!(created(send(&s, at, per(3, 60)).await), "{scope:?}");
+            }
+            assert!(!created(send(&s, 900_003, per(3, 60)).await), "{scope:?}");
+            assert!(created(send(&s, 960_001, per(3, 60)).await), "{scope:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn limits_count_each_key_apart_and_unknown_countries_not_at_all() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
-        let per = |count, secs| {
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        let one = |scope| {
             vec![(
-                LimitScope::Recipient,
+                scope,
                 Rate {
-                    count,
-                    window: Duration::from_secs(secs),
+                    count: 1,
+                    window: Duration::from_secs(60),
                 },
             )]
         };
         let created = |r: InsertResult| matches!(r, InsertResult::Created(_));
-        let mut n = 0;
-        let mut send = async |s: &Store, at: i64, limits| {
-            n += 1;
-            s.insert(new_msg(&format!("m{n}"), "+911", at, None), limits)
-                .await
-                .unwrap()
+        let msg = |id: &str, to: &str, client: &str, country: Option<&str>| NewMessage {
+            client: client.into(),
+            country: country.map(Into::into),
+            ..new_msg(id, to, 1000, None)
         };
-        let s = Store::open(&path).unwrap();
-        assert!(created(send(&s, 1000, per(3, 60)).await));
-        assert!(created(send(&s, 2000, per(3, 60)).await));
-        drop(s);
-        // A restart: the table is rebuilt from the outbox.
-        let s = Store::open(&path).unwrap();
-        assert!(created(send(&s, 3000, per(3, 60)).await));
-        assert!(!created(send(&s, 4000, per(3, 60)).await));
-        // Later, the three have left the minute; a reload widens the window to ten minutes,
-        // which must count them again.
-        assert!(created(send(&s, 100_000, per(3, 60)).await));
-        assert!(!created(send(&s, 100_001, per(4, 600)).await));
-        // Switched off, the limit lets everything through and records nothing; switched back
-        // on, it counts what was stored meanwhile.
-        for at in [700_000, 700_001, 700_002] {
-            assert!(created(send(&s, at, vec![]).await));
-        }
-        assert!(!created(send(&s, 700_003, per(3, 60)).await));
-        // Old rows are pruned as time moves on, and counting stays right.
-        for at in [900_000, 900_001, 900_002] {
-            assert!(created(send(&s, at, per(3, 60)).await));
-        }
-        assert!(!created(send(&s, 900_003, per(3, 60)).await));
-        assert!(created(send(&s, 960_001, per(3, 60)).await));
+        let ins = async |m, l| s.insert(m, l).await.unwrap();
+        let (r, c, k) = (
+            LimitScope::Recipient,
+            LimitScope::Client,
+            LimitScope::Country,
+        );
+        assert!(created(
+            ins(msg("a1", "+911", "a", Some("IN")), one(r)).await
+        ));
+        assert!(created(
+            ins(msg("a2", "+912", "a", Some("IN")), one(r)).await
+        ));
+        assert!(!created(
+            ins(msg("a3", "+911", "b", Some("IN")), one(r)).await
+        ));
+        assert!(created(
+            ins(msg("b1", "+913", "b", Some("IN")), one(c)).await
+        ));
+        assert!(!created(
+            ins(msg("b2", "+914", "a", Some("DE")), one(c)).await
+        ));
+        assert!(created(
+            ins(msg("c1", "+915", "c", Some("DE")), one(k)).await
+        ));
+        assert!(!created(
+            ins(msg("c2", "+916", "c", Some("IN")), one(k)).await
+        ));
+        // A number whose country is unknown has no country to count against.
+        assert!(created(ins(msg("c3", "+917", "c", None), one(k)).await));
+        assert!(created(ins(msg("c4", "+918", "c", None), one(k)).await));
     }
 
     #[tokio::test]

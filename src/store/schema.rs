@@ -81,10 +81,15 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX verifications_open ON verifications (client, recipient, status);
     CREATE INDEX verifications_created ON verifications (created_at);
     "#,
-    // 3: per-recipient limits count sends in a table in memory (store/recent.rs); this index
+    // 3: per-recipient limits count sends in memory (store/recent.rs); this index
     // cost one random page in the WAL for every accepted message.
     r#"
     DROP INDEX messages_recipient;
+    "#,
+    // 4: client, country and global limits count in memory too; these indexes served only them.
+    r#"
+    DROP INDEX messages_country;
+    DROP INDEX messages_client;
     "#,
 ];
 
