@@ -91,6 +91,43 @@ const MIGRATIONS: &[&str] = &[
     DROP INDEX messages_country;
     DROP INDEX messages_client;
     "#,
+    // 5: idempotency keys are unique through a partial index. The table's UNIQUE constraint
+    // put an entry into its index for every message, keyless ones included (most callers send
+    // no key); a constraint cannot be changed in place, so the table is rebuilt.
+    r#"
+    CREATE TABLE messages_new (
+        id               TEXT PRIMARY KEY,
+        client           TEXT NOT NULL,
+        recipient        TEXT NOT NULL,
+        country          TEXT,
+        kind             TEXT NOT NULL,
+        body             TEXT,
+        sms_text         TEXT,
+        locale           TEXT,
+        reference        TEXT,
+        idempotency_key  TEXT,
+        created_at       INTEGER NOT NULL,
+        expires_at       INTEGER NOT NULL,
+        state            TEXT NOT NULL,
+        next_attempt_at  INTEGER NOT NULL,
+        channel          TEXT,
+        reason           TEXT,
+        finished_at      INTEGER,
+        only_channel     TEXT
+    );
+    INSERT INTO messages_new
+        SELECT id, client, recipient, country, kind, body, sms_text, locale, reference,
+               idempotency_key, created_at, expires_at, state, next_attempt_at, channel, reason,
+               finished_at, only_channel
+        FROM messages;
+    DROP TABLE messages;
+    ALTER TABLE messages_new RENAME TO messages;
+    CREATE UNIQUE INDEX messages_idempotency ON messages (client, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;
+    CREATE INDEX messages_due ON messages (state, next_attempt_at);
+    CREATE INDEX messages_expiry ON messages (state, expires_at);
+    CREATE INDEX messages_created ON messages (created_at);
+    "#,
 ];
 
 /// The schema version this binary writes.
@@ -105,13 +142,28 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             known: CURRENT_VERSION,
         });
     }
-    for (i, sql) in MIGRATIONS
-        .iter()
-        .enumerate()
-        .skip(usize::try_from(found).unwrap_or(0))
-    {
+    // A migration that rebuilds a table drops the old one: with foreign keys enforced, that
+    // would delete every row referring to it (attempts cascade). They are checked instead.
+    conn.pragma_update(None, "foreign_keys", "OFF")?;
+    let applied = apply(conn, usize::try_from(found).unwrap_or(0));
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    applied
+}
+
+fn apply(conn: &mut Connection, from: usize) -> Result<(), StoreError> {
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(from) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
+        let dangling: i64 =
+            tx.query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |r| {
+                r.get(0)
+            })?;
+        if dangling > 0 {
+            return Err(StoreError::Corrupt(format!(
+                "migration {} would leave {dangling} rows pointing nowhere",
+                i + 1
+            )));
+        }
         tx.pragma_update(
             None,
             "user_version",
@@ -120,4 +172,60 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rebuilding_the_outbox_keeps_messages_attempts_and_their_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("db")).unwrap();
+        conn.pragma_update(None, "foreign_keys", "ON").unwrap();
+        // A database as version 4 left it, with a message that has an attempt.
+        for sql in &MIGRATIONS[..4] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 4).unwrap();
+        conn.execute_batch(
+            "INSERT INTO messages (id, client, recipient, kind, created_at, expires_at, state,
+                 next_attempt_at, idempotency_key)
+             VALUES ('m1', 'c', '+911', 'code', 1, 2, 'delivered', 1, 'k1'),
+                    ('m2', 'c', '+912', 'code', 1, 2, 'queued', 1, NULL);
+             INSERT INTO attempts (message_id, channel, started_at) VALUES ('m1', 'sms', 1);",
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let count = |sql: &str| conn.query_row(sql, [], |r| r.get::<_, i64>(0)).unwrap();
+        assert_eq!(count("PRAGMA user_version"), CURRENT_VERSION);
+        assert_eq!(count("SELECT count(*) FROM messages"), 2);
+        assert_eq!(count("SELECT count(*) FROM attempts"), 1);
+        assert_eq!(count("PRAGMA foreign_keys"), 1);
+        // The link still holds: deleting the message takes its attempt along.
+        conn.execute("DELETE FROM messages WHERE id = 'm1'", [])
+            .unwrap();
+        assert_eq!(count("SELECT count(*) FROM attempts"), 0);
+        // Keys stay unique per client; keyless messages are not in the index at all.
+        conn.execute_batch(
+            "INSERT INTO messages (id, client, recipient, kind, created_at, expires_at, state,
+                 next_attempt_at, idempotency_key)
+             VALUES ('m3', 'c', '+913', 'code', 1, 2, 'queued', 1, 'k3')",
+        )
+        .unwrap();
+        let again = conn.execute_batch(
+            "INSERT INTO messages (id, client, recipient, kind, created_at, expires_at, state,
+                 next_attempt_at, idempotency_key)
+             VALUES ('m4', 'c', '+914', 'code', 1, 2, 'queued', 1, 'k3')",
+        );
+        assert!(again.is_err(), "a repeated key was stored");
+        let plan: String = conn
+            .query_row(
+                "EXPLAIN QUERY PLAN SELECT id FROM messages WHERE client = ?1 AND idempotency_key = ?2",
+                ["c", "k3"],
+                |r| r.get(3),
+            )
+            .unwrap();
+        assert!(plan.contains("messages_idempotency"), "{plan}");
+    }
 }
