@@ -63,7 +63,7 @@ pub fn parse(input: &str, default_country: Id) -> Result<Number, PhoneError> {
         // Callers such as ADSelfService Plus strip the '+': "919876543210" with default IN.
         let digits: String = trimmed.chars().filter(char::is_ascii_digit).collect();
         match phonenumber::parse(None, format!("+{digits}")) {
-            Ok(n) if is_valid(&n) && n.country().id().is_some() => number = n,
+            Ok(n) if is_valid(&n) && country_of(&n).is_some() => number = n,
             _ => return Err(PhoneError::Invalid),
         }
     }
@@ -72,7 +72,7 @@ pub fn parse(input: &str, default_country: Id) -> Result<Number, PhoneError> {
         // leading zeros included, which NationalNumber's Display keeps). The crate's formatter
         // searches display patterns first even for E.164, at a third of the parse's cost.
         e164: format!("+{}{}", number.code().value(), number.national()),
-        country: number.country().id().map(|id| id.as_ref().to_owned()),
+        country: country_of(&number).map(str::to_owned),
     })
 }
 
@@ -102,21 +102,42 @@ pub fn is_valid(number: &PhoneNumber) -> bool {
     }
 }
 
-/// Which region of a shared country code a number belongs to, then whether it is a known type
-/// there (`source_for` + `number_type`).
-fn valid_in(regions: &[Region], national: &str) -> bool {
-    if let [only] = regions {
-        return only.has_type(national);
-    }
-    for region in regions {
-        match &region.leading_digits {
-            Some(leading) if leading.is_match(national) => return region.has_type(national),
-            Some(_) => {}
-            None if region.has_type(national) => return true,
-            None => {}
+/// The ISO code of the country a number belongs to: the crate's `country().id()`, answered
+/// from the same compiled rules (the crate's asks its regex cache again).
+pub fn country_of(number: &PhoneNumber) -> Option<&'static str> {
+    match rules(number.code().value()) {
+        Rules::Compiled(regions) => {
+            // The crate's `metadata()` looks at the national number without leading zeros.
+            let region = match regions.as_slice() {
+                [only] => Some(only),
+                _ => source_in(regions, &number.national().value().to_string()),
+            };
+            region.and_then(|r| r.country)
         }
+        Rules::Unknown => None,
+        Rules::Crate => number
+            .country()
+            .id()
+            .and_then(|id| DATABASE.by_id(id.as_ref()))
+            .map(Metadata::id),
     }
-    false
+}
+
+/// Whether a number is a known type in its region (`source_for` + `number_type`).
+fn valid_in(regions: &[Region], national: &str) -> bool {
+    match regions {
+        [only] => only.has_type(national),
+        _ => source_in(regions, national).is_some_and(|r| r.has_type(national)),
+    }
+}
+
+/// Which region of a shared country code a number belongs to (the crate's `source_for`): the
+/// first whose leading digits match, or, for regions without any, whose number types do.
+fn source_in<'r>(regions: &'r [Region], national: &str) -> Option<&'r Region> {
+    regions.iter().find(|region| match &region.leading_digits {
+        Some(leading) => leading.is_match(national),
+        None => region.has_type(national),
+    })
 }
 
 /// The compiled rules of one country calling code.
@@ -169,6 +190,8 @@ fn compile_rules(code: u16) -> Rules {
 
 /// One region's patterns: which numbers are its own, its general shape, and its number types.
 struct Region {
+    /// Its ISO code; `None` for non-geographic entities ("001").
+    country: Option<&'static str>,
     leading_digits: Option<Regex>,
     general: Pattern,
     /// Premium rate, toll free, shared cost, VoIP, personal, pager, UAN, voicemail, fixed
@@ -177,7 +200,7 @@ struct Region {
 }
 
 impl Region {
-    fn new(meta: &Metadata) -> Option<Region> {
+    fn new(meta: &'static Metadata) -> Option<Region> {
         let d = meta.descriptors();
         let types = [
             d.premium_rate(),
@@ -192,6 +215,7 @@ impl Region {
             d.mobile(),
         ];
         Some(Region {
+            country: meta.id().parse::<Id>().is_ok().then(|| meta.id()),
             leading_digits: match meta.leading_digits() {
                 Some(r) => Some(anchored(r.as_str())?),
                 None => None,
@@ -295,7 +319,7 @@ mod tests {
     /// Every region's example numbers, each with its digits bent a few ways, and random
     /// digits after every country code: our validity must be the crate's, number for number.
     #[test]
-    fn validity_is_the_crates_for_every_country_code() {
+    fn validity_and_country_are_the_crates_for_every_country_code() {
         let mut seed = 0x2545_f491_4f6c_dd1du64;
         let mut random = move || {
             seed ^= seed << 13;
@@ -310,6 +334,12 @@ mod tests {
             };
             let crate_says = phonenumber::is_valid(&n);
             assert_eq!(is_valid(&n), crate_says, "{candidate}");
+            let crate_country = n.country().id().map(|id| id.as_ref().to_owned());
+            assert_eq!(
+                country_of(&n).map(str::to_owned),
+                crate_country,
+                "{candidate}"
+            );
             checked += 1;
             valid += u32::from(crate_says);
         };

@@ -212,7 +212,9 @@ fn too_large(max: usize) -> ApiError {
 
 /// A JSON response.
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(body.to_string())));
+    // Straight into bytes: `to_string` goes through the `Display` formatting machinery.
+    let bytes = serde_json::to_vec(body).unwrap_or_default();
+    let mut r = Response::new(Full::new(Bytes::from(bytes)));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
