@@ -51,7 +51,9 @@ pub struct App {
 impl listener::Handler for App {
     async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Resp {
         let timeout = self.live.get().server.request_timeout;
-        match tokio::time::timeout(timeout, self.route(req, conn)).await {
+        // On the heap: the router's future is about 4 KB (the largest of all front doors),
+        // and every layer above would otherwise copy it.
+        match tokio::time::timeout(timeout, Box::pin(self.route(req, conn))).await {
             Ok(r) => r,
             Err(_) => error_response(&ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
