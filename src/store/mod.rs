@@ -956,7 +956,7 @@ fn insert_tx(
         }
     }
     if let Some((scope, oldest)) = w.recent.check(c, limits, &recent::Keys::new(&m))? {
-        let rate = limits
+        let window = limits
             .iter()
             .find(|(s, _)| *s == scope)
             .map_or(Duration::ZERO, |(_, r)| r.window);
@@ -964,7 +964,7 @@ fn insert_tx(
             scope,
             retry_after: m
                 .created_at
-                .until(Timestamp(oldest).plus(rate))
+                .until(Timestamp(oldest).plus(window))
                 .max(Duration::from_secs(1)),
         });
     }
