@@ -275,12 +275,23 @@ pub fn decide(i: Input<'_>) -> Decision {
 }
 
 /// Renders the SMS text for a code: `{code}`, `{minutes}` (whole minutes left, at least 1), `{org}`.
+/// One pass, so a value is never read as a placeholder (an `{org}` named "{code}" stays so).
 pub fn render_sms(template: &str, code: &str, lifetime: Duration, org: &str) -> String {
-    let minutes = lifetime.as_secs().div_ceil(60).max(1);
-    template
-        .replace("{code}", code)
-        .replace("{minutes}", &minutes.to_string())
-        .replace("{org}", org)
+    let minutes = lifetime.as_secs().div_ceil(60).max(1).to_string();
+    let mut out = String::with_capacity(template.len() + code.len() + org.len());
+    let mut rest = template;
+    while let Some(at) = rest.find('{') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let (value, len) = [("{code}", code), ("{minutes}", &minutes), ("{org}", org)]
+            .into_iter()
+            .find(|(name, _)| rest.starts_with(name))
+            .map_or(("{", 1), |(name, value)| (value, name.len()));
+        out.push_str(value);
+        rest = &rest[len..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Finds the code in a caller's text with `pattern` (one capture group). Only a unique match
@@ -623,6 +634,21 @@ mod tests {
                 "ACME"
             ),
             "4711 for ACME, 2 min"
+        );
+        // Unknown and unclosed braces stay; a placeholder may come twice; a value is never
+        // read as a placeholder; multi-byte text around them survives.
+        assert_eq!(
+            render_sms(
+                "{{code}} {x} {code} é{org}{ {minutes",
+                "12",
+                Duration::ZERO,
+                "{code}"
+            ),
+            "{12} {x} 12 é{code}{ {minutes"
+        );
+        assert_eq!(
+            render_sms("{minutes}", "1", Duration::from_secs(600), ""),
+            "10"
         );
         let re = regex::Regex::new(crate::config::DEFAULT_CODE_PATTERN).unwrap();
         assert_eq!(extract_code(&re, "Your OTP is 123456").unwrap(), "123456");
