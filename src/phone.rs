@@ -74,10 +74,7 @@ fn parse_plus_digits(input: &str, default_country: Id) -> Option<Number> {
     }
     let (code, national) = (1..=3).find_map(|len| {
         let code: u16 = digits.get(..len)?.parse().ok()?;
-        DATABASE
-            .by_code(&code)
-            .is_some()
-            .then(|| (code, &digits[len..]))
+        is_country_code(code).then(|| (code, &digits[len..]))
     })?;
     let default = DATABASE.by_id(default_country.as_ref())?;
     let Rules::Compiled(home) = rules(default.country_code()) else {
@@ -101,6 +98,21 @@ fn parse_plus_digits(input: &str, default_country: Id) -> Option<Number> {
         e164: format!("+{code}{national}"),
         country: region.and_then(|r| r.country).map(str::to_owned),
     })
+}
+
+/// Whether the crate knows `code` as a country calling code (its `by_code`, which builds a
+/// vector on every call).
+fn is_country_code(code: u16) -> bool {
+    static KNOWN: OnceLock<Vec<bool>> = OnceLock::new();
+    KNOWN
+        .get_or_init(|| {
+            (0..1000u16)
+                .map(|c| DATABASE.by_code(&c).is_some())
+                .collect()
+        })
+        .get(usize::from(code))
+        .copied()
+        .unwrap_or(false)
 }
 
 /// [`parse`] through the crate's parser, for every form the fast path leaves to it.
