@@ -213,7 +213,7 @@ fn too_large(max: usize) -> ApiError {
 }
 
 /// A JSON response.
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Resp {
+pub fn json_response<T: serde::Serialize + ?Sized>(status: StatusCode, body: &T) -> Resp {
     // Straight into bytes: `to_string` goes through the `Display` formatting machinery.
     let bytes = serde_json::to_vec(body).unwrap_or_default();
     let mut r = Response::new(Full::new(Bytes::from(bytes)));

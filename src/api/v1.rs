@@ -12,11 +12,11 @@ use serde_json::json;
 use super::error::ApiError;
 use super::listener::ConnInfo;
 use super::{App, Resp, error_response, json_response, read_body, retry_after_secs};
-use crate::channel::Content;
+use crate::channel::{ChannelKind, Content};
 use crate::clock::Timestamp;
 use crate::config::{ClientConfig, Config};
 use crate::dispatch::policy::{self, Kind};
-use crate::store::{InsertResult, LimitScope, Message, NewMessage};
+use crate::store::{InsertResult, LimitScope, Message, MessageState, NewMessage};
 
 /// Longest `wait` a caller may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(25);
@@ -51,14 +51,25 @@ pub struct Submission {
     /// Caller's reference.
     pub reference: Option<String>,
     /// Restrict delivery to one channel.
-    pub only_channel: Option<crate::channel::ChannelKind>,
+    pub only_channel: Option<ChannelKind>,
 }
 
 /// Parses a JSON body strictly (unknown fields, trailing bytes and wrong types are errors
 /// naming the field, never echoing a value).
 pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
-    let v = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
+    // The path to a bad field is tracked only once the body is known to be bad: tracking it
+    // on every request cost more than the rest of the parse.
+    let v = match T::deserialize(&mut de) {
+        Ok(v) => v,
+        Err(_) => {
+            let mut again = serde_json::Deserializer::from_slice(body);
+            return Err(match serde_path_to_error::deserialize::<_, T>(&mut again) {
+                Err(e) => json_error(e),
+                Ok(_) => ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", "invalid JSON"),
+            });
+        }
+    };
     de.end().map_err(|_| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -494,27 +505,39 @@ pub async fn post_message(
     .await?;
     match accepted {
         Accepted::New(m) => {
-            let mut body = json!({
-                "id": m.id, "status": "queued", "expires_at": m.expires_at.to_rfc3339(),
-                "to": m.recipient,
-            });
-            if let Some(r) = &m.reference {
-                body["reference"] = json!(r);
-            }
-            if let Some(w) = wait {
-                match app.dispatcher.wait_for(&m.id, w).await {
-                    Ok(Some(o)) => {
-                        body["status"] = json!(o.state);
-                        body["channel"] = json!(o.channel);
-                    }
-                    Ok(None) => body["status"] = json!("queued"),
-                    Err(_) => {}
-                }
+            let mut body = AcceptedBody {
+                channel: None,
+                expires_at: m.expires_at.to_rfc3339(),
+                id: &m.id,
+                reference: m.reference.as_deref(),
+                status: MessageState::Queued,
+                to: &m.recipient,
+            };
+            if let Some(w) = wait
+                && let Ok(Some(o)) = app.dispatcher.wait_for(&m.id, w).await
+            {
+                body.status = o.state;
+                body.channel = Some(o.channel);
             }
             Ok(json_response(StatusCode::ACCEPTED, &body))
         }
         Accepted::Repeat(m) => Ok(json_response(StatusCode::OK, &message_json(&m, None))),
     }
+}
+
+/// The body of a 202, written straight from the message: a `json!` map allocates a tree on
+/// every accept. Keys in the order that map wrote them.
+#[derive(serde::Serialize)]
+struct AcceptedBody<'a> {
+    /// Present only when the caller waited and an attempt ended (null if none carried it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<Option<ChannelKind>>,
+    expires_at: String,
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a str>,
+    status: MessageState,
+    to: &'a str,
 }
 
 fn message_json(m: &Message, attempts: Option<&[crate::store::Attempt]>) -> serde_json::Value {
