@@ -90,13 +90,9 @@ fn parse_plus_digits(input: &str, default_country: Id) -> Option<Number> {
     if !valid_in(regions, national) {
         return None;
     }
-    let region = match regions.as_slice() {
-        [only] => Some(only),
-        _ => source_in(regions, national.trim_start_matches('0')),
-    };
     Some(Number {
         e164: format!("+{code}{national}"),
-        country: region.and_then(|r| r.country).map(str::to_owned),
+        country: country_in(regions, national.trim_start_matches('0')).map(str::to_owned),
     })
 }
 
@@ -167,20 +163,22 @@ pub fn is_valid(number: &PhoneNumber) -> bool {
 /// from the same compiled rules (the crate's asks its regex cache again).
 pub fn country_of(number: &PhoneNumber) -> Option<&'static str> {
     match rules(number.code().value()) {
-        Rules::Compiled(regions) => {
-            // The crate's `metadata()` looks at the national number without leading zeros.
-            let region = match regions.as_slice() {
-                [only] => Some(only),
-                _ => source_in(regions, &number.national().value().to_string()),
-            };
-            region.and_then(|r| r.country)
-        }
+        // The crate's `metadata()` looks at the national number without leading zeros.
+        Rules::Compiled(regions) => country_in(regions, &number.national().value().to_string()),
         Rules::Unknown => None,
         Rules::Crate => number
             .country()
             .id()
             .and_then(|id| DATABASE.by_id(id.as_ref()))
             .map(Metadata::id),
+    }
+}
+
+/// The country of a national number (without leading zeros) among a code's regions.
+fn country_in(regions: &[Region], national: &str) -> Option<&'static str> {
+    match regions {
+        [only] => only.country,
+        _ => source_in(regions, national).and_then(|r| r.country),
     }
 }
 
