@@ -638,3 +638,32 @@ async fn slow_clients_cannot_hold_the_server() {
     drop(idle);
     g.stop().await;
 }
+
+#[tokio::test]
+async fn a_store_that_cannot_write_is_retried_with_backoff_not_hammered() {
+    let g = gateway("").await;
+    // Claims (UPDATEs) fail as on a full disk, while inserts and reads still work.
+    let db = rusqlite::Connection::open(g.dir.path().join("otpgate.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER no_claims BEFORE UPDATE ON messages
+         BEGIN SELECT RAISE(ABORT, 'simulated write failure'); END;",
+    )
+    .unwrap();
+    let (s, v) = g
+        .post(json!({"to": "+919876543210", "code": "482913"}))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let running = g.running.as_ref().unwrap();
+    let loops = || running.liveness()[0].1;
+    let before = loops();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let spun = loops() - before;
+    // Without the backoff the due message makes the loop retry every millisecond.
+    assert!(spun <= 30, "the dispatcher looped {spun} times in 1.5 s");
+    assert_eq!(g.get(&id).await.1["status"], "queued");
+    db.execute_batch("DROP TRIGGER no_claims").unwrap();
+    let m = g.wait_until(&id, |m| m["status"] == "sent").await;
+    assert_eq!(m["channel"], "whatsapp");
+    g.stop().await;
+}

@@ -48,6 +48,12 @@ struct Inner {
     slots: Arc<Semaphore>,
 }
 
+/// The wait after `failures` failed claims in a row: 100 ms, doubling, at most 5 s.
+fn claim_backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(6);
+    Duration::from_millis(100 << doublings).min(Duration::from_secs(5))
+}
+
 /// Handle to the dispatcher; cheap to clone.
 #[derive(Clone)]
 pub struct Dispatcher(Arc<Inner>);
@@ -140,11 +146,25 @@ impl Dispatcher {
     ) {
         let mut last_housekeeping = Timestamp(0);
         let mut last_sweep = Timestamp(0);
+        // Consecutive failed claims. A store that reads but cannot write (disk full, a dead
+        // writer) would otherwise be asked again every millisecond while messages are due,
+        // and each failure would be a log line.
+        let mut failures: u32 = 0;
         loop {
             self.0.progress.fetch_add(1, Ordering::Relaxed);
             let now = self.0.clock.now();
-            if let Err(e) = self.claim_and_spawn(now).await {
-                tracing::error!(error = %e, "dispatcher: cannot claim due messages");
+            match self.claim_and_spawn(now).await {
+                Ok(()) if failures > 0 => {
+                    tracing::info!(failures, "dispatcher: claiming due messages works again");
+                    failures = 0;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    failures = failures.saturating_add(1);
+                    if failures.is_power_of_two() {
+                        tracing::error!(failures, error = %e, "dispatcher: cannot claim due messages; backing off");
+                    }
+                }
             }
             // With every slot busy nothing is claimed, but queued codes still expire on time.
             if self.0.slots.available_permits() == 0 && now.0 - last_sweep.0 >= 1_000 {
@@ -165,7 +185,9 @@ impl Dispatcher {
             }
             // With every slot busy there is nothing to claim: wait for a slot (its task wakes
             // us) instead of asking the store on every accept.
-            let sleep = if self.0.slots.available_permits() == 0 {
+            let sleep = if failures > 0 {
+                claim_backoff(failures)
+            } else if self.0.slots.available_permits() == 0 {
                 Duration::from_secs(1)
             } else {
                 match self.0.store.next_due().await.ok().flatten() {
@@ -608,5 +630,19 @@ impl Dispatcher {
         self.0.metrics.failed.inc();
         self.announce(&m.id, MessageState::Failed, None);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_claims_back_off_to_a_ceiling() {
+        let ms = |n| claim_backoff(n).as_millis();
+        assert_eq!(
+            [1, 2, 3, 4, 5, 6, 7, 8, 1000, u32::MAX].map(ms),
+            [100, 200, 400, 800, 1600, 3200, 5000, 5000, 5000, 5000]
+        );
     }
 }
