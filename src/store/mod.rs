@@ -849,8 +849,15 @@ impl Store {
                  WHERE state = 'sent' AND expires_at <= ?1 AND body IS NOT NULL",
                 params![now.0],
             )?;
+            // Rows older than the cutoff come first in rowid order, so the scan for the
+            // boundary stops at the first young row instead of reading the whole outbox. A
+            // row written after the clock stepped back waits for a later purge.
             let n = exec(c,
-                "DELETE FROM messages WHERE created_at < ?1 AND state NOT IN ('queued', 'sending')",
+                "DELETE FROM messages
+                 WHERE rowid < coalesce(
+                         (SELECT rowid FROM messages WHERE created_at >= ?1 ORDER BY rowid LIMIT 1),
+                         (SELECT max(rowid) FROM messages) + 1)
+                   AND created_at < ?1 AND state NOT IN ('queued', 'sending')",
                 params![cutoff.0],
             )?;
             exec(c,
@@ -1466,6 +1473,127 @@ mod tests {
             assert!(!created(send(&s, 900_003, per(3, 60)).await), "{scope:?}");
             assert!(created(send(&s, 960_001, per(3, 60)).await), "{scope:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn housekeeping_purges_finished_messages_past_retention_with_their_attempts() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        const DAY: i64 = 86_400_000;
+        for (id, at) in [
+            ("old-sent", 1_000),
+            ("old-failed", 2_000),
+            ("old-queued", 3_000),
+        ] {
+            s.insert(new_msg(id, "+911", at, None), vec![])
+                .await
+                .unwrap();
+        }
+        let a = s
+            .start_attempt("old-sent", ChannelKind::Sms, "code", Timestamp(1_500))
+            .await
+            .unwrap();
+        s.finish_attempt(
+            a,
+            &Outcome::Accepted {
+                provider_id: "p1".into(),
+            },
+            Timestamp(1_600),
+        )
+        .await
+        .unwrap();
+        s.finish(
+            "old-sent",
+            MessageState::Delivered,
+            None,
+            None,
+            false,
+            Timestamp(1_700),
+        )
+        .await
+        .unwrap();
+        s.finish(
+            "old-failed",
+            MessageState::Failed,
+            None,
+            None,
+            false,
+            Timestamp(2_500),
+        )
+        .await
+        .unwrap();
+        // Finished, but younger than the retention.
+        s.insert(new_msg("recent", "+912", 9 * DAY, None), vec![])
+            .await
+            .unwrap();
+        s.finish(
+            "recent",
+            MessageState::Delivered,
+            None,
+            None,
+            false,
+            Timestamp(9 * DAY),
+        )
+        .await
+        .unwrap();
+        let count =
+            |sql: &'static str| s.read(move |c| Ok(c.query_row(sql, [], |r| r.get::<_, i64>(0))?));
+        assert_eq!(count("SELECT count(*) FROM attempts").await.unwrap(), 1);
+
+        let purged = s
+            .housekeeping(Timestamp(10 * DAY), Duration::from_secs(7 * 86_400))
+            .await
+            .unwrap();
+        assert_eq!(purged, 2);
+        let left: Vec<String> = s
+            .read(|c| {
+                let mut q = c.prepare("SELECT id FROM messages ORDER BY id")?;
+                let ids = q.query_map([], |r| r.get(0))?;
+                Ok(ids.collect::<Result<_, _>>()?)
+            })
+            .await
+            .unwrap();
+        // A queued message is never purged from under the dispatcher, however old.
+        assert_eq!(left, ["old-queued", "recent"]);
+        assert_eq!(count("SELECT count(*) FROM attempts").await.unwrap(), 0);
+        // Nothing more to do on the next run.
+        let again = s
+            .housekeeping(
+                Timestamp(10 * DAY + 60_000),
+                Duration::from_secs(7 * 86_400),
+            )
+            .await
+            .unwrap();
+        assert_eq!(again, 0);
+    }
+
+    #[tokio::test]
+    async fn a_rebuilt_tally_sees_sends_behind_a_clock_that_stepped_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let s = Store::open(&path).unwrap();
+        s.insert(new_msg("m1", "+911", 50_000, None), vec![])
+            .await
+            .unwrap();
+        // The clock stepped back 20 s: this row is newer by rowid, older by its time.
+        s.insert(new_msg("m2", "+911", 30_000, None), vec![])
+            .await
+            .unwrap();
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        let one_a_minute = vec![(
+            LimitScope::Recipient,
+            Rate {
+                count: 1,
+                window: Duration::from_secs(60),
+            },
+        )];
+        // The window starts at 40.5 s: m2 is outside it, m1 inside, behind m2.
+        let r = s
+            .insert(new_msg("m3", "+911", 100_500, None), one_a_minute)
+            .await
+            .unwrap();
+        assert!(matches!(r, InsertResult::Limited { .. }), "{r:?}");
     }
 
     #[tokio::test]

@@ -75,6 +75,10 @@ impl<'a> Keys<'a> {
     }
 }
 
+/// How far past the window a rebuild keeps reading: sends stored just after the clock
+/// stepped back sit behind older ones in rowid order.
+const CLOCK_STEP_SLACK_MS: i64 = 60_000;
+
 fn window_ms(rate: &Rate) -> i64 {
     i64::try_from(rate.window.as_millis()).unwrap_or(i64::MAX)
 }
@@ -205,14 +209,22 @@ fn rebuild(
         pruned_at: now,
         sends: HashMap::new(),
     };
+    // Rowids grow with every insert, so the newest sends come first in descending rowid
+    // order and the read stops once past the window, without an index on created_at.
     let mut stmt = c.prepare(&format!(
-        "SELECT {column}, created_at FROM messages WHERE created_at > ?1 ORDER BY created_at"
+        "SELECT {column}, created_at FROM messages ORDER BY rowid DESC"
     ))?;
-    let mut rows = stmt.query([since])?;
+    let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
+        let at: i64 = row.get(1)?;
+        if at <= since.saturating_sub(CLOCK_STEP_SLACK_MS) {
+            break;
+        }
         // No country, no per-country count (the message's country was unknown).
-        if let Some(k) = row.get::<_, Option<String>>(0)? {
-            tally.record(&k, row.get(1)?);
+        if at > since
+            && let Some(k) = row.get::<_, Option<String>>(0)?
+        {
+            tally.record(&k, at);
         }
     }
     Ok(tally)
