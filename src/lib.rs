@@ -7,6 +7,7 @@
 //! | concern | module |
 //! |---|---|
 //! | "now" for all logic | [`clock`] |
+//! | the vocabulary: channel, content, message kind and state, attempt end, receipt, E.164, ids | [`domain`] |
 //! | config files, layering, validation, `check-config` summary | [`config`] |
 //! | secrets from files / systemd credentials, masked Debug | [`secret`] |
 //! | phone numbers to E.164, country of a number, libphonenumber validity | [`phone`] |
@@ -43,6 +44,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod dispatch;
+pub mod domain;
 pub mod metrics;
 pub mod phone;
 pub mod secret;

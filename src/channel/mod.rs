@@ -6,7 +6,6 @@
 pub mod sms;
 pub mod whatsapp;
 
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
@@ -14,68 +13,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::clock::Timestamp;
+pub use crate::domain::{AttemptEnd, ChannelKind, Content, ReceiptKind};
 
 /// A boxed future, so channels can be used as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
-
-/// The delivery paths otpgate knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ChannelKind {
-    /// Meta's WhatsApp Cloud API, authentication template.
-    WhatsApp,
-    /// SMS through a GSM/LTE modem.
-    Sms,
-}
-
-impl ChannelKind {
-    /// The stable name used in config, the store, the API and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ChannelKind::WhatsApp => "whatsapp",
-            ChannelKind::Sms => "sms",
-        }
-    }
-
-    /// Parses the stable name.
-    pub fn parse(s: &str) -> Option<ChannelKind> {
-        match s {
-            "whatsapp" => Some(ChannelKind::WhatsApp),
-            "sms" => Some(ChannelKind::Sms),
-            _ => None,
-        }
-    }
-}
-
-impl fmt::Display for ChannelKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What is to be delivered. Debug never shows the code or the text.
-#[derive(Clone, PartialEq, Eq)]
-pub enum Content {
-    /// A one-time code. WhatsApp sends `code` in its template; SMS sends `sms_text`,
-    /// which the dispatcher rendered from the SMS template and which contains the code.
-    Code {
-        /// The code itself (at most 15 characters, WhatsApp's limit).
-        code: String,
-        /// The full SMS text carrying the code.
-        sms_text: String,
-    },
-    /// Free text from a caller whose text held no recognisable code: SMS only.
-    Text(String),
-}
-
-impl fmt::Debug for Content {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Content::Code { .. } => f.write_str("Code(***)"),
-            Content::Text(t) => write!(f, "Text({} chars)", t.chars().count()),
-        }
-    }
-}
 
 /// One request to a channel: deliver `content` to `to` within `budget`.
 #[derive(Clone, Debug)]
@@ -143,16 +84,21 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The class as recorded with the attempt.
+    pub fn end(&self) -> AttemptEnd {
+        match self {
+            Outcome::Accepted { .. } => AttemptEnd::Accepted,
+            Outcome::FallBack { .. } => AttemptEnd::FallBack,
+            Outcome::Retry { .. } => AttemptEnd::Retry,
+            Outcome::ChannelDown { .. } => AttemptEnd::ChannelDown,
+            Outcome::Failed { .. } => AttemptEnd::Failed,
+            Outcome::Unknown { .. } => AttemptEnd::Unknown,
+        }
+    }
+
     /// The stable name stored in `attempts.outcome`.
     pub fn class(&self) -> &'static str {
-        match self {
-            Outcome::Accepted { .. } => "accepted",
-            Outcome::FallBack { .. } => "fallback",
-            Outcome::Retry { .. } => "retry",
-            Outcome::ChannelDown { .. } => "channel_down",
-            Outcome::Failed { .. } => "failed",
-            Outcome::Unknown { .. } => "unknown",
-        }
+        self.end().as_str()
     }
 
     /// The provider error code, if the outcome carries one.
@@ -230,6 +176,27 @@ pub enum ReceiptStatus {
         /// Provider error code, if any.
         code: Option<String>,
     },
+}
+
+impl ReceiptStatus {
+    /// The status without its error code, in receipt order.
+    pub fn kind(&self) -> ReceiptKind {
+        match self {
+            ReceiptStatus::Sent => ReceiptKind::Sent,
+            ReceiptStatus::Delivered => ReceiptKind::Delivered,
+            ReceiptStatus::Read => ReceiptKind::Read,
+            ReceiptStatus::Pending => ReceiptKind::Pending,
+            ReceiptStatus::Failed { .. } => ReceiptKind::Failed,
+        }
+    }
+
+    /// The provider's error code, for a failure.
+    pub fn error_code(&self) -> Option<&str> {
+        match self {
+            ReceiptStatus::Failed { code } => code.as_deref(),
+            _ => None,
+        }
+    }
 }
 
 /// An asynchronous delivery receipt, matched to an attempt by `(channel, provider_id)`.

@@ -25,6 +25,14 @@ use crate::channel::{ChannelKind, Content, Outcome, ReceiptStatus};
 use crate::clock::Timestamp;
 use crate::config::Rate;
 
+pub use crate::domain::MessageState;
+
+impl From<crate::domain::UnknownWord> for StoreError {
+    fn from(e: crate::domain::UnknownWord) -> StoreError {
+        StoreError::Corrupt(e.to_string())
+    }
+}
+
 /// Store failures. None of them carries a message body.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -55,58 +63,6 @@ pub enum StoreError {
     /// A stored value could not be understood.
     #[error("corrupt row: {0}")]
     Corrupt(String),
-}
-
-/// Where a message stands.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum MessageState {
-    /// Waiting for the dispatcher.
-    Queued,
-    /// An attempt is under way.
-    Sending,
-    /// A provider accepted it (WhatsApp 200 / +CMGS); no receipt yet.
-    Sent,
-    /// A receipt says it reached the handset.
-    Delivered,
-    /// No channel could deliver it.
-    Failed,
-    /// Its lifetime ended before it could be delivered.
-    Expired,
-}
-
-impl MessageState {
-    /// The stored name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MessageState::Queued => "queued",
-            MessageState::Sending => "sending",
-            MessageState::Sent => "sent",
-            MessageState::Delivered => "delivered",
-            MessageState::Failed => "failed",
-            MessageState::Expired => "expired",
-        }
-    }
-
-    fn parse(s: &str) -> Result<Self, StoreError> {
-        Ok(match s {
-            "queued" => MessageState::Queued,
-            "sending" => MessageState::Sending,
-            "sent" => MessageState::Sent,
-            "delivered" => MessageState::Delivered,
-            "failed" => MessageState::Failed,
-            "expired" => MessageState::Expired,
-            other => return Err(StoreError::Corrupt(format!("message state {other:?}"))),
-        })
-    }
-
-    /// True once nothing more will happen to the message.
-    pub fn is_final(self) -> bool {
-        matches!(
-            self,
-            MessageState::Delivered | MessageState::Failed | MessageState::Expired
-        )
-    }
 }
 
 /// A message to be accepted.
@@ -686,7 +642,7 @@ impl Store {
             )?;
             Ok(Some(ReceiptEffect {
                 message_id,
-                state: MessageState::parse(&state)?,
+                state: MessageState::read(&state)?,
                 expires_at: Timestamp(expires),
                 changed,
             }))
@@ -789,7 +745,7 @@ impl Store {
                 .optional()?;
             row.map(|(s, ch)| {
                 Ok((
-                    MessageState::parse(&s)?,
+                    MessageState::read(&s)?,
                     ch.as_deref().and_then(ChannelKind::parse),
                 ))
             })
@@ -902,7 +858,7 @@ fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Message, Sto
             idempotency_key: r.get(9)?,
             created_at: Timestamp(r.get(10)?),
             expires_at: Timestamp(r.get(11)?),
-            state: MessageState::parse(&state)?,
+            state: MessageState::read(&state)?,
             channel: channel.as_deref().and_then(ChannelKind::parse),
             reason: r.get(14)?,
             finished_at: r.get::<_, Option<i64>>(15)?.map(Timestamp),
