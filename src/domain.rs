@@ -8,6 +8,8 @@ use std::ops::Deref;
 
 use serde::Serialize;
 
+use crate::clock::Timestamp;
+
 /// A stored word that is not one of a type's names: the row or the config is damaged.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {what} {word:?}")]
@@ -210,6 +212,42 @@ impl ReceiptKind {
     pub fn confirms_delivery(self) -> bool {
         matches!(self, ReceiptKind::Delivered | ReceiptKind::Read)
     }
+}
+
+/// One attempt in a message's history, as the policy and the API read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attempt {
+    /// Row id.
+    pub id: i64,
+    /// Channel used (or passed over).
+    pub channel: ChannelKind,
+    /// Why it was made.
+    pub purpose: AttemptPurpose,
+    /// Start.
+    pub started_at: Timestamp,
+    /// End, if it ended.
+    pub ended_at: Option<Timestamp>,
+    /// How it ended; `None` while it runs.
+    pub end: Option<AttemptEnd>,
+    /// Provider's id (wamid, "modem0/mr42").
+    pub provider_id: Option<String>,
+    /// Provider's error code.
+    pub error_code: Option<String>,
+    /// Explanation (never a code).
+    pub detail: Option<String>,
+    /// The furthest receipt so far.
+    pub receipt: Option<ReceiptKind>,
+    /// When that receipt came.
+    pub receipt_at: Option<Timestamp>,
+}
+
+/// What is known about a recipient across messages.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecipientInfo {
+    /// "Not on WhatsApp" is remembered until then.
+    pub no_whatsapp_until: Option<Timestamp>,
+    /// When the pre-notice went out.
+    pub prenotified_at: Option<Timestamp>,
 }
 
 /// A phone number in E.164 form with its leading '+' ("+919876543210"). Only
