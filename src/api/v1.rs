@@ -15,7 +15,8 @@ use super::{App, Resp, error_response, json_response, read_body, retry_after_sec
 use crate::channel::{ChannelKind, Content};
 use crate::clock::Timestamp;
 use crate::config::{ClientConfig, Config};
-use crate::dispatch::policy::{self, Kind};
+use crate::dispatch::policy;
+use crate::domain::MessageKind as Kind;
 use crate::store::{InsertResult, LimitScope, Message, MessageState, NewMessage};
 
 /// Longest `wait` a caller may ask for.

@@ -12,20 +12,58 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 
-use crate::channel::{
-    Channel, ChannelKind, Content, Delivery, Health, Outcome, Receipt, ReceiptStatus,
-};
+use crate::channel::{Channel, Content, Delivery, Health, Outcome, Receipt};
 use crate::clock::{SharedClock, Timestamp};
-use crate::config::{ClientConfig, Live};
+use crate::config::Live;
+use crate::domain::{
+    Attempt, AttemptEnd, AttemptPurpose, ChannelKind, MessageKind, MessageState, ReceiptKind,
+};
 use crate::metrics::{self, Metrics, ReasonLabel};
-use crate::store::{Message, MessageState, Store, StoreError};
+use crate::store::{Message, Store, StoreError};
 
-use policy::{Decision, Input, Kind};
+use policy::{Decision, End, Facts, Input, ReceiptVerdict, Rules};
 
 /// Messages worked on at once.
 pub const MAX_IN_FLIGHT: usize = 64;
-/// Time a channel may overrun its budget before its attempt counts as unknown.
-const GRACE: Duration = Duration::from_secs(2);
+/// The least extra time a channel gets past its budget before the dispatcher's hang guard
+/// gives up on it. Channels answer within their budget; this only catches one that hangs.
+const HANG_GUARD_MIN: Duration = Duration::from_secs(30);
+
+/// How long the dispatcher waits for a channel that was given `budget`: long enough that the
+/// channel's own verdict always comes first.
+fn hang_guard(budget: Duration) -> Duration {
+    budget + budget.max(HANG_GUARD_MIN)
+}
+
+/// The kind of a stored message.
+fn message_kind(m: &Message) -> MessageKind {
+    if m.kind == "code" {
+        MessageKind::Code
+    } else {
+        MessageKind::Text
+    }
+}
+
+/// The store's attempt rows in the domain's types.
+fn typed_attempts(rows: Vec<crate::store::Attempt>) -> Result<Vec<Attempt>, StoreError> {
+    rows.into_iter()
+        .map(|a| {
+            Ok(Attempt {
+                id: a.id,
+                channel: ChannelKind::read(&a.channel)?,
+                purpose: AttemptPurpose::read(&a.purpose)?,
+                started_at: a.started_at,
+                ended_at: a.ended_at,
+                end: a.outcome.as_deref().map(AttemptEnd::read).transpose()?,
+                provider_id: a.provider_id,
+                error_code: a.error_code,
+                detail: a.detail,
+                receipt: a.receipt.as_deref().map(ReceiptKind::read).transpose()?,
+                receipt_at: a.receipt_at,
+            })
+        })
+        .collect()
+}
 
 /// What a waiting caller learns.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -264,107 +302,95 @@ impl Dispatcher {
     }
 
     async fn on_receipt(&self, r: Receipt) {
-        let failed = matches!(r.status, ReceiptStatus::Failed { .. });
-        let delivered = matches!(r.status, ReceiptStatus::Delivered | ReceiptStatus::Read);
-        match self
+        let kind = r.status.kind();
+        let effect = match self
             .0
             .store
             .apply_receipt(r.channel, r.provider_id.clone(), r.status, r.at)
             .await
         {
-            Ok(Some(effect)) => {
-                if delivered && effect.state == MessageState::Delivered {
-                    self.0
-                        .metrics
-                        .delivered
-                        .get_or_create(&metrics::channel(r.channel))
-                        .inc();
-                }
-                let now = self.0.clock.now();
-                if failed
-                    && effect.changed
-                    && effect.state == MessageState::Sent
-                    && now < effect.expires_at
-                {
-                    tracing::info!(message = %effect.message_id, channel = %r.channel, "provider reported failure; falling back");
-                    self.0
-                        .metrics
-                        .fallbacks
-                        .get_or_create(&ReasonLabel {
-                            reason: "failed_receipt".into(),
-                        })
-                        .inc();
-                    let why = format!("{} reported the send as failed", r.channel);
-                    if let Err(e) = self
-                        .0
-                        .store
-                        .requeue(&effect.message_id, now, Some(why))
-                        .await
-                    {
-                        tracing::error!(error = %e, "cannot requeue after a failure receipt");
-                    }
-                    self.wake();
-                }
+            Ok(Some(effect)) => effect,
+            Ok(None) => {
+                tracing::debug!(channel = %r.channel, "receipt for an unknown provider id");
+                return;
             }
-            Ok(None) => tracing::debug!(channel = %r.channel, "receipt for an unknown provider id"),
-            Err(e) => tracing::error!(error = %e, "cannot apply receipt"),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot apply receipt");
+                return;
+            }
+        };
+        if kind.confirms_delivery() && effect.state == MessageState::Delivered && effect.changed {
+            self.0
+                .metrics
+                .delivered
+                .get_or_create(&metrics::channel(r.channel))
+                .inc();
+        }
+        let verdict = policy::after_receipt(
+            policy::AfterReceipt {
+                channel: r.channel,
+                kind,
+                changed: effect.changed,
+                state: effect.state,
+                expires_at: effect.expires_at,
+            },
+            self.0.clock.now(),
+        );
+        if let ReceiptVerdict::FallBackNow { reason } = verdict {
+            tracing::info!(message = %effect.message_id, channel = %r.channel, "provider reported failure; falling back");
+            self.count_fallback("failed_receipt");
+            let now = self.0.clock.now();
+            if let Err(e) = self
+                .0
+                .store
+                .requeue(&effect.message_id, now, Some(reason))
+                .await
+            {
+                tracing::error!(error = %e, "cannot requeue after a failure receipt");
+            }
+            self.wake();
         }
     }
 
-    /// Works one claimed message through the policy's decision.
+    fn count_fallback(&self, reason: &str) {
+        self.0
+            .metrics
+            .fallbacks
+            .get_or_create(&ReasonLabel {
+                reason: reason.into(),
+            })
+            .inc();
+    }
+
+    /// Works one claimed message through the policy's decisions.
     async fn process(&self, m: Message) -> Result<(), StoreError> {
         let cfg = self.0.live.get();
-        let now = self.0.clock.now();
-        let fallback_client;
-        let client: &ClientConfig = match cfg.client(&m.client) {
-            Some(c) => c,
-            None => {
-                // The client was removed from the config after acceptance: global policy.
-                fallback_client = ClientConfig {
-                    name: m.client.clone(),
-                    key_sha256: [0; 32],
-                    password_sha256: None,
-                    allow_ips: vec![],
-                    whatsapp: true,
-                    order: None,
-                    countries: None,
-                };
-                &fallback_client
-            }
-        };
+        let rules = Rules::new(&cfg, &m.client, cfg.client(&m.client));
         let recipient = self.0.store.recipient(&m.recipient).await?;
-        let attempts = self.0.store.attempts(&m.id).await?;
+        let attempts = typed_attempts(self.0.store.attempts(&m.id).await?)?;
         let health: Vec<(ChannelKind, bool)> = self
             .0
             .channels
             .iter()
             .map(|c| (c.kind(), c.health().usable))
             .collect();
-        let kind = if m.kind == "code" {
-            Kind::Code
-        } else {
-            Kind::Text
-        };
-        let decision = policy::decide(Input {
-            cfg: &cfg,
-            client,
-            country: m.country.as_deref(),
-            kind,
-            expires_at: m.expires_at,
+        let now = self.0.clock.now();
+        let input = Input {
+            message: Facts {
+                kind: message_kind(&m),
+                has_content: m.content.is_some(),
+                country: m.country.as_deref(),
+                expires_at: m.expires_at,
+                only_channel: m.only_channel,
+            },
             recipient: &recipient,
             attempts: &attempts,
             health: &health,
-            only_channel: m.only_channel,
             now,
-        });
-        let Some(content) = m.content.clone() else {
-            return self
-                .fail(&m, "content missing (already wiped)".into())
-                .await;
         };
-        match decision {
-            Decision::Expire => self.expire(&m).await,
-            Decision::AlreadySent(ch) => {
+        match (policy::decide(&rules, &input), m.content.clone()) {
+            (Decision::End(end), _) => self.settle(&m, None, None, end).await,
+            (Decision::AlreadySent(ch), _) => {
                 self.0
                     .store
                     .finish(
@@ -379,16 +405,23 @@ impl Dispatcher {
                 self.announce(&m.id, MessageState::Sent, Some(ch));
                 Ok(())
             }
-            Decision::Wait { retry_at, reason } => {
+            (Decision::Wait { retry_at, reason }, _) => {
                 tracing::debug!(message = %m.id, %reason, "no usable channel; waiting");
                 self.0.store.requeue(&m.id, retry_at, Some(reason)).await
             }
-            Decision::Fail(reason) => self.fail(&m, reason).await,
-            Decision::Send {
-                steps,
-                skipped,
-                prenotice,
-            } => {
+            (Decision::Send { .. }, None) => {
+                // decide() fails a message whose content is gone; a send needs it.
+                let end = End::Fail("content missing (already wiped)".into());
+                self.settle(&m, None, None, end).await
+            }
+            (
+                Decision::Send {
+                    steps,
+                    skipped,
+                    prenotice,
+                },
+                Some(content),
+            ) => {
                 if attempts.is_empty() {
                     for (ch, why) in skipped {
                         self.0.store.record_skip(&m.id, ch, why, now).await?;
@@ -397,163 +430,194 @@ impl Dispatcher {
                 if prenotice && self.0.store.claim_prenotice(&m.recipient, now).await? {
                     self.spawn_prenotice(&m, &cfg).await?;
                 }
-                self.run_steps(&m, content, &steps, &cfg).await
+                self.run_steps(&m, content, &steps, &rules).await
             }
         }
     }
 
+    /// Runs the planned steps in order until the policy says the message leaves.
     async fn run_steps(
         &self,
         m: &Message,
         content: Content,
         steps: &[policy::Step],
-        cfg: &crate::config::Config,
+        rules: &Rules<'_>,
     ) -> Result<(), StoreError> {
         for (idx, step) in steps.iter().enumerate() {
-            let more = idx + 1 < steps.len();
-            let now = self.0.clock.now();
-            if now >= m.expires_at {
-                return self.expire(m).await;
+            let (attempt, outcome, end_at) = self.attempt(m, &content, step).await?;
+            let attempted = policy::Attempted {
+                channel: step.channel,
+                more: idx + 1 < steps.len(),
+                kind: content.kind(),
+                expires_at: m.expires_at,
+            };
+            let verdict = policy::after_attempt(rules, attempted, &outcome, end_at);
+            if let Some(reason) = verdict.fallback {
+                self.count_fallback(reason);
             }
-            let Some(channel) = self.channel(step.channel).cloned() else {
-                continue;
-            };
-            let delivery = Delivery {
-                message_id: m.id.clone(),
-                to: m.recipient.clone(),
-                content: content.clone(),
-                locale: m.locale.clone(),
-                validity: now.until(m.expires_at),
-                budget: step.budget.min(now.until(m.expires_at)),
-            };
-            let attempt = self
-                .0
-                .store
-                .start_attempt(&m.id, step.channel, "code", now)
-                .await?;
-            let started = tokio::time::Instant::now();
-            let outcome = match tokio::time::timeout(
-                delivery.budget + GRACE,
-                channel.send(&delivery),
-            )
-            .await
-            {
-                Ok(o) => o,
-                Err(_) => Outcome::Unknown {
-                    reason: format!("{} did not answer within its deadline", step.channel),
-                },
-            };
-            let took = started.elapsed();
-            let end = self.0.clock.now();
-            self.0.store.finish_attempt(attempt, &outcome, end).await?;
-            let label = metrics::channel(step.channel);
-            self.0
-                .metrics
-                .attempt_seconds
-                .get_or_create(&label)
-                .observe(took.as_secs_f64());
-            self.0
-                .metrics
-                .attempts
-                .get_or_create(&metrics::AttemptLabel {
-                    channel: step.channel.as_str().into(),
-                    outcome: outcome.class().into(),
-                })
-                .inc();
-            tracing::info!(
-                message = %m.id, channel = %step.channel, outcome = outcome.class(),
-                provider_error = outcome.error_code().unwrap_or("-"), ms = took.as_millis() as u64,
-                "attempt finished"
-            );
-            let fallback = |reason: &str| {
-                self.0
-                    .metrics
-                    .fallbacks
-                    .get_or_create(&ReasonLabel {
-                        reason: reason.into(),
-                    })
-                    .inc();
-            };
-            match outcome {
-                Outcome::Accepted { .. } => {
-                    // Keep the content while a failure receipt could still send it elsewhere.
-                    let keep = more && matches!(content, Content::Code { .. });
-                    self.0
-                        .store
-                        .finish(
-                            &m.id,
-                            MessageState::Sent,
-                            Some(step.channel),
-                            None,
-                            keep,
-                            end,
-                        )
-                        .await?;
-                    self.0.metrics.sent.get_or_create(&label).inc();
-                    self.0
-                        .metrics
-                        .accept_to_sent_seconds
-                        .get_or_create(&label)
-                        .observe(m.created_at.until(end).as_secs_f64());
-                    self.announce(&m.id, MessageState::Sent, Some(step.channel));
-                    return Ok(());
+            let settled = (attempt, outcome);
+            match verdict.end {
+                None => {
+                    self.record(m, settled, verdict.no_whatsapp_until, end_at)
+                        .await?
                 }
-                Outcome::FallBack { not_on_channel, .. } => {
-                    if not_on_channel && step.channel == ChannelKind::WhatsApp {
-                        let until = end.plus(cfg.policy.no_whatsapp_memory);
-                        self.0.store.set_no_whatsapp(&m.recipient, until).await?;
-                        fallback("not_on_whatsapp");
-                    } else {
-                        fallback("recipient_unreachable");
-                    }
-                }
-                Outcome::Retry { after, .. } => {
-                    if more {
-                        fallback("retry_exhausted");
-                        continue;
-                    }
-                    let at = end.plus(after);
-                    if at >= m.expires_at {
-                        return self.expire(m).await;
-                    }
+                Some(end) => {
                     return self
-                        .0
-                        .store
-                        .requeue(&m.id, at, Some(format!("{} busy; retrying", step.channel)))
-                        .await;
-                }
-                Outcome::ChannelDown { .. } => {
-                    if more {
-                        fallback("channel_down");
-                        continue;
-                    }
-                    let at = end.plus(policy::CHANNEL_DOWN_RETRY);
-                    if at >= m.expires_at {
-                        return self.expire(m).await;
-                    }
-                    return self
-                        .0
-                        .store
-                        .requeue(&m.id, at, Some(format!("{} down; waiting", step.channel)))
-                        .await;
-                }
-                Outcome::Failed { reason, .. } => return self.fail(m, reason).await,
-                Outcome::Unknown { reason } => {
-                    if more {
-                        fallback("unknown_outcome");
-                        continue;
-                    }
-                    return self
-                        .fail(
-                            m,
-                            format!("outcome unknown, it may have been delivered: {reason}"),
-                        )
+                        .settle(m, Some(settled), verdict.no_whatsapp_until, end)
                         .await;
                 }
             }
         }
-        self.fail(m, "no channel could reach the recipient".into())
-            .await
+        // Steps are planned only for configured channels and the last one always ends the
+        // message, so this is reached only with an empty plan.
+        let end = End::Fail("no channel could reach the recipient".into());
+        self.settle(m, None, None, end).await
+    }
+
+    /// Makes one attempt: recorded before it starts, so a crash leaves a trace. The channel
+    /// owns the step's budget and answers within it; the guard here only catches a channel
+    /// that breaks that promise, and never fires before the channel's own verdict is due.
+    async fn attempt(
+        &self,
+        m: &Message,
+        content: &Content,
+        step: &policy::Step,
+    ) -> Result<(i64, Outcome, Timestamp), StoreError> {
+        let now = self.0.clock.now();
+        let delivery = Delivery {
+            message_id: m.id.to_string(),
+            to: m.recipient.to_string(),
+            content: content.clone(),
+            locale: m.locale.clone(),
+            validity: now.until(m.expires_at),
+            budget: step.budget.min(now.until(m.expires_at)),
+        };
+        let attempt = self
+            .0
+            .store
+            .start_attempt(&m.id, step.channel, "code", now)
+            .await?;
+        let started = tokio::time::Instant::now();
+        let Some(channel) = self.channel(step.channel).cloned() else {
+            let reason = format!("no {} channel is configured", step.channel);
+            return Ok((attempt, Outcome::ChannelDown { code: None, reason }, now));
+        };
+        let outcome = match tokio::time::timeout(
+            hang_guard(delivery.budget),
+            channel.send(&delivery),
+        )
+        .await
+        {
+            Ok(o) => o,
+            Err(_) => {
+                tracing::error!(message = %m.id, channel = %step.channel, "channel did not answer long after its budget; counting the attempt as unknown");
+                Outcome::Unknown {
+                    reason: format!("{} did not answer within its deadline", step.channel),
+                }
+            }
+        };
+        let took = started.elapsed();
+        let label = metrics::channel(step.channel);
+        self.0
+            .metrics
+            .attempt_seconds
+            .get_or_create(&label)
+            .observe(took.as_secs_f64());
+        self.0
+            .metrics
+            .attempts
+            .get_or_create(&metrics::AttemptLabel {
+                channel: step.channel.as_str().into(),
+                outcome: outcome.class().into(),
+            })
+            .inc();
+        tracing::info!(
+            message = %m.id, channel = %step.channel, outcome = outcome.class(),
+            provider_error = outcome.error_code().unwrap_or("-"), ms = took.as_millis() as u64,
+            "attempt finished"
+        );
+        Ok((attempt, outcome, self.0.clock.now()))
+    }
+
+    /// Records an attempt's end (and what it taught about the recipient) while the message
+    /// goes on to its next step.
+    async fn record(
+        &self,
+        m: &Message,
+        (attempt, outcome): (i64, Outcome),
+        no_whatsapp_until: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        self.0.store.finish_attempt(attempt, &outcome, now).await?;
+        if let Some(until) = no_whatsapp_until {
+            self.0.store.set_no_whatsapp(&m.recipient, until).await?;
+        }
+        Ok(())
+    }
+
+    /// Carries out the end the policy chose, with the attempt that led to it.
+    async fn settle(
+        &self,
+        m: &Message,
+        attempt: Option<(i64, Outcome)>,
+        no_whatsapp_until: Option<Timestamp>,
+        end: End,
+    ) -> Result<(), StoreError> {
+        let now = self.0.clock.now();
+        if let Some(a) = attempt {
+            self.record(m, a, no_whatsapp_until, now).await?;
+        }
+        let store = &self.0.store;
+        match end {
+            End::Sent {
+                channel,
+                keep_content,
+            } => {
+                store
+                    .finish(
+                        &m.id,
+                        MessageState::Sent,
+                        Some(channel),
+                        None,
+                        keep_content,
+                        now,
+                    )
+                    .await?;
+                let label = metrics::channel(channel);
+                self.0.metrics.sent.get_or_create(&label).inc();
+                self.0
+                    .metrics
+                    .accept_to_sent_seconds
+                    .get_or_create(&label)
+                    .observe(m.created_at.until(now).as_secs_f64());
+                self.announce(&m.id, MessageState::Sent, Some(channel));
+            }
+            End::Requeue { at, reason } => store.requeue(&m.id, at, Some(reason)).await?,
+            End::Expire => {
+                let why = "expired before it could be delivered";
+                store
+                    .finish(
+                        &m.id,
+                        MessageState::Expired,
+                        None,
+                        Some(why.into()),
+                        false,
+                        now,
+                    )
+                    .await?;
+                self.0.metrics.expired.inc();
+                self.announce(&m.id, MessageState::Expired, None);
+            }
+            End::Fail(reason) => {
+                tracing::warn!(message = %m.id, %reason, "message failed");
+                store
+                    .finish(&m.id, MessageState::Failed, None, Some(reason), false, now)
+                    .await?;
+                self.0.metrics.failed.inc();
+                self.announce(&m.id, MessageState::Failed, None);
+            }
+        }
+        Ok(())
     }
 
     async fn spawn_prenotice(
@@ -599,36 +663,6 @@ impl Dispatcher {
             tracing::info!(message = %delivery.message_id, outcome = outcome.class(), "pre-notice sent");
         });
         let _ = started_rx.await;
-        Ok(())
-    }
-
-    async fn expire(&self, m: &Message) -> Result<(), StoreError> {
-        let now = self.0.clock.now();
-        self.0
-            .store
-            .finish(
-                &m.id,
-                MessageState::Expired,
-                None,
-                Some("expired before it could be delivered".into()),
-                false,
-                now,
-            )
-            .await?;
-        self.0.metrics.expired.inc();
-        self.announce(&m.id, MessageState::Expired, None);
-        Ok(())
-    }
-
-    async fn fail(&self, m: &Message, reason: String) -> Result<(), StoreError> {
-        let now = self.0.clock.now();
-        tracing::warn!(message = %m.id, %reason, "message failed");
-        self.0
-            .store
-            .finish(&m.id, MessageState::Failed, None, Some(reason), false, now)
-            .await?;
-        self.0.metrics.failed.inc();
-        self.announce(&m.id, MessageState::Failed, None);
         Ok(())
     }
 }

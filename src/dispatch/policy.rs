@@ -1,26 +1,111 @@
-//! The routing policy: a pure function from a message, its client, what we know of the
-//! recipient, the message's earlier attempts, channel health and "now" to a [`Decision`].
-//! The worker carries decisions out; nothing here does I/O or reads a clock.
+//! The routing policy: pure functions that own every decision about a message. [`decide`]
+//! plans the channel attempts for a claimed message; [`after_attempt`] says what one attempt's
+//! outcome means (next step, requeue, expire, fail, remember "not on WhatsApp");
+//! [`after_receipt`] says what a provider's later receipt means. The dispatcher only carries
+//! these verdicts out. Nothing here does I/O or reads a clock, and the policy reads a narrow
+//! [`Rules`] that tests build in memory.
 
 use std::time::Duration;
 
-use crate::channel::ChannelKind;
+use crate::channel::Outcome;
 use crate::clock::Timestamp;
 use crate::config::{ClientConfig, Config};
-use crate::store::{Attempt, RecipientInfo};
+use crate::domain::{Attempt, RecipientInfo};
+use crate::domain::{
+    AttemptEnd, AttemptPurpose, ChannelKind, MessageKind, MessageState, ReceiptKind,
+};
 
 /// Longest single SMS attempt; the pool moves between modems inside it.
 pub const SMS_ATTEMPT_CAP: Duration = Duration::from_secs(180);
 /// How long to wait before looking again when every allowed channel is down.
 pub const CHANNEL_DOWN_RETRY: Duration = Duration::from_secs(5);
 
-/// What the message is, as far as routing cares.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    /// A code: may ride a WhatsApp authentication template.
-    Code,
-    /// Free text: SMS only.
-    Text,
+/// The part of the configuration the policy reads, for one message's client.
+#[derive(Clone, Copy, Debug)]
+pub struct Rules<'a> {
+    /// The client's name, for the reasons recorded.
+    pub client: &'a str,
+    /// Channel order (the client's override or the global one).
+    pub order: &'a [ChannelKind],
+    /// `whatsapp.enabled`.
+    pub whatsapp_enabled: bool,
+    /// The client's own WhatsApp switch.
+    pub client_whatsapp: bool,
+    /// Countries the client may send to; `None` = no client restriction.
+    pub client_countries: Option<&'a [String]>,
+    /// `policy.whatsapp_countries` (empty = all).
+    pub whatsapp_countries: &'a [String],
+    /// `policy.sms_countries` (empty = all).
+    pub sms_countries: &'a [String],
+    /// Time WhatsApp gets before SMS takes over.
+    pub whatsapp_deadline: Duration,
+    /// How long "not on WhatsApp" routes a number straight to SMS.
+    pub no_whatsapp_memory: Duration,
+    /// Send the one-time SMS pre-notice before a number's first WhatsApp code.
+    pub prenotify: bool,
+}
+
+impl<'a> Rules<'a> {
+    /// The rules for `client_name`'s messages. A client removed from the config after it
+    /// handed in a message gets the global policy (no switch or country list of its own).
+    pub fn new(cfg: &'a Config, client_name: &'a str, client: Option<&'a ClientConfig>) -> Self {
+        Rules {
+            client: client_name,
+            order: client
+                .and_then(|c| c.order.as_deref())
+                .unwrap_or(&cfg.policy.order),
+            whatsapp_enabled: cfg.whatsapp.enabled,
+            client_whatsapp: client.is_none_or(|c| c.whatsapp),
+            client_countries: client.and_then(|c| c.countries.as_deref()),
+            whatsapp_countries: &cfg.policy.whatsapp_countries,
+            sms_countries: &cfg.policy.sms_countries,
+            whatsapp_deadline: cfg.policy.whatsapp_deadline,
+            no_whatsapp_memory: cfg.policy.no_whatsapp_memory,
+            prenotify: cfg.policy.prenotify,
+        }
+    }
+
+    /// Channels a message to `country` may use, in order, with the reason for each channel
+    /// left out. Pure configuration; health and history come later.
+    pub fn allowed_channels(
+        &self,
+        country: Option<&str>,
+        kind: MessageKind,
+        configured: &[ChannelKind],
+    ) -> (Vec<ChannelKind>, Vec<(ChannelKind, String)>) {
+        let in_list = |list: &[String]| {
+            list.is_empty() || country.is_some_and(|c| list.iter().any(|x| x == c))
+        };
+        let place = country.unwrap_or("this country");
+        let mut ok = Vec::new();
+        let mut skipped = Vec::new();
+        for &ch in self.order {
+            let why_not = match ch {
+                ChannelKind::WhatsApp if !self.whatsapp_enabled => {
+                    Some("whatsapp is disabled globally".to_string())
+                }
+                ChannelKind::WhatsApp if !self.client_whatsapp => {
+                    Some(format!("whatsapp is disabled for client {}", self.client))
+                }
+                ChannelKind::WhatsApp if !in_list(self.whatsapp_countries) => {
+                    Some(format!("whatsapp is not rolled out to {place}"))
+                }
+                ChannelKind::WhatsApp if kind == MessageKind::Text => Some(
+                    "free text without a recognisable code cannot ride a WhatsApp authentication template".into(),
+                ),
+                ChannelKind::Sms if !in_list(self.sms_countries) => {
+                    Some(format!("sms to {place} is not allowed"))
+                }
+                _ if !configured.contains(&ch) => Some(format!("no {ch} channel is configured")),
+                _ => None,
+            };
+            match why_not {
+                None => ok.push(ch),
+                Some(w) => skipped.push((ch, w)),
+            }
+        }
+        (ok, skipped)
+    }
 }
 
 /// Why a message is refused at the front door.
@@ -32,82 +117,45 @@ pub struct Refusal {
     pub message: String,
 }
 
-/// Channels a message to `country` from `client` may use, in order, with the reason for each
-/// channel left out. Pure configuration; health and history come later.
-pub fn allowed_channels(
-    cfg: &Config,
-    client: &ClientConfig,
-    country: Option<&str>,
-    kind: Kind,
-    configured: &[ChannelKind],
-) -> (Vec<ChannelKind>, Vec<(ChannelKind, String)>) {
-    let order = client.order.as_ref().unwrap_or(&cfg.policy.order);
-    let in_list =
-        |list: &[String]| list.is_empty() || country.is_some_and(|c| list.iter().any(|x| x == c));
-    let mut ok = Vec::new();
-    let mut skipped = Vec::new();
-    for &ch in order {
-        let why_not = match ch {
-            ChannelKind::WhatsApp => {
-                if !cfg.whatsapp.enabled {
-                    Some("whatsapp is disabled globally".to_string())
-                } else if !client.whatsapp {
-                    Some(format!("whatsapp is disabled for client {}", client.name))
-                } else if !in_list(&cfg.policy.whatsapp_countries) {
-                    Some(format!(
-                        "whatsapp is not rolled out to {}",
-                        country.unwrap_or("this country")
-                    ))
-                } else if kind == Kind::Text {
-                    Some("free text without a recognisable code cannot ride a WhatsApp authentication template".into())
-                } else {
-                    None
-                }
-            }
-            ChannelKind::Sms => {
-                if !in_list(&cfg.policy.sms_countries) {
-                    Some(format!(
-                        "sms to {} is not allowed",
-                        country.unwrap_or("this country")
-                    ))
-                } else {
-                    None
-                }
-            }
-        };
-        let why_not = why_not.or_else(|| {
-            (!configured.contains(&ch)).then(|| format!("no {ch} channel is configured"))
-        });
-        match why_not {
-            None => ok.push(ch),
-            Some(w) => skipped.push((ch, w)),
-        }
-    }
-    (ok, skipped)
-}
-
 /// The front-door check: refuse what no channel may ever carry.
 pub fn admit(
     cfg: &Config,
     client: &ClientConfig,
     country: Option<&str>,
-    kind: Kind,
+    kind: MessageKind,
     configured: &[ChannelKind],
     only_channel: Option<ChannelKind>,
 ) -> Result<(), Refusal> {
-    if let Some(list) = &client.countries
+    admit_by(
+        &Rules::new(cfg, &client.name, Some(client)),
+        country,
+        kind,
+        configured,
+        only_channel,
+    )
+}
+
+/// [`admit`] on the narrow rules.
+pub fn admit_by(
+    rules: &Rules<'_>,
+    country: Option<&str>,
+    kind: MessageKind,
+    configured: &[ChannelKind],
+    only_channel: Option<ChannelKind>,
+) -> Result<(), Refusal> {
+    if let Some(list) = rules.client_countries
         && !country.is_some_and(|c| list.iter().any(|x| x == c))
     {
         return Err(Refusal {
             code: "country_not_allowed",
             message: format!(
                 "client {} may not send to {}",
-                client.name,
+                rules.client,
                 country.unwrap_or("this number's country")
             ),
         });
     }
-    let (mut ok, mut skipped) = allowed_channels(cfg, client, country, kind, configured);
+    let (mut ok, mut skipped) = rules.allowed_channels(country, kind, configured);
     if let Some(only) = only_channel
         && !ok.contains(&only)
     {
@@ -129,14 +177,14 @@ pub fn admit(
 pub struct Step {
     /// The channel.
     pub channel: ChannelKind,
-    /// The time it gets, retries inside the channel included.
+    /// The time it gets, retries inside the channel included. The channel owns it.
     pub budget: Duration,
 }
 
 /// What to do with a claimed message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// Try these channels in order (the worker moves on per the outcome classes).
+    /// Try these channels in order; [`after_attempt`] says when to move on.
     Send {
         /// Attempts, in order.
         steps: Vec<Step>,
@@ -145,8 +193,6 @@ pub enum Decision {
         /// Send the one-time SMS pre-notice before the first WhatsApp code.
         prenotice: bool,
     },
-    /// Its lifetime is over.
-    Expire,
     /// A provider already took it before a restart: do not send again.
     AlreadySent(ChannelKind),
     /// No allowed channel is usable now; look again at `retry_at` (still within the lifetime).
@@ -156,52 +202,106 @@ pub enum Decision {
         /// Why.
         reason: String,
     },
-    /// No channel may carry it any more (all excluded by history or config).
+    /// The message is over; see [`End`].
+    End(End),
+}
+
+/// How a message leaves the dispatcher's hands after a decision or an attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum End {
+    /// A provider accepted it on `channel`. `keep_content`: a failure receipt may still send
+    /// the same code on a later channel, so the content stays until then.
+    Sent {
+        /// The channel that took it.
+        channel: ChannelKind,
+        /// Keep the content for a receipt-driven fallback.
+        keep_content: bool,
+    },
+    /// Back to the queue, to be looked at again at `at`.
+    Requeue {
+        /// When.
+        at: Timestamp,
+        /// Why (shown in GET /v1/messages/{id}).
+        reason: String,
+    },
+    /// Its lifetime is over.
+    Expire,
+    /// No channel can deliver it.
     Fail(String),
 }
 
-/// Everything [`decide`] looks at.
+/// The facts about one message that the policy reads.
 #[derive(Clone, Copy, Debug)]
-pub struct Input<'a> {
-    /// Configuration in force.
-    pub cfg: &'a Config,
-    /// The message's client.
-    pub client: &'a ClientConfig,
+pub struct Facts<'a> {
+    /// Code or text.
+    pub kind: MessageKind,
+    /// Whether the content is still stored (it is wiped when a message ends).
+    pub has_content: bool,
     /// Recipient's country.
     pub country: Option<&'a str>,
-    /// Code or text.
-    pub kind: Kind,
     /// End of the lifetime.
     pub expires_at: Timestamp,
+    /// The caller restricted delivery to this channel.
+    pub only_channel: Option<ChannelKind>,
+}
+
+/// Everything [`decide`] looks at besides the rules.
+#[derive(Clone, Copy, Debug)]
+pub struct Input<'a> {
+    /// The message.
+    pub message: Facts<'a>,
     /// What the store knows of the recipient.
     pub recipient: &'a RecipientInfo,
     /// This message's earlier attempts (after a restart, a failure receipt, a retry).
     pub attempts: &'a [Attempt],
     /// Usable right now, per configured channel.
     pub health: &'a [(ChannelKind, bool)],
-    /// The caller restricted delivery to this channel.
-    pub only_channel: Option<ChannelKind>,
     /// Now.
     pub now: Timestamp,
 }
 
+/// Why `ch` may not be tried again for this message, from its earlier code attempts.
+fn excluded_by_history(ch: ChannelKind, attempts: &[Attempt]) -> Option<String> {
+    let mut excluded = None;
+    for a in attempts
+        .iter()
+        .filter(|a| a.purpose == AttemptPurpose::Code && a.channel == ch)
+    {
+        excluded = match (a.end, a.receipt) {
+            (_, Some(ReceiptKind::Failed)) => {
+                Some(format!("{ch} reported the earlier send as failed"))
+            }
+            (Some(AttemptEnd::Interrupted | AttemptEnd::Unknown), _) => Some(format!(
+                "an earlier {ch} attempt may have been delivered; not repeated"
+            )),
+            (Some(AttemptEnd::FallBack), _) => Some(format!("{ch} cannot reach this recipient")),
+            _ => excluded,
+        };
+    }
+    excluded
+}
+
 /// Decides what to do with a message now.
-pub fn decide(i: Input<'_>) -> Decision {
-    if i.now >= i.expires_at {
-        return Decision::Expire;
+pub fn decide(rules: &Rules<'_>, i: &Input<'_>) -> Decision {
+    let m = &i.message;
+    if i.now >= m.expires_at {
+        return Decision::End(End::Expire);
     }
-    let remaining = i.now.until(i.expires_at);
-    let code_attempts = || i.attempts.iter().filter(|a| a.purpose == "code");
     // A provider took it and no failure receipt followed: it is out, whatever we lost in a crash.
-    if let Some(a) = code_attempts().find(|a| {
-        a.outcome.as_deref() == Some("accepted") && a.receipt.as_deref() != Some("failed")
+    if let Some(a) = i.attempts.iter().find(|a| {
+        a.purpose == AttemptPurpose::Code
+            && a.end == Some(AttemptEnd::Accepted)
+            && a.receipt != Some(ReceiptKind::Failed)
     }) {
-        return Decision::AlreadySent(ChannelKind::parse(&a.channel).unwrap_or(ChannelKind::Sms));
+        return Decision::AlreadySent(a.channel);
     }
+    if !m.has_content {
+        return Decision::End(End::Fail("content missing (already wiped)".into()));
+    }
+    let remaining = i.now.until(m.expires_at);
     let configured: Vec<ChannelKind> = i.health.iter().map(|(c, _)| *c).collect();
-    let (mut allowed, mut skipped) =
-        allowed_channels(i.cfg, i.client, i.country, i.kind, &configured);
-    if let Some(only) = i.only_channel {
+    let (mut allowed, mut skipped) = rules.allowed_channels(m.country, m.kind, &configured);
+    if let Some(only) = m.only_channel {
         for ch in allowed.iter().filter(|c| **c != only) {
             skipped.push((*ch, format!("the caller asked for {only} only")));
         }
@@ -209,18 +309,7 @@ pub fn decide(i: Input<'_>) -> Decision {
     }
     let mut candidates = Vec::new();
     for ch in allowed {
-        let history = code_attempts().filter(|a| a.channel == ch.as_str());
-        let mut excluded = None;
-        for a in history {
-            excluded = match (a.outcome.as_deref(), a.receipt.as_deref()) {
-                (_, Some("failed")) => Some(format!("{ch} reported the earlier send as failed")),
-                (Some("interrupted") | Some("unknown"), _) => Some(format!(
-                    "an earlier {ch} attempt may have been delivered; not repeated"
-                )),
-                (Some("fallback"), _) => Some(format!("{ch} cannot reach this recipient")),
-                _ => excluded,
-            };
-        }
+        let mut excluded = excluded_by_history(ch, i.attempts);
         if ch == ChannelKind::WhatsApp
             && excluded.is_none()
             && i.recipient.no_whatsapp_until.is_some_and(|t| t > i.now)
@@ -234,7 +323,10 @@ pub fn decide(i: Input<'_>) -> Decision {
     }
     if candidates.is_empty() {
         let reasons: Vec<String> = skipped.iter().map(|(_, w)| w.clone()).collect();
-        return Decision::Fail(format!("no channel left: {}", reasons.join("; ")));
+        return Decision::End(End::Fail(format!(
+            "no channel left: {}",
+            reasons.join("; ")
+        )));
     }
     let usable = |ch: ChannelKind| i.health.iter().any(|(c, up)| *c == ch && *up);
     let mut steps = Vec::new();
@@ -246,7 +338,7 @@ pub fn decide(i: Input<'_>) -> Decision {
             continue;
         }
         let budget = match ch {
-            ChannelKind::WhatsApp => i.cfg.policy.whatsapp_deadline.min(remaining),
+            ChannelKind::WhatsApp => rules.whatsapp_deadline.min(remaining),
             ChannelKind::Sms => SMS_ATTEMPT_CAP.min(remaining),
         };
         steps.push(Step {
@@ -257,13 +349,13 @@ pub fn decide(i: Input<'_>) -> Decision {
     if steps.is_empty() {
         let names: Vec<&str> = down.iter().map(|c| c.as_str()).collect();
         return Decision::Wait {
-            retry_at: i.now.plus(CHANNEL_DOWN_RETRY).min(i.expires_at),
+            retry_at: i.now.plus(CHANNEL_DOWN_RETRY).min(m.expires_at),
             reason: format!("waiting: {} down", names.join(" and ")),
         };
     }
     let sms_possible =
         steps.iter().any(|s| s.channel == ChannelKind::Sms) || down.contains(&ChannelKind::Sms);
-    let prenotice = i.cfg.policy.prenotify
+    let prenotice = rules.prenotify
         && steps.first().map(|s| s.channel) == Some(ChannelKind::WhatsApp)
         && i.recipient.prenotified_at.is_none()
         && sms_possible;
@@ -274,6 +366,146 @@ pub fn decide(i: Input<'_>) -> Decision {
     }
 }
 
+/// What one attempt's outcome means.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// `None`: go on with the next planned step now. `Some`: the message leaves this way.
+    pub end: Option<End>,
+    /// Remember until then that the recipient is not on WhatsApp.
+    pub no_whatsapp_until: Option<Timestamp>,
+    /// Why the dispatcher moved on to another channel (the fallback metric's reason).
+    pub fallback: Option<&'static str>,
+}
+
+/// Where the attempt sat in the plan.
+#[derive(Clone, Copy, Debug)]
+pub struct Attempted {
+    /// The channel tried.
+    pub channel: ChannelKind,
+    /// Another planned step follows.
+    pub more: bool,
+    /// Code or text.
+    pub kind: MessageKind,
+    /// End of the message's lifetime.
+    pub expires_at: Timestamp,
+}
+
+/// Says what the outcome of the attempt `a` means, at `now` (when it ended).
+pub fn after_attempt(
+    rules: &Rules<'_>,
+    a: Attempted,
+    outcome: &Outcome,
+    now: Timestamp,
+) -> Verdict {
+    let ch = a.channel;
+    let mut v = Verdict {
+        end: None,
+        no_whatsapp_until: None,
+        fallback: None,
+    };
+    // Moving on to the next step, or, on the last one, what `last` says.
+    let mut move_on = |reason: &'static str, last: End| {
+        if a.more && now < a.expires_at {
+            v.fallback = Some(reason);
+            None
+        } else if a.more {
+            Some(End::Expire)
+        } else {
+            Some(last)
+        }
+    };
+    // Trying the same channel later, unless the lifetime is over by then.
+    let later = |after: Duration, reason: String| {
+        let at = now.plus(after);
+        if at >= a.expires_at {
+            End::Expire
+        } else {
+            End::Requeue { at, reason }
+        }
+    };
+    let end = match outcome {
+        Outcome::Accepted { .. } => Some(End::Sent {
+            channel: ch,
+            keep_content: a.more && a.kind == MessageKind::Code,
+        }),
+        Outcome::FallBack { not_on_channel, .. } => {
+            let not_on_whatsapp = *not_on_channel && ch == ChannelKind::WhatsApp;
+            if not_on_whatsapp {
+                v.no_whatsapp_until = Some(now.plus(rules.no_whatsapp_memory));
+            }
+            let reason = if not_on_whatsapp {
+                "not_on_whatsapp"
+            } else {
+                "recipient_unreachable"
+            };
+            move_on(
+                reason,
+                End::Fail("no channel could reach the recipient".into()),
+            )
+        }
+        Outcome::Retry { after, .. } => move_on(
+            "retry_exhausted",
+            later(*after, format!("{ch} busy; retrying")),
+        ),
+        Outcome::ChannelDown { .. } => move_on(
+            "channel_down",
+            later(CHANNEL_DOWN_RETRY, format!("{ch} down; waiting")),
+        ),
+        Outcome::Failed { reason, .. } => Some(End::Fail(reason.clone())),
+        Outcome::Unknown { reason } => move_on(
+            "unknown_outcome",
+            End::Fail(format!(
+                "outcome unknown, it may have been delivered: {reason}"
+            )),
+        ),
+    };
+    v.end = end;
+    v
+}
+
+/// What a receipt means for its message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReceiptVerdict {
+    /// Recorded; nothing else to do.
+    Nothing,
+    /// The provider gave up on a send we counted as sent: try the next channel now.
+    FallBackNow {
+        /// Why, for the message's record.
+        reason: String,
+    },
+}
+
+/// The message as the store left it after recording a receipt.
+#[derive(Clone, Copy, Debug)]
+pub struct AfterReceipt {
+    /// The receipt's channel.
+    pub channel: ChannelKind,
+    /// What the receipt said.
+    pub kind: ReceiptKind,
+    /// False for a repeated or out-of-order receipt that changed nothing.
+    pub changed: bool,
+    /// The message's state after the receipt.
+    pub state: MessageState,
+    /// The message's expiry.
+    pub expires_at: Timestamp,
+}
+
+/// Says what a receipt means, at `now`.
+pub fn after_receipt(r: AfterReceipt, now: Timestamp) -> ReceiptVerdict {
+    if r.kind == ReceiptKind::Failed
+        && r.changed
+        && r.state == MessageState::Sent
+        && now < r.expires_at
+    {
+        ReceiptVerdict::FallBackNow {
+            reason: format!("{} reported the send as failed", r.channel),
+        }
+    } else {
+        ReceiptVerdict::Nothing
+    }
+}
+
+// Moving to crate::content (kept here until that module lands).
 /// Renders the SMS text for a code: `{code}`, `{minutes}` (whole minutes left, at least 1), `{org}`.
 /// One pass, so a value is never read as a placeholder (an `{org}` named "{code}" stays so).
 pub fn render_sms(template: &str, code: &str, lifetime: Duration, org: &str) -> String {
@@ -323,343 +555,4 @@ pub fn extract_code(pattern: &regex::Regex, text: &str) -> Result<String, &'stat
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{Sources, load};
-    use std::collections::BTreeMap;
-
-    fn cfg(extra: &str) -> (tempfile::TempDir, Config) {
-        let dir = tempfile::tempdir().unwrap();
-        let tok = dir.path().join("tok");
-        std::fs::write(&tok, "t").unwrap();
-        let body = format!(
-            "[otp]\ndefault_country = \"IN\"\n[whatsapp]\nenabled = true\nphone_number_id = \"1\"\ntemplate = \"otp\"\ntoken_file = \"{}\"\n{extra}",
-            tok.display()
-        );
-        let main = dir.path().join("otpgate.toml");
-        std::fs::write(&main, body).unwrap();
-        let c = load(&Sources {
-            main,
-            env: BTreeMap::new(),
-        })
-        .unwrap_or_else(|e| panic!("{e}"));
-        (dir, c)
-    }
-
-    fn client(whatsapp: bool) -> ClientConfig {
-        ClientConfig {
-            name: "adfs".into(),
-            key_sha256: [0; 32],
-            password_sha256: None,
-            allow_ips: vec![],
-            whatsapp,
-            order: None,
-            countries: None,
-        }
-    }
-
-    fn attempt(channel: &str, outcome: &str, receipt: Option<&str>) -> Attempt {
-        Attempt {
-            id: 1,
-            channel: channel.into(),
-            purpose: "code".into(),
-            started_at: Timestamp(0),
-            ended_at: Some(Timestamp(1)),
-            outcome: Some(outcome.into()),
-            provider_id: None,
-            error_code: None,
-            detail: None,
-            receipt: receipt.map(Into::into),
-            receipt_at: None,
-        }
-    }
-
-    const BOTH_UP: &[(ChannelKind, bool)] =
-        &[(ChannelKind::WhatsApp, true), (ChannelKind::Sms, true)];
-
-    fn input<'a>(
-        c: &'a Config,
-        cl: &'a ClientConfig,
-        r: &'a RecipientInfo,
-        a: &'a [Attempt],
-        h: &'a [(ChannelKind, bool)],
-    ) -> Input<'a> {
-        Input {
-            cfg: c,
-            client: cl,
-            country: Some("IN"),
-            kind: Kind::Code,
-            expires_at: Timestamp(300_000),
-            recipient: r,
-            attempts: a,
-            health: h,
-            only_channel: None,
-            now: Timestamp(0),
-        }
-    }
-
-    fn channels(d: &Decision) -> Vec<ChannelKind> {
-        match d {
-            Decision::Send { steps, .. } => steps.iter().map(|s| s.channel).collect(),
-            other => panic!("not a send: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn whatsapp_first_then_sms_with_prenotice_once() {
-        let (_d, c) = cfg("");
-        let cl = client(true);
-        let r = RecipientInfo::default();
-        let d = decide(input(&c, &cl, &r, &[], BOTH_UP));
-        assert_eq!(channels(&d), vec![ChannelKind::WhatsApp, ChannelKind::Sms]);
-        let Decision::Send {
-            steps, prenotice, ..
-        } = &d
-        else {
-            unreachable!()
-        };
-        assert!(prenotice);
-        assert_eq!(steps[0].budget, Duration::from_secs(8));
-        assert_eq!(steps[1].budget, Duration::from_secs(180));
-        let r2 = RecipientInfo {
-            prenotified_at: Some(Timestamp(1)),
-            ..Default::default()
-        };
-        let Decision::Send { prenotice, .. } = decide(input(&c, &cl, &r2, &[], BOTH_UP)) else {
-            unreachable!()
-        };
-        assert!(!prenotice);
-    }
-
-    #[test]
-    fn every_switch_turns_whatsapp_off_and_says_why() {
-        let r = RecipientInfo::default();
-        let cases: Vec<(&str, bool, &str)> = vec![
-            ("", false, "disabled for client adfs"),
-            (
-                "[policy]\nwhatsapp_countries = [\"DE\"]\n",
-                true,
-                "not rolled out to IN",
-            ),
-            ("[policy]\nprenotify = false\n", true, ""),
-        ];
-        for (extra, wa_for_client, why) in cases {
-            let (_d, c) = cfg(extra);
-            let cl = client(wa_for_client);
-            let d = decide(input(&c, &cl, &r, &[], BOTH_UP));
-            if why.is_empty() {
-                assert_eq!(channels(&d), vec![ChannelKind::WhatsApp, ChannelKind::Sms]);
-                let Decision::Send { prenotice, .. } = d else {
-                    unreachable!()
-                };
-                assert!(!prenotice, "prenotify = false");
-                continue;
-            }
-            assert_eq!(channels(&d), vec![ChannelKind::Sms], "{extra}");
-            let Decision::Send {
-                skipped, prenotice, ..
-            } = d
-            else {
-                unreachable!()
-            };
-            assert!(!prenotice);
-            assert!(
-                skipped
-                    .iter()
-                    .any(|(ch, w)| *ch == ChannelKind::WhatsApp && w.contains(why)),
-                "{skipped:?}"
-            );
-        }
-        let (_d, mut c) = cfg("");
-        c.whatsapp.enabled = false;
-        let cl = client(true);
-        let d = decide(input(&c, &cl, &r, &[], BOTH_UP));
-        assert_eq!(channels(&d), vec![ChannelKind::Sms]);
-        // Free text never goes to WhatsApp.
-        let mut i = input(&c, &cl, &r, &[], BOTH_UP);
-        i.kind = Kind::Text;
-        assert_eq!(channels(&decide(i)), vec![ChannelKind::Sms]);
-    }
-
-    #[test]
-    fn history_and_memory_exclude_channels() {
-        let (_d, c) = cfg("");
-        let cl = client(true);
-        let r = RecipientInfo {
-            no_whatsapp_until: Some(Timestamp(10)),
-            ..Default::default()
-        };
-        assert_eq!(
-            channels(&decide(input(&c, &cl, &r, &[], BOTH_UP))),
-            vec![ChannelKind::Sms]
-        );
-        let expired_memory = RecipientInfo {
-            no_whatsapp_until: Some(Timestamp(0)),
-            prenotified_at: Some(Timestamp(0)),
-        };
-        assert_eq!(
-            channels(&decide(input(&c, &cl, &expired_memory, &[], BOTH_UP))).len(),
-            2
-        );
-        let none = RecipientInfo::default();
-        for (a, want) in [
-            (
-                attempt("whatsapp", "interrupted", None),
-                vec![ChannelKind::Sms],
-            ),
-            (
-                attempt("whatsapp", "fallback", None),
-                vec![ChannelKind::Sms],
-            ),
-            (
-                attempt("whatsapp", "retry", None),
-                vec![ChannelKind::WhatsApp, ChannelKind::Sms],
-            ),
-            (
-                attempt("whatsapp", "channel_down", None),
-                vec![ChannelKind::WhatsApp, ChannelKind::Sms],
-            ),
-        ] {
-            assert_eq!(
-                channels(&decide(input(
-                    &c,
-                    &cl,
-                    &none,
-                    std::slice::from_ref(&a),
-                    BOTH_UP
-                ))),
-                want,
-                "{a:?}"
-            );
-        }
-        let sent = [attempt("whatsapp", "accepted", Some("delivered"))];
-        assert_eq!(
-            decide(input(&c, &cl, &none, &sent, BOTH_UP)),
-            Decision::AlreadySent(ChannelKind::WhatsApp)
-        );
-        let failed_receipt = [attempt("whatsapp", "accepted", Some("failed"))];
-        assert_eq!(
-            channels(&decide(input(&c, &cl, &none, &failed_receipt, BOTH_UP))),
-            vec![ChannelKind::Sms]
-        );
-        let both = [
-            attempt("whatsapp", "fallback", None),
-            attempt("sms", "unknown", None),
-        ];
-        assert!(matches!(
-            decide(input(&c, &cl, &none, &both, BOTH_UP)),
-            Decision::Fail(_)
-        ));
-    }
-
-    #[test]
-    fn health_expiry_and_budgets() {
-        let (_d, c) = cfg("");
-        let cl = client(true);
-        let r = RecipientInfo::default();
-        let wa_down = [(ChannelKind::WhatsApp, false), (ChannelKind::Sms, true)];
-        let d = decide(input(&c, &cl, &r, &[], &wa_down));
-        assert_eq!(channels(&d), vec![ChannelKind::Sms]);
-        let Decision::Send { prenotice, .. } = d else {
-            unreachable!()
-        };
-        assert!(!prenotice, "no pre-notice when WhatsApp is not tried");
-        let all_down = [(ChannelKind::WhatsApp, false), (ChannelKind::Sms, false)];
-        assert!(matches!(
-            decide(input(&c, &cl, &r, &[], &all_down)),
-            Decision::Wait {
-                retry_at: Timestamp(5000),
-                ..
-            }
-        ));
-        let mut i = input(&c, &cl, &r, &[], BOTH_UP);
-        i.now = Timestamp(300_000);
-        assert_eq!(decide(i), Decision::Expire);
-        i.now = Timestamp(296_000);
-        let Decision::Send { steps, .. } = decide(i) else {
-            unreachable!()
-        };
-        assert_eq!(
-            steps[0].budget,
-            Duration::from_secs(4),
-            "WhatsApp never gets more than the lifetime left"
-        );
-        // The caller's channel restriction.
-        let mut only = input(&c, &cl, &r, &[], BOTH_UP);
-        only.only_channel = Some(ChannelKind::Sms);
-        assert_eq!(channels(&decide(only)), vec![ChannelKind::Sms]);
-        // Only SMS configured: WhatsApp is skipped as unconfigured.
-        let sms_only = [(ChannelKind::Sms, true)];
-        assert_eq!(
-            channels(&decide(input(&c, &cl, &r, &[], &sms_only))),
-            vec![ChannelKind::Sms]
-        );
-    }
-
-    #[test]
-    fn admission_refuses_what_no_channel_may_carry() {
-        let (_d, c) =
-            cfg("[policy]\nsms_countries = [\"IN\"]\nwhatsapp_countries = [\"IN\", \"ID\"]\n");
-        let cl = client(true);
-        let both = [ChannelKind::WhatsApp, ChannelKind::Sms];
-        assert!(admit(&c, &cl, Some("IN"), Kind::Code, &both, None).is_ok());
-        assert!(
-            admit(&c, &cl, Some("ID"), Kind::Code, &both, None).is_ok(),
-            "WhatsApp may carry it"
-        );
-        assert_eq!(
-            admit(&c, &cl, Some("ID"), Kind::Text, &both, None)
-                .unwrap_err()
-                .code,
-            "country_not_allowed"
-        );
-        assert_eq!(
-            admit(&c, &cl, Some("DE"), Kind::Code, &both, None)
-                .unwrap_err()
-                .code,
-            "country_not_allowed"
-        );
-        let mut narrow = client(true);
-        narrow.countries = Some(vec!["ID".into()]);
-        assert!(admit(&c, &narrow, Some("IN"), Kind::Code, &both, None).is_err());
-    }
-
-    #[test]
-    fn sms_text_and_code_extraction() {
-        assert_eq!(
-            render_sms(
-                "{code} for {org}, {minutes} min",
-                "4711",
-                Duration::from_secs(61),
-                "ACME"
-            ),
-            "4711 for ACME, 2 min"
-        );
-        // Unknown and unclosed braces stay; a placeholder may come twice; a value is never
-        // read as a placeholder; multi-byte text around them survives.
-        assert_eq!(
-            render_sms(
-                "{{code}} {x} {code} é{org}{ {minutes",
-                "12",
-                Duration::ZERO,
-                "{code}"
-            ),
-            "{12} {x} 12 é{code}{ {minutes"
-        );
-        assert_eq!(
-            render_sms("{minutes}", "1", Duration::from_secs(600), ""),
-            "10"
-        );
-        let re = regex::Regex::new(crate::config::DEFAULT_CODE_PATTERN).unwrap();
-        assert_eq!(extract_code(&re, "Your OTP is 123456").unwrap(), "123456");
-        assert_eq!(extract_code(&re, "123456 is your code").unwrap(), "123456");
-        assert_eq!(extract_code(&re, "Code: 123 456.").unwrap(), "123456");
-        assert_eq!(
-            extract_code(&re, "Code 123456, again: 123456").unwrap(),
-            "123456"
-        );
-        assert!(extract_code(&re, "Code 123456 or 654321").is_err());
-        assert!(extract_code(&re, "no digits here").is_err());
-        assert!(extract_code(&re, "12").is_err());
-    }
-}
+mod tests;

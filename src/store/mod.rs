@@ -25,7 +25,7 @@ use crate::channel::{ChannelKind, Content, Outcome, ReceiptStatus};
 use crate::clock::Timestamp;
 use crate::config::Rate;
 
-pub use crate::domain::MessageState;
+pub use crate::domain::{MessageState, RecipientInfo};
 
 impl From<crate::domain::UnknownWord> for StoreError {
     fn from(e: crate::domain::UnknownWord) -> StoreError {
@@ -203,15 +203,6 @@ pub enum InsertResult {
         /// When a retry can succeed.
         retry_after: Duration,
     },
-}
-
-/// What the store knows about a recipient.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RecipientInfo {
-    /// "Not on WhatsApp" is remembered until then.
-    pub no_whatsapp_until: Option<Timestamp>,
-    /// When the pre-notice went out.
-    pub prenotified_at: Option<Timestamp>,
 }
 
 /// What a receipt changed.

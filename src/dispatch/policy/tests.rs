@@ -1,0 +1,504 @@
+//! Table tests of the policy on rules built in memory.
+
+use super::*;
+
+const BOTH: &[ChannelKind] = &[ChannelKind::WhatsApp, ChannelKind::Sms];
+const BOTH_UP: &[(ChannelKind, bool)] = &[(ChannelKind::WhatsApp, true), (ChannelKind::Sms, true)];
+const NONE: &[String] = &[];
+
+fn rules() -> Rules<'static> {
+    Rules {
+        client: "adfs",
+        order: BOTH,
+        whatsapp_enabled: true,
+        client_whatsapp: true,
+        client_countries: None,
+        whatsapp_countries: NONE,
+        sms_countries: NONE,
+        whatsapp_deadline: Duration::from_secs(8),
+        no_whatsapp_memory: Duration::from_secs(3600),
+        prenotify: true,
+    }
+}
+
+fn attempt(channel: ChannelKind, end: AttemptEnd, receipt: Option<ReceiptKind>) -> Attempt {
+    Attempt {
+        id: 1,
+        channel,
+        purpose: AttemptPurpose::Code,
+        started_at: Timestamp(0),
+        ended_at: Some(Timestamp(1)),
+        end: Some(end),
+        provider_id: None,
+        error_code: None,
+        detail: None,
+        receipt,
+        receipt_at: None,
+    }
+}
+
+fn facts() -> Facts<'static> {
+    Facts {
+        kind: MessageKind::Code,
+        has_content: true,
+        country: Some("IN"),
+        expires_at: Timestamp(300_000),
+        only_channel: None,
+    }
+}
+
+fn input<'a>(r: &'a RecipientInfo, a: &'a [Attempt], h: &'a [(ChannelKind, bool)]) -> Input<'a> {
+    Input {
+        message: facts(),
+        recipient: r,
+        attempts: a,
+        health: h,
+        now: Timestamp(0),
+    }
+}
+
+fn channels(d: &Decision) -> Vec<ChannelKind> {
+    match d {
+        Decision::Send { steps, .. } => steps.iter().map(|s| s.channel).collect(),
+        other => panic!("not a send: {other:?}"),
+    }
+}
+
+fn prenotice(d: &Decision) -> bool {
+    matches!(
+        d,
+        Decision::Send {
+            prenotice: true,
+            ..
+        }
+    )
+}
+
+#[test]
+fn whatsapp_first_then_sms_with_prenotice_once() {
+    let r = RecipientInfo::default();
+    let d = decide(&rules(), &input(&r, &[], BOTH_UP));
+    assert_eq!(channels(&d), vec![ChannelKind::WhatsApp, ChannelKind::Sms]);
+    assert!(prenotice(&d));
+    let Decision::Send { steps, .. } = &d else {
+        unreachable!()
+    };
+    assert_eq!(steps[0].budget, Duration::from_secs(8));
+    assert_eq!(steps[1].budget, Duration::from_secs(180));
+    let told = RecipientInfo {
+        prenotified_at: Some(Timestamp(1)),
+        ..Default::default()
+    };
+    assert!(!prenotice(&decide(&rules(), &input(&told, &[], BOTH_UP))));
+}
+
+#[test]
+fn every_switch_turns_whatsapp_off_and_says_why() {
+    let r = RecipientInfo::default();
+    let de = ["DE".to_string()];
+    let cases: Vec<(Rules<'_>, MessageKind, &str)> = vec![
+        (
+            Rules {
+                whatsapp_enabled: false,
+                ..rules()
+            },
+            MessageKind::Code,
+            "disabled globally",
+        ),
+        (
+            Rules {
+                client_whatsapp: false,
+                ..rules()
+            },
+            MessageKind::Code,
+            "disabled for client adfs",
+        ),
+        (
+            Rules {
+                whatsapp_countries: &de,
+                ..rules()
+            },
+            MessageKind::Code,
+            "not rolled out to IN",
+        ),
+        (rules(), MessageKind::Text, "free text"),
+    ];
+    for (rules, kind, why) in cases {
+        let mut i = input(&r, &[], BOTH_UP);
+        i.message.kind = kind;
+        let d = decide(&rules, &i);
+        assert_eq!(channels(&d), vec![ChannelKind::Sms], "{why}");
+        assert!(!prenotice(&d), "{why}: no pre-notice without WhatsApp");
+        let Decision::Send { skipped, .. } = d else {
+            unreachable!()
+        };
+        assert!(
+            skipped
+                .iter()
+                .any(|(ch, w)| *ch == ChannelKind::WhatsApp && w.contains(why)),
+            "{why}: {skipped:?}"
+        );
+    }
+    let quiet = Rules {
+        prenotify: false,
+        ..rules()
+    };
+    let d = decide(&quiet, &input(&r, &[], BOTH_UP));
+    assert_eq!(channels(&d).len(), 2);
+    assert!(!prenotice(&d), "prenotify = false");
+}
+
+#[test]
+fn history_and_memory_exclude_channels() {
+    use AttemptEnd::*;
+    use ChannelKind::*;
+    let remembered = RecipientInfo {
+        no_whatsapp_until: Some(Timestamp(10)),
+        ..Default::default()
+    };
+    assert_eq!(
+        channels(&decide(&rules(), &input(&remembered, &[], BOTH_UP))),
+        vec![Sms]
+    );
+    let forgotten = RecipientInfo {
+        no_whatsapp_until: Some(Timestamp(0)),
+        prenotified_at: Some(Timestamp(0)),
+    };
+    assert_eq!(
+        channels(&decide(&rules(), &input(&forgotten, &[], BOTH_UP))).len(),
+        2
+    );
+    let none = RecipientInfo::default();
+    for (a, want) in [
+        (attempt(WhatsApp, Interrupted, None), vec![Sms]),
+        (attempt(WhatsApp, Unknown, None), vec![Sms]),
+        (attempt(WhatsApp, FallBack, None), vec![Sms]),
+        (
+            attempt(WhatsApp, Accepted, Some(ReceiptKind::Failed)),
+            vec![Sms],
+        ),
+        (attempt(WhatsApp, Retry, None), vec![WhatsApp, Sms]),
+        (attempt(WhatsApp, ChannelDown, None), vec![WhatsApp, Sms]),
+        (attempt(WhatsApp, Skipped, None), vec![WhatsApp, Sms]),
+        (attempt(Sms, Interrupted, None), vec![WhatsApp]),
+    ] {
+        let d = decide(&rules(), &input(&none, std::slice::from_ref(&a), BOTH_UP));
+        assert_eq!(channels(&d), want, "{a:?}");
+    }
+    // A pre-notice attempt says nothing about the code's channels.
+    let mut notice = attempt(Sms, Interrupted, None);
+    notice.purpose = AttemptPurpose::Prenotice;
+    assert_eq!(
+        channels(&decide(&rules(), &input(&none, &[notice], BOTH_UP))).len(),
+        2
+    );
+    for receipt in [None, Some(ReceiptKind::Sent), Some(ReceiptKind::Delivered)] {
+        let sent = [attempt(WhatsApp, Accepted, receipt)];
+        assert_eq!(
+            decide(&rules(), &input(&none, &sent, BOTH_UP)),
+            Decision::AlreadySent(WhatsApp)
+        );
+    }
+    let both = [
+        attempt(WhatsApp, FallBack, None),
+        attempt(Sms, Unknown, None),
+    ];
+    assert!(matches!(
+        decide(&rules(), &input(&none, &both, BOTH_UP)),
+        Decision::End(End::Fail(_))
+    ));
+}
+
+#[test]
+fn expiry_comes_first_and_wiped_content_fails_only_a_live_unsent_message() {
+    let r = RecipientInfo::default();
+    let mut i = input(&r, &[], BOTH_UP);
+    i.message.has_content = false;
+    i.now = Timestamp(300_000);
+    assert_eq!(decide(&rules(), &i), Decision::End(End::Expire));
+    i.now = Timestamp(0);
+    assert!(matches!(decide(&rules(), &i), Decision::End(End::Fail(_))));
+    let sent = [attempt(ChannelKind::Sms, AttemptEnd::Accepted, None)];
+    i.attempts = &sent;
+    assert_eq!(
+        decide(&rules(), &i),
+        Decision::AlreadySent(ChannelKind::Sms)
+    );
+}
+
+#[test]
+fn health_budgets_and_the_callers_restriction() {
+    let r = RecipientInfo::default();
+    let wa_down = [(ChannelKind::WhatsApp, false), (ChannelKind::Sms, true)];
+    let d = decide(&rules(), &input(&r, &[], &wa_down));
+    assert_eq!(channels(&d), vec![ChannelKind::Sms]);
+    assert!(!prenotice(&d), "no pre-notice when WhatsApp is not tried");
+    let all_down = [(ChannelKind::WhatsApp, false), (ChannelKind::Sms, false)];
+    assert!(matches!(
+        decide(&rules(), &input(&r, &[], &all_down)),
+        Decision::Wait {
+            retry_at: Timestamp(5000),
+            ..
+        }
+    ));
+    let mut late = input(&r, &[], &all_down);
+    late.now = Timestamp(298_000);
+    assert!(
+        matches!(
+            decide(&rules(), &late),
+            Decision::Wait {
+                retry_at: Timestamp(300_000),
+                ..
+            }
+        ),
+        "never waits past the lifetime"
+    );
+    let mut i = input(&r, &[], BOTH_UP);
+    i.now = Timestamp(296_000);
+    let Decision::Send { steps, .. } = decide(&rules(), &i) else {
+        unreachable!()
+    };
+    assert_eq!(
+        steps[0].budget,
+        Duration::from_secs(4),
+        "no more than the life left"
+    );
+    assert_eq!(steps[1].budget, Duration::from_secs(4));
+    let mut only = input(&r, &[], BOTH_UP);
+    only.message.only_channel = Some(ChannelKind::Sms);
+    assert_eq!(channels(&decide(&rules(), &only)), vec![ChannelKind::Sms]);
+    let sms_only = [(ChannelKind::Sms, true)];
+    assert_eq!(
+        channels(&decide(&rules(), &input(&r, &[], &sms_only))),
+        vec![ChannelKind::Sms]
+    );
+}
+
+#[test]
+fn admission_refuses_what_no_channel_may_carry() {
+    let india = ["IN".to_string()];
+    let wa = ["IN".to_string(), "ID".to_string()];
+    let r = Rules {
+        sms_countries: &india,
+        whatsapp_countries: &wa,
+        ..rules()
+    };
+    let ok = |r: &Rules<'_>, c, k| admit_by(r, Some(c), k, BOTH, None);
+    assert!(ok(&r, "IN", MessageKind::Code).is_ok());
+    assert!(
+        ok(&r, "ID", MessageKind::Code).is_ok(),
+        "WhatsApp may carry it"
+    );
+    assert_eq!(
+        ok(&r, "ID", MessageKind::Text).unwrap_err().code,
+        "country_not_allowed"
+    );
+    assert_eq!(
+        ok(&r, "DE", MessageKind::Code).unwrap_err().code,
+        "country_not_allowed"
+    );
+    let id_only = ["ID".to_string()];
+    let narrow = Rules {
+        client_countries: Some(&id_only),
+        ..r
+    };
+    let e = ok(&narrow, "IN", MessageKind::Code).unwrap_err();
+    assert!(
+        e.message.contains("client adfs may not send to IN"),
+        "{e:?}"
+    );
+    let e = admit_by(
+        &r,
+        Some("ID"),
+        MessageKind::Code,
+        BOTH,
+        Some(ChannelKind::Sms),
+    )
+    .unwrap_err();
+    assert!(e.message.contains("sms may not carry it"), "{e:?}");
+}
+
+/// One outcome of each class, with codes and reasons that must not matter to the verdict.
+fn outcomes() -> Vec<(&'static str, Outcome)> {
+    vec![
+        (
+            "accepted",
+            Outcome::Accepted {
+                provider_id: "p".into(),
+            },
+        ),
+        (
+            "not_on",
+            Outcome::FallBack {
+                code: Some("131026".into()),
+                reason: "r".into(),
+                not_on_channel: true,
+            },
+        ),
+        (
+            "fallback",
+            Outcome::FallBack {
+                code: None,
+                reason: "r".into(),
+                not_on_channel: false,
+            },
+        ),
+        (
+            "retry",
+            Outcome::Retry {
+                after: Duration::from_secs(30),
+                code: None,
+                reason: "r".into(),
+            },
+        ),
+        (
+            "down",
+            Outcome::ChannelDown {
+                code: None,
+                reason: "r".into(),
+            },
+        ),
+        (
+            "failed",
+            Outcome::Failed {
+                code: None,
+                reason: "bad number".into(),
+            },
+        ),
+        (
+            "unknown",
+            Outcome::Unknown {
+                reason: "timeout".into(),
+            },
+        ),
+    ]
+}
+
+/// A verdict in a few words, so the table below reads as a table.
+fn say(v: &Verdict) -> String {
+    let end = match &v.end {
+        None => "next".to_string(),
+        Some(End::Sent {
+            channel,
+            keep_content,
+        }) => format!("sent {channel}{}", if *keep_content { " keep" } else { "" }),
+        Some(End::Requeue { at, .. }) => format!("requeue {}", at.0),
+        Some(End::Expire) => "expire".into(),
+        Some(End::Fail(_)) => "fail".into(),
+    };
+    let memo = if v.no_whatsapp_until.is_some() {
+        " +memo"
+    } else {
+        ""
+    };
+    format!("{end}{memo} {}", v.fallback.unwrap_or("-"))
+}
+
+#[test]
+fn every_outcome_on_every_step_has_one_meaning() {
+    use ChannelKind::*;
+    // (outcome, channel, another step follows) -> verdict. Now = 10 s, expiry = 300 s.
+    let table: &[(&str, ChannelKind, bool, &str)] = &[
+        ("accepted", WhatsApp, true, "sent whatsapp keep -"),
+        ("accepted", WhatsApp, false, "sent whatsapp -"),
+        ("accepted", Sms, false, "sent sms -"),
+        ("not_on", WhatsApp, true, "next +memo not_on_whatsapp"),
+        ("not_on", WhatsApp, false, "fail +memo -"),
+        ("not_on", Sms, true, "next recipient_unreachable"),
+        ("fallback", WhatsApp, true, "next recipient_unreachable"),
+        ("fallback", Sms, false, "fail -"),
+        ("retry", WhatsApp, true, "next retry_exhausted"),
+        ("retry", Sms, false, "requeue 40000 -"),
+        ("down", WhatsApp, true, "next channel_down"),
+        ("down", Sms, false, "requeue 15000 -"),
+        ("failed", WhatsApp, true, "fail -"),
+        ("failed", Sms, false, "fail -"),
+        ("unknown", WhatsApp, true, "next unknown_outcome"),
+        ("unknown", Sms, false, "fail -"),
+    ];
+    let all = outcomes();
+    for (name, ch, more, want) in table {
+        let outcome = &all.iter().find(|(n, _)| n == name).unwrap().1;
+        let a = Attempted {
+            channel: *ch,
+            more: *more,
+            kind: MessageKind::Code,
+            expires_at: Timestamp(300_000),
+        };
+        let v = after_attempt(&rules(), a, outcome, Timestamp(10_000));
+        assert_eq!(say(&v), *want, "{name} on {ch}, more = {more}");
+    }
+    // Every outcome class appears in the table on a last and a non-last step.
+    for (name, _) in &all {
+        for more in [true, false] {
+            assert!(
+                table.iter().any(|(n, _, m, _)| n == name && *m == more),
+                "{name} more={more} missing from the table"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_lifetime_bounds_every_verdict() {
+    let all = outcomes();
+    let near = |more| Attempted {
+        channel: ChannelKind::Sms,
+        more,
+        kind: MessageKind::Code,
+        expires_at: Timestamp(300_000),
+    };
+    let verdict = |name: &str, more, now| {
+        let o = &all.iter().find(|(n, _)| *n == name).unwrap().1;
+        say(&after_attempt(&rules(), near(more), o, Timestamp(now)))
+    };
+    // A retry or a wait that would land past the expiry expires instead.
+    assert_eq!(verdict("retry", false, 280_000), "expire -");
+    assert_eq!(verdict("down", false, 296_000), "expire -");
+    assert_eq!(verdict("down", false, 294_000), "requeue 299000 -");
+    // Moving on with no life left expires rather than starting another channel.
+    for name in ["fallback", "retry", "down", "unknown"] {
+        assert_eq!(verdict(name, true, 300_000), "expire -", "{name}");
+    }
+    // Text is never kept for a later channel: only a code can fall back after acceptance.
+    let text = Attempted {
+        kind: MessageKind::Text,
+        ..near(true)
+    };
+    let v = after_attempt(&rules(), text, &all[0].1, Timestamp(0));
+    assert_eq!(say(&v), "sent sms -");
+}
+
+#[test]
+fn receipts_fall_back_only_for_a_fresh_failure_of_a_live_sent_message() {
+    use MessageState as S;
+    use ReceiptKind as K;
+    let r = |kind, changed, state, expires_at| AfterReceipt {
+        channel: ChannelKind::WhatsApp,
+        kind,
+        changed,
+        state,
+        expires_at: Timestamp(expires_at),
+    };
+    let now = Timestamp(1_000);
+    assert_eq!(
+        after_receipt(r(K::Failed, true, S::Sent, 2_000), now),
+        ReceiptVerdict::FallBackNow {
+            reason: "whatsapp reported the send as failed".into()
+        }
+    );
+    let nothing = [
+        r(K::Failed, false, S::Sent, 2_000),     // a repeated receipt
+        r(K::Failed, true, S::Sent, 1_000),      // the code is dead
+        r(K::Failed, true, S::Delivered, 2_000), // already delivered
+        r(K::Failed, true, S::Queued, 2_000),    // already falling back
+        r(K::Failed, true, S::Failed, 2_000),
+        r(K::Delivered, true, S::Delivered, 2_000),
+        r(K::Read, true, S::Delivered, 2_000),
+        r(K::Sent, true, S::Sent, 2_000),
+        r(K::Pending, true, S::Sent, 2_000),
+    ];
+    for x in nothing {
+        assert_eq!(after_receipt(x, now), ReceiptVerdict::Nothing, "{x:?}");
+    }
+}
