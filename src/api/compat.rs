@@ -1,7 +1,7 @@
 //! Compatibility front doors for identity systems that already have a "send SMS over HTTP"
 //! setting: Kannel's `/cgi-bin/sendsms` (exact reply strings) and a generic `/v1/sms` that
 //! takes the field names and auth styles privacyIDEA, LinOTP, Authentik, multiOTP, Keycloak
-//! plugins and ADSelfService Plus send by default. Both hand the text to [`v1::accept`], so
+//! plugins and ADSelfService Plus send by default. Both hand the text to [`super::submit`], so
 //! limits, policy and durability are the same as the native API's.
 
 use std::collections::HashMap;
@@ -11,11 +11,12 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use super::auth::{self, Credentials};
+use super::decode::url_pairs;
 use super::error::ApiError;
 use super::listener::ConnInfo;
-use super::v1::{self, Accepted, Submission};
+use super::submit::{self, Accepted, Intake, Submission};
 use super::{App, Resp, json_response, read_body, retry_after_secs, text_response};
-use crate::config::ClientConfig;
+use crate::config::Config;
 
 /// Kannel's reply strings, byte for byte.
 pub mod kannel_reply {
@@ -35,20 +36,19 @@ pub mod kannel_reply {
 /// stored, so a bad one refuses the whole request and changes nothing, and no number is
 /// parsed twice (parsing is the costliest step of an accept).
 async fn accept_each(
-    app: &App,
-    client: &ClientConfig,
+    intake: Intake<'_>,
     numbers: Vec<String>,
     content: &crate::channel::Content,
     ttl: std::time::Duration,
 ) -> Result<Vec<String>, ApiError> {
     let prepared = numbers
         .into_iter()
-        .map(|to| v1::prepare(app, client, Submission::plain(to, content.clone(), ttl)))
+        .map(|to| intake.prepare(Submission::plain(to, content.clone(), ttl)))
         .collect::<Result<Vec<_>, _>>()?;
     let mut ids = Vec::new();
     for p in prepared {
-        let r = app.store.insert(p.message, p.limits).await;
-        match v1::stored(app, client, r)? {
+        let r = intake.app.store.insert(p.message, p.limits).await;
+        match intake.stored(r)? {
             Accepted::New(m) | Accepted::Repeat(m) => ids.push(m.id),
         }
     }
@@ -77,8 +77,7 @@ fn kannel_text(status: StatusCode, body: &str) -> Resp {
 }
 
 /// `/cgi-bin/sendsms` (GET with a query, POST as a form or as text/plain with X-Kannel-* headers).
-pub async fn kannel(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Resp {
-    let cfg = app.live.get();
+pub async fn kannel(app: &App, cfg: &Config, req: Request<Incoming>, conn: ConnInfo) -> Resp {
     let method = req.method().clone();
     if method != Method::GET && method != Method::POST {
         return kannel_text(StatusCode::METHOD_NOT_ALLOWED, "Unsupported method");
@@ -122,7 +121,7 @@ pub async fn kannel(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Resp {
         secret: pass.into(),
     };
     let client = match auth::authenticate(&cfg.clients, Some(&creds), conn.remote.ip(), true) {
-        Ok(c) => c.clone(),
+        Ok(c) => c,
         Err(e) => {
             tracing::info!(remote = %conn.remote, reason = ?e, "kannel: authorization failed");
             app.metrics.reject("unauthorized");
@@ -143,7 +142,7 @@ pub async fn kannel(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Resp {
     let ttl_seconds = first(&params, &["validity"])
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(|m| m.saturating_mul(60).min(cfg.otp.max_ttl.as_secs()));
-    let ttl = match v1::ttl_of(&cfg, ttl_seconds) {
+    let ttl = match submit::ttl_of(cfg, ttl_seconds) {
         Ok(t) => t,
         Err(e) => {
             return kannel_text(
@@ -152,7 +151,7 @@ pub async fn kannel(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Resp {
             );
         }
     };
-    let (content, _) = match v1::build_content(&cfg, None, Some(text), None, ttl) {
+    let (content, _) = match submit::build_content(cfg, None, Some(text), None, ttl) {
         Ok(c) => c,
         Err(e) => {
             app.metrics.reject(e.code);
@@ -162,7 +161,8 @@ pub async fn kannel(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Resp {
             );
         }
     };
-    let ids = match accept_each(app, &client, receivers, &content, ttl).await {
+    let intake = Intake { app, cfg, client };
+    let ids = match accept_each(intake, receivers, &content, ttl).await {
         Ok(ids) => ids,
         Err(e) => {
             app.metrics.reject(e.code);
@@ -218,13 +218,13 @@ fn value_strings(v: &serde_json::Value) -> Vec<String> {
 }
 
 /// The generic HTTP SMS provider endpoint `/v1/sms`.
-pub async fn generic(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Resp {
+pub async fn generic(app: &App, cfg: &Config, req: Request<Incoming>, conn: ConnInfo) -> Resp {
     let wants_json = req
         .headers()
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/json"));
-    let (json_reply, result) = generic_inner(app, req, conn).await;
+    let (json_reply, result) = generic_inner(app, cfg, req, conn).await;
     let json_reply = json_reply || wants_json;
     match result {
         Ok(ids) => {
@@ -274,15 +274,15 @@ pub async fn generic(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Resp 
 
 async fn generic_inner(
     app: &App,
+    cfg: &Config,
     req: Request<Incoming>,
     conn: ConnInfo,
 ) -> (bool, Result<Vec<String>, ApiError>) {
-    let cfg = app.live.get();
     let method = req.method().clone();
     if method != Method::GET && method != Method::POST {
         return (false, Err(ApiError::method_not_allowed("GET, POST")));
     }
-    let query: Vec<(String, String)> = req.uri().query().map(v1::url_pairs).unwrap_or_default();
+    let query: Vec<(String, String)> = req.uri().query().map(url_pairs).unwrap_or_default();
     let (parts, body) = match read_body(req, cfg.server.max_body_bytes).await {
         Ok(x) => x,
         Err(e) => return (false, Err(e)),
@@ -328,7 +328,7 @@ async fn generic_inner(
                 }
             }
         } else if ctype.starts_with("application/x-www-form-urlencoded") || ctype.is_empty() {
-            for (k, v) in v1::url_pairs(&String::from_utf8_lossy(&body)) {
+            for (k, v) in url_pairs(&String::from_utf8_lossy(&body)) {
                 fields.entry(k).or_default().push(v);
             }
         } else {
@@ -356,13 +356,8 @@ async fn generic_inner(
                 _ => None,
             },
         );
-    let client: ClientConfig = match auth::authenticate(
-        &cfg.clients,
-        creds.as_ref(),
-        conn.remote.ip(),
-        true,
-    ) {
-        Ok(c) => c.clone(),
+    let client = match auth::authenticate(&cfg.clients, creds.as_ref(), conn.remote.ip(), true) {
+        Ok(c) => c,
         Err(auth::AuthError::AddressNotAllowed) => return (is_json, Err(ApiError::forbidden())),
         Err(e) => {
             tracing::info!(remote = %conn.remote, reason = ?e, "generic sms: authentication failed");
@@ -397,12 +392,12 @@ async fn generic_inner(
         );
     };
     let ttl = cfg.otp.default_ttl;
-    let (content, why) = match v1::build_content(&cfg, None, Some(text), None, ttl) {
+    let (content, why) = match submit::build_content(cfg, None, Some(text), None, ttl) {
         Ok(c) => c,
         Err(e) => return (is_json, Err(e)),
     };
     if let Some(why) = why {
-        tracing::info!(client = %client.name, reason = why, "text holds no single code; SMS only");
+        tracing::info!(client = %client.name, reason = %why, "text holds no single code; SMS only");
     }
     if numbers.len() > 10 {
         return (
@@ -414,7 +409,7 @@ async fn generic_inner(
             )),
         );
     }
-    match accept_each(app, &client, numbers, &content, ttl).await {
+    match accept_each(Intake { app, cfg, client }, numbers, &content, ttl).await {
         Ok(ids) => (is_json, Ok(ids)),
         Err(mut e) => {
             if e.status == StatusCode::TOO_MANY_REQUESTS && e.retry_after.is_none() {
