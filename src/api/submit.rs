@@ -347,12 +347,74 @@ mod tests {
         assert_eq!(&a[4..16], &format!("{:012x}", t.0));
     }
 
+    fn cfg() -> (tempfile::TempDir, Config) {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("otpgate.toml");
+        std::fs::write(
+            &main,
+            "[otp]\ndefault_country = \"IN\"\norg = \"ACME\"\nsms_text = \"{code} is your {org} code\"\n\
+             [otp.sms_text_locales]\nhi = \"{code} hi\"\npt_br = \"{code} pt\"\n",
+        )
+        .unwrap();
+        let c = crate::config::load(&crate::config::Sources {
+            main,
+            env: Default::default(),
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        (dir, c)
+    }
+
+    fn sms_text(c: &Config, locale: Option<&str>) -> String {
+        let ttl = Duration::from_secs(300);
+        match build_content(c, Some("4711".into()), None, locale, ttl).unwrap() {
+            (Content::Code { sms_text, .. }, None) => sms_text,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sms_texts_follow_the_locale_rule_whatsapp_uses() {
+        let (_dir, c) = cfg();
+        assert_eq!(sms_text(&c, None), "4711 is your ACME code");
+        assert_eq!(sms_text(&c, Some("hi")), "4711 hi");
+        // Upper case and region subtags fall back as the template language does.
+        assert_eq!(sms_text(&c, Some("HI-IN")), "4711 hi");
+        assert_eq!(sms_text(&c, Some("pt_BR")), "4711 pt");
+        assert_eq!(sms_text(&c, Some("id")), "4711 is your ACME code");
+    }
+
+    #[test]
+    fn a_text_rides_whatsapp_only_with_one_code_in_it() {
+        let (_dir, c) = cfg();
+        let ttl = Duration::from_secs(300);
+        let text = |t: &str| build_content(&c, None, Some(t.into()), None, ttl).unwrap();
+        match text("Your code is 123456") {
+            (Content::Code { code, sms_text }, None) => {
+                assert_eq!(
+                    (code.as_str(), sms_text.as_str()),
+                    ("123456", "Your code is 123456")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            text("Code 123456 or 654321"),
+            (Content::Text(_), Some(ExtractError::Ambiguous))
+        ));
+        assert!(build_content(&c, Some("1".into()), Some("1".into()), None, ttl).is_err());
+        assert!(build_content(&c, None, None, None, ttl).is_err());
+    }
+
     #[test]
     fn codes_are_checked_against_the_one_length_limit() {
         assert!(check_code(&"7".repeat(MAX_CODE_LEN)).is_ok());
         let e = check_code(&"7".repeat(MAX_CODE_LEN + 1)).unwrap_err();
         assert_eq!(e.code, "invalid_code");
-        assert!(e.message.contains(&MAX_CODE_LEN.to_string()), "{}", e.message);
+        assert!(
+            e.message.contains(&MAX_CODE_LEN.to_string()),
+            "{}",
+            e.message
+        );
         assert!(check_code("").is_err());
         assert!(check_code("12 34").is_err());
     }
