@@ -76,11 +76,18 @@ fn kannel_text(status: StatusCode, body: &str) -> Resp {
     text_response(status, body)
 }
 
-/// `/cgi-bin/sendsms` (GET with a query, POST as a form or as text/plain with X-Kannel-* headers).
-pub async fn kannel(app: &App, cfg: &Config, req: Request<Incoming>, conn: ConnInfo) -> Resp {
+/// Kannel's parameters from the query, and from a POST's form or its text/plain body with
+/// X-Kannel-* headers; the refusal, in Kannel's words, when there are none to read.
+async fn kannel_params(
+    cfg: &Config,
+    req: Request<Incoming>,
+) -> Result<HashMap<String, String>, Resp> {
     let method = req.method().clone();
     if method != Method::GET && method != Method::POST {
-        return kannel_text(StatusCode::METHOD_NOT_ALLOWED, "Unsupported method");
+        return Err(kannel_text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Unsupported method",
+        ));
     }
     let query = req
         .uri()
@@ -89,7 +96,7 @@ pub async fn kannel(app: &App, cfg: &Config, req: Request<Incoming>, conn: ConnI
         .unwrap_or_default();
     let (parts, body) = match read_body(req, cfg.server.max_body_bytes).await {
         Ok(x) => x,
-        Err(e) => return kannel_text(e.status, &e.message),
+        Err(e) => return Err(kannel_text(e.status, &e.message)),
     };
     let mut params = query;
     let ctype = header_str(&parts, "content-type")
@@ -114,6 +121,34 @@ pub async fn kannel(app: &App, cfg: &Config, req: Request<Incoming>, conn: ConnI
             params.insert("text".into(), String::from_utf8_lossy(&body).into_owned());
         }
     }
+    Ok(params)
+}
+
+/// A refusal from the submit pipeline in Kannel's words: only a bad number and a refused
+/// country are final for Kannel's callers, everything else is worth a retry.
+fn kannel_refusal(e: &ApiError) -> Resp {
+    let mut r = match e.code {
+        "invalid_phone_number" => kannel_text(
+            StatusCode::BAD_REQUEST,
+            &format!("Invalid receiver number, rejected ({})", e.message),
+        ),
+        "country_not_allowed" => kannel_text(StatusCode::FORBIDDEN, kannel_reply::NOT_ROUTABLE),
+        _ => kannel_text(StatusCode::SERVICE_UNAVAILABLE, kannel_reply::TEMPORAL),
+    };
+    if let Some(s) = e.retry_after
+        && let Ok(v) = http::HeaderValue::from_str(&s.to_string())
+    {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+/// `/cgi-bin/sendsms` (GET with a query, POST as a form or as text/plain with X-Kannel-* headers).
+pub async fn kannel(app: &App, cfg: &Config, req: Request<Incoming>, conn: ConnInfo) -> Resp {
+    let params = match kannel_params(cfg, req).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let user = first(&params, &["username", "user"]).unwrap_or("");
     let pass = first(&params, &["password", "pass"]).unwrap_or("");
     let creds = Credentials::Pair {
@@ -166,22 +201,7 @@ pub async fn kannel(app: &App, cfg: &Config, req: Request<Incoming>, conn: ConnI
         Ok(ids) => ids,
         Err(e) => {
             app.metrics.reject(e.code);
-            let mut r = match e.code {
-                "invalid_phone_number" => kannel_text(
-                    StatusCode::BAD_REQUEST,
-                    &format!("Invalid receiver number, rejected ({})", e.message),
-                ),
-                "country_not_allowed" => {
-                    kannel_text(StatusCode::FORBIDDEN, kannel_reply::NOT_ROUTABLE)
-                }
-                _ => kannel_text(StatusCode::SERVICE_UNAVAILABLE, kannel_reply::TEMPORAL),
-            };
-            if let Some(s) = e.retry_after
-                && let Ok(v) = http::HeaderValue::from_str(&s.to_string())
-            {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            return r;
+            return kannel_refusal(&e);
         }
     };
     let mut r = kannel_text(StatusCode::ACCEPTED, kannel_reply::ACCEPTED);
@@ -272,20 +292,24 @@ pub async fn generic(app: &App, cfg: &Config, req: Request<Incoming>, conn: Conn
     }
 }
 
-async fn generic_inner(
-    app: &App,
+/// Every field of a generic request as a list of strings, from the query and a POST's form
+/// or JSON body.
+type Fields = HashMap<String, Vec<String>>;
+
+/// Reads a generic request: its head, whether the caller spoke JSON, and its fields. On a
+/// refusal, whether to answer it in JSON.
+async fn generic_fields(
     cfg: &Config,
     req: Request<Incoming>,
-    conn: ConnInfo,
-) -> (bool, Result<Vec<String>, ApiError>) {
+) -> Result<(http::request::Parts, bool, Fields), (bool, ApiError)> {
     let method = req.method().clone();
     if method != Method::GET && method != Method::POST {
-        return (false, Err(ApiError::method_not_allowed("GET, POST")));
+        return Err((false, ApiError::method_not_allowed("GET, POST")));
     }
     let query: Vec<(String, String)> = req.uri().query().map(url_pairs).unwrap_or_default();
     let (parts, body) = match read_body(req, cfg.server.max_body_bytes).await {
         Ok(x) => x,
-        Err(e) => return (false, Err(e)),
+        Err(e) => return Err((false, e)),
     };
     let ctype = header_str(&parts, "content-type")
         .unwrap_or("")
@@ -294,7 +318,7 @@ async fn generic_inner(
         && (ctype.starts_with("application/json")
             || (ctype.is_empty() && body.first() == Some(&b'{')));
     // Every field as a list of strings: JSON arrays of numbers arrive as several values.
-    let mut fields: HashMap<String, Vec<String>> = HashMap::new();
+    let mut fields = Fields::new();
     for (k, v) in query {
         fields.entry(k).or_default().push(v);
     }
@@ -307,24 +331,24 @@ async fn generic_inner(
                     }
                 }
                 Ok(_) => {
-                    return (
+                    return Err((
                         true,
-                        Err(ApiError::new(
+                        ApiError::new(
                             StatusCode::BAD_REQUEST,
                             "invalid_json",
                             "the JSON body must be an object",
-                        )),
-                    );
+                        ),
+                    ));
                 }
                 Err(_) => {
-                    return (
+                    return Err((
                         true,
-                        Err(ApiError::new(
+                        ApiError::new(
                             StatusCode::BAD_REQUEST,
                             "invalid_json",
                             "the body is not valid JSON",
-                        )),
-                    );
+                        ),
+                    ));
                 }
             }
         } else if ctype.starts_with("application/x-www-form-urlencoded") || ctype.is_empty() {
@@ -332,16 +356,29 @@ async fn generic_inner(
                 fields.entry(k).or_default().push(v);
             }
         } else {
-            return (
+            return Err((
                 false,
-                Err(ApiError::new(
+                ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "unsupported_media_type",
                     "send a query string, a form or JSON",
-                )),
-            );
+                ),
+            ));
         }
     }
+    Ok((parts, is_json, fields))
+}
+
+async fn generic_inner(
+    app: &App,
+    cfg: &Config,
+    req: Request<Incoming>,
+    conn: ConnInfo,
+) -> (bool, Result<Vec<String>, ApiError>) {
+    let (parts, is_json, fields) = match generic_fields(cfg, req).await {
+        Ok(x) => x,
+        Err((is_json, e)) => return (is_json, Err(e)),
+    };
     let one = |names: &[&str]| {
         names
             .iter()
