@@ -11,6 +11,7 @@
 //! | config files, layering, validation, `check-config` summary | [`config`] |
 //! | secrets from files / systemd credentials, masked Debug | [`secret`] |
 //! | phone numbers to E.164, country of a number, libphonenumber validity | [`phone`] |
+//! | SMS text of a code, code found in a text, code length limit, locale fallback | [`content`] |
 //! | SQLite outbox: schema and migrations | [`store::schema`] |
 //! | single writer with group commit, checkpointer thread, limit counting; reads | [`store`] |
 //! | `[limits]` counting: recent sends per key in the writer's memory (`src/store/recent.rs`) | `store::recent` |
@@ -41,6 +42,7 @@ pub mod api;
 pub mod channel;
 pub mod clock;
 pub mod config;
+pub mod content;
 pub mod daemon;
 pub mod demo;
 pub mod dispatch;

@@ -24,6 +24,13 @@ impl Number {
     }
 }
 
+/// The digits of a stored E.164 number without its '+', as WhatsApp's `to` wants them; `None`
+/// when anything but digits is left (a row that did not come through [`parse`]).
+pub fn digits_of_e164(e164: &str) -> Option<&str> {
+    let digits = e164.strip_prefix('+').unwrap_or(e164);
+    (!digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit())).then_some(digits)
+}
+
 /// Why a number was refused; safe to show to the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PhoneError {
@@ -371,6 +378,10 @@ mod tests {
             assert_eq!(n.e164, "+919876543210", "{input}");
             assert_eq!(n.country.as_deref(), Some("IN"));
             assert_eq!(n.digits(), "919876543210");
+            assert_eq!(digits_of_e164(&n.e164), Some("919876543210"));
+        }
+        for stored in ["", "+", "+91 98765", "+91a"] {
+            assert_eq!(digits_of_e164(stored), None, "{stored}");
         }
     }
 

@@ -1,7 +1,7 @@
 //! Compatibility front doors for identity systems that already have a "send SMS over HTTP"
 //! setting: Kannel's `/cgi-bin/sendsms` (exact reply strings) and a generic `/v1/sms` that
 //! takes the field names and auth styles privacyIDEA, LinOTP, Authentik, multiOTP, Keycloak
-//! plugins and ADSelfService Plus send by default. Both hand the text to [`v1::accept`], so
+//! plugins and ADSelfService Plus send by default. Both hand the text to [`super::submit`], so
 //! limits, policy and durability are the same as the native API's.
 
 use std::collections::HashMap;
@@ -11,11 +11,12 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use super::auth::{self, Credentials};
+use super::decode::url_pairs;
 use super::error::ApiError;
 use super::listener::ConnInfo;
-use super::v1::{self, Accepted, Submission};
+use super::submit::{self, Accepted, Intake, Submission};
 use super::{App, Resp, json_response, read_body, retry_after_secs, text_response};
-use crate::config::ClientConfig;
+use crate::config::Config;
 
 /// Kannel's reply strings, byte for byte.
 pub mod kannel_reply {
@@ -35,20 +36,19 @@ pub mod kannel_reply {
 /// stored, so a bad one refuses the whole request and changes nothing, and no number is
 /// parsed twice (parsing is the costliest step of an accept).
 async fn accept_each(
-    app: &App,
-    client: &ClientConfig,
+    intake: Intake<'_>,
     numbers: Vec<String>,
     content: &crate::channel::Content,
     ttl: std::time::Duration,
 ) -> Result<Vec<String>, ApiError> {
     let prepared = numbers
         .into_iter()
-        .map(|to| v1::prepare(app, client, Submission::plain(to, content.clone(), ttl)))
+        .map(|to| intake.prepare(Submission::plain(to, content.clone(), ttl)))
         .collect::<Result<Vec<_>, _>>()?;
     let mut ids = Vec::new();
     for p in prepared {
-        let r = app.store.insert(p.message, p.limits).await;
-        match v1::stored(app, client, r)? {
+        let r = intake.app.store.insert(p.message, p.limits).await;
+        match intake.stored(r)? {
             Accepted::New(m) | Accepted::Repeat(m) => ids.push(m.id),
         }
     }
@@ -76,12 +76,18 @@ fn kannel_text(status: StatusCode, body: &str) -> Resp {
     text_response(status, body)
 }
 
-/// `/cgi-bin/sendsms` (GET with a query, POST as a form or as text/plain with X-Kannel-* headers).
-pub async fn kannel(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Resp {
-    let cfg = app.live.get();
+/// Kannel's parameters from the query, and from a POST's form or its text/plain body with
+/// X-Kannel-* headers; the refusal, in Kannel's words, when there are none to read.
+async fn kannel_params(
+    cfg: &Config,
+    req: Request<Incoming>,
+) -> Result<HashMap<String, String>, Resp> {
     let method = req.method().clone();
     if method != Method::GET && method != Method::POST {
-        return kannel_text(StatusCode::METHOD_NOT_ALLOWED, "Unsupported method");
+        return Err(kannel_text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "Unsupported method",
+        ));
     }
     let query = req
         .uri()
@@ -90,7 +96,7 @@ pub async fn kannel(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Resp {
         .unwrap_or_default();
     let (parts, body) = match read_body(req, cfg.server.max_body_bytes).await {
         Ok(x) => x,
-        Err(e) => return kannel_text(e.status, &e.message),
+        Err(e) => return Err(kannel_text(e.status, &e.message)),
     };
     let mut params = query;
     let ctype = header_str(&parts, "content-type")
@@ -115,6 +121,34 @@ pub async fn kannel(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Resp {
             params.insert("text".into(), String::from_utf8_lossy(&body).into_owned());
         }
     }
+    Ok(params)
+}
+
+/// A refusal from the submit pipeline in Kannel's words: only a bad number and a refused
+/// country are final for Kannel's callers, everything else is worth a retry.
+fn kannel_refusal(e: &ApiError) -> Resp {
+    let mut r = match e.code {
+        "invalid_phone_number" => kannel_text(
+            StatusCode::BAD_REQUEST,
+            &format!("Invalid receiver number, rejected ({})", e.message),
+        ),
+        "country_not_allowed" => kannel_text(StatusCode::FORBIDDEN, kannel_reply::NOT_ROUTABLE),
+        _ => kannel_text(StatusCode::SERVICE_UNAVAILABLE, kannel_reply::TEMPORAL),
+    };
+    if let Some(s) = e.retry_after
+        && let Ok(v) = http::HeaderValue::from_str(&s.to_string())
+    {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+/// `/cgi-bin/sendsms` (GET with a query, POST as a form or as text/plain with X-Kannel-* headers).
+pub async fn kannel(app: &App, cfg: &Config, req: Request<Incoming>, conn: ConnInfo) -> Resp {
+    let params = match kannel_params(cfg, req).await {
+        Ok(p) => p,
+        Err(r) => return r,
+    };
     let user = first(&params, &["username", "user"]).unwrap_or("");
     let pass = first(&params, &["password", "pass"]).unwrap_or("");
     let creds = Credentials::Pair {
@@ -122,7 +156,7 @@ pub async fn kannel(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Resp {
         secret: pass.into(),
     };
     let client = match auth::authenticate(&cfg.clients, Some(&creds), conn.remote.ip(), true) {
-        Ok(c) => c.clone(),
+        Ok(c) => c,
         Err(e) => {
             tracing::info!(remote = %conn.remote, reason = ?e, "kannel: authorization failed");
             app.metrics.reject("unauthorized");
@@ -143,7 +177,7 @@ pub async fn kannel(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Resp {
     let ttl_seconds = first(&params, &["validity"])
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(|m| m.saturating_mul(60).min(cfg.otp.max_ttl.as_secs()));
-    let ttl = match v1::ttl_of(&cfg, ttl_seconds) {
+    let ttl = match submit::ttl_of(cfg, ttl_seconds) {
         Ok(t) => t,
         Err(e) => {
             return kannel_text(
@@ -152,7 +186,7 @@ pub async fn kannel(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Resp {
             );
         }
     };
-    let (content, _) = match v1::build_content(&cfg, None, Some(text), None, ttl) {
+    let (content, _) = match submit::build_content(cfg, None, Some(text), None, ttl) {
         Ok(c) => c,
         Err(e) => {
             app.metrics.reject(e.code);
@@ -162,26 +196,12 @@ pub async fn kannel(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Resp {
             );
         }
     };
-    let ids = match accept_each(app, &client, receivers, &content, ttl).await {
+    let intake = Intake { app, cfg, client };
+    let ids = match accept_each(intake, receivers, &content, ttl).await {
         Ok(ids) => ids,
         Err(e) => {
             app.metrics.reject(e.code);
-            let mut r = match e.code {
-                "invalid_phone_number" => kannel_text(
-                    StatusCode::BAD_REQUEST,
-                    &format!("Invalid receiver number, rejected ({})", e.message),
-                ),
-                "country_not_allowed" => {
-                    kannel_text(StatusCode::FORBIDDEN, kannel_reply::NOT_ROUTABLE)
-                }
-                _ => kannel_text(StatusCode::SERVICE_UNAVAILABLE, kannel_reply::TEMPORAL),
-            };
-            if let Some(s) = e.retry_after
-                && let Ok(v) = http::HeaderValue::from_str(&s.to_string())
-            {
-                r.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            return r;
+            return kannel_refusal(&e);
         }
     };
     let mut r = kannel_text(StatusCode::ACCEPTED, kannel_reply::ACCEPTED);
@@ -218,13 +238,13 @@ fn value_strings(v: &serde_json::Value) -> Vec<String> {
 }
 
 /// The generic HTTP SMS provider endpoint `/v1/sms`.
-pub async fn generic(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Resp {
+pub async fn generic(app: &App, cfg: &Config, req: Request<Incoming>, conn: ConnInfo) -> Resp {
     let wants_json = req
         .headers()
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/json"));
-    let (json_reply, result) = generic_inner(app, req, conn).await;
+    let (json_reply, result) = generic_inner(app, cfg, req, conn).await;
     let json_reply = json_reply || wants_json;
     match result {
         Ok(ids) => {
@@ -272,20 +292,24 @@ pub async fn generic(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Resp 
     }
 }
 
-async fn generic_inner(
-    app: &App,
+/// Every field of a generic request as a list of strings, from the query and a POST's form
+/// or JSON body.
+type Fields = HashMap<String, Vec<String>>;
+
+/// Reads a generic request: its head, whether the caller spoke JSON, and its fields. On a
+/// refusal, whether to answer it in JSON.
+async fn generic_fields(
+    cfg: &Config,
     req: Request<Incoming>,
-    conn: ConnInfo,
-) -> (bool, Result<Vec<String>, ApiError>) {
-    let cfg = app.live.get();
+) -> Result<(http::request::Parts, bool, Fields), (bool, ApiError)> {
     let method = req.method().clone();
     if method != Method::GET && method != Method::POST {
-        return (false, Err(ApiError::method_not_allowed("GET, POST")));
+        return Err((false, ApiError::method_not_allowed("GET, POST")));
     }
-    let query: Vec<(String, String)> = req.uri().query().map(v1::url_pairs).unwrap_or_default();
+    let query: Vec<(String, String)> = req.uri().query().map(url_pairs).unwrap_or_default();
     let (parts, body) = match read_body(req, cfg.server.max_body_bytes).await {
         Ok(x) => x,
-        Err(e) => return (false, Err(e)),
+        Err(e) => return Err((false, e)),
     };
     let ctype = header_str(&parts, "content-type")
         .unwrap_or("")
@@ -294,7 +318,7 @@ async fn generic_inner(
         && (ctype.starts_with("application/json")
             || (ctype.is_empty() && body.first() == Some(&b'{')));
     // Every field as a list of strings: JSON arrays of numbers arrive as several values.
-    let mut fields: HashMap<String, Vec<String>> = HashMap::new();
+    let mut fields = Fields::new();
     for (k, v) in query {
         fields.entry(k).or_default().push(v);
     }
@@ -307,41 +331,54 @@ async fn generic_inner(
                     }
                 }
                 Ok(_) => {
-                    return (
+                    return Err((
                         true,
-                        Err(ApiError::new(
+                        ApiError::new(
                             StatusCode::BAD_REQUEST,
                             "invalid_json",
                             "the JSON body must be an object",
-                        )),
-                    );
+                        ),
+                    ));
                 }
                 Err(_) => {
-                    return (
+                    return Err((
                         true,
-                        Err(ApiError::new(
+                        ApiError::new(
                             StatusCode::BAD_REQUEST,
                             "invalid_json",
                             "the body is not valid JSON",
-                        )),
-                    );
+                        ),
+                    ));
                 }
             }
         } else if ctype.starts_with("application/x-www-form-urlencoded") || ctype.is_empty() {
-            for (k, v) in v1::url_pairs(&String::from_utf8_lossy(&body)) {
+            for (k, v) in url_pairs(&String::from_utf8_lossy(&body)) {
                 fields.entry(k).or_default().push(v);
             }
         } else {
-            return (
+            return Err((
                 false,
-                Err(ApiError::new(
+                ApiError::new(
                     StatusCode::UNSUPPORTED_MEDIA_TYPE,
                     "unsupported_media_type",
                     "send a query string, a form or JSON",
-                )),
-            );
+                ),
+            ));
         }
     }
+    Ok((parts, is_json, fields))
+}
+
+async fn generic_inner(
+    app: &App,
+    cfg: &Config,
+    req: Request<Incoming>,
+    conn: ConnInfo,
+) -> (bool, Result<Vec<String>, ApiError>) {
+    let (parts, is_json, fields) = match generic_fields(cfg, req).await {
+        Ok(x) => x,
+        Err((is_json, e)) => return (is_json, Err(e)),
+    };
     let one = |names: &[&str]| {
         names
             .iter()
@@ -356,13 +393,8 @@ async fn generic_inner(
                 _ => None,
             },
         );
-    let client: ClientConfig = match auth::authenticate(
-        &cfg.clients,
-        creds.as_ref(),
-        conn.remote.ip(),
-        true,
-    ) {
-        Ok(c) => c.clone(),
+    let client = match auth::authenticate(&cfg.clients, creds.as_ref(), conn.remote.ip(), true) {
+        Ok(c) => c,
         Err(auth::AuthError::AddressNotAllowed) => return (is_json, Err(ApiError::forbidden())),
         Err(e) => {
             tracing::info!(remote = %conn.remote, reason = ?e, "generic sms: authentication failed");
@@ -397,12 +429,12 @@ async fn generic_inner(
         );
     };
     let ttl = cfg.otp.default_ttl;
-    let (content, why) = match v1::build_content(&cfg, None, Some(text), None, ttl) {
+    let (content, why) = match submit::build_content(cfg, None, Some(text), None, ttl) {
         Ok(c) => c,
         Err(e) => return (is_json, Err(e)),
     };
     if let Some(why) = why {
-        tracing::info!(client = %client.name, reason = why, "text holds no single code; SMS only");
+        tracing::info!(client = %client.name, reason = %why, "text holds no single code; SMS only");
     }
     if numbers.len() > 10 {
         return (
@@ -414,7 +446,7 @@ async fn generic_inner(
             )),
         );
     }
-    match accept_each(app, &client, numbers, &content, ttl).await {
+    match accept_each(Intake { app, cfg, client }, numbers, &content, ttl).await {
         Ok(ids) => (is_json, Ok(ids)),
         Err(mut e) => {
             if e.status == StatusCode::TOO_MANY_REQUESTS && e.retry_after.is_none() {

@@ -1,14 +1,20 @@
 //! The front doors, all on one hyper listener: the router here sends each request to its
 //! module. Every answer is built here, so the request timeout, body limit and JSON errors
-//! apply to every door alike.
+//! apply to every door alike, and each request reads one config snapshot, handed down.
+//!
+//! The doors ([`v1`], [`compat`], [`verify`]) only translate their protocol; accepting a
+//! message is [`submit`]'s, request decoding [`decode`]'s, the native API's JSON [`views`]'.
 
 pub mod auth;
 pub mod compat;
+pub mod decode;
 pub mod error;
 pub mod health;
 pub mod listener;
+pub mod submit;
 pub mod v1;
 pub mod verify;
+pub mod views;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +25,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::clock::SharedClock;
-use crate::config::{ClientConfig, Live};
+use crate::config::{ClientConfig, Config, Live};
 use crate::dispatch::Dispatcher;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -50,10 +56,13 @@ pub struct App {
 
 impl listener::Handler for App {
     async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Resp {
-        let timeout = self.live.get().server.request_timeout;
+        // The one read of the configuration for this request: a reload while it runs does
+        // not mix two configurations in one answer.
+        let cfg = self.live.get();
         // On the heap: the router's future is about 4 KB (the largest of all front doors),
         // and every layer above would otherwise copy it.
-        match tokio::time::timeout(timeout, Box::pin(self.route(req, conn))).await {
+        let route = Box::pin(self.route(&cfg, req, conn));
+        match tokio::time::timeout(cfg.server.request_timeout, route).await {
             Ok(r) => r,
             Err(_) => error_response(&ApiError::new(
                 StatusCode::REQUEST_TIMEOUT,
@@ -66,16 +75,14 @@ impl listener::Handler for App {
 
 impl App {
     /// The key for verification code hashes.
-    pub fn verify_key(&self) -> crate::secret::Secret {
-        self.live
-            .get()
-            .verify
+    pub fn verify_key(&self, cfg: &Config) -> crate::secret::Secret {
+        cfg.verify
             .key
             .clone()
             .unwrap_or_else(|| self.ephemeral_verify_key.clone())
     }
 
-    async fn route(&self, req: Request<Incoming>, conn: ConnInfo) -> Resp {
+    async fn route(&self, cfg: &Config, req: Request<Incoming>, conn: ConnInfo) -> Resp {
         let path = req.uri().path().to_owned();
         let method = req.method().clone();
         let result = match (path.as_str(), &method) {
@@ -83,19 +90,19 @@ impl App {
             ("/readyz", &Method::GET | &Method::HEAD) => Ok(health::readyz(self).await),
             ("/metrics", &Method::GET) => Ok(health::metrics(self).await),
             ("/healthz" | "/readyz" | "/metrics", _) => Err(ApiError::method_not_allowed("GET")),
-            ("/cgi-bin/sendsms", _) => Ok(compat::kannel(self, req, conn).await),
-            ("/v1/sms", _) => Ok(compat::generic(self, req, conn).await),
+            ("/cgi-bin/sendsms", _) => Ok(compat::kannel(self, cfg, req, conn).await),
+            ("/v1/sms", _) => Ok(compat::generic(self, cfg, req, conn).await),
             (p, _) if p == "/v1/verifications" || p.starts_with("/v1/verifications/") => {
-                verify::route(self, req, conn, &p["/v1/verifications".len()..]).await
+                verify::route(self, cfg, req, conn, &p["/v1/verifications".len()..]).await
             }
             ("/webhooks/whatsapp", &Method::GET | &Method::POST) => {
-                Ok(self.whatsapp_webhook(req).await)
+                Ok(self.whatsapp_webhook(cfg, req).await)
             }
             ("/webhooks/whatsapp", _) => Err(ApiError::method_not_allowed("GET, POST")),
-            ("/v1/messages", &Method::POST) => v1::post_message(self, req, conn).await,
+            ("/v1/messages", &Method::POST) => v1::post_message(self, cfg, req, conn).await,
             ("/v1/messages", _) => Err(ApiError::method_not_allowed("POST")),
             (p, &Method::GET) if p.starts_with("/v1/messages/") => {
-                v1::get_message(self, req, conn, &p["/v1/messages/".len()..]).await
+                v1::get_message(self, cfg, req, conn, &p["/v1/messages/".len()..]).await
             }
             (p, _) if p.starts_with("/v1/messages/") => Err(ApiError::method_not_allowed("GET")),
             _ => Err(ApiError::not_found()),
@@ -111,7 +118,7 @@ impl App {
 
     /// Meta's webhook: the GET subscription handshake and signed status POSTs. Off (404)
     /// unless an app secret and verify token are configured.
-    async fn whatsapp_webhook(&self, req: Request<Incoming>) -> Resp {
+    async fn whatsapp_webhook(&self, cfg: &Config, req: Request<Incoming>) -> Resp {
         use crate::channel::whatsapp::webhook::WebhookError;
         let Some(wa) = self.whatsapp.clone() else {
             return error_response(&ApiError::not_found());
@@ -136,8 +143,7 @@ impl App {
                 Err(e) => refuse(e),
             };
         }
-        let max = self.live.get().server.max_body_bytes;
-        let (parts, body) = match read_body(req, max).await {
+        let (parts, body) = match read_body(req, cfg.server.max_body_bytes).await {
             Ok(x) => x,
             Err(e) => return error_response(&e),
         };
@@ -156,16 +162,17 @@ impl App {
         }
     }
 
-    /// Authenticates a request by its headers (Bearer, X-API-Key, Basic) and source address.
-    pub fn authenticate(
+    /// Authenticates a request by its headers (Bearer, X-API-Key, Basic) and source address,
+    /// against the clients of the request's configuration.
+    pub fn authenticate<'c>(
         &self,
+        cfg: &'c Config,
         headers: &http::HeaderMap,
         conn: ConnInfo,
-    ) -> Result<ClientConfig, ApiError> {
-        let cfg = self.live.get();
+    ) -> Result<&'c ClientConfig, ApiError> {
         let creds = auth::from_headers(headers);
         match auth::authenticate(&cfg.clients, creds.as_ref(), conn.remote.ip(), false) {
-            Ok(c) => Ok(c.clone()),
+            Ok(c) => Ok(c),
             Err(auth::AuthError::AddressNotAllowed) => {
                 tracing::warn!(remote = %conn.remote, "client called from an address outside its allow list");
                 Err(ApiError::forbidden())

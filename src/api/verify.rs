@@ -11,13 +11,15 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::decode::parse_json;
 use super::error::ApiError;
 use super::listener::ConnInfo;
-use super::v1::{self, Submission, parse_json};
+use super::submit::{self, Accepted, Intake, Submission};
 use super::{App, Resp, json_response, read_body};
 use crate::channel::ChannelKind;
+use crate::config::Config;
 use crate::secret::Secret;
-use crate::store::{CheckOutcome, InsertResult, NewVerification, Verification};
+use crate::store::{CheckOutcome, InsertResult, NewVerification, ResendRefusal, Verification};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -78,6 +80,7 @@ fn valid_id(id: &str) -> bool {
 /// Routes `/v1/verifications...`.
 pub async fn route(
     app: &App,
+    cfg: &Config,
     req: Request<Incoming>,
     conn: ConnInfo,
     rest: &str,
@@ -85,12 +88,12 @@ pub async fn route(
     let method = req.method().clone();
     let parts: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     match (parts.as_slice(), method) {
-        ([], http::Method::POST) => start(app, req, conn).await,
+        ([], http::Method::POST) => start(app, cfg, req, conn).await,
         ([], _) => Err(ApiError::method_not_allowed("POST")),
-        ([id], http::Method::GET) => get(app, req, conn, id).await,
+        ([id], http::Method::GET) => get(app, cfg, req, conn, id).await,
         ([_], _) => Err(ApiError::method_not_allowed("GET")),
-        ([id, "check"], http::Method::POST) => check(app, req, conn, id).await,
-        ([id, "resend"], http::Method::POST) => resend(app, req, conn, id).await,
+        ([id, "check"], http::Method::POST) => check(app, cfg, req, conn, id).await,
+        ([id, "resend"], http::Method::POST) => resend(app, cfg, req, conn, id).await,
         ([_, "check" | "resend"], _) => Err(ApiError::method_not_allowed("POST")),
         _ => Err(ApiError::not_found()),
     }
@@ -109,13 +112,17 @@ fn parse_channel(c: Option<&str>) -> Result<Option<ChannelKind>, ApiError> {
     }
 }
 
-async fn start(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Result<Resp, ApiError> {
-    let client = app.authenticate(req.headers(), conn)?;
-    let cfg = app.live.get();
+async fn start(
+    app: &App,
+    cfg: &Config,
+    req: Request<Incoming>,
+    conn: ConnInfo,
+) -> Result<Resp, ApiError> {
+    let client = app.authenticate(cfg, req.headers(), conn)?;
     let (_, body) = read_body(req, cfg.server.max_body_bytes).await?;
     let r: StartRequest = parse_json(&body)?;
     let only_channel = parse_channel(r.channel.as_deref())?;
-    v1::check_locale(r.locale.as_deref())?;
+    submit::check_locale(r.locale.as_deref())?;
     let length = r.length.unwrap_or(cfg.verify.default_length);
     if !(4..=10).contains(&length) {
         return Err(ApiError::field(
@@ -124,25 +131,22 @@ async fn start(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Result<Resp
             "length must be between 4 and 10",
         ));
     }
-    let ttl = v1::ttl_of(&cfg, r.ttl_seconds)?;
-    let id = v1::new_id("ver", app.clock.now());
+    let ttl = submit::ttl_of(cfg, r.ttl_seconds)?;
+    let id = submit::new_id("ver", app.clock.now());
     let code = new_code(length);
-    let key = app.verify_key();
+    let key = app.verify_key(cfg);
     let hash = code_hash(&key, &id, &code);
-    let (content, _) = v1::build_content(&cfg, Some(code), None, r.locale.as_deref(), ttl)?;
-    let p = v1::prepare(
-        app,
-        &client,
-        Submission {
-            to: r.to,
-            content,
-            ttl,
-            locale: r.locale,
-            idempotency_key: None,
-            reference: Some(id.clone()),
-            only_channel,
-        },
-    )?;
+    let (content, _) = submit::build_content(cfg, Some(code), None, r.locale.as_deref(), ttl)?;
+    let intake = Intake { app, cfg, client };
+    let p = intake.prepare(Submission {
+        to: r.to,
+        content,
+        ttl,
+        locale: r.locale,
+        idempotency_key: None,
+        reference: Some(id.clone()),
+        only_channel,
+    })?;
     let expires = p.message.expires_at;
     let new = NewVerification {
         id: id.clone(),
@@ -152,22 +156,23 @@ async fn start(app: &App, req: Request<Incoming>, conn: ConnInfo) -> Result<Resp
         message: p.message,
     };
     let result = app.store.create_verification(new, p.limits).await;
-    match v1::stored(app, &client, result)? {
-        v1::Accepted::New(m) => Ok(json_response(
+    match intake.stored(result)? {
+        Accepted::New(m) => Ok(json_response(
             StatusCode::CREATED,
             &json!({"id": id, "status": "pending", "to": m.recipient, "channel": r.channel.unwrap_or_else(|| "auto".into()), "expires_at": expires.to_rfc3339(), "message_id": m.id}),
         )),
-        v1::Accepted::Repeat(_) => Err(ApiError::unavailable()),
+        Accepted::Repeat(_) => Err(ApiError::unavailable()),
     }
 }
 
 async fn get(
     app: &App,
+    cfg: &Config,
     req: Request<Incoming>,
     conn: ConnInfo,
     id: &str,
 ) -> Result<Resp, ApiError> {
-    let client = app.authenticate(req.headers(), conn)?;
+    let client = app.authenticate(cfg, req.headers(), conn)?;
     if !valid_id(id) {
         return Err(ApiError::not_found());
     }
@@ -188,12 +193,12 @@ async fn get(
 
 async fn check(
     app: &App,
+    cfg: &Config,
     req: Request<Incoming>,
     conn: ConnInfo,
     id: &str,
 ) -> Result<Resp, ApiError> {
-    let client = app.authenticate(req.headers(), conn)?;
-    let cfg = app.live.get();
+    let client = app.authenticate(cfg, req.headers(), conn)?;
     let (_, body) = read_body(req, cfg.server.max_body_bytes).await?;
     if !valid_id(id) {
         return Err(ApiError::not_found());
@@ -207,7 +212,7 @@ async fn check(
             "code must be 1 to 16 characters",
         ));
     }
-    let hash = code_hash(&app.verify_key(), id, candidate);
+    let hash = code_hash(&app.verify_key(cfg), id, candidate);
     let outcome = app
         .store
         .check_verification(
@@ -242,11 +247,12 @@ async fn check(
 
 async fn resend(
     app: &App,
+    cfg: &Config,
     req: Request<Incoming>,
     conn: ConnInfo,
     id: &str,
 ) -> Result<Resp, ApiError> {
-    let client = app.authenticate(req.headers(), conn)?;
+    let client = app.authenticate(cfg, req.headers(), conn)?;
     if !valid_id(id) {
         return Err(ApiError::not_found());
     }
@@ -258,7 +264,6 @@ async fn resend(
     else {
         return Err(ApiError::not_found());
     };
-    let cfg = app.live.get();
     let now = app.clock.now();
     let remaining = now.until(v.expires_at);
     if remaining < Duration::from_secs(10) || v.status != "pending" {
@@ -272,22 +277,19 @@ async fn resend(
         });
     }
     let code = new_code(v.length);
-    let hash = code_hash(&app.verify_key(), id, &code);
-    let (content, _) = v1::build_content(&cfg, Some(code), None, None, remaining)?;
+    let hash = code_hash(&app.verify_key(cfg), id, &code);
+    let (content, _) = submit::build_content(cfg, Some(code), None, None, remaining)?;
     let only_channel = parse_channel(v.channel.as_deref())?;
-    let mut p = v1::prepare(
-        app,
-        &client,
-        Submission {
-            to: v.recipient.clone(),
-            content,
-            ttl: remaining,
-            locale: None,
-            idempotency_key: None,
-            reference: Some(id.to_owned()),
-            only_channel,
-        },
-    )?;
+    let intake = Intake { app, cfg, client };
+    let mut p = intake.prepare(Submission {
+        to: v.recipient.clone(),
+        content,
+        ttl: remaining,
+        locale: None,
+        idempotency_key: None,
+        reference: Some(id.to_owned()),
+        only_channel,
+    })?;
     // The code lives as long as the verification, not longer.
     p.message.expires_at = v.expires_at;
     match app
@@ -303,15 +305,16 @@ async fn resend(
         .await
     {
         Ok(Ok(r @ InsertResult::Created(_))) => {
-            v1::stored(app, &client, Ok(r))?;
+            intake.stored(Ok(r))?;
             Ok(json_response(
                 StatusCode::OK,
                 &json!({"id": id, "status": "pending", "sends": v.sends + 1}),
             ))
         }
-        Ok(Ok(other)) => v1::stored(app, &client, Ok(other))
+        Ok(Ok(other)) => intake
+            .stored(Ok(other))
             .map(|_| json_response(StatusCode::OK, &json!({"id": id, "status": "pending"}))),
-        Ok(Err("max_sends")) => Err(ApiError {
+        Ok(Err(ResendRefusal::MaxSends)) => Err(ApiError {
             status: StatusCode::TOO_MANY_REQUESTS,
             ..ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -319,8 +322,8 @@ async fn resend(
                 format!("at most {} codes per verification", cfg.verify.max_sends),
             )
         }),
-        Ok(Err("not_found")) => Err(ApiError::not_found()),
-        Ok(Err(_)) => Err(ApiError::new(
+        Ok(Err(ResendRefusal::NotFound)) => Err(ApiError::not_found()),
+        Ok(Err(ResendRefusal::NotPending)) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_pending",
             "this verification can no longer be resent",

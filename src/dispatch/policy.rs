@@ -505,54 +505,5 @@ pub fn after_receipt(r: AfterReceipt, now: Timestamp) -> ReceiptVerdict {
     }
 }
 
-// Moving to crate::content (kept here until that module lands).
-/// Renders the SMS text for a code: `{code}`, `{minutes}` (whole minutes left, at least 1), `{org}`.
-/// One pass, so a value is never read as a placeholder (an `{org}` named "{code}" stays so).
-pub fn render_sms(template: &str, code: &str, lifetime: Duration, org: &str) -> String {
-    let minutes = lifetime.as_secs().div_ceil(60).max(1).to_string();
-    let mut out = String::with_capacity(template.len() + code.len() + org.len());
-    let mut rest = template;
-    while let Some(at) = rest.find('{') {
-        out.push_str(&rest[..at]);
-        rest = &rest[at..];
-        let (value, len) = [("{code}", code), ("{minutes}", &minutes), ("{org}", org)]
-            .into_iter()
-            .find(|(name, _)| rest.starts_with(name))
-            .map_or(("{", 1), |(name, value)| (value, name.len()));
-        out.push_str(value);
-        rest = &rest[len..];
-    }
-    out.push_str(rest);
-    out
-}
-
-/// Finds the code in a caller's text with `pattern` (one capture group). Only a unique match
-/// counts: two different candidates mean we cannot know which is the code.
-pub fn extract_code(pattern: &regex::Regex, text: &str) -> Result<String, &'static str> {
-    let mut found: Option<String> = None;
-    for caps in pattern.captures_iter(text) {
-        let Some(m) = caps.get(1) else { continue };
-        let code: String = m
-            .as_str()
-            .chars()
-            .filter(|c| !matches!(c, ' ' | '-'))
-            .collect();
-        if code.is_empty() {
-            continue;
-        }
-        match &found {
-            Some(f) if *f != code => {
-                return Err("ambiguous: the text holds more than one candidate code");
-            }
-            _ => found = Some(code),
-        }
-    }
-    match found {
-        Some(c) if c.chars().count() <= 15 => Ok(c),
-        Some(_) => Err("the candidate code is longer than 15 characters"),
-        None => Err("no code found in the text"),
-    }
-}
-
 #[cfg(test)]
 mod tests;

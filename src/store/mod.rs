@@ -10,7 +10,7 @@ mod recent;
 pub mod schema;
 mod verify;
 
-pub use verify::{CheckOutcome, NewVerification, Verification};
+pub use verify::{CheckOutcome, NewVerification, ResendRefusal, Verification};
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};

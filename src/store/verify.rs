@@ -48,6 +48,17 @@ pub struct Verification {
     pub expires_at: Timestamp,
 }
 
+/// Why a verification could not be resent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResendRefusal {
+    /// No such verification for this client.
+    NotFound,
+    /// Approved, expired or used up: no longer waiting for a code.
+    NotPending,
+    /// It already sent as many codes as allowed.
+    MaxSends,
+}
+
 /// The answer to a check.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CheckOutcome {
@@ -226,19 +237,19 @@ impl Store {
         message: NewMessage,
         max_sends: u32,
         limits: Vec<(LimitScope, Rate)>,
-    ) -> Result<Result<InsertResult, &'static str>, StoreError> {
+    ) -> Result<Result<InsertResult, ResendRefusal>, StoreError> {
         let (id, client) = (id.to_owned(), client.to_owned());
         self.write_with_writer(move |w| {
             let c = &w.conn;
             let row: Option<(String, u32, i64, Option<String>)> = c
                 .query_row("SELECT status, sends, expires_at, message_id FROM verifications WHERE id = ?1 AND client = ?2", params![id, client], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                 .optional()?;
-            let Some((status, sends, expires, old_message)) = row else { return Ok(Err("not_found")) };
+            let Some((status, sends, expires, old_message)) = row else { return Ok(Err(ResendRefusal::NotFound)) };
             if status != "pending" || message.created_at.0 >= expires {
-                return Ok(Err("not_pending"));
+                return Ok(Err(ResendRefusal::NotPending));
             }
             if sends >= max_sends {
-                return Ok(Err("max_sends"));
+                return Ok(Err(ResendRefusal::MaxSends));
             }
             let now = message.created_at;
             let mid = message.id.clone();

@@ -28,9 +28,7 @@ use crate::channel::{
 };
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{WhatsAppConfig, mask_userinfo};
-
-/// WhatsApp's limit on the code length in an authentication template.
-pub const MAX_CODE_LEN: usize = 15;
+use crate::content::MAX_CODE_LEN;
 
 /// The least time worth starting a (second) request with.
 const MIN_ATTEMPT: Duration = Duration::from_millis(100);
@@ -95,18 +93,11 @@ impl Settings {
         })
     }
 
-    /// `languages[locale]`, then its lower-case form, then its primary subtag ("en-GB" -> "en").
+    /// The template language for a caller's locale, by [`crate::content::for_locale`]'s rule.
     fn language(&self, locale: Option<&str>) -> &str {
-        let Some(l) = locale else {
-            return &self.default_language;
-        };
-        let lower = l.to_ascii_lowercase();
-        let primary = lower.split(['-', '_']).next().unwrap_or("");
-        [l, lower.as_str(), primary]
-            .iter()
-            .find_map(|k| self.languages.get(*k))
-            .map(String::as_str)
-            .unwrap_or(&self.default_language)
+        locale
+            .and_then(|l| crate::content::for_locale(&self.languages, l))
+            .map_or(&self.default_language, String::as_str)
     }
 }
 
@@ -405,16 +396,15 @@ impl WhatsAppChannel {
         if code.chars().count() > MAX_CODE_LEN {
             return fall_back(
                 None,
-                "code longer than 15 characters cannot ride a template",
+                &format!("code longer than {MAX_CODE_LEN} characters cannot ride a template"),
             );
         }
         if code.is_empty() {
             return fall_back(None, "empty code");
         }
-        let to = d.to.strip_prefix('+').unwrap_or(&d.to);
-        if to.is_empty() || !to.bytes().all(|b| b.is_ascii_digit()) {
+        let Some(to) = crate::phone::digits_of_e164(&d.to) else {
             return fall_back(None, "recipient is not an E.164 number");
-        }
+        };
 
         let admission = lock(&self.circuit).admit(self.clock.now());
         let probe = match admission {
