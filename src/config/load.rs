@@ -36,8 +36,14 @@ pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
     let files: Vec<PathBuf> = std::iter::once(sources.main.clone())
         .chain(drop_in_files(&sources.main))
         .collect();
-    let raw = deserialize_all(tree, &files, &sources.env, &mut issues);
-    let validated = validate(&raw, &sources.main, &mut issues);
+    let raw = deserialize_all(tree.clone(), &files, &sources.env, &mut issues);
+    let origins = Origins {
+        tree: &tree,
+        files: &files,
+        env: &sources.env,
+        main: &sources.main,
+    };
+    let validated = validate(&raw, &origins, &mut issues);
     if issues.is_empty() {
         Ok(validated)
     } else {
@@ -112,8 +118,59 @@ fn layered_tree(sources: &Sources) -> Result<(config::Value, Vec<ConfigIssue>), 
     builder = builder.add_source(envsrc);
     match builder.build() {
         Ok(c) => Ok((c.cache, Vec::new())),
+        // A file that is not TOML: name it in the origin, not inside the message.
+        Err(config::ConfigError::FileParse {
+            uri: Some(uri),
+            cause,
+        }) => Err(ConfigError(vec![issue(
+            Some(&uri),
+            "(syntax)",
+            cause.to_string(),
+        )])),
         Err(e) => Err(ConfigError(vec![issue(None, "(syntax)", e.to_string())])),
     }
+}
+
+/// Where each value of the layered tree came from, for the errors validation finds.
+pub(super) struct Origins<'a> {
+    tree: &'a config::Value,
+    files: &'a [PathBuf],
+    env: &'a BTreeMap<String, String>,
+    main: &'a Path,
+}
+
+impl Origins<'_> {
+    /// The main file.
+    pub(super) fn main(&self) -> &Path {
+        self.main
+    }
+
+    /// The file or environment variable that set `path` (`clients[0].allow_ips[1]`); for a key
+    /// set nowhere (a missing or defaulted one), the file that holds its table, else the main
+    /// file, where an admin would add it.
+    pub(super) fn of(&self, path: &str) -> String {
+        let segs = parse_path(path);
+        origin_at(self.tree, &segs, self.files)
+            .or_else(|| env_origin(&segs, self.env))
+            .unwrap_or_else(|| self.main.display().to_string())
+    }
+}
+
+/// The inverse of [`join_path`]: `a.b[2].c` into its segments.
+fn parse_path(path: &str) -> Vec<Seg> {
+    let mut segs = Vec::new();
+    for part in path.split('.') {
+        let mut pieces = part.split('[');
+        if let Some(key) = pieces.next().filter(|k| !k.is_empty()) {
+            segs.push(Seg::Key(key.to_owned()));
+        }
+        for index in pieces {
+            if let Some(Ok(i)) = index.strip_suffix(']').map(str::parse) {
+                segs.push(Seg::Index(i));
+            }
+        }
+    }
+    segs
 }
 
 /// Deserializes the tree into the raw layer, collecting every structural error: after each
@@ -405,5 +462,119 @@ allow_ips = ["10.0.0.0/33"]
         })
         .unwrap_or_else(|e| panic!("{e}"));
         assert!(!c.server.listen.is_empty());
+    }
+
+    fn origin_of<'a>(e: &'a ConfigError, path: &str) -> &'a str {
+        let i = e.0.iter().find(|i| i.path == path);
+        let i = i.unwrap_or_else(|| panic!("no issue at {path}: {e}"));
+        i.origin.as_deref().unwrap_or("")
+    }
+
+    #[test]
+    fn a_bad_value_in_a_drop_in_names_the_drop_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(dir.path(), "otpgate.toml", MINIMAL);
+        write(
+            dir.path(),
+            "conf.d/10-x.toml",
+            "[otp]\ndefault_ttl = \"soon\"\n[limits]\nglobal = \"lots\"\n[whatsapp]\nmax_rate = \"fast\"\n",
+        );
+        let e = load(&Sources {
+            main,
+            env: BTreeMap::new(),
+        })
+        .unwrap_err();
+        for path in ["otp.default_ttl", "limits.global", "whatsapp.max_rate"] {
+            assert!(
+                origin_of(&e, path).ends_with("conf.d/10-x.toml"),
+                "{path}: {e}"
+            );
+        }
+        assert!(
+            e.to_string()
+                .contains("10-x.toml: otp.default_ttl: \"soon\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_missing_key_names_the_file_that_should_hold_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(
+            dir.path(),
+            "otpgate.toml",
+            "[store]\npath = \"/tmp/x.db\"\n",
+        );
+        write(
+            dir.path(),
+            "conf.d/20-clients.toml",
+            "[[clients]]\nname = \"adfs\"\n",
+        );
+        let e = load(&Sources {
+            main: main.clone(),
+            env: BTreeMap::new(),
+        })
+        .unwrap_err();
+        assert_eq!(
+            origin_of(&e, "otp.default_country"),
+            main.display().to_string()
+        );
+        assert!(
+            origin_of(&e, "clients[0].key_sha256").ends_with("conf.d/20-clients.toml"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bad_environment_value_names_the_variable() {
+        let (_d, r) = load_with(
+            "[otp]\ndefault_country = \"IN\"\n[limits]\nper_recipient = \"5/15m\"\n",
+            &[
+                ("OTPGATE__LIMITS__PER_RECIPIENT", "lots"),
+                ("OTPGATE__SERVER__LISTEN", "127.0.0.1:1,nowhere"),
+                ("OTPGATE__OTP__DEFAULT_TTL", "soon"),
+            ],
+        );
+        let e = r.unwrap_err();
+        assert_eq!(
+            origin_of(&e, "limits.per_recipient"),
+            "environment OTPGATE__LIMITS__PER_RECIPIENT"
+        );
+        assert_eq!(
+            origin_of(&e, "server.listen[1]"),
+            "environment OTPGATE__SERVER__LISTEN"
+        );
+        assert_eq!(
+            origin_of(&e, "otp.default_ttl"),
+            "environment OTPGATE__OTP__DEFAULT_TTL"
+        );
+    }
+
+    #[test]
+    fn key_paths_parse_back_into_segments() {
+        for p in [
+            "server.listen[0]",
+            "clients[2].allow_ips[1]",
+            "otp.sms_text_locales.en-GB",
+        ] {
+            assert_eq!(join_path(&parse_path(p), None), p);
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_names_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = write(dir.path(), "otpgate.toml", MINIMAL);
+        write(dir.path(), "conf.d/30-broken.toml", "[otp\norg = 1\n");
+        let e = load(&Sources {
+            main,
+            env: BTreeMap::new(),
+        })
+        .unwrap_err();
+        assert_eq!(e.0.len(), 1, "{e}");
+        assert!(
+            origin_of(&e, "(syntax)").ends_with("conf.d/30-broken.toml"),
+            "{e}"
+        );
     }
 }

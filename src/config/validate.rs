@@ -3,13 +3,13 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use ipnet::IpNet;
 use regex::Regex;
 
-use super::load::issue;
+use super::load::{Origins, issue};
 use super::raw;
 use super::*;
 use crate::channel::ChannelKind;
@@ -23,14 +23,17 @@ fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
         .map_err(|_| "expected 64 hexadecimal characters (see `otpgate key new`)".to_string())
 }
 
+/// Collects issues, each named by the origin of its key.
 struct V<'a> {
     issues: &'a mut Vec<ConfigIssue>,
-    origin: Option<String>,
+    origins: &'a Origins<'a>,
 }
 
 impl V<'_> {
     fn err(&mut self, path: impl Into<String>, msg: impl Into<String>) {
-        self.issues.push(issue(self.origin.as_deref(), path, msg));
+        let path = path.into();
+        let origin = self.origins.of(&path);
+        self.issues.push(issue(Some(&origin), path, msg));
     }
     fn dur(&mut self, path: &str, v: &Option<String>, default: Duration) -> Duration {
         match v {
@@ -130,12 +133,13 @@ impl V<'_> {
 }
 
 /// Turns the raw layer into a [`Config`], pushing every problem into `issues`.
-pub(crate) fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<ConfigIssue>) -> Config {
+pub(super) fn validate(
+    raw: &raw::RawConfig,
+    origins: &Origins<'_>,
+    issues: &mut Vec<ConfigIssue>,
+) -> Config {
     let mut warnings = Vec::new();
-    let mut v = V {
-        issues,
-        origin: None,
-    };
+    let mut v = V { issues, origins };
     let server = server(&mut v, &raw.server);
     let store = store(&mut v, &raw.store);
     let otp = otp(&mut v, &raw.otp);
@@ -150,7 +154,7 @@ pub(crate) fn validate(raw: &raw::RawConfig, main: &Path, issues: &mut Vec<Confi
         warnings.push("no channel is configured: enable [whatsapp] or add a [[modems]] entry; the API will answer 503 no_channel".into());
     }
     Config {
-        source: main.to_path_buf(),
+        source: origins.main().to_path_buf(),
         server,
         store,
         otp,
