@@ -437,12 +437,14 @@ mod tests {
     }
 
     type Edit = fn(&mut Config);
+    /// A row: name, edit to both, edit to the new one, the changes expected.
+    type Row = (&'static str, Edit, Edit, Vec<(&'static str, Verdict)>);
 
     #[test]
     fn every_change_is_classified() {
         let a = Applied;
         let r = NeedsRestart;
-        let rows: Vec<(&str, Edit, Edit, Vec<(&str, Verdict)>)> = vec![
+        let rows: Vec<Row> = vec![
             ("no change", |_| {}, |_| {}, vec![]),
             (
                 "warnings are not settings",
