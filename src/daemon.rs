@@ -76,6 +76,8 @@ pub struct Running {
     /// Connection counters.
     pub conn_stats: Arc<ConnStats>,
     settings: Arc<RwLock<ListenSettings>>,
+    /// The configuration the process started with: what restart-only keys are compared to.
+    boot: Arc<Config>,
     channels: Vec<Arc<dyn Channel>>,
     whatsapp: Option<Arc<WhatsAppChannel>>,
     sms: Option<Arc<SmsPool>>,
@@ -215,6 +217,7 @@ pub async fn start(
         whatsapp: set.whatsapp,
         sms: set.sms,
         addrs,
+        boot: live.get(),
         live,
         store,
         dispatcher,
@@ -237,7 +240,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     sock.listen(1024)
 }
 
-/// What a reload did.
+/// What a reload did: key paths (`otp.org`, `modems.modem0.smsc`), as [`config::diff`] names them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ReloadReport {
     /// Changes that took effect.
@@ -246,51 +249,66 @@ pub struct ReloadReport {
     pub need_restart: Vec<String>,
 }
 
+impl ReloadReport {
+    /// The report of a reload from `now` (the configuration in force against the new one) and
+    /// `pending` (the one the process started with against the new one). A restart-only key
+    /// stays reported on every reload until the restart happens; one set back to its value at
+    /// start is in force again, so it counts as applied.
+    pub fn from_changes(now: &[config::diff::Change], pending: &[config::diff::Change]) -> Self {
+        use config::diff::Verdict;
+        let waits = |key: &str| {
+            pending
+                .iter()
+                .any(|c| c.key == key && c.verdict == Verdict::NeedsRestart)
+        };
+        ReloadReport {
+            applied: now
+                .iter()
+                .filter(|c| c.verdict == Verdict::Applied || !waits(&c.key))
+                .map(|c| c.key.clone())
+                .collect(),
+            need_restart: pending
+                .iter()
+                .filter(|c| c.verdict == Verdict::NeedsRestart)
+                .map(|c| c.key.clone())
+                .collect(),
+        }
+    }
+}
+
 impl Running {
     /// Applies a new, already validated configuration: what can change live does, the rest is
     /// reported as needing a restart.
     pub fn apply(&self, new: Config) -> Result<ReloadReport, DaemonError> {
         let old = self.live.get();
-        let mut r = ReloadReport::default();
-        if old.server.listen != new.server.listen {
-            r.need_restart.push("server.listen".into());
-        }
-        if old.store.path != new.store.path {
-            r.need_restart.push("store.path".into());
-        }
-        if old.server.max_connections != new.server.max_connections {
-            r.need_restart.push("server.max_connections".into());
-        }
-        let modems = |c: &Config| {
-            c.modems
-                .iter()
-                .map(|m| format!("{}={}", m.name, m.device.display()))
-                .collect::<Vec<_>>()
-        };
-        if modems(&old) != modems(&new) {
-            r.need_restart.push("modems".into());
-        }
-        if old.whatsapp.enabled != new.whatsapp.enabled
-            && self
-                .channels
-                .iter()
-                .all(|c| c.kind() != ChannelKind::WhatsApp)
+        let now = config::diff::changes(&old, &new);
+        let pending = config::diff::changes(&self.boot, &new);
+        let mut r = ReloadReport::from_changes(&now, &pending);
+        // A WhatsApp channel handed in ready-made (tests, the demo) starts and stops live.
+        if self.whatsapp.is_some()
+            && let Some(i) = r.need_restart.iter().position(|k| k == "whatsapp.enabled")
         {
-            r.need_restart.push("whatsapp.enabled".into());
-        }
-        if let Some(wa) = &self.whatsapp {
-            match wa.reload(&new.whatsapp) {
-                Ok(()) => r.applied.push("whatsapp token, template and limits".into()),
-                Err(e) => r.need_restart.push(format!("whatsapp ({e})")),
+            let k = r.need_restart.remove(i);
+            if now.iter().any(|c| c.key == k) {
+                r.applied.push(k);
             }
         }
-        // TLS: a new certificate is picked up by the next connection.
+        if let Some(wa) = &self.whatsapp
+            && now.iter().any(|c| c.key.starts_with("whatsapp."))
+            && let Err(e) = wa.reload(&new.whatsapp)
+        {
+            r.need_restart.push(format!("whatsapp ({e})"));
+        }
+        // TLS: the files are read again even when their paths did not change (a renewed
+        // certificate), and the next connection picks them up.
         let settings = ListenSettings::from_config(&new.server)?;
         if let Ok(mut s) = self.settings.write() {
             *s = settings;
         }
-        r.applied
-            .push("clients, policy, limits, texts, timeouts, TLS certificate".into());
+        if new.server.tls.is_some() && !r.applied.iter().any(|k| k.starts_with("server.tls")) {
+            r.applied
+                .push("server.tls (certificate files read again)".into());
+        }
         self.live.set(new);
         Ok(r)
     }
@@ -525,20 +543,20 @@ impl ReloadStatus {
     }
 
     fn of(generation: u64, v: &ReloadVerdict) -> Self {
+        let report = |r: &ReloadReport| -> Vec<String> {
+            if r.applied.is_empty() && r.need_restart.is_empty() {
+                return vec!["no changes".into()];
+            }
+            let applied = r.applied.iter().map(|k| format!("applied: {k}"));
+            let restart = r
+                .need_restart
+                .iter()
+                .map(|k| format!("needs a restart: {k}"));
+            applied.chain(restart).collect()
+        };
         let (result, details) = match v {
-            ReloadVerdict::Applied(r) => ("applied", r.applied.clone()),
-            ReloadVerdict::NeedsRestart(r) => (
-                "restart",
-                r.applied
-                    .iter()
-                    .cloned()
-                    .chain(
-                        r.need_restart
-                            .iter()
-                            .map(|k| format!("needs a restart: {k}")),
-                    )
-                    .collect(),
-            ),
+            ReloadVerdict::Applied(r) => ("applied", report(r)),
+            ReloadVerdict::NeedsRestart(r) => ("restart", report(r)),
             ReloadVerdict::Rejected(errors) => ("rejected", errors.clone()),
         };
         ReloadStatus {
@@ -685,5 +703,83 @@ mod reload_status_tests {
         assert_eq!(back.result, "rejected");
         assert_eq!(back.details, vec!["a: bad result applied", "b"]);
         assert!(ReloadStatus::parse("garbage").is_none());
+    }
+}
+
+#[cfg(test)]
+mod reload_report_tests {
+    use super::*;
+    use crate::config::diff::{Change, Verdict};
+
+    fn ch(key: &str, verdict: Verdict) -> Change {
+        Change {
+            key: key.into(),
+            verdict,
+        }
+    }
+
+    #[test]
+    fn restart_only_keys_stay_reported_until_the_restart() {
+        use Verdict::{Applied, NeedsRestart};
+        let rows: Vec<(&str, Vec<Change>, Vec<Change>, ReloadReport)> = vec![
+            ("nothing", vec![], vec![], ReloadReport::default()),
+            (
+                "first reload moves the listener and the org",
+                vec![ch("server.listen", NeedsRestart), ch("otp.org", Applied)],
+                vec![ch("server.listen", NeedsRestart), ch("otp.org", Applied)],
+                ReloadReport {
+                    applied: vec!["otp.org".into()],
+                    need_restart: vec!["server.listen".into()],
+                },
+            ),
+            (
+                "a later reload still waits for the listener",
+                vec![ch("limits.global", Applied)],
+                vec![
+                    ch("server.listen", NeedsRestart),
+                    ch("limits.global", Applied),
+                ],
+                ReloadReport {
+                    applied: vec!["limits.global".into()],
+                    need_restart: vec!["server.listen".into()],
+                },
+            ),
+            (
+                "the listener set back to its value at start is in force again",
+                vec![ch("server.listen", NeedsRestart)],
+                vec![],
+                ReloadReport {
+                    applied: vec!["server.listen".into()],
+                    need_restart: vec![],
+                },
+            ),
+            (
+                "a modem setting is named, never dropped",
+                vec![ch("modems.modem0.smsc", NeedsRestart)],
+                vec![ch("modems.modem0.smsc", NeedsRestart)],
+                ReloadReport {
+                    applied: vec![],
+                    need_restart: vec!["modems.modem0.smsc".into()],
+                },
+            ),
+        ];
+        for (name, now, pending, want) in rows {
+            assert_eq!(ReloadReport::from_changes(&now, &pending), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn the_status_lists_applied_and_restart_keys() {
+        let r = ReloadReport {
+            applied: vec!["otp.org".into()],
+            need_restart: vec!["modems.modem0.smsc".into()],
+        };
+        let s = ReloadStatus::of(1, &ReloadVerdict::NeedsRestart(r));
+        assert_eq!(
+            s.details,
+            vec!["applied: otp.org", "needs a restart: modems.modem0.smsc"]
+        );
+        let s = ReloadStatus::of(2, &ReloadVerdict::Applied(ReloadReport::default()));
+        assert_eq!(s.details, vec!["no changes"]);
     }
 }

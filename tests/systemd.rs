@@ -486,3 +486,45 @@ fn sigterm_drains_and_accepted_messages_survive_a_restart() {
     d.signal(Signal::SIGTERM);
     assert_eq!(d.wait_exit(), Some(0));
 }
+
+#[test]
+fn reload_names_modem_settings_that_need_a_restart_until_it_happens() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let main = write_config(dir.path(), port);
+    // A modem that is not plugged in: the daemon starts without it and keeps trying.
+    let modem = format!(
+        "[[modems]]\nname = \"modem0\"\ndevice = \"{}\"\n",
+        dir.path().join("no-such-modem").display()
+    );
+    let text = std::fs::read_to_string(&main).unwrap() + &modem;
+    std::fs::write(&main, &text).unwrap();
+    let d = Daemon::spawn(dir.path(), port, None, "modem");
+    d.wait_ready();
+
+    let changed = text.replace("org = \"ACME\"", "org = \"ACME Two\"")
+        + "smsc = \"+491722270333\"\nsend_timeout = \"30s\"\n";
+    std::fs::write(&main, &changed).unwrap();
+    let (code, out) = d.reload_command();
+    assert_eq!(code, Some(0), "{out}");
+    for want in [
+        "some changes take effect only after a restart",
+        "applied: otp.org",
+        "needs a restart: modems.modem0.smsc",
+        "needs a restart: modems.modem0.send_timeout",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+
+    // A later reload that changes something else still says the modem waits for a restart.
+    std::fs::write(
+        &main,
+        changed.replace("[[clients]]", "[limits]\nglobal = \"100/s\"\n[[clients]]"),
+    )
+    .unwrap();
+    let (code, out) = d.reload_command();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("applied: limits.global"), "{out}");
+    assert!(!out.contains("applied: otp.org"), "{out}");
+    assert!(out.contains("needs a restart: modems.modem0.smsc"), "{out}");
+}

@@ -1,0 +1,137 @@
+//! The raw, string-typed layer serde reads; `deny_unknown_fields` everywhere, so a typo in a
+//! key is an error that names it. Validation into typed settings lives in `validate`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawConfig {
+    pub server: RawServer,
+    pub store: RawStore,
+    pub otp: RawOtp,
+    pub clients: Vec<RawClient>,
+    pub whatsapp: RawWhatsApp,
+    pub modems: Vec<RawModem>,
+    pub policy: RawPolicy,
+    pub limits: RawLimits,
+    pub log: RawLog,
+    pub verify: RawVerify,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawVerify {
+    pub key_file: Option<String>,
+    pub max_attempts: Option<u64>,
+    pub max_sends: Option<u64>,
+    pub default_length: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawServer {
+    pub listen: Option<Vec<String>>,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    pub client_ca: Option<String>,
+    pub max_body_bytes: Option<u64>,
+    pub header_timeout: Option<String>,
+    pub request_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawStore {
+    pub path: Option<String>,
+    pub retention: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawOtp {
+    pub default_ttl: Option<String>,
+    pub max_ttl: Option<String>,
+    pub default_country: Option<String>,
+    pub sms_text: Option<String>,
+    pub sms_text_locales: BTreeMap<String, String>,
+    pub org: Option<String>,
+    pub code_pattern: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawClient {
+    pub name: Option<String>,
+    pub key_sha256: Option<String>,
+    pub password_sha256: Option<String>,
+    pub allow_ips: Vec<String>,
+    pub whatsapp: Option<bool>,
+    pub order: Option<Vec<String>>,
+    pub countries: Option<Vec<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawWhatsApp {
+    pub enabled: Option<bool>,
+    pub api_base: Option<String>,
+    pub phone_number_id: Option<String>,
+    pub token_file: Option<String>,
+    pub template: Option<String>,
+    pub languages: BTreeMap<String, String>,
+    pub default_language: Option<String>,
+    pub timeout: Option<String>,
+    pub proxy: Option<String>,
+    pub ca_file: Option<String>,
+    pub max_rate: Option<u64>,
+    pub circuit_cooldown: Option<String>,
+    pub app_secret_file: Option<String>,
+    pub verify_token_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawModem {
+    pub name: Option<String>,
+    pub device: Option<String>,
+    pub baud: Option<u64>,
+    pub pin_file: Option<String>,
+    pub smsc: Option<String>,
+    pub status_reports: Option<bool>,
+    pub command_timeout: Option<String>,
+    pub send_timeout: Option<String>,
+    pub probe_interval: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawPolicy {
+    pub order: Option<Vec<String>>,
+    pub whatsapp_countries: Option<Vec<String>>,
+    pub sms_countries: Option<Vec<String>>,
+    pub whatsapp_deadline: Option<String>,
+    pub no_whatsapp_memory: Option<String>,
+    pub prenotify: Option<bool>,
+    pub prenotify_text: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLimits {
+    pub per_recipient: Option<String>,
+    pub per_client: Option<String>,
+    pub global: Option<String>,
+    pub per_country: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLog {
+    pub level: Option<String>,
+    pub format: Option<String>,
+}
