@@ -41,10 +41,12 @@ pub mod channel;
 pub mod clock;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "simulators")]
 pub mod demo;
 pub mod dispatch;
 pub mod metrics;
 pub mod phone;
 pub mod secret;
+#[cfg(feature = "simulators")]
 pub mod sim;
 pub mod store;

@@ -1,6 +1,8 @@
 //! The native API end to end: a real hyper server on loopback, a real SQLite file, the real
 //! dispatcher; only the channels are scripted here (the channel suites test the real ones).
 
+#![cfg(feature = "simulators")]
+
 mod common;
 
 use std::time::Duration;

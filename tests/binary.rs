@@ -1,6 +1,8 @@
 //! The real `otpgate` binary: crash safety under kill -9, logs free of codes and tokens at the
 //! most verbose level, TLS and mTLS with test-made certificates, and the CLI commands.
 
+#![cfg(feature = "simulators")]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Read};

@@ -1,6 +1,8 @@
 //! End to end with the real channels: the daemon in-process, the WhatsApp client over TLS to
 //! the Cloud API simulator, the modem pool over a real pseudo-terminal to the modem simulator.
 
+#![cfg(feature = "simulators")]
+
 mod common;
 
 use std::sync::Arc;

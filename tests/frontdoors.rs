@@ -1,5 +1,7 @@
 //! The compatibility front doors and the Verify API, each driven the way its peer drives it.
 
+#![cfg(feature = "simulators")]
+
 mod common;
 
 use base64::Engine;

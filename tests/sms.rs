@@ -1,6 +1,8 @@
 //! End-to-end tests of the SMS channel: the real pool, owner tasks and serial-port code talking
 //! to the modem simulator over real pseudo-terminals. Timeouts are hang guards only.
 
+#![cfg(feature = "simulators")]
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

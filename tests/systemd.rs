@@ -2,6 +2,8 @@
 //! systemd's notify socket, and `otpgate run` talks to it as it would under the unit.
 //! Timeouts are hang guards only; nothing here asserts speed.
 
+#![cfg(feature = "simulators")]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;

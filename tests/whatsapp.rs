@@ -2,6 +2,8 @@
 //! trusted through `ca_file`, as an administrator would configure an inspecting proxy's CA).
 //! Timeouts here are hang guards only; nothing asserts speed.
 
+#![cfg(feature = "simulators")]
+
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
