@@ -3,9 +3,13 @@
 
 #![cfg(feature = "simulators")]
 
+mod common;
+
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+
+use common::{GUARD, wait_for};
 
 use otpgate::channel::sms::modem::{ModemError, probe};
 use otpgate::channel::sms::pool::SmsPool;
@@ -17,7 +21,6 @@ use otpgate::sim::modem::{Hang, Profile, SimModem};
 use tokio::sync::mpsc;
 
 const TO: &str = "+15551234567";
-const GUARD: Duration = Duration::from_secs(30);
 
 fn cfg(name: &str, path: &Path) -> ModemConfig {
     ModemConfig {
@@ -57,25 +60,16 @@ fn state(pool: &SmsPool, i: usize) -> String {
     pool.health().parts[i].state.clone()
 }
 
-/// Waits (hang guard only) until modem `i` is in `want`.
+/// Waits until modem `i` is in `want`.
 async fn wait_state(pool: &SmsPool, i: usize, want: &str) {
-    let t0 = tokio::time::Instant::now();
-    while state(pool, i) != want {
-        assert!(
-            t0.elapsed() < GUARD,
-            "modem {i} never reached {want}: {:?}",
-            pool.health()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = tokio::time::Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < GUARD, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(format!("modem {i} to reach {want}"), async || {
+        if state(pool, i) == want {
+            Ok(())
+        } else {
+            Err(format!("{:?}", pool.health()))
+        }
+    })
+    .await
 }
 
 fn accepted(o: &Outcome) -> String {
@@ -305,7 +299,7 @@ async fn echo_back_after_a_reboot_is_tolerated_and_the_modem_is_set_up_again() {
     // A real reboot: "RDY", echo on, text mode. The owner sets PDU mode again by itself.
     let before = sim.commands().iter().filter(|c| *c == "AT+CMGF=0").count();
     sim.reboot();
-    wait_for("re-init after RDY", || {
+    wait_for("re-init after RDY", async || {
         sim.commands().iter().filter(|c| *c == "AT+CMGF=0").count() > before
     })
     .await;
@@ -338,7 +332,7 @@ async fn hung_modem_is_reset_and_sends_again() {
         other => panic!("{other:?}"),
     }
     assert!(sim.received().is_empty());
-    wait_for("ATZ sent", || sim.commands().iter().any(|c| c == "ATZ")).await;
+    wait_for("ATZ sent", async || sim.commands().iter().any(|c| c == "ATZ")).await;
     wait_state(&pool, 0, "ready").await;
     accepted(&pool.send(&delivery("Your code is 123456")).await);
     assert_eq!(sim.received().len(), 1);
@@ -421,7 +415,7 @@ async fn wrong_pin_is_never_retried() {
     wait_state(&pool, 0, "pin_rejected").await;
     // Let the owner look at the SIM again several times: it must not try the PIN again.
     let queried = || sim.commands().iter().filter(|c| *c == "AT+CPIN?").count();
-    wait_for("several SIM checks", || queried() >= 4).await;
+    wait_for("several SIM checks", async || queried() >= 4).await;
     assert_eq!(sim.pin_attempts(), 1);
     assert_eq!(state(&pool, 0), "pin_rejected");
     pool.shutdown().await;
@@ -492,7 +486,7 @@ async fn phase2plus_status_reports_are_acknowledged() {
         .unwrap()
         .unwrap();
     assert_eq!((r.provider_id, r.status), (id, ReceiptStatus::Delivered));
-    wait_for("AT+CNMA", || sim.acks() == 1).await;
+    wait_for("AT+CNMA", async || sim.acks() == 1).await;
     pool.shutdown().await;
 }
 
@@ -605,31 +599,10 @@ async fn probe_reports_the_modem_and_explains_failures() {
     }
 }
 
-/// A tracing writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn the_text_never_reaches_a_log_line() {
-    let buf = Buf::default();
-    let w = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || w.clone())
-        .finish();
     // Global, so the owner tasks and the simulator thread are captured too.
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let buf = common::capture_logs();
 
     let code = "918273";
     let text = format!("Your code is {code}");
@@ -658,7 +631,7 @@ async fn the_text_never_reaches_a_log_line() {
     // The packed 7-bit form of the text, as it appears in the PDU hex.
     let septets = otpgate::channel::sms::gsm7::encode(&text).unwrap();
     let packed = hex::encode_upper(otpgate::channel::sms::gsm7::pack(&septets, 0));
-    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let logs = buf.text();
     assert!(logs.contains("SMS accepted"), "logs were captured:\n{logs}");
     assert!(logs.contains("outcome unknown"));
     assert!(!logs.contains(code), "the code leaked into the logs");
@@ -674,11 +647,11 @@ async fn heartbeat_moves_while_idle_and_while_unplugged() {
     let (pool, _rx) = start(vec![c]);
     wait_state(&pool, 0, "ready").await;
     let p0 = pool.progress()[0].1;
-    wait_for("idle heartbeat", || pool.progress()[0].1 > p0 + 1).await;
+    wait_for("idle heartbeat", async || pool.progress()[0].1 > p0 + 1).await;
     sim.vanish();
     wait_state(&pool, 0, "unplugged").await;
     let p1 = pool.progress()[0].1;
-    wait_for("unplugged heartbeat", || pool.progress()[0].1 > p1 + 1).await;
+    wait_for("unplugged heartbeat", async || pool.progress()[0].1 > p1 + 1).await;
     assert_eq!(pool.progress()[0].0, "modem0");
     pool.shutdown().await;
 }
@@ -694,7 +667,7 @@ async fn unplug_after_ctrl_z_is_unknown_and_the_modem_comes_back() {
     wait_state(&pool, 0, "ready").await;
     let p = pool.clone();
     let send = tokio::spawn(async move { p.send(&delivery("Your code is 123456")).await });
-    wait_for("the PDU reached the modem", || sim.received().len() == 1).await;
+    wait_for("the PDU reached the modem", async || sim.received().len() == 1).await;
     sim.vanish();
     match tokio::time::timeout(GUARD, send).await.unwrap().unwrap() {
         Outcome::Unknown { reason } => assert!(reason.contains("port lost"), "{reason}"),
