@@ -145,7 +145,10 @@ async fn whatsapp_success_with_a_single_prenotice_before_the_first_code() {
     );
     w.send("+919876543210", "111222").await;
     // The pre-notice went once, by SMS, and it is not the code.
-    wait_for("the pre-notice SMS", async || !w.modem.received().is_empty()).await;
+    wait_for("the pre-notice SMS", async || {
+        !w.modem.received().is_empty()
+    })
+    .await;
     let sms = w.modem.received();
     assert_eq!(sms.len(), 1, "exactly one pre-notice");
     assert!(sms[0].text.contains("WhatsApp") && !sms[0].text.contains("482913"));

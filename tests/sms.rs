@@ -332,7 +332,10 @@ async fn hung_modem_is_reset_and_sends_again() {
         other => panic!("{other:?}"),
     }
     assert!(sim.received().is_empty());
-    wait_for("ATZ sent", async || sim.commands().iter().any(|c| c == "ATZ")).await;
+    wait_for("ATZ sent", async || {
+        sim.commands().iter().any(|c| c == "ATZ")
+    })
+    .await;
     wait_state(&pool, 0, "ready").await;
     accepted(&pool.send(&delivery("Your code is 123456")).await);
     assert_eq!(sim.received().len(), 1);
@@ -651,7 +654,10 @@ async fn heartbeat_moves_while_idle_and_while_unplugged() {
     sim.vanish();
     wait_state(&pool, 0, "unplugged").await;
     let p1 = pool.progress()[0].1;
-    wait_for("unplugged heartbeat", async || pool.progress()[0].1 > p1 + 1).await;
+    wait_for("unplugged heartbeat", async || {
+        pool.progress()[0].1 > p1 + 1
+    })
+    .await;
     assert_eq!(pool.progress()[0].0, "modem0");
     pool.shutdown().await;
 }
@@ -667,7 +673,10 @@ async fn unplug_after_ctrl_z_is_unknown_and_the_modem_comes_back() {
     wait_state(&pool, 0, "ready").await;
     let p = pool.clone();
     let send = tokio::spawn(async move { p.send(&delivery("Your code is 123456")).await });
-    wait_for("the PDU reached the modem", async || sim.received().len() == 1).await;
+    wait_for("the PDU reached the modem", async || {
+        sim.received().len() == 1
+    })
+    .await;
     sim.vanish();
     match tokio::time::timeout(GUARD, send).await.unwrap().unwrap() {
         Outcome::Unknown { reason } => assert!(reason.contains("port lost"), "{reason}"),

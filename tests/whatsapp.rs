@@ -10,6 +10,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::GUARD;
 use otpgate::channel::whatsapp::WhatsAppChannel;
 use otpgate::channel::whatsapp::webhook::{self, WebhookError};
 use otpgate::channel::{Channel, Content, Delivery, Outcome, Receipt, ReceiptStatus};
@@ -18,7 +19,6 @@ use otpgate::config::WhatsAppConfig;
 use otpgate::secret::Secret;
 use otpgate::sim::cloud_api::{CloudApiSim, Script, SimOptions};
 use otpgate::sim::tls::TestPki;
-use common::GUARD;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};

@@ -155,7 +155,8 @@ impl TestConfig {
 
     /// WhatsApp against `sim`, trusting its CA.
     pub fn whatsapp_sim(self, sim: &CloudApiSim) -> Self {
-        self.whatsapp(&sim.base_url()).whatsapp_ca_pem(&sim.ca_pem())
+        self.whatsapp(&sim.base_url())
+            .whatsapp_ca_pem(&sim.ca_pem())
     }
 
     /// A WhatsApp section that is valid but never reached (Meta's URL, a placeholder account):
@@ -299,7 +300,11 @@ impl TestConfig {
     /// The file's text; `token` and `ca` are where the token and the CA are (to be) written.
     fn render(&self, token: &Path, ca: Option<&Path>) -> String {
         let mut s = self.header.clone();
-        let _ = write!(s, "[server]\nlisten = [\"{}\"]\n{}", self.listen, self.server);
+        let _ = write!(
+            s,
+            "[server]\nlisten = [\"{}\"]\n{}",
+            self.listen, self.server
+        );
         let _ = write!(
             s,
             "[store]\npath = {}\n[otp]\n{}",

@@ -346,7 +346,8 @@ impl Launch {
     pub async fn ready(self) -> Daemon {
         let d = self.spawn();
         d.wait_logged("the daemon's \"ready\" line", |l| {
-            l.lines().any(|l| l.contains("ready") && l.contains("addrs"))
+            l.lines()
+                .any(|l| l.contains("ready") && l.contains("addrs"))
         })
         .await;
         d
@@ -397,7 +398,11 @@ impl Daemon {
     pub async fn wait_logged(&self, what: &str, pred: impl Fn(&str) -> bool) {
         wait_for(what, async || {
             let log = self.log();
-            if pred(&log) { Ok(()) } else { Err(format!("log:\n{log}")) }
+            if pred(&log) {
+                Ok(())
+            } else {
+                Err(format!("log:\n{log}"))
+            }
         })
         .await
     }
@@ -406,9 +411,11 @@ impl Daemon {
     pub async fn wait_exit(&mut self) -> Option<i32> {
         let log = self.log.clone();
         let child = &mut self.child;
-        wait_for("the daemon to exit", async || match child.try_wait().unwrap() {
-            Some(st) => Ok(st.code()),
-            None => Err(format!("log:\n{}", log.lock().unwrap())),
+        wait_for("the daemon to exit", async || {
+            match child.try_wait().unwrap() {
+                Some(st) => Ok(st.code()),
+                None => Err(format!("log:\n{}", log.lock().unwrap())),
+            }
         })
         .await
     }
