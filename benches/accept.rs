@@ -18,6 +18,7 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use otpgate::sim::config::TestConfig;
 
 const KEY: &str = "bench-key-0123456789";
 
@@ -136,32 +137,26 @@ fn spawn_self(args: &[&str]) -> (Proc, String) {
 }
 
 fn spawn_daemon(dir: &std::path::Path, sim_base: &str, sim_ca: &str) -> (Proc, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+    let cfg = TestConfig::new(dir)
+        .free_port()
         .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let token = dir.join("token");
-    std::fs::write(&token, "sim-token").expect("token");
-    let hash = hex::encode(otpgate::api::auth::sha256(KEY));
-    let cfg = dir.join("otpgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nmax_connections = 256\n[store]\npath = \"{}\"\n[otp]\ndefault_country = \"IN\"\n[whatsapp]\nenabled = true\napi_base = \"{sim_base}\"\nphone_number_id = \"106540352242922\"\ntemplate = \"otp_auth\"\ntoken_file = \"{}\"\nca_file = \"{sim_ca}\"\nmax_rate = 1000\n[policy]\nprenotify = false\n[limits]\nper_recipient = \"5/15m\"\n[log]\nlevel = \"warn\"\n[[clients]]\nname = \"bench\"\nkey_sha256 = \"{hash}\"\n",
-            dir.join("otpgate.db").display(),
-            token.display()
-        ),
-    )
-    .expect("config");
+        .server("max_connections = 256")
+        .whatsapp(sim_base)
+        .whatsapp_ca_file(std::path::Path::new(sim_ca))
+        .whatsapp_lines("max_rate = 1000")
+        .policy("prenotify = false")
+        .limits("per_recipient = \"5/15m\"")
+        .log_level("warn")
+        .client("bench", KEY);
+    let path = cfg.write().expect("config");
     let c = Command::new(env!("CARGO_BIN_EXE_otpgate"))
         .args(["run", "--config"])
-        .arg(&cfg)
+        .arg(&path)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("daemon");
-    let addr = format!("127.0.0.1:{port}");
+    let addr = cfg.addr().to_string();
     for _ in 0..200 {
         if std::net::TcpStream::connect(&addr).is_ok() {
             break;
