@@ -180,16 +180,9 @@ async fn load(addr: &str, conns: usize, dur: Duration) -> Result {
     for _ in 0..conns {
         let url = format!("http://{addr}/v1/messages");
         tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder()
-                .use_preconfigured_tls(
-                    rustls::ClientConfig::builder_with_provider(otpgate::sim::tls::ring_provider())
-                        .with_safe_default_protocol_versions()
-                        .expect("tls")
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth(),
-                )
+            let client = otpgate::sim::tls::loopback_client()
+                .expect("tls")
                 .pool_max_idle_per_host(1)
-                .no_proxy()
                 .build()
                 .expect("client");
             let mut lat = Vec::new();

@@ -66,15 +66,8 @@ async fn run() {
         .await
         .expect("start");
     let base = format!("http://{}/v1/messages", running.addrs[0]);
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(
-            rustls::ClientConfig::builder_with_provider(otpgate::sim::tls::ring_provider())
-                .with_safe_default_protocol_versions()
-                .expect("tls")
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth(),
-        )
-        .no_proxy()
+    let http = otpgate::sim::tls::loopback_client()
+        .expect("tls")
         .build()
         .expect("client");
     for _ in 0..400 {

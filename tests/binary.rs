@@ -37,14 +37,8 @@ async fn post(
     base: &str,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let r = http
-        .post(format!("{base}/v1/messages"))
-        .bearer_auth(KEY)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or_default())
+    let req = http.post(format!("{base}/v1/messages")).bearer_auth(KEY);
+    common::fetch_json(req.json(&body)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,15 +109,8 @@ async fn kill_9_after_a_burst_loses_nothing_and_logs_hold_no_secrets() {
     // WhatsApp (they may have gone out), so those codes go by SMS; the rest by WhatsApp.
     for id in &ids {
         wait_for(format!("{id} to be sent"), async || {
-            let v: serde_json::Value = http
-                .get(format!("{base}/v1/messages/{id}"))
-                .bearer_auth(KEY)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let url = format!("{base}/v1/messages/{id}");
+            let (_, v) = common::fetch_json(http.get(url).bearer_auth(KEY)).await;
             let status = &v["status"];
             if status == "sent" || status == "delivered" {
                 Ok(())

@@ -8,7 +8,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{CLIENT, KEY, TestConfig, wait_for};
+use common::{CLIENT, KEY, TestConfig, fetch, fetch_json, wait_for};
 use otpgate::clock::{SharedClock, SystemClock};
 use otpgate::sim::cloud_api::{CloudApiSim, Script, SimOptions};
 use otpgate::sim::modem::{Profile, SimModem};
@@ -63,15 +63,7 @@ async fn world_with(policy: &str, extra: &str, wa_extra: &str) -> World {
 impl World {
     async fn wait_ready(&self) {
         wait_for("the modem to become ready", async || {
-            let v: serde_json::Value = self
-                .http
-                .get(format!("{}/readyz", self.base))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let v = self.readyz().await;
             if v["channels"]["sms"]["usable"] == true {
                 Ok(())
             } else {
@@ -79,6 +71,16 @@ impl World {
             }
         })
         .await
+    }
+    async fn readyz(&self) -> serde_json::Value {
+        fetch_json(self.http.get(format!("{}/readyz", self.base)))
+            .await
+            .1
+    }
+    async fn metrics(&self) -> String {
+        fetch(self.http.get(format!("{}/metrics", self.base)))
+            .await
+            .1
     }
     async fn send(&self, to: &str, code: &str) -> serde_json::Value {
         let r = self
@@ -93,15 +95,10 @@ impl World {
         r.json().await.unwrap()
     }
     async fn get(&self, id: &str) -> serde_json::Value {
-        self.http
-            .get(format!("{}/v1/messages/{id}", self.base))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        let url = format!("{}/v1/messages/{id}", self.base);
+        let (s, v) = fetch_json(self.http.get(url).bearer_auth(KEY)).await;
+        assert_eq!(s, 200, "{v}");
+        v
     }
     fn wa_to(&self, digits: &str) -> usize {
         self.sim
@@ -228,15 +225,7 @@ async fn token_error_opens_the_circuit_readiness_says_so_and_a_probe_recovers() 
     h.set_default(Some(Script::error(401, 190)));
     let v = w.send("+919876543210", "700001").await;
     assert_eq!(v["channel"], "sms");
-    let ready: serde_json::Value = w
-        .http
-        .get(format!("{}/readyz", w.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = w.readyz().await;
     assert_eq!(ready["channels"]["whatsapp"]["usable"], false, "{ready}");
     assert!(
         ready["channels"]["whatsapp"]["summary"]
@@ -254,15 +243,7 @@ async fn token_error_opens_the_circuit_readiness_says_so_and_a_probe_recovers() 
         before,
         "open circuit: no request to Meta"
     );
-    let metrics = w
-        .http
-        .get(format!("{}/metrics", w.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = w.metrics().await;
     assert!(
         metrics.contains("otpgate_whatsapp_circuit_open 1"),
         "{metrics}"
@@ -272,15 +253,7 @@ async fn token_error_opens_the_circuit_readiness_says_so_and_a_probe_recovers() 
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let v = w.send("+919876543212", "700003").await;
     assert_eq!(v["channel"], "whatsapp");
-    let metrics = w
-        .http
-        .get(format!("{}/metrics", w.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = w.metrics().await;
     for code in ["700001", "700002", "700003", "9876543210"] {
         assert!(!metrics.contains(code), "metrics carry no codes or numbers");
     }
@@ -324,27 +297,14 @@ async fn failed_webhook_receipt_falls_back_to_sms_while_the_code_lives() {
     let w = world_with("prenotify = false", "", &wa).await;
     let url = format!("{}/webhooks/whatsapp", w.base);
     // Meta's subscription handshake.
-    let r = w
-        .http
-        .get(format!(
-            "{url}?hub.mode=subscribe&hub.verify_token=verify-token-value&hub.challenge=12345"
+    let subscribe = |token: &str| {
+        w.http.get(format!(
+            "{url}?hub.mode=subscribe&hub.verify_token={token}&hub.challenge=12345"
         ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        (r.status().as_u16(), r.text().await.unwrap().as_str()),
-        (200, "12345")
-    );
-    let r = w
-        .http
-        .get(format!(
-            "{url}?hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=12345"
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
+    };
+    let (s, text) = fetch(subscribe("verify-token-value")).await;
+    assert_eq!((s, text.as_str()), (200, "12345"));
+    assert_eq!(fetch(subscribe("wrong")).await.0, 403);
     let v = w.send("+919876543210", "909090").await;
     assert_eq!(v["channel"], "whatsapp");
     let m = w.get(v["id"].as_str().unwrap()).await;

@@ -424,10 +424,7 @@ async fn verify_approve_deny_reuse_and_lock() {
 
 #[tokio::test]
 async fn verify_new_one_cancels_the_old_and_expiry_and_resend() {
-    let clock = {
-        use otpgate::clock::Clock;
-        otpgate::clock::ManualClock::new(otpgate::clock::SystemClock.now())
-    };
+    let clock = common::manual_clock();
     let g = common::gateway_with_clock(
         "[policy]\nprenotify = false\n[verify]\nmax_sends = 2\n",
         clock.clone(),

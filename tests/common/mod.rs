@@ -180,17 +180,31 @@ pub struct Gateway {
     pub http: reqwest::Client,
 }
 
+/// A manual clock standing at the real now.
+pub fn manual_clock() -> Arc<otpgate::clock::ManualClock> {
+    use otpgate::clock::Clock;
+    otpgate::clock::ManualClock::new(otpgate::clock::SystemClock.now())
+}
+
+/// Sends a request; its status and body text.
+pub async fn fetch(req: reqwest::RequestBuilder) -> (u16, String) {
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Sends a request; its status and JSON body (the text as a JSON string if it is not JSON).
+pub async fn fetch_json(req: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+    let (s, text) = fetch(req).await;
+    (
+        s,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+/// A client for plain HTTP to the gateway on loopback.
 pub fn http_client() -> reqwest::Client {
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth();
-    reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .no_proxy()
+    otpgate::sim::tls::loopback_client()
+        .unwrap()
         .build()
         .unwrap()
 }
@@ -225,30 +239,12 @@ impl Gateway {
         self.post_path("/v1/messages", body).await
     }
     pub async fn post_path(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-        let r = self
-            .http
-            .post(format!("{}{path}", self.base))
-            .bearer_auth(KEY)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let s = r.status().as_u16();
-        let text = r.text().await.unwrap();
-        (
-            s,
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-        )
+        let url = format!("{}{path}", self.base);
+        fetch_json(self.http.post(url).bearer_auth(KEY).json(&body)).await
     }
     pub async fn get(&self, id: &str) -> (u16, serde_json::Value) {
-        let r = self
-            .http
-            .get(format!("{}/v1/messages/{id}", self.base))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap_or_default())
+        let url = format!("{}/v1/messages/{id}", self.base);
+        fetch_json(self.http.get(url).bearer_auth(KEY)).await
     }
     /// Waits until the message's status answer satisfies `pred`, and returns it.
     pub async fn wait_until(
