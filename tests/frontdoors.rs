@@ -233,46 +233,20 @@ async fn generic_endpoint_takes_every_alias_and_auth_style() {
 async fn generic_failures_never_look_like_success() {
     let g = gateway("").await;
     let url = format!("{}/v1/sms", g.base);
-    let cases = vec![
-        g.http
-            .get(&url)
-            .query(&[("phone", "+919876543210"), ("text", "Code 1234")])
-            .send()
-            .await
-            .unwrap(),
-        g.http
-            .get(&url)
-            .bearer_auth(KEY)
-            .query(&[("text", "Code 1234")])
-            .send()
-            .await
-            .unwrap(),
-        g.http
-            .get(&url)
-            .bearer_auth(KEY)
-            .query(&[("phone", "+919876543210")])
-            .send()
-            .await
-            .unwrap(),
-        g.http
-            .get(&url)
-            .bearer_auth(KEY)
-            .query(&[("phone", "not-a-number"), ("text", "Code 1234")])
-            .send()
-            .await
-            .unwrap(),
+    let get = |query: &[(&str, &str)]| g.http.get(&url).query(query);
+    let cases = [
+        get(&[("phone", "+919876543210"), ("text", "Code 1234")]),
+        get(&[("text", "Code 1234")]).bearer_auth(KEY),
+        get(&[("phone", "+919876543210")]).bearer_auth(KEY),
+        get(&[("phone", "not-a-number"), ("text", "Code 1234")]).bearer_auth(KEY),
         g.http
             .post(&url)
             .bearer_auth(KEY)
             .header("content-type", "application/json")
-            .body("{oops")
-            .send()
-            .await
-            .unwrap(),
+            .body("{oops"),
     ];
-    for r in cases {
-        let status = r.status().as_u16();
-        let body = r.text().await.unwrap();
+    for req in cases {
+        let (status, body) = common::fetch(req).await;
         assert!(status >= 400, "{status} {body}");
         assert!(
             !privacyidea_ok(status, &body, "OK")

@@ -56,6 +56,16 @@ fn start(cfgs: Vec<ModemConfig>) -> (SmsPool, mpsc::Receiver<Receipt>) {
     (SmsPool::start(cfgs, tx, clock), rx)
 }
 
+/// Starts the pool and waits until every modem is ready.
+async fn start_ready(cfgs: Vec<ModemConfig>) -> (SmsPool, mpsc::Receiver<Receipt>) {
+    let n = cfgs.len();
+    let (pool, rx) = start(cfgs);
+    for i in 0..n {
+        wait_state(&pool, i, "ready").await;
+    }
+    (pool, rx)
+}
+
 fn state(pool: &SmsPool, i: usize) -> String {
     pool.health().parts[i].state.clone()
 }
@@ -91,8 +101,7 @@ async fn single_part_arrives_with_number_text_validity_and_srr() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
     let mut c = cfg("modem0", sim.path());
     c.status_reports = true;
-    let (pool, _rx) = start(vec![c]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![c]).await;
     let h = pool.health();
     assert!(h.usable);
     assert_eq!(h.summary, "modem0 ready -71 dBm");
@@ -123,8 +132,7 @@ async fn concatenated_gsm7_and_ucs2_are_reassembled() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
     let mut c = cfg("modem0", sim.path());
     c.smsc = Some("+4917000000".into());
-    let (pool, _rx) = start(vec![c]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![c]).await;
 
     let long: String = "Your code is 123456. ".chars().cycle().take(200).collect();
     accepted(&pool.send(&delivery(&long)).await);
@@ -157,9 +165,8 @@ async fn transient_cms_error_moves_the_message_to_another_modem() {
     let bad = SimModem::start(Profile::quectel()).unwrap();
     let good = SimModem::start(Profile::huawei()).unwrap();
     bad.fail_next_sends(1000, 41);
-    let (pool, _rx) = start(vec![cfg("modem0", bad.path()), cfg("modem1", good.path())]);
-    wait_state(&pool, 0, "ready").await;
-    wait_state(&pool, 1, "ready").await;
+    let (pool, _rx) =
+        start_ready(vec![cfg("modem0", bad.path()), cfg("modem1", good.path())]).await;
     // Round robin starts on each modem once in two sends: both must end on modem1.
     for _ in 0..2 {
         let id = accepted(&pool.send(&delivery("Your code is 123456")).await);
@@ -179,8 +186,7 @@ async fn transient_cms_error_moves_the_message_to_another_modem() {
 #[tokio::test]
 async fn transient_cms_error_on_the_only_modem_is_tried_again_then_retried_later() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
-    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     // CMS 41 "temporary failure": the second try on the same modem goes through.
     sim.fail_next_sends(1, 41);
     accepted(&pool.send(&delivery("Your code is 123456")).await);
@@ -202,9 +208,7 @@ async fn cms_1_fails_permanently_and_is_not_moved() {
     let b = SimModem::start(Profile::quectel()).unwrap();
     a.fail_number(TO, 1);
     b.fail_number(TO, 1);
-    let (pool, _rx) = start(vec![cfg("modem0", a.path()), cfg("modem1", b.path())]);
-    wait_state(&pool, 0, "ready").await;
-    wait_state(&pool, 1, "ready").await;
+    let (pool, _rx) = start_ready(vec![cfg("modem0", a.path()), cfg("modem1", b.path())]).await;
     match pool.send(&delivery("Your code is 123456")).await {
         Outcome::Failed { code, reason } => {
             assert_eq!(code.as_deref(), Some("CMS 1"));
@@ -227,9 +231,7 @@ async fn modem_side_cms_error_takes_the_modem_out_and_uses_another() {
     // Long enough that the sick modem stays out while the message moves on.
     ca.probe_interval = Duration::from_secs(5);
     cb.probe_interval = Duration::from_secs(5);
-    let (pool, _rx) = start(vec![ca, cb]);
-    wait_state(&pool, 0, "ready").await;
-    wait_state(&pool, 1, "ready").await;
+    let (pool, _rx) = start_ready(vec![ca, cb]).await;
     match pool.send(&delivery("Your code is 123456")).await {
         Outcome::Retry { code, .. } => assert_eq!(code.as_deref(), Some("CMS 330")),
         other => panic!("{other:?}"),
@@ -254,8 +256,7 @@ async fn urcs_everywhere(profile: Profile, urc: &str) {
     for _ in 0..20 {
         sim.urc_in_next_answer(urc);
     }
-    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     sim.urc_in_next_answer("+CREG: 1");
     sim.urc_in_next_answer(urc);
     sim.inject_urc(urc);
@@ -291,8 +292,7 @@ async fn urcs_in_the_middle_of_answers_huawei() {
 #[tokio::test]
 async fn echo_back_after_a_reboot_is_tolerated_and_the_modem_is_set_up_again() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
-    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     // Echo silently back on: the echoed command and PDU must not confuse the dialogue.
     sim.set_echo(true);
     accepted(&pool.send(&delivery("Your code is 123456")).await);
@@ -313,8 +313,7 @@ async fn echo_back_after_a_reboot_is_tolerated_and_the_modem_is_set_up_again() {
 async fn a_slow_modem_is_waited_for() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
     sim.set_delay(Duration::from_millis(150));
-    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     accepted(&pool.send(&delivery("Your code is 123456")).await);
     assert_eq!(sim.received().len(), 1);
     pool.shutdown().await;
@@ -323,8 +322,7 @@ async fn a_slow_modem_is_waited_for() {
 #[tokio::test]
 async fn hung_modem_is_reset_and_sends_again() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
-    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     sim.set_hang(Hang::UntilReset);
     // No prompt: nothing went out, so this is a retry, not an unknown.
     match pool.send(&delivery("Your code is 123456")).await {
@@ -345,8 +343,7 @@ async fn hung_modem_is_reset_and_sends_again() {
 #[tokio::test]
 async fn idle_hang_is_noticed_by_the_health_probe() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
-    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     sim.set_hang(Hang::Forever);
     wait_state(&pool, 0, "no_answer").await;
     match pool.send(&delivery("Your code is 123456")).await {
@@ -361,8 +358,7 @@ async fn idle_hang_is_noticed_by_the_health_probe() {
 #[tokio::test]
 async fn unplug_and_replug_returns_to_ready_by_itself() {
     let mut sim = SimModem::start(Profile::quectel()).unwrap();
-    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     sim.vanish();
     wait_state(&pool, 0, "unplugged").await;
     assert!(!pool.health().usable);
@@ -382,8 +378,7 @@ async fn pin_from_config_is_entered_once() {
     let sim = SimModem::start(Profile::quectel().with_pin("1234")).unwrap();
     let mut c = cfg("modem0", sim.path());
     c.pin = Some(Secret::new("1234"));
-    let (pool, _rx) = start(vec![c]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![c]).await;
     assert_eq!(sim.pin_attempts(), 1);
     accepted(&pool.send(&delivery("Your code is 123456")).await);
     pool.shutdown().await;
@@ -429,8 +424,7 @@ async fn status_reports_become_receipts_matched_to_the_provider_id() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
     let mut c = cfg("modem0", sim.path());
     c.status_reports = true;
-    let (pool, mut rx) = start(vec![c]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, mut rx) = start_ready(vec![c]).await;
     let id = accepted(&pool.send(&delivery("Your code is 123456")).await);
     let r = tokio::time::timeout(GUARD, rx.recv())
         .await
@@ -481,8 +475,7 @@ async fn phase2plus_status_reports_are_acknowledged() {
     sim.set_phase2plus(true);
     let mut c = cfg("modem0", sim.path());
     c.status_reports = true;
-    let (pool, mut rx) = start(vec![c]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, mut rx) = start_ready(vec![c]).await;
     let id = accepted(&pool.send(&delivery("Your code is 123456")).await);
     let r = tokio::time::timeout(GUARD, rx.recv())
         .await
@@ -499,9 +492,7 @@ async fn timeout_after_ctrl_z_is_unknown_and_not_resent() {
     let b = SimModem::start(Profile::quectel()).unwrap();
     a.swallow_next_sends(1);
     b.swallow_next_sends(1);
-    let (pool, _rx) = start(vec![cfg("modem0", a.path()), cfg("modem1", b.path())]);
-    wait_state(&pool, 0, "ready").await;
-    wait_state(&pool, 1, "ready").await;
+    let (pool, _rx) = start_ready(vec![cfg("modem0", a.path()), cfg("modem1", b.path())]).await;
     match pool.send(&delivery("Your code is 123456")).await {
         Outcome::Unknown { reason } => assert!(reason.contains("handed over"), "{reason}"),
         other => panic!("{other:?}"),
@@ -519,8 +510,7 @@ async fn timeout_after_ctrl_z_is_unknown_and_not_resent() {
 #[tokio::test]
 async fn garbage_long_lines_and_urc_floods_do_not_wedge_the_owner() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
-    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     let p0 = pool.progress()[0].1;
     sim.inject_raw(&[0u8, 0xff, 0x1a, 0x1b, b'>', b' ']);
     sim.inject_raw(&vec![b'A'; 10_000]);
@@ -535,8 +525,7 @@ async fn garbage_long_lines_and_urc_floods_do_not_wedge_the_owner() {
 #[tokio::test]
 async fn lost_registration_takes_the_modem_out_until_it_returns() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
-    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     sim.set_registration(3);
     wait_state(&pool, 0, "not_registered").await;
     match pool.send(&delivery("Your code is 123456")).await {
@@ -587,8 +576,7 @@ async fn probe_reports_the_modem_and_explains_failures() {
         other => panic!("{other:?}"),
     }
 
-    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     match probe(sim.path(), 115_200, Duration::from_secs(2)).await {
         Err(e @ ModemError::Busy(_)) => assert!(e.to_string().contains("ID_MM_DEVICE_IGNORE")),
         other => panic!("{other:?}"),
@@ -613,8 +601,7 @@ async fn the_text_never_reaches_a_log_line() {
     let mut c = cfg("modem0", sim.path());
     c.status_reports = true;
     c.pin = None;
-    let (pool, mut rx) = start(vec![c]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, mut rx) = start_ready(vec![c]).await;
     let mut d = delivery(&text);
     d.content = Content::Code {
         code: code.into(),
@@ -647,8 +634,7 @@ async fn heartbeat_moves_while_idle_and_while_unplugged() {
     let mut sim = SimModem::start(Profile::quectel()).unwrap();
     let mut c = cfg("modem0", sim.path());
     c.probe_interval = Duration::from_secs(3600);
-    let (pool, _rx) = start(vec![c]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![c]).await;
     let p0 = pool.progress()[0].1;
     wait_for("idle heartbeat", async || pool.progress()[0].1 > p0 + 1).await;
     sim.vanish();
