@@ -19,6 +19,16 @@ fn linotp_ok(body: &str, return_success: &str) -> bool {
     body.starts_with(return_success)
 }
 
+/// `POST /v1/verifications/{id}/check` with `code`.
+async fn check(
+    g: &common::Gateway,
+    id: &str,
+    code: impl serde::Serialize,
+) -> (u16, serde_json::Value) {
+    let path = format!("/v1/verifications/{id}/check");
+    g.post_path(&path, json!({ "code": code })).await
+}
+
 const PW_HASH_LINE: &str =
     "password_sha256 = \"b5a2c96250612366ea272ffac6d9744aaf4b45aacd96aa7cfcb931ee3b558259\"\n"; // sha256("dummy")
 
@@ -321,29 +331,14 @@ async fn verify_approve_deny_reuse_and_lock() {
     } else {
         "00000000"
     };
-    let (_, r) = g
-        .post_path(
-            &format!("/v1/verifications/{id}/check"),
-            json!({"code": wrong}),
-        )
-        .await;
+    let (_, r) = check(&g, &id, wrong).await;
     assert_eq!(
         (r["status"].as_str(), r["attempts_left"].as_u64()),
         (Some("denied"), Some(2))
     );
-    let (_, r) = g
-        .post_path(
-            &format!("/v1/verifications/{id}/check"),
-            json!({"code": code}),
-        )
-        .await;
+    let (_, r) = check(&g, &id, &code).await;
     assert_eq!(r["status"], "approved");
-    let (_, r) = g
-        .post_path(
-            &format!("/v1/verifications/{id}/check"),
-            json!({"code": code}),
-        )
-        .await;
+    let (_, r) = check(&g, &id, &code).await;
     assert_eq!(r["status"], "denied", "single use");
     assert_eq!(r["reason"], "already_used");
     // GET shows neither the code nor its hash.
@@ -373,25 +368,11 @@ async fn verify_approve_deny_reuse_and_lock() {
     };
     let wrong = if code == "000000" { "111111" } else { "000000" };
     for _ in 0..2 {
-        g.post_path(
-            &format!("/v1/verifications/{id}/check"),
-            json!({"code": wrong}),
-        )
-        .await;
+        check(&g, &id, wrong).await;
     }
-    let (_, r) = g
-        .post_path(
-            &format!("/v1/verifications/{id}/check"),
-            json!({"code": wrong}),
-        )
-        .await;
+    let (_, r) = check(&g, &id, wrong).await;
     assert_eq!(r["status"], "max_attempts");
-    let (_, r) = g
-        .post_path(
-            &format!("/v1/verifications/{id}/check"),
-            json!({"code": code}),
-        )
-        .await;
+    let (_, r) = check(&g, &id, &code).await;
     assert_eq!(r["status"], "max_attempts");
     g.stop().await;
 }
@@ -421,12 +402,7 @@ async fn verify_new_one_cancels_the_old_and_expiry_and_resend() {
         .post_path("/v1/verifications", json!({"to": "+919876543210"}))
         .await;
     let aid = a["id"].as_str().unwrap();
-    let (_, r) = g
-        .post_path(
-            &format!("/v1/verifications/{aid}/check"),
-            json!({"code": old_code}),
-        )
-        .await;
+    let (_, r) = check(&g, &aid, &old_code).await;
     assert_eq!(
         (r["status"].as_str(), r["reason"].as_str()),
         (Some("denied"), Some("canceled"))
@@ -445,12 +421,7 @@ async fn verify_new_one_cancels_the_old_and_expiry_and_resend() {
     assert_eq!((s, r["error"]["code"].as_str()), (429, Some("max_sends")));
     // Expiry.
     clock.advance(std::time::Duration::from_secs(301));
-    let (_, r) = g
-        .post_path(
-            &format!("/v1/verifications/{bid}/check"),
-            json!({"code": "123456"}),
-        )
-        .await;
+    let (_, r) = check(&g, &bid, "123456").await;
     assert_eq!(r["status"], "expired");
     // Bad input.
     for (body, field) in [
