@@ -402,7 +402,7 @@ async fn verify_new_one_cancels_the_old_and_expiry_and_resend() {
         .post_path("/v1/verifications", json!({"to": "+919876543210"}))
         .await;
     let aid = a["id"].as_str().unwrap();
-    let (_, r) = check(&g, &aid, &old_code).await;
+    let (_, r) = check(&g, aid, &old_code).await;
     assert_eq!(
         (r["status"].as_str(), r["reason"].as_str()),
         (Some("denied"), Some("canceled"))
