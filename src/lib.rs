@@ -27,9 +27,9 @@
 //! | the modem pool (round robin over ready modems) | [`channel::sms::pool`] |
 //! | worker: claims due messages, runs attempts, records outcomes | [`dispatch`] |
 //! | routing policy (pure function) | [`dispatch::policy`] |
-//! | Cloud API simulator and pty modem simulator | [`sim`] |
+//! | Cloud API simulator, pty modem simulator, test configs (feature `simulators`) | [`sim`] |
 //! | wiring it all together, signals, shutdown | [`daemon`] |
-//! | `otpgate demo`: the daemon on the simulators | [`demo`] |
+//! | `otpgate demo`: the daemon on the simulators (feature `simulators`) | [`demo`] |
 //! | metrics counters | [`metrics`] |
 //!
 //! Rules kept throughout: time comes from a [`clock::Clock`]; protocol parsing works on byte

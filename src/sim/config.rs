@@ -7,7 +7,7 @@
 //! let path = TestConfig::new(dir)
 //!     .org("ACME")
 //!     .whatsapp_sim(sim)
-//!     .modem("modem0", "/dev/pts/7")
+//!     .modem("modem0", std::path::Path::new("/dev/pts/7"))
 //!     .policy("prenotify = false")
 //!     .client("idp", "test-key-0123456789")
 //!     .write()?;
