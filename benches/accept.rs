@@ -20,6 +20,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use otpgate::sim::config::TestConfig;
 
+// The launcher the tests use: the daemon as a child process, killed on drop.
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 const KEY: &str = "bench-key-0123456789";
 
 /// The next recipient number.
@@ -136,7 +140,8 @@ fn spawn_self(args: &[&str]) -> (Proc, String) {
     (Proc(c), line.trim().to_string())
 }
 
-fn spawn_daemon(dir: &std::path::Path, sim_base: &str, sim_ca: &str) -> (Proc, String) {
+/// The real binary on a fixed free port, logging only warnings (as the config says).
+async fn spawn_daemon(dir: &std::path::Path, sim_base: &str, sim_ca: &str) -> common::Daemon {
     let cfg = TestConfig::new(dir)
         .free_port()
         .expect("port")
@@ -148,22 +153,8 @@ fn spawn_daemon(dir: &std::path::Path, sim_base: &str, sim_ca: &str) -> (Proc, S
         .limits("per_recipient = \"5/15m\"")
         .log_level("warn")
         .client("bench", KEY);
-    let path = cfg.write().expect("config");
-    let c = Command::new(env!("CARGO_BIN_EXE_otpgate"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("daemon");
-    let addr = cfg.addr().to_string();
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(&addr).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    (Proc(c), addr)
+    cfg.write().expect("config");
+    common::Launch::new(&cfg).rust_log("warn").listening().await
 }
 
 struct Result {
@@ -269,7 +260,8 @@ async fn run(dur: Duration, rounds: usize) {
             parts.next().unwrap_or_default().to_string(),
             parts.next().unwrap_or_default().to_string(),
         );
-        let (_daemon, addr) = spawn_daemon(dir.path(), &sim_base, &sim_ca);
+        let daemon = spawn_daemon(dir.path(), &sim_base, &sim_ca).await;
+        let addr = daemon.addr.clone();
         println!("\n{mode}");
         println!(
             "{:>5} | {:>12} {:>9} {:>9} | {:>12} {:>9} {:>9} | {:>6}",

@@ -338,6 +338,17 @@ impl Launch {
         }
     }
 
+    /// Starts the daemon and waits until its port accepts connections (for a daemon that
+    /// logs too little to say so).
+    pub async fn listening(self) -> Daemon {
+        let d = self.spawn();
+        wait_for(format!("the daemon to listen on {}", d.addr), async || {
+            std::net::TcpStream::connect(&d.addr).map_err(|e| format!("{e}; log:\n{}", d.log()))
+        })
+        .await;
+        d
+    }
+
     /// Starts the daemon and waits until it logs that it is ready (listening).
     pub async fn ready(self) -> Daemon {
         let d = self.spawn();
