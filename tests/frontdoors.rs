@@ -75,22 +75,14 @@ async fn kannel_get_post_and_exact_replies() {
         2
     );
     // POST form.
-    let r = g
-        .http
-        .post(&base)
-        .form(&[
-            ("username", CLIENT),
-            ("password", "dummy"),
-            ("to", "+919876543212"),
-            ("text", "OTP 5555"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        (r.status().as_u16(), r.text().await.unwrap().as_str()),
-        (202, "0: Accepted for delivery")
-    );
+    let form = g.http.post(&base).form(&[
+        ("username", CLIENT),
+        ("password", "dummy"),
+        ("to", "+919876543212"),
+        ("text", "OTP 5555"),
+    ]);
+    let (s, text) = common::fetch(form).await;
+    assert_eq!((s, text.as_str()), (202, "0: Accepted for delivery"));
     // POST text/plain with X-Kannel-* headers.
     let r = g
         .http
@@ -117,11 +109,8 @@ async fn kannel_get_post_and_exact_replies() {
             "Missing receiver number, rejected",
         ),
     ] {
-        let r = g.http.get(url).send().await.unwrap();
-        assert_eq!(
-            (r.status().as_u16(), r.text().await.unwrap().as_str()),
-            (status, text)
-        );
+        let (s, body) = common::fetch(g.http.get(url)).await;
+        assert_eq!((s, body.as_str()), (status, text));
     }
     g.stop().await;
 }
@@ -133,18 +122,9 @@ async fn kannel_not_routable_and_bad_numbers_store_nothing() {
     ))
     .await;
     let base = format!("{}/cgi-bin/sendsms", g.base);
-    let r = g
-        .http
-        .get(format!(
-            "{base}?username={CLIENT}&password=dummy&to=%2B4915123456789&text=Code+1234"
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        (r.status().as_u16(), r.text().await.unwrap().as_str()),
-        (403, "Not routable. Do not try again.")
-    );
+    let url = format!("{base}?username={CLIENT}&password=dummy&to=%2B4915123456789&text=Code+1234");
+    let (s, text) = common::fetch(g.http.get(url)).await;
+    assert_eq!((s, text.as_str()), (403, "Not routable. Do not try again."));
     let r = g
         .http
         .get(format!(
