@@ -82,6 +82,11 @@ async fn wait_state(pool: &SmsPool, i: usize, want: &str) {
     .await
 }
 
+/// Sends the usual one-part code message.
+async fn send_code(pool: &SmsPool) -> Outcome {
+    pool.send(&delivery("Your code is 123456")).await
+}
+
 fn accepted(o: &Outcome) -> String {
     match o {
         Outcome::Accepted { provider_id } => provider_id.clone(),
@@ -169,7 +174,7 @@ async fn transient_cms_error_moves_the_message_to_another_modem() {
         start_ready(vec![cfg("modem0", bad.path()), cfg("modem1", good.path())]).await;
     // Round robin starts on each modem once in two sends: both must end on modem1.
     for _ in 0..2 {
-        let id = accepted(&pool.send(&delivery("Your code is 123456")).await);
+        let id = accepted(&send_code(&pool).await);
         assert!(id.starts_with("modem1/"), "{id}");
     }
     assert_eq!(good.received().len(), 2);
@@ -189,12 +194,12 @@ async fn transient_cms_error_on_the_only_modem_is_tried_again_then_retried_later
     let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     // CMS 41 "temporary failure": the second try on the same modem goes through.
     sim.fail_next_sends(1, 41);
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     assert_eq!(cmgs_count(&sim), 2);
     assert_eq!(sim.received().len(), 1);
     // A lasting transient error: two tries, then the dispatcher is asked to retry later.
     sim.fail_next_sends(5, 331);
-    match pool.send(&delivery("Your code is 123456")).await {
+    match send_code(&pool).await {
         Outcome::Retry { code, .. } => assert_eq!(code.as_deref(), Some("CMS 331")),
         other => panic!("{other:?}"),
     }
@@ -209,7 +214,7 @@ async fn cms_1_fails_permanently_and_is_not_moved() {
     a.fail_number(TO, 1);
     b.fail_number(TO, 1);
     let (pool, _rx) = start_ready(vec![cfg("modem0", a.path()), cfg("modem1", b.path())]).await;
-    match pool.send(&delivery("Your code is 123456")).await {
+    match send_code(&pool).await {
         Outcome::Failed { code, reason } => {
             assert_eq!(code.as_deref(), Some("CMS 1"));
             assert!(reason.contains("unassigned"), "{reason}");
@@ -232,13 +237,13 @@ async fn modem_side_cms_error_takes_the_modem_out_and_uses_another() {
     ca.probe_interval = Duration::from_secs(5);
     cb.probe_interval = Duration::from_secs(5);
     let (pool, _rx) = start_ready(vec![ca, cb]).await;
-    match pool.send(&delivery("Your code is 123456")).await {
+    match send_code(&pool).await {
         Outcome::Retry { code, .. } => assert_eq!(code.as_deref(), Some("CMS 330")),
         other => panic!("{other:?}"),
     }
     assert_eq!(state(&pool, 0), "error");
     assert_eq!(state(&pool, 1), "error");
-    match pool.send(&delivery("Your code is 123456")).await {
+    match send_code(&pool).await {
         Outcome::ChannelDown { reason, .. } => {
             assert!(reason.contains("modem0 error"), "{reason}");
             assert!(reason.contains("SMSC"), "{reason}");
@@ -247,7 +252,7 @@ async fn modem_side_cms_error_takes_the_modem_out_and_uses_another() {
     }
     // The next health look re-initialises and the modems come back.
     wait_state(&pool, 0, "ready").await;
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     pool.shutdown().await;
 }
 
@@ -260,11 +265,11 @@ async fn urcs_everywhere(profile: Profile, urc: &str) {
     sim.urc_in_next_answer("+CREG: 1");
     sim.urc_in_next_answer(urc);
     sim.inject_urc(urc);
-    let id = accepted(&pool.send(&delivery("Your code is 123456")).await);
+    let id = accepted(&send_code(&pool).await);
     assert!(id.starts_with("modem0/"));
     sim.inject_urc("+CREG: 1");
     sim.urc_in_next_answer(urc);
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     assert_eq!(sim.received().len(), 2);
     assert_eq!(state(&pool, 0), "ready");
     pool.shutdown().await;
@@ -295,7 +300,7 @@ async fn echo_back_after_a_reboot_is_tolerated_and_the_modem_is_set_up_again() {
     let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     // Echo silently back on: the echoed command and PDU must not confuse the dialogue.
     sim.set_echo(true);
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     // A real reboot: "RDY", echo on, text mode. The owner sets PDU mode again by itself.
     let before = sim.commands().iter().filter(|c| *c == "AT+CMGF=0").count();
     sim.reboot();
@@ -304,7 +309,7 @@ async fn echo_back_after_a_reboot_is_tolerated_and_the_modem_is_set_up_again() {
     })
     .await;
     wait_state(&pool, 0, "ready").await;
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     assert_eq!(sim.received().len(), 2);
     pool.shutdown().await;
 }
@@ -314,7 +319,7 @@ async fn a_slow_modem_is_waited_for() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
     sim.set_delay(Duration::from_millis(150));
     let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     assert_eq!(sim.received().len(), 1);
     pool.shutdown().await;
 }
@@ -325,7 +330,7 @@ async fn hung_modem_is_reset_and_sends_again() {
     let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     sim.set_hang(Hang::UntilReset);
     // No prompt: nothing went out, so this is a retry, not an unknown.
-    match pool.send(&delivery("Your code is 123456")).await {
+    match send_code(&pool).await {
         Outcome::Retry { .. } | Outcome::ChannelDown { .. } => {}
         other => panic!("{other:?}"),
     }
@@ -335,7 +340,7 @@ async fn hung_modem_is_reset_and_sends_again() {
     })
     .await;
     wait_state(&pool, 0, "ready").await;
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     assert_eq!(sim.received().len(), 1);
     pool.shutdown().await;
 }
@@ -346,7 +351,7 @@ async fn idle_hang_is_noticed_by_the_health_probe() {
     let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     sim.set_hang(Hang::Forever);
     wait_state(&pool, 0, "no_answer").await;
-    match pool.send(&delivery("Your code is 123456")).await {
+    match send_code(&pool).await {
         Outcome::ChannelDown { reason, .. } => assert!(reason.contains("modem0 no_answer")),
         other => panic!("{other:?}"),
     }
@@ -362,13 +367,13 @@ async fn unplug_and_replug_returns_to_ready_by_itself() {
     sim.vanish();
     wait_state(&pool, 0, "unplugged").await;
     assert!(!pool.health().usable);
-    match pool.send(&delivery("Your code is 123456")).await {
+    match send_code(&pool).await {
         Outcome::ChannelDown { reason, .. } => assert!(reason.contains("unplugged"), "{reason}"),
         other => panic!("{other:?}"),
     }
     sim.reappear().unwrap();
     wait_state(&pool, 0, "ready").await;
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     assert_eq!(sim.received().len(), 1);
     pool.shutdown().await;
 }
@@ -380,7 +385,7 @@ async fn pin_from_config_is_entered_once() {
     c.pin = Some(Secret::new("1234"));
     let (pool, _rx) = start_ready(vec![c]).await;
     assert_eq!(sim.pin_attempts(), 1);
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     pool.shutdown().await;
 }
 
@@ -425,7 +430,7 @@ async fn status_reports_become_receipts_matched_to_the_provider_id() {
     let mut c = cfg("modem0", sim.path());
     c.status_reports = true;
     let (pool, mut rx) = start_ready(vec![c]).await;
-    let id = accepted(&pool.send(&delivery("Your code is 123456")).await);
+    let id = accepted(&send_code(&pool).await);
     let r = tokio::time::timeout(GUARD, rx.recv())
         .await
         .unwrap()
@@ -434,7 +439,7 @@ async fn status_reports_become_receipts_matched_to_the_provider_id() {
     assert_eq!(r.status, ReceiptStatus::Delivered);
 
     sim.set_report_status(0x46);
-    let id = accepted(&pool.send(&delivery("Your code is 123456")).await);
+    let id = accepted(&send_code(&pool).await);
     let r = tokio::time::timeout(GUARD, rx.recv())
         .await
         .unwrap()
@@ -448,7 +453,7 @@ async fn status_reports_become_receipts_matched_to_the_provider_id() {
     );
 
     sim.set_report_status(0x20);
-    let id = accepted(&pool.send(&delivery("Your code is 123456")).await);
+    let id = accepted(&send_code(&pool).await);
     let r = tokio::time::timeout(GUARD, rx.recv())
         .await
         .unwrap()
@@ -476,7 +481,7 @@ async fn phase2plus_status_reports_are_acknowledged() {
     let mut c = cfg("modem0", sim.path());
     c.status_reports = true;
     let (pool, mut rx) = start_ready(vec![c]).await;
-    let id = accepted(&pool.send(&delivery("Your code is 123456")).await);
+    let id = accepted(&send_code(&pool).await);
     let r = tokio::time::timeout(GUARD, rx.recv())
         .await
         .unwrap()
@@ -493,7 +498,7 @@ async fn timeout_after_ctrl_z_is_unknown_and_not_resent() {
     a.swallow_next_sends(1);
     b.swallow_next_sends(1);
     let (pool, _rx) = start_ready(vec![cfg("modem0", a.path()), cfg("modem1", b.path())]).await;
-    match pool.send(&delivery("Your code is 123456")).await {
+    match send_code(&pool).await {
         Outcome::Unknown { reason } => assert!(reason.contains("handed over"), "{reason}"),
         other => panic!("{other:?}"),
     }
@@ -516,7 +521,7 @@ async fn garbage_long_lines_and_urc_floods_do_not_wedge_the_owner() {
     sim.inject_raw(&vec![b'A'; 10_000]);
     sim.inject_raw(b"\r\n");
     sim.inject_raw(&b"+QIND: \"csq\",21,99\r\n".repeat(2000));
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     assert_eq!(state(&pool, 0), "ready");
     assert!(pool.progress()[0].1 > p0, "the heartbeat moves");
     pool.shutdown().await;
@@ -528,7 +533,7 @@ async fn lost_registration_takes_the_modem_out_until_it_returns() {
     let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     sim.set_registration(3);
     wait_state(&pool, 0, "not_registered").await;
-    match pool.send(&delivery("Your code is 123456")).await {
+    match send_code(&pool).await {
         Outcome::ChannelDown { reason, .. } => {
             assert!(reason.contains("modem0 not_registered"), "{reason}")
         }
@@ -536,7 +541,7 @@ async fn lost_registration_takes_the_modem_out_until_it_returns() {
     }
     sim.set_registration(5);
     wait_state(&pool, 0, "ready").await;
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     pool.shutdown().await;
 }
 
@@ -670,7 +675,7 @@ async fn unplug_after_ctrl_z_is_unknown_and_the_modem_comes_back() {
     }
     sim.reappear().unwrap();
     wait_state(&pool, 0, "ready").await;
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     assert_eq!(sim.received().len(), 2);
     pool.shutdown().await;
 }
