@@ -18,6 +18,11 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use otpgate::sim::config::TestConfig;
+
+// The launcher the tests use: the daemon as a child process, killed on drop.
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 const KEY: &str = "bench-key-0123456789";
 
@@ -135,40 +140,21 @@ fn spawn_self(args: &[&str]) -> (Proc, String) {
     (Proc(c), line.trim().to_string())
 }
 
-fn spawn_daemon(dir: &std::path::Path, sim_base: &str, sim_ca: &str) -> (Proc, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// The real binary on a fixed free port, logging only warnings (as the config says).
+async fn spawn_daemon(dir: &std::path::Path, sim_base: &str, sim_ca: &str) -> common::Daemon {
+    let cfg = TestConfig::new(dir)
+        .free_port()
         .expect("port")
-        .local_addr()
-        .expect("addr")
-        .port();
-    let token = dir.join("token");
-    std::fs::write(&token, "sim-token").expect("token");
-    let hash = hex::encode(otpgate::api::auth::sha256(KEY));
-    let cfg = dir.join("otpgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:{port}\"]\nmax_connections = 256\n[store]\npath = \"{}\"\n[otp]\ndefault_country = \"IN\"\n[whatsapp]\nenabled = true\napi_base = \"{sim_base}\"\nphone_number_id = \"106540352242922\"\ntemplate = \"otp_auth\"\ntoken_file = \"{}\"\nca_file = \"{sim_ca}\"\nmax_rate = 1000\n[policy]\nprenotify = false\n[limits]\nper_recipient = \"5/15m\"\n[log]\nlevel = \"warn\"\n[[clients]]\nname = \"bench\"\nkey_sha256 = \"{hash}\"\n",
-            dir.join("otpgate.db").display(),
-            token.display()
-        ),
-    )
-    .expect("config");
-    let c = Command::new(env!("CARGO_BIN_EXE_otpgate"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("daemon");
-    let addr = format!("127.0.0.1:{port}");
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(&addr).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    (Proc(c), addr)
+        .server("max_connections = 256")
+        .whatsapp(sim_base)
+        .whatsapp_ca_file(std::path::Path::new(sim_ca))
+        .whatsapp_lines("max_rate = 1000")
+        .policy("prenotify = false")
+        .limits("per_recipient = \"5/15m\"")
+        .log_level("warn")
+        .client("bench", KEY);
+    cfg.write().expect("config");
+    common::Launch::new(&cfg).rust_log("warn").listening().await
 }
 
 struct Result {
@@ -185,16 +171,9 @@ async fn load(addr: &str, conns: usize, dur: Duration) -> Result {
     for _ in 0..conns {
         let url = format!("http://{addr}/v1/messages");
         tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder()
-                .use_preconfigured_tls(
-                    rustls::ClientConfig::builder_with_provider(otpgate::sim::tls::ring_provider())
-                        .with_safe_default_protocol_versions()
-                        .expect("tls")
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth(),
-                )
+            let client = otpgate::sim::tls::loopback_client()
+                .expect("tls")
                 .pool_max_idle_per_host(1)
-                .no_proxy()
                 .build()
                 .expect("client");
             let mut lat = Vec::new();
@@ -281,7 +260,8 @@ async fn run(dur: Duration, rounds: usize) {
             parts.next().unwrap_or_default().to_string(),
             parts.next().unwrap_or_default().to_string(),
         );
-        let (_daemon, addr) = spawn_daemon(dir.path(), &sim_base, &sim_ca);
+        let daemon = spawn_daemon(dir.path(), &sim_base, &sim_ca).await;
+        let addr = daemon.addr.clone();
         println!("\n{mode}");
         println!(
             "{:>5} | {:>12} {:>9} {:>9} | {:>12} {:>9} {:>9} | {:>6}",

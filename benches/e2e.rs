@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use otpgate::clock::{SharedClock, SystemClock};
 use otpgate::sim::cloud_api::{CloudApiSim, Script, SimOptions};
+use otpgate::sim::config::TestConfig;
 use otpgate::sim::modem::{Profile, SimModem};
 
 const KEY: &str = "bench-key-0123456789";
@@ -40,24 +41,18 @@ async fn run() {
         .await
         .expect("sim");
     let modem = SimModem::start(Profile::quectel()).expect("modem");
-    let token = dir.path().join("token");
-    std::fs::write(&token, "sim-token").expect("token");
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, sim.ca_pem()).expect("ca");
-    let cfg_path = dir.path().join("otpgate.toml");
-    std::fs::write(
-        &cfg_path,
-        format!(
-            "[server]\nlisten = [\"127.0.0.1:0\"]\n[store]\npath = \"{}\"\n[otp]\ndefault_country = \"IN\"\n[whatsapp]\nenabled = true\napi_base = \"{}\"\nphone_number_id = \"106540352242922\"\ntemplate = \"otp_auth\"\ntoken_file = \"{}\"\nca_file = \"{}\"\ntimeout = \"1s\"\nmax_rate = 1000\n[[modems]]\nname = \"modem0\"\ndevice = \"{}\"\nstatus_reports = false\n[policy]\nprenotify = false\nwhatsapp_deadline = \"{DEADLINE_S}s\"\n[limits]\n[log]\nlevel = \"error\"\n[[clients]]\nname = \"bench\"\nkey_sha256 = \"{}\"\n",
-            dir.path().join("db").display(),
-            sim.base_url(),
-            token.display(),
-            ca.display(),
-            modem.path().display(),
-            hex::encode(otpgate::api::auth::sha256(KEY)),
-        ),
-    )
-    .expect("config");
+    let cfg_path = TestConfig::new(dir.path())
+        .whatsapp_sim(&sim)
+        .whatsapp_lines("timeout = \"1s\"\nmax_rate = 1000")
+        .modem("modem0", modem.path())
+        .modem_lines("status_reports = false")
+        .policy(&format!(
+            "prenotify = false\nwhatsapp_deadline = \"{DEADLINE_S}s\""
+        ))
+        .log_level("error")
+        .client("bench", KEY)
+        .write()
+        .expect("config");
     let cfg = otpgate::config::load(&otpgate::config::Sources {
         main: cfg_path,
         env: Default::default(),
@@ -71,15 +66,8 @@ async fn run() {
         .await
         .expect("start");
     let base = format!("http://{}/v1/messages", running.addrs[0]);
-    let http = reqwest::Client::builder()
-        .use_preconfigured_tls(
-            rustls::ClientConfig::builder_with_provider(otpgate::sim::tls::ring_provider())
-                .with_safe_default_protocol_versions()
-                .expect("tls")
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth(),
-        )
-        .no_proxy()
+    let http = otpgate::sim::tls::loopback_client()
+        .expect("tls")
         .build()
         .expect("client");
     for _ in 0..400 {

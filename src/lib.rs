@@ -29,9 +29,9 @@
 //! | the modem pool (round robin over ready modems) | [`channel::sms::pool`] |
 //! | worker: claims due messages, runs attempts, records outcomes | [`dispatch`] |
 //! | routing policy (pure function) | [`dispatch::policy`] |
-//! | Cloud API simulator and pty modem simulator | [`sim`] |
+//! | Cloud API simulator, pty modem simulator, test configs (feature `simulators`) | [`sim`] |
 //! | wiring it all together, signals, shutdown | [`daemon`] |
-//! | `otpgate demo`: the daemon on the simulators | [`demo`] |
+//! | `otpgate demo`: the daemon on the simulators (feature `simulators`) | [`demo`] |
 //! | metrics counters | [`metrics`] |
 //!
 //! Rules kept throughout: time comes from a [`clock::Clock`]; protocol parsing works on byte
@@ -44,11 +44,13 @@ pub mod clock;
 pub mod config;
 pub mod content;
 pub mod daemon;
+#[cfg(feature = "simulators")]
 pub mod demo;
 pub mod dispatch;
 pub mod domain;
 pub mod metrics;
 pub mod phone;
 pub mod secret;
+#[cfg(feature = "simulators")]
 pub mod sim;
 pub mod store;

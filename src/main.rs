@@ -37,6 +37,7 @@ enum Command {
     },
     /// Run the whole gateway against built-in simulators of WhatsApp and a modem: try it with
     /// no account and no hardware.
+    #[cfg(feature = "simulators")]
     Demo {
         /// Where the demo's API listens.
         #[arg(long, default_value = "127.0.0.1:8025")]
@@ -258,6 +259,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                 }
             })
         }
+        #[cfg(feature = "simulators")]
         Command::Demo { listen } => {
             init_logging("warn,otpgate=info", false);
             runtime()?

@@ -1,6 +1,8 @@
 //! The native API end to end: a real hyper server on loopback, a real SQLite file, the real
 //! dispatcher; only the channels are scripted here (the channel suites test the real ones).
 
+#![cfg(feature = "simulators")]
+
 mod common;
 
 use std::time::Duration;
@@ -464,10 +466,7 @@ async fn whatsapp_outage_falls_back_and_channel_down_everywhere_waits() {
 
 #[tokio::test]
 async fn expired_messages_are_never_attempted() {
-    let clock = {
-        use otpgate::clock::Clock;
-        otpgate::clock::ManualClock::new(otpgate::clock::SystemClock.now())
-    };
+    let clock = common::manual_clock();
     let g = gateway_with_clock("[policy]\nprenotify = false\n", clock.clone()).await;
     g.wa.usable
         .store(false, std::sync::atomic::Ordering::SeqCst);
@@ -580,15 +579,7 @@ async fn health_ready_and_metrics() {
         .await;
     g.wait_until(v["id"].as_str().unwrap(), |m| m["status"] == "sent")
         .await;
-    let text = g
-        .http
-        .get(format!("{}/metrics", g.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (_, text) = common::fetch(g.http.get(format!("{}/metrics", g.base))).await;
     assert!(text.contains("otpgate_messages_accepted_total 1"), "{text}");
     assert!(
         text.contains("otpgate_messages_sent_total{channel=\"whatsapp\"} 1"),

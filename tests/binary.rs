@@ -1,152 +1,35 @@
 //! The real `otpgate` binary: crash safety under kill -9, logs free of codes and tokens at the
 //! most verbose level, TLS and mTLS with test-made certificates, and the CLI commands.
 
+#![cfg(feature = "simulators")]
+
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::io::Read;
+use std::path::Path;
+use std::process::Command;
 
-use common::{CLIENT, KEY};
+use common::{BIN, CLIENT, Daemon, KEY, Launch, TestConfig, wait_for};
 use otpgate::sim::cloud_api::{CloudApiSim, Script, SimOptions};
+use otpgate::sim::config::SIM_TOKEN as TOKEN;
 use otpgate::sim::tls::TestPki;
 use serde_json::json;
 
-const BIN: &str = env!("CARGO_BIN_EXE_otpgate");
-const TOKEN: &str = "sim-token";
-
-/// A running daemon process whose stderr is collected.
-struct Daemon {
-    child: Child,
-    addr: String,
-    log: Arc<Mutex<String>>,
-}
-
-impl Daemon {
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A config for the binary: WhatsApp against the simulator, listening on a free port.
-fn config(dir: &Path, sim: &CloudApiSim, extra_server: &str, extra: &str) -> PathBuf {
-    config_with_modem(dir, sim, extra_server, extra, None)
-}
-
-fn config_with_modem(
-    dir: &Path,
-    sim: &CloudApiSim,
-    extra_server: &str,
-    extra: &str,
-    modem: Option<&Path>,
-) -> PathBuf {
-    let modem = modem
-        .map(|m| {
-            format!(
-                "[[modems]]\nname = \"modem0\"\ndevice = \"{}\"\n",
-                m.display()
-            )
-        })
-        .unwrap_or_default();
-    let token = dir.join("token");
-    std::fs::write(&token, TOKEN).unwrap();
-    let ca = dir.join("sim-ca.pem");
-    std::fs::write(&ca, sim.ca_pem()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A config for the binary: WhatsApp against the simulator, listening on a fixed free port.
+fn config(dir: &Path, sim: &CloudApiSim) -> TestConfig {
+    TestConfig::new(dir)
+        .free_port()
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let hash = hex::encode(otpgate::api::auth::sha256(KEY));
-    let body = format!(
-        r#"
-[server]
-listen = ["127.0.0.1:{port}"]
-{extra_server}
-[store]
-path = "{db}"
-[otp]
-default_country = "IN"
-[whatsapp]
-enabled = true
-api_base = "{base}"
-phone_number_id = "106540352242922"
-template = "otp_auth"
-token_file = "{token}"
-ca_file = "{ca}"
-{modem}
-[policy]
-prenotify = false
-whatsapp_deadline = "30s"
-[log]
-level = "trace"
-[[clients]]
-name = "{CLIENT}"
-key_sha256 = "{hash}"
-{extra}
-"#,
-        db = dir.join("otpgate.db").display(),
-        base = sim.base_url(),
-        token = token.display(),
-        ca = ca.display(),
-    );
-    let p = dir.join("otpgate.toml");
-    std::fs::write(&p, body).unwrap();
-    p
+        .whatsapp_sim(sim)
+        .policy("prenotify = false\nwhatsapp_deadline = \"30s\"")
+        .log_level("trace")
+        .client(CLIENT, KEY)
 }
 
-fn spawn(cfg: &Path) -> Daemon {
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(cfg)
-        .env("RUST_LOG", "trace")
-        .env_remove("NOTIFY_SOCKET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = Arc::new(Mutex::new(String::new()));
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let l = log.clone();
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(stderr);
-        let mut line = String::new();
-        let mut told = false;
-        while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-            if !told && line.contains("ready") && line.contains("addrs") {
-                told = true;
-                let _ = tx.send(());
-            }
-            l.lock().unwrap().push_str(&line);
-            line.clear();
-        }
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("daemon did not become ready: {}", log.lock().unwrap()));
-    let text = std::fs::read_to_string(cfg).unwrap();
-    let port = text
-        .split("127.0.0.1:")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
-    Daemon {
-        child,
-        addr: format!("127.0.0.1:{port}"),
-        log,
-    }
+/// Writes `cfg` and starts the daemon on it.
+async fn start(cfg: &TestConfig) -> Daemon {
+    cfg.write().unwrap();
+    Launch::new(cfg).ready().await
 }
 
 async fn post(
@@ -154,14 +37,8 @@ async fn post(
     base: &str,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let r = http
-        .post(format!("{base}/v1/messages"))
-        .bearer_auth(KEY)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or_default())
+    let req = http.post(format!("{base}/v1/messages")).bearer_auth(KEY);
+    common::fetch_json(req.json(&body)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -177,9 +54,9 @@ async fn kill_9_after_a_burst_loses_nothing_and_logs_hold_no_secrets() {
     sim.handle().set_default(Some(Script::Hang));
     let modem =
         otpgate::sim::modem::SimModem::start(otpgate::sim::modem::Profile::quectel()).unwrap();
-    let cfg = config_with_modem(dir.path(), &sim, "", "", Some(modem.path()));
-    let d = spawn(&cfg);
-    let base = format!("http://{}", d.addr);
+    let cfg = config(dir.path(), &sim).modem("modem0", modem.path());
+    let d = start(&cfg).await;
+    let base = d.base();
     let http = common::http_client();
     let mut tasks = Vec::new();
     for i in 0..200 {
@@ -206,25 +83,19 @@ async fn kill_9_after_a_burst_loses_nothing_and_logs_hold_no_secrets() {
         codes.push(code);
     }
     // Let the dispatcher start WhatsApp attempts (they hang), then kill it mid-attempt.
-    for _ in 0..400 {
-        if !sim.requests().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_for("a WhatsApp attempt", async || !sim.requests().is_empty()).await;
     let in_flight_before_kill = sim.requests().len();
     assert!(
         in_flight_before_kill > 0,
         "no WhatsApp attempt was under way"
     );
     let mut d = d;
-    d.child.kill().unwrap(); // SIGKILL
-    d.child.wait().unwrap();
+    d.kill_9();
     let log1 = d.log();
     drop(d);
     sim.handle().set_default(None);
-    let d = spawn(&cfg);
-    let base = format!("http://{}", d.addr);
+    let d = start(&cfg).await;
+    let base = d.base();
     for id in &ids {
         let r = http
             .get(format!("{base}/v1/messages/{id}"))
@@ -237,35 +108,17 @@ async fn kill_9_after_a_burst_loses_nothing_and_logs_hold_no_secrets() {
     // Every message reaches a phone: interrupted WhatsApp attempts are not repeated on
     // WhatsApp (they may have gone out), so those codes go by SMS; the rest by WhatsApp.
     for id in &ids {
-        let mut status = serde_json::Value::Null;
-        for _ in 0..600 {
-            let v: serde_json::Value = http
-                .get(format!("{base}/v1/messages/{id}"))
-                .bearer_auth(KEY)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            status = v["status"].clone();
+        wait_for(format!("{id} to be sent"), async || {
+            let url = format!("{base}/v1/messages/{id}");
+            let (_, v) = common::fetch_json(http.get(url).bearer_auth(KEY)).await;
+            let status = &v["status"];
             if status == "sent" || status == "delivered" {
-                break;
+                Ok(())
+            } else {
+                Err(v)
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if !(status == "sent" || status == "delivered") {
-            let v: serde_json::Value = http
-                .get(format!("{base}/v1/messages/{id}"))
-                .bearer_auth(KEY)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            panic!("{id} ended {status}: {v}");
-        }
+        })
+        .await;
     }
     let sms = modem.received();
     for c in &codes {
@@ -320,9 +173,8 @@ async fn tls_and_client_certificates() {
         files.key.display(),
         files.ca.display()
     );
-    let cfg = config(dir.path(), &sim, &tls, "");
-    let d = spawn(&cfg);
-    let base = format!("https://localhost:{}", d.addr.split(':').nth(1).unwrap());
+    let d = start(&config(dir.path(), &sim).server(&tls)).await;
+    let base = format!("https://localhost:{}", d.port());
     // Without a client certificate the handshake is refused.
     let no_cert = reqwest::Client::builder()
         .use_preconfigured_tls(pki.client_config().unwrap())
@@ -436,10 +288,9 @@ fn key_new_prints_a_key_and_its_hash_line() {
 async fn send_command_goes_through_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
-    let cfg = config(dir.path(), &sim, "", "");
-    let d = spawn(&cfg);
+    let d = start(&config(dir.path(), &sim)).await;
     let out = tokio::task::spawn_blocking({
-        let url = format!("http://{}", d.addr);
+        let url = d.base();
         move || {
             Command::new(BIN)
                 .args([

@@ -1,12 +1,14 @@
 //! End to end with the real channels: the daemon in-process, the WhatsApp client over TLS to
 //! the Cloud API simulator, the modem pool over a real pseudo-terminal to the modem simulator.
 
+#![cfg(feature = "simulators")]
+
 mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{CLIENT, KEY};
+use common::{CLIENT, KEY, TestConfig, fetch, fetch_json, wait_for};
 use otpgate::clock::{SharedClock, SystemClock};
 use otpgate::sim::cloud_api::{CloudApiSim, Script, SimOptions};
 use otpgate::sim::modem::{Profile, SimModem};
@@ -29,57 +31,19 @@ async fn world_with(policy: &str, extra: &str, wa_extra: &str) -> World {
     let dir = tempfile::tempdir().unwrap();
     let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
     let modem = SimModem::start(Profile::quectel()).unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "sim-token").unwrap();
-    let ca = dir.path().join("ca.pem");
-    std::fs::write(&ca, sim.ca_pem()).unwrap();
-    let hash = hex::encode(otpgate::api::auth::sha256(KEY));
-    let cfg = dir.path().join("otpgate.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            r#"
-[server]
-listen = ["127.0.0.1:0"]
-[store]
-path = "{db}"
-[otp]
-default_country = "IN"
-org = "ACME"
-[whatsapp]
-enabled = true
-api_base = "{base}"
-phone_number_id = "106540352242922"
-template = "otp_auth"
-token_file = "{token}"
-ca_file = "{ca}"
-timeout = "1s"
-circuit_cooldown = "1s"
-{wa_extra}
-[[modems]]
-name = "modem0"
-device = "{modem}"
-[policy]
-whatsapp_deadline = "3s"
-{policy}
-[[clients]]
-name = "{CLIENT}"
-key_sha256 = "{hash}"
-{extra}
-"#,
-            db = dir.path().join("otpgate.db").display(),
-            base = sim.base_url(),
-            token = token.display(),
-            ca = ca.display(),
-            modem = modem.path().display(),
-        ),
-    )
-    .unwrap();
-    let cfg = otpgate::config::load(&otpgate::config::Sources {
-        main: cfg,
-        env: Default::default(),
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let main = TestConfig::new(dir.path())
+        .org("ACME")
+        .whatsapp_sim(&sim)
+        .whatsapp_lines("timeout = \"1s\"\ncircuit_cooldown = \"1s\"")
+        .whatsapp_lines(wa_extra)
+        .modem("modem0", modem.path())
+        .policy("whatsapp_deadline = \"3s\"")
+        .policy(policy)
+        .client(CLIENT, KEY)
+        .extra(extra)
+        .write()
+        .unwrap();
+    let cfg = common::load(&main);
     let clock: SharedClock = Arc::new(SystemClock);
     let set = otpgate::daemon::build_channels(&cfg, &clock).await.unwrap();
     let running = otpgate::daemon::start(cfg, clock, set).await.unwrap();
@@ -98,22 +62,25 @@ key_sha256 = "{hash}"
 
 impl World {
     async fn wait_ready(&self) {
-        for _ in 0..400 {
-            let v: serde_json::Value = self
-                .http
-                .get(format!("{}/readyz", self.base))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+        wait_for("the modem to become ready", async || {
+            let v = self.readyz().await;
             if v["channels"]["sms"]["usable"] == true {
-                return;
+                Ok(())
+            } else {
+                Err(v)
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        panic!("modem never became ready");
+        })
+        .await
+    }
+    async fn readyz(&self) -> serde_json::Value {
+        fetch_json(self.http.get(format!("{}/readyz", self.base)))
+            .await
+            .1
+    }
+    async fn metrics(&self) -> String {
+        fetch(self.http.get(format!("{}/metrics", self.base)))
+            .await
+            .1
     }
     async fn send(&self, to: &str, code: &str) -> serde_json::Value {
         let r = self
@@ -128,15 +95,10 @@ impl World {
         r.json().await.unwrap()
     }
     async fn get(&self, id: &str) -> serde_json::Value {
-        self.http
-            .get(format!("{}/v1/messages/{id}", self.base))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        let url = format!("{}/v1/messages/{id}", self.base);
+        let (s, v) = fetch_json(self.http.get(url).bearer_auth(KEY)).await;
+        assert_eq!(s, 200, "{v}");
+        v
     }
     fn wa_to(&self, digits: &str) -> usize {
         self.sim
@@ -180,12 +142,10 @@ async fn whatsapp_success_with_a_single_prenotice_before_the_first_code() {
     );
     w.send("+919876543210", "111222").await;
     // The pre-notice went once, by SMS, and it is not the code.
-    for _ in 0..200 {
-        if !w.modem.received().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for("the pre-notice SMS", async || {
+        !w.modem.received().is_empty()
+    })
+    .await;
     let sms = w.modem.received();
     assert_eq!(sms.len(), 1, "exactly one pre-notice");
     assert!(sms[0].text.contains("WhatsApp") && !sms[0].text.contains("482913"));
@@ -265,15 +225,7 @@ async fn token_error_opens_the_circuit_readiness_says_so_and_a_probe_recovers() 
     h.set_default(Some(Script::error(401, 190)));
     let v = w.send("+919876543210", "700001").await;
     assert_eq!(v["channel"], "sms");
-    let ready: serde_json::Value = w
-        .http
-        .get(format!("{}/readyz", w.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = w.readyz().await;
     assert_eq!(ready["channels"]["whatsapp"]["usable"], false, "{ready}");
     assert!(
         ready["channels"]["whatsapp"]["summary"]
@@ -291,15 +243,7 @@ async fn token_error_opens_the_circuit_readiness_says_so_and_a_probe_recovers() 
         before,
         "open circuit: no request to Meta"
     );
-    let metrics = w
-        .http
-        .get(format!("{}/metrics", w.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = w.metrics().await;
     assert!(
         metrics.contains("otpgate_whatsapp_circuit_open 1"),
         "{metrics}"
@@ -309,15 +253,7 @@ async fn token_error_opens_the_circuit_readiness_says_so_and_a_probe_recovers() 
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let v = w.send("+919876543212", "700003").await;
     assert_eq!(v["channel"], "whatsapp");
-    let metrics = w
-        .http
-        .get(format!("{}/metrics", w.base))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = w.metrics().await;
     for code in ["700001", "700002", "700003", "9876543210"] {
         assert!(!metrics.contains(code), "metrics carry no codes or numbers");
     }
@@ -361,27 +297,14 @@ async fn failed_webhook_receipt_falls_back_to_sms_while_the_code_lives() {
     let w = world_with("prenotify = false", "", &wa).await;
     let url = format!("{}/webhooks/whatsapp", w.base);
     // Meta's subscription handshake.
-    let r = w
-        .http
-        .get(format!(
-            "{url}?hub.mode=subscribe&hub.verify_token=verify-token-value&hub.challenge=12345"
+    let subscribe = |token: &str| {
+        w.http.get(format!(
+            "{url}?hub.mode=subscribe&hub.verify_token={token}&hub.challenge=12345"
         ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        (r.status().as_u16(), r.text().await.unwrap().as_str()),
-        (200, "12345")
-    );
-    let r = w
-        .http
-        .get(format!(
-            "{url}?hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=12345"
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
+    };
+    let (s, text) = fetch(subscribe("verify-token-value")).await;
+    assert_eq!((s, text.as_str()), (200, "12345"));
+    assert_eq!(fetch(subscribe("wrong")).await.0, 403);
     let v = w.send("+919876543210", "909090").await;
     assert_eq!(v["channel"], "whatsapp");
     let m = w.get(v["id"].as_str().unwrap()).await;
@@ -421,14 +344,11 @@ async fn failed_webhook_receipt_falls_back_to_sms_while_the_code_lives() {
         .unwrap();
     assert_eq!(r.status(), 200);
     let id = v["id"].as_str().unwrap().to_string();
-    let mut m = serde_json::Value::Null;
-    for _ in 0..400 {
-        m = w.get(&id).await;
-        if m["channel"] == "sms" {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let m = wait_for("the code to move to SMS", async || {
+        let m = w.get(&id).await;
+        if m["channel"] == "sms" { Ok(m) } else { Err(m) }
+    })
+    .await;
     assert_eq!(m["channel"], "sms", "{m}");
     assert_eq!(m["attempts"][0]["receipt"], "failed");
     assert_eq!(w.sms_codes_to("+919876543210", "909090"), 1);

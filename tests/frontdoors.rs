@@ -1,5 +1,7 @@
 //! The compatibility front doors and the Verify API, each driven the way its peer drives it.
 
+#![cfg(feature = "simulators")]
+
 mod common;
 
 use base64::Engine;
@@ -15,6 +17,16 @@ fn privacyidea_ok(status: u16, body: &str, return_success: &str) -> bool {
 /// LinOTP's HttpSMSProvider: the status is not checked; RETURN_SUCCESS is a prefix match.
 fn linotp_ok(body: &str, return_success: &str) -> bool {
     body.starts_with(return_success)
+}
+
+/// `POST /v1/verifications/{id}/check` with `code`.
+async fn check(
+    g: &common::Gateway,
+    id: &str,
+    code: impl serde::Serialize,
+) -> (u16, serde_json::Value) {
+    let path = format!("/v1/verifications/{id}/check");
+    g.post_path(&path, json!({ "code": code })).await
 }
 
 const PW_HASH_LINE: &str =
@@ -63,22 +75,14 @@ async fn kannel_get_post_and_exact_replies() {
         2
     );
     // POST form.
-    let r = g
-        .http
-        .post(&base)
-        .form(&[
-            ("username", CLIENT),
-            ("password", "dummy"),
-            ("to", "+919876543212"),
-            ("text", "OTP 5555"),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        (r.status().as_u16(), r.text().await.unwrap().as_str()),
-        (202, "0: Accepted for delivery")
-    );
+    let form = g.http.post(&base).form(&[
+        ("username", CLIENT),
+        ("password", "dummy"),
+        ("to", "+919876543212"),
+        ("text", "OTP 5555"),
+    ]);
+    let (s, text) = common::fetch(form).await;
+    assert_eq!((s, text.as_str()), (202, "0: Accepted for delivery"));
     // POST text/plain with X-Kannel-* headers.
     let r = g
         .http
@@ -105,11 +109,8 @@ async fn kannel_get_post_and_exact_replies() {
             "Missing receiver number, rejected",
         ),
     ] {
-        let r = g.http.get(url).send().await.unwrap();
-        assert_eq!(
-            (r.status().as_u16(), r.text().await.unwrap().as_str()),
-            (status, text)
-        );
+        let (s, body) = common::fetch(g.http.get(url)).await;
+        assert_eq!((s, body.as_str()), (status, text));
     }
     g.stop().await;
 }
@@ -121,18 +122,9 @@ async fn kannel_not_routable_and_bad_numbers_store_nothing() {
     ))
     .await;
     let base = format!("{}/cgi-bin/sendsms", g.base);
-    let r = g
-        .http
-        .get(format!(
-            "{base}?username={CLIENT}&password=dummy&to=%2B4915123456789&text=Code+1234"
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        (r.status().as_u16(), r.text().await.unwrap().as_str()),
-        (403, "Not routable. Do not try again.")
-    );
+    let url = format!("{base}?username={CLIENT}&password=dummy&to=%2B4915123456789&text=Code+1234");
+    let (s, text) = common::fetch(g.http.get(url)).await;
+    assert_eq!((s, text.as_str()), (403, "Not routable. Do not try again."));
     let r = g
         .http
         .get(format!(
@@ -231,46 +223,20 @@ async fn generic_endpoint_takes_every_alias_and_auth_style() {
 async fn generic_failures_never_look_like_success() {
     let g = gateway("").await;
     let url = format!("{}/v1/sms", g.base);
-    let cases = vec![
-        g.http
-            .get(&url)
-            .query(&[("phone", "+919876543210"), ("text", "Code 1234")])
-            .send()
-            .await
-            .unwrap(),
-        g.http
-            .get(&url)
-            .bearer_auth(KEY)
-            .query(&[("text", "Code 1234")])
-            .send()
-            .await
-            .unwrap(),
-        g.http
-            .get(&url)
-            .bearer_auth(KEY)
-            .query(&[("phone", "+919876543210")])
-            .send()
-            .await
-            .unwrap(),
-        g.http
-            .get(&url)
-            .bearer_auth(KEY)
-            .query(&[("phone", "not-a-number"), ("text", "Code 1234")])
-            .send()
-            .await
-            .unwrap(),
+    let get = |query: &[(&str, &str)]| g.http.get(&url).query(query);
+    let cases = [
+        get(&[("phone", "+919876543210"), ("text", "Code 1234")]),
+        get(&[("text", "Code 1234")]).bearer_auth(KEY),
+        get(&[("phone", "+919876543210")]).bearer_auth(KEY),
+        get(&[("phone", "not-a-number"), ("text", "Code 1234")]).bearer_auth(KEY),
         g.http
             .post(&url)
             .bearer_auth(KEY)
             .header("content-type", "application/json")
-            .body("{oops")
-            .send()
-            .await
-            .unwrap(),
+            .body("{oops"),
     ];
-    for r in cases {
-        let status = r.status().as_u16();
-        let body = r.text().await.unwrap();
+    for req in cases {
+        let (status, body) = common::fetch(req).await;
         assert!(status >= 400, "{status} {body}");
         assert!(
             !privacyidea_ok(status, &body, "OK")
@@ -345,29 +311,14 @@ async fn verify_approve_deny_reuse_and_lock() {
     } else {
         "00000000"
     };
-    let (_, r) = g
-        .post_path(
-            &format!("/v1/verifications/{id}/check"),
-            json!({"code": wrong}),
-        )
-        .await;
+    let (_, r) = check(&g, &id, wrong).await;
     assert_eq!(
         (r["status"].as_str(), r["attempts_left"].as_u64()),
         (Some("denied"), Some(2))
     );
-    let (_, r) = g
-        .post_path(
-            &format!("/v1/verifications/{id}/check"),
-            json!({"code": code}),
-        )
-        .await;
+    let (_, r) = check(&g, &id, &code).await;
     assert_eq!(r["status"], "approved");
-    let (_, r) = g
-        .post_path(
-            &format!("/v1/verifications/{id}/check"),
-            json!({"code": code}),
-        )
-        .await;
+    let (_, r) = check(&g, &id, &code).await;
     assert_eq!(r["status"], "denied", "single use");
     assert_eq!(r["reason"], "already_used");
     // GET shows neither the code nor its hash.
@@ -397,35 +348,18 @@ async fn verify_approve_deny_reuse_and_lock() {
     };
     let wrong = if code == "000000" { "111111" } else { "000000" };
     for _ in 0..2 {
-        g.post_path(
-            &format!("/v1/verifications/{id}/check"),
-            json!({"code": wrong}),
-        )
-        .await;
+        check(&g, &id, wrong).await;
     }
-    let (_, r) = g
-        .post_path(
-            &format!("/v1/verifications/{id}/check"),
-            json!({"code": wrong}),
-        )
-        .await;
+    let (_, r) = check(&g, &id, wrong).await;
     assert_eq!(r["status"], "max_attempts");
-    let (_, r) = g
-        .post_path(
-            &format!("/v1/verifications/{id}/check"),
-            json!({"code": code}),
-        )
-        .await;
+    let (_, r) = check(&g, &id, &code).await;
     assert_eq!(r["status"], "max_attempts");
     g.stop().await;
 }
 
 #[tokio::test]
 async fn verify_new_one_cancels_the_old_and_expiry_and_resend() {
-    let clock = {
-        use otpgate::clock::Clock;
-        otpgate::clock::ManualClock::new(otpgate::clock::SystemClock.now())
-    };
+    let clock = common::manual_clock();
     let g = common::gateway_with_clock(
         "[policy]\nprenotify = false\n[verify]\nmax_sends = 2\n",
         clock.clone(),
@@ -448,12 +382,7 @@ async fn verify_new_one_cancels_the_old_and_expiry_and_resend() {
         .post_path("/v1/verifications", json!({"to": "+919876543210"}))
         .await;
     let aid = a["id"].as_str().unwrap();
-    let (_, r) = g
-        .post_path(
-            &format!("/v1/verifications/{aid}/check"),
-            json!({"code": old_code}),
-        )
-        .await;
+    let (_, r) = check(&g, aid, &old_code).await;
     assert_eq!(
         (r["status"].as_str(), r["reason"].as_str()),
         (Some("denied"), Some("canceled"))
@@ -472,12 +401,7 @@ async fn verify_new_one_cancels_the_old_and_expiry_and_resend() {
     assert_eq!((s, r["error"]["code"].as_str()), (429, Some("max_sends")));
     // Expiry.
     clock.advance(std::time::Duration::from_secs(301));
-    let (_, r) = g
-        .post_path(
-            &format!("/v1/verifications/{bid}/check"),
-            json!({"code": "123456"}),
-        )
-        .await;
+    let (_, r) = check(&g, &bid, "123456").await;
     assert_eq!(r["status"], "expired");
     // Bad input.
     for (body, field) in [

@@ -1,9 +1,15 @@
 //! End-to-end tests of the SMS channel: the real pool, owner tasks and serial-port code talking
 //! to the modem simulator over real pseudo-terminals. Timeouts are hang guards only.
 
+#![cfg(feature = "simulators")]
+
+mod common;
+
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
+
+use common::{GUARD, wait_for};
 
 use otpgate::channel::sms::modem::{ModemError, probe};
 use otpgate::channel::sms::pool::SmsPool;
@@ -15,7 +21,6 @@ use otpgate::sim::modem::{Hang, Profile, SimModem};
 use tokio::sync::mpsc;
 
 const TO: &str = "+15551234567";
-const GUARD: Duration = Duration::from_secs(30);
 
 fn cfg(name: &str, path: &Path) -> ModemConfig {
     ModemConfig {
@@ -51,29 +56,35 @@ fn start(cfgs: Vec<ModemConfig>) -> (SmsPool, mpsc::Receiver<Receipt>) {
     (SmsPool::start(cfgs, tx, clock), rx)
 }
 
+/// Starts the pool and waits until every modem is ready.
+async fn start_ready(cfgs: Vec<ModemConfig>) -> (SmsPool, mpsc::Receiver<Receipt>) {
+    let n = cfgs.len();
+    let (pool, rx) = start(cfgs);
+    for i in 0..n {
+        wait_state(&pool, i, "ready").await;
+    }
+    (pool, rx)
+}
+
 fn state(pool: &SmsPool, i: usize) -> String {
     pool.health().parts[i].state.clone()
 }
 
-/// Waits (hang guard only) until modem `i` is in `want`.
+/// Waits until modem `i` is in `want`.
 async fn wait_state(pool: &SmsPool, i: usize, want: &str) {
-    let t0 = tokio::time::Instant::now();
-    while state(pool, i) != want {
-        assert!(
-            t0.elapsed() < GUARD,
-            "modem {i} never reached {want}: {:?}",
-            pool.health()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for(format!("modem {i} to reach {want}"), async || {
+        if state(pool, i) == want {
+            Ok(())
+        } else {
+            Err(format!("{:?}", pool.health()))
+        }
+    })
+    .await
 }
 
-async fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
-    let t0 = tokio::time::Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < GUARD, "never happened: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+/// Sends the usual one-part code message.
+async fn send_code(pool: &SmsPool) -> Outcome {
+    pool.send(&delivery("Your code is 123456")).await
 }
 
 fn accepted(o: &Outcome) -> String {
@@ -95,8 +106,7 @@ async fn single_part_arrives_with_number_text_validity_and_srr() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
     let mut c = cfg("modem0", sim.path());
     c.status_reports = true;
-    let (pool, _rx) = start(vec![c]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![c]).await;
     let h = pool.health();
     assert!(h.usable);
     assert_eq!(h.summary, "modem0 ready -71 dBm");
@@ -127,8 +137,7 @@ async fn concatenated_gsm7_and_ucs2_are_reassembled() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
     let mut c = cfg("modem0", sim.path());
     c.smsc = Some("+4917000000".into());
-    let (pool, _rx) = start(vec![c]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![c]).await;
 
     let long: String = "Your code is 123456. ".chars().cycle().take(200).collect();
     accepted(&pool.send(&delivery(&long)).await);
@@ -161,12 +170,11 @@ async fn transient_cms_error_moves_the_message_to_another_modem() {
     let bad = SimModem::start(Profile::quectel()).unwrap();
     let good = SimModem::start(Profile::huawei()).unwrap();
     bad.fail_next_sends(1000, 41);
-    let (pool, _rx) = start(vec![cfg("modem0", bad.path()), cfg("modem1", good.path())]);
-    wait_state(&pool, 0, "ready").await;
-    wait_state(&pool, 1, "ready").await;
+    let (pool, _rx) =
+        start_ready(vec![cfg("modem0", bad.path()), cfg("modem1", good.path())]).await;
     // Round robin starts on each modem once in two sends: both must end on modem1.
     for _ in 0..2 {
-        let id = accepted(&pool.send(&delivery("Your code is 123456")).await);
+        let id = accepted(&send_code(&pool).await);
         assert!(id.starts_with("modem1/"), "{id}");
     }
     assert_eq!(good.received().len(), 2);
@@ -183,16 +191,15 @@ async fn transient_cms_error_moves_the_message_to_another_modem() {
 #[tokio::test]
 async fn transient_cms_error_on_the_only_modem_is_tried_again_then_retried_later() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
-    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     // CMS 41 "temporary failure": the second try on the same modem goes through.
     sim.fail_next_sends(1, 41);
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     assert_eq!(cmgs_count(&sim), 2);
     assert_eq!(sim.received().len(), 1);
     // A lasting transient error: two tries, then the dispatcher is asked to retry later.
     sim.fail_next_sends(5, 331);
-    match pool.send(&delivery("Your code is 123456")).await {
+    match send_code(&pool).await {
         Outcome::Retry { code, .. } => assert_eq!(code.as_deref(), Some("CMS 331")),
         other => panic!("{other:?}"),
     }
@@ -206,10 +213,8 @@ async fn cms_1_fails_permanently_and_is_not_moved() {
     let b = SimModem::start(Profile::quectel()).unwrap();
     a.fail_number(TO, 1);
     b.fail_number(TO, 1);
-    let (pool, _rx) = start(vec![cfg("modem0", a.path()), cfg("modem1", b.path())]);
-    wait_state(&pool, 0, "ready").await;
-    wait_state(&pool, 1, "ready").await;
-    match pool.send(&delivery("Your code is 123456")).await {
+    let (pool, _rx) = start_ready(vec![cfg("modem0", a.path()), cfg("modem1", b.path())]).await;
+    match send_code(&pool).await {
         Outcome::Failed { code, reason } => {
             assert_eq!(code.as_deref(), Some("CMS 1"));
             assert!(reason.contains("unassigned"), "{reason}");
@@ -231,16 +236,14 @@ async fn modem_side_cms_error_takes_the_modem_out_and_uses_another() {
     // Long enough that the sick modem stays out while the message moves on.
     ca.probe_interval = Duration::from_secs(5);
     cb.probe_interval = Duration::from_secs(5);
-    let (pool, _rx) = start(vec![ca, cb]);
-    wait_state(&pool, 0, "ready").await;
-    wait_state(&pool, 1, "ready").await;
-    match pool.send(&delivery("Your code is 123456")).await {
+    let (pool, _rx) = start_ready(vec![ca, cb]).await;
+    match send_code(&pool).await {
         Outcome::Retry { code, .. } => assert_eq!(code.as_deref(), Some("CMS 330")),
         other => panic!("{other:?}"),
     }
     assert_eq!(state(&pool, 0), "error");
     assert_eq!(state(&pool, 1), "error");
-    match pool.send(&delivery("Your code is 123456")).await {
+    match send_code(&pool).await {
         Outcome::ChannelDown { reason, .. } => {
             assert!(reason.contains("modem0 error"), "{reason}");
             assert!(reason.contains("SMSC"), "{reason}");
@@ -249,7 +252,7 @@ async fn modem_side_cms_error_takes_the_modem_out_and_uses_another() {
     }
     // The next health look re-initialises and the modems come back.
     wait_state(&pool, 0, "ready").await;
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     pool.shutdown().await;
 }
 
@@ -258,16 +261,15 @@ async fn urcs_everywhere(profile: Profile, urc: &str) {
     for _ in 0..20 {
         sim.urc_in_next_answer(urc);
     }
-    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     sim.urc_in_next_answer("+CREG: 1");
     sim.urc_in_next_answer(urc);
     sim.inject_urc(urc);
-    let id = accepted(&pool.send(&delivery("Your code is 123456")).await);
+    let id = accepted(&send_code(&pool).await);
     assert!(id.starts_with("modem0/"));
     sim.inject_urc("+CREG: 1");
     sim.urc_in_next_answer(urc);
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     assert_eq!(sim.received().len(), 2);
     assert_eq!(state(&pool, 0), "ready");
     pool.shutdown().await;
@@ -295,20 +297,19 @@ async fn urcs_in_the_middle_of_answers_huawei() {
 #[tokio::test]
 async fn echo_back_after_a_reboot_is_tolerated_and_the_modem_is_set_up_again() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
-    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     // Echo silently back on: the echoed command and PDU must not confuse the dialogue.
     sim.set_echo(true);
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     // A real reboot: "RDY", echo on, text mode. The owner sets PDU mode again by itself.
     let before = sim.commands().iter().filter(|c| *c == "AT+CMGF=0").count();
     sim.reboot();
-    wait_for("re-init after RDY", || {
+    wait_for("re-init after RDY", async || {
         sim.commands().iter().filter(|c| *c == "AT+CMGF=0").count() > before
     })
     .await;
     wait_state(&pool, 0, "ready").await;
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     assert_eq!(sim.received().len(), 2);
     pool.shutdown().await;
 }
@@ -317,9 +318,8 @@ async fn echo_back_after_a_reboot_is_tolerated_and_the_modem_is_set_up_again() {
 async fn a_slow_modem_is_waited_for() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
     sim.set_delay(Duration::from_millis(150));
-    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
-    wait_state(&pool, 0, "ready").await;
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
+    accepted(&send_code(&pool).await);
     assert_eq!(sim.received().len(), 1);
     pool.shutdown().await;
 }
@@ -327,18 +327,20 @@ async fn a_slow_modem_is_waited_for() {
 #[tokio::test]
 async fn hung_modem_is_reset_and_sends_again() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
-    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     sim.set_hang(Hang::UntilReset);
     // No prompt: nothing went out, so this is a retry, not an unknown.
-    match pool.send(&delivery("Your code is 123456")).await {
+    match send_code(&pool).await {
         Outcome::Retry { .. } | Outcome::ChannelDown { .. } => {}
         other => panic!("{other:?}"),
     }
     assert!(sim.received().is_empty());
-    wait_for("ATZ sent", || sim.commands().iter().any(|c| c == "ATZ")).await;
+    wait_for("ATZ sent", async || {
+        sim.commands().iter().any(|c| c == "ATZ")
+    })
+    .await;
     wait_state(&pool, 0, "ready").await;
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     assert_eq!(sim.received().len(), 1);
     pool.shutdown().await;
 }
@@ -346,11 +348,10 @@ async fn hung_modem_is_reset_and_sends_again() {
 #[tokio::test]
 async fn idle_hang_is_noticed_by_the_health_probe() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
-    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     sim.set_hang(Hang::Forever);
     wait_state(&pool, 0, "no_answer").await;
-    match pool.send(&delivery("Your code is 123456")).await {
+    match send_code(&pool).await {
         Outcome::ChannelDown { reason, .. } => assert!(reason.contains("modem0 no_answer")),
         other => panic!("{other:?}"),
     }
@@ -362,18 +363,17 @@ async fn idle_hang_is_noticed_by_the_health_probe() {
 #[tokio::test]
 async fn unplug_and_replug_returns_to_ready_by_itself() {
     let mut sim = SimModem::start(Profile::quectel()).unwrap();
-    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     sim.vanish();
     wait_state(&pool, 0, "unplugged").await;
     assert!(!pool.health().usable);
-    match pool.send(&delivery("Your code is 123456")).await {
+    match send_code(&pool).await {
         Outcome::ChannelDown { reason, .. } => assert!(reason.contains("unplugged"), "{reason}"),
         other => panic!("{other:?}"),
     }
     sim.reappear().unwrap();
     wait_state(&pool, 0, "ready").await;
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     assert_eq!(sim.received().len(), 1);
     pool.shutdown().await;
 }
@@ -383,10 +383,9 @@ async fn pin_from_config_is_entered_once() {
     let sim = SimModem::start(Profile::quectel().with_pin("1234")).unwrap();
     let mut c = cfg("modem0", sim.path());
     c.pin = Some(Secret::new("1234"));
-    let (pool, _rx) = start(vec![c]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![c]).await;
     assert_eq!(sim.pin_attempts(), 1);
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     pool.shutdown().await;
 }
 
@@ -419,7 +418,7 @@ async fn wrong_pin_is_never_retried() {
     wait_state(&pool, 0, "pin_rejected").await;
     // Let the owner look at the SIM again several times: it must not try the PIN again.
     let queried = || sim.commands().iter().filter(|c| *c == "AT+CPIN?").count();
-    wait_for("several SIM checks", || queried() >= 4).await;
+    wait_for("several SIM checks", async || queried() >= 4).await;
     assert_eq!(sim.pin_attempts(), 1);
     assert_eq!(state(&pool, 0), "pin_rejected");
     pool.shutdown().await;
@@ -430,9 +429,8 @@ async fn status_reports_become_receipts_matched_to_the_provider_id() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
     let mut c = cfg("modem0", sim.path());
     c.status_reports = true;
-    let (pool, mut rx) = start(vec![c]);
-    wait_state(&pool, 0, "ready").await;
-    let id = accepted(&pool.send(&delivery("Your code is 123456")).await);
+    let (pool, mut rx) = start_ready(vec![c]).await;
+    let id = accepted(&send_code(&pool).await);
     let r = tokio::time::timeout(GUARD, rx.recv())
         .await
         .unwrap()
@@ -441,7 +439,7 @@ async fn status_reports_become_receipts_matched_to_the_provider_id() {
     assert_eq!(r.status, ReceiptStatus::Delivered);
 
     sim.set_report_status(0x46);
-    let id = accepted(&pool.send(&delivery("Your code is 123456")).await);
+    let id = accepted(&send_code(&pool).await);
     let r = tokio::time::timeout(GUARD, rx.recv())
         .await
         .unwrap()
@@ -455,7 +453,7 @@ async fn status_reports_become_receipts_matched_to_the_provider_id() {
     );
 
     sim.set_report_status(0x20);
-    let id = accepted(&pool.send(&delivery("Your code is 123456")).await);
+    let id = accepted(&send_code(&pool).await);
     let r = tokio::time::timeout(GUARD, rx.recv())
         .await
         .unwrap()
@@ -482,15 +480,14 @@ async fn phase2plus_status_reports_are_acknowledged() {
     sim.set_phase2plus(true);
     let mut c = cfg("modem0", sim.path());
     c.status_reports = true;
-    let (pool, mut rx) = start(vec![c]);
-    wait_state(&pool, 0, "ready").await;
-    let id = accepted(&pool.send(&delivery("Your code is 123456")).await);
+    let (pool, mut rx) = start_ready(vec![c]).await;
+    let id = accepted(&send_code(&pool).await);
     let r = tokio::time::timeout(GUARD, rx.recv())
         .await
         .unwrap()
         .unwrap();
     assert_eq!((r.provider_id, r.status), (id, ReceiptStatus::Delivered));
-    wait_for("AT+CNMA", || sim.acks() == 1).await;
+    wait_for("AT+CNMA", async || sim.acks() == 1).await;
     pool.shutdown().await;
 }
 
@@ -500,10 +497,8 @@ async fn timeout_after_ctrl_z_is_unknown_and_not_resent() {
     let b = SimModem::start(Profile::quectel()).unwrap();
     a.swallow_next_sends(1);
     b.swallow_next_sends(1);
-    let (pool, _rx) = start(vec![cfg("modem0", a.path()), cfg("modem1", b.path())]);
-    wait_state(&pool, 0, "ready").await;
-    wait_state(&pool, 1, "ready").await;
-    match pool.send(&delivery("Your code is 123456")).await {
+    let (pool, _rx) = start_ready(vec![cfg("modem0", a.path()), cfg("modem1", b.path())]).await;
+    match send_code(&pool).await {
         Outcome::Unknown { reason } => assert!(reason.contains("handed over"), "{reason}"),
         other => panic!("{other:?}"),
     }
@@ -520,14 +515,13 @@ async fn timeout_after_ctrl_z_is_unknown_and_not_resent() {
 #[tokio::test]
 async fn garbage_long_lines_and_urc_floods_do_not_wedge_the_owner() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
-    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     let p0 = pool.progress()[0].1;
     sim.inject_raw(&[0u8, 0xff, 0x1a, 0x1b, b'>', b' ']);
     sim.inject_raw(&vec![b'A'; 10_000]);
     sim.inject_raw(b"\r\n");
     sim.inject_raw(&b"+QIND: \"csq\",21,99\r\n".repeat(2000));
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     assert_eq!(state(&pool, 0), "ready");
     assert!(pool.progress()[0].1 > p0, "the heartbeat moves");
     pool.shutdown().await;
@@ -536,11 +530,10 @@ async fn garbage_long_lines_and_urc_floods_do_not_wedge_the_owner() {
 #[tokio::test]
 async fn lost_registration_takes_the_modem_out_until_it_returns() {
     let sim = SimModem::start(Profile::quectel()).unwrap();
-    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     sim.set_registration(3);
     wait_state(&pool, 0, "not_registered").await;
-    match pool.send(&delivery("Your code is 123456")).await {
+    match send_code(&pool).await {
         Outcome::ChannelDown { reason, .. } => {
             assert!(reason.contains("modem0 not_registered"), "{reason}")
         }
@@ -548,7 +541,7 @@ async fn lost_registration_takes_the_modem_out_until_it_returns() {
     }
     sim.set_registration(5);
     wait_state(&pool, 0, "ready").await;
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     pool.shutdown().await;
 }
 
@@ -588,8 +581,7 @@ async fn probe_reports_the_modem_and_explains_failures() {
         other => panic!("{other:?}"),
     }
 
-    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
     match probe(sim.path(), 115_200, Duration::from_secs(2)).await {
         Err(e @ ModemError::Busy(_)) => assert!(e.to_string().contains("ID_MM_DEVICE_IGNORE")),
         other => panic!("{other:?}"),
@@ -603,31 +595,10 @@ async fn probe_reports_the_modem_and_explains_failures() {
     }
 }
 
-/// A tracing writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn the_text_never_reaches_a_log_line() {
-    let buf = Buf::default();
-    let w = buf.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::TRACE)
-        .with_ansi(false)
-        .with_writer(move || w.clone())
-        .finish();
     // Global, so the owner tasks and the simulator thread are captured too.
-    tracing::subscriber::set_global_default(subscriber).unwrap();
+    let buf = common::capture_logs();
 
     let code = "918273";
     let text = format!("Your code is {code}");
@@ -635,8 +606,7 @@ async fn the_text_never_reaches_a_log_line() {
     let mut c = cfg("modem0", sim.path());
     c.status_reports = true;
     c.pin = None;
-    let (pool, mut rx) = start(vec![c]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, mut rx) = start_ready(vec![c]).await;
     let mut d = delivery(&text);
     d.content = Content::Code {
         code: code.into(),
@@ -656,7 +626,7 @@ async fn the_text_never_reaches_a_log_line() {
     // The packed 7-bit form of the text, as it appears in the PDU hex.
     let septets = otpgate::channel::sms::gsm7::encode(&text).unwrap();
     let packed = hex::encode_upper(otpgate::channel::sms::gsm7::pack(&septets, 0));
-    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let logs = buf.text();
     assert!(logs.contains("SMS accepted"), "logs were captured:\n{logs}");
     assert!(logs.contains("outcome unknown"));
     assert!(!logs.contains(code), "the code leaked into the logs");
@@ -669,14 +639,16 @@ async fn heartbeat_moves_while_idle_and_while_unplugged() {
     let mut sim = SimModem::start(Profile::quectel()).unwrap();
     let mut c = cfg("modem0", sim.path());
     c.probe_interval = Duration::from_secs(3600);
-    let (pool, _rx) = start(vec![c]);
-    wait_state(&pool, 0, "ready").await;
+    let (pool, _rx) = start_ready(vec![c]).await;
     let p0 = pool.progress()[0].1;
-    wait_for("idle heartbeat", || pool.progress()[0].1 > p0 + 1).await;
+    wait_for("idle heartbeat", async || pool.progress()[0].1 > p0 + 1).await;
     sim.vanish();
     wait_state(&pool, 0, "unplugged").await;
     let p1 = pool.progress()[0].1;
-    wait_for("unplugged heartbeat", || pool.progress()[0].1 > p1 + 1).await;
+    wait_for("unplugged heartbeat", async || {
+        pool.progress()[0].1 > p1 + 1
+    })
+    .await;
     assert_eq!(pool.progress()[0].0, "modem0");
     pool.shutdown().await;
 }
@@ -692,7 +664,10 @@ async fn unplug_after_ctrl_z_is_unknown_and_the_modem_comes_back() {
     wait_state(&pool, 0, "ready").await;
     let p = pool.clone();
     let send = tokio::spawn(async move { p.send(&delivery("Your code is 123456")).await });
-    wait_for("the PDU reached the modem", || sim.received().len() == 1).await;
+    wait_for("the PDU reached the modem", async || {
+        sim.received().len() == 1
+    })
+    .await;
     sim.vanish();
     match tokio::time::timeout(GUARD, send).await.unwrap().unwrap() {
         Outcome::Unknown { reason } => assert!(reason.contains("port lost"), "{reason}"),
@@ -700,7 +675,7 @@ async fn unplug_after_ctrl_z_is_unknown_and_the_modem_comes_back() {
     }
     sim.reappear().unwrap();
     wait_state(&pool, 0, "ready").await;
-    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    accepted(&send_code(&pool).await);
     assert_eq!(sim.received().len(), 2);
     pool.shutdown().await;
 }

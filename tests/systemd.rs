@@ -2,126 +2,78 @@
 //! systemd's notify socket, and `otpgate run` talks to it as it would under the unit.
 //! Timeouts are hang guards only; nothing here asserts speed.
 
-use std::io::{BufRead, BufReader, Read, Write};
+#![cfg(feature = "simulators")]
+
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::ops::{Deref, DerefMut};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
+use common::{BIN, Daemon, GUARD, Launch, TestConfig, free_port};
+use nix::sys::signal::Signal;
 
-const BIN: &str = env!("CARGO_BIN_EXE_otpgate");
 const KEY: &str = "systemd-test-key-0123456789";
-/// Hang guard for anything the daemon should do promptly.
-const GUARD: Duration = Duration::from_secs(30);
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
+/// A minimal valid config on a fixed free port: one client, the store in `dir`, WhatsApp
+/// pointing at a port where nothing listens (so messages are accepted and then fail over
+/// time, when the build wires the channel).
+fn write_config(dir: &Path) -> TestConfig {
+    let cfg = TestConfig::new(dir)
+        .free_port()
+        .unwrap()
+        .org("ACME")
+        .whatsapp_unused()
+        .whatsapp_lines("api_base = \"https://127.0.0.1:9/v24.0\"\ntimeout = \"1s\"")
+        .client("idp", KEY);
+    cfg.write().unwrap();
+    cfg
 }
 
-/// A minimal valid config: one client, the store in `dir`, WhatsApp pointing at a port where
-/// nothing listens (so messages are accepted and then fail over time, when the build wires the
-/// channel).
-fn write_config(dir: &Path, port: u16) -> PathBuf {
-    let token = dir.join("wa-token");
-    std::fs::write(&token, "EAAtoken-not-for-logs\n").unwrap();
-    let hash = hex::encode(otpgate::api::auth::sha256(KEY));
-    let main = dir.join("otpgate.toml");
-    std::fs::write(
-        &main,
-        format!(
-            r#"[server]
-listen = ["127.0.0.1:{port}"]
-[store]
-path = "{db}"
-[otp]
-default_country = "IN"
-org = "ACME"
-[whatsapp]
-enabled = true
-api_base = "https://127.0.0.1:9/v24.0"
-phone_number_id = "1234"
-template = "otp"
-token_file = "{token}"
-timeout = "1s"
-[[clients]]
-name = "idp"
-key_sha256 = "{hash}"
-"#,
-            db = dir.join("otpgate.db").display(),
-            token = token.display(),
-        ),
-    )
-    .unwrap();
-    main
-}
-
-/// `otpgate run` under a fake systemd.
-struct Daemon {
-    child: Child,
+/// `otpgate run` under a fake systemd: the notify socket it talks to and its reload status.
+struct Unit {
+    daemon: Daemon,
     notify: UnixDatagram,
-    logs: Arc<Mutex<Vec<String>>>,
-    port: u16,
     status_file: PathBuf,
 }
 
-impl Daemon {
-    /// Starts the daemon on the config in `dir`; `watchdog` sets WATCHDOG_USEC.
-    fn spawn(dir: &Path, port: u16, watchdog: Option<Duration>, tag: &str) -> Daemon {
+impl Deref for Unit {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.daemon
+    }
+}
+
+impl DerefMut for Unit {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.daemon
+    }
+}
+
+impl Unit {
+    /// Starts the daemon on `cfg`; `watchdog` sets WATCHDOG_USEC.
+    fn spawn(cfg: &TestConfig, watchdog: Option<Duration>, tag: &str) -> Unit {
+        let dir = cfg.path().parent().unwrap().to_path_buf();
         let sock_path = dir.join(format!("notify-{tag}.sock"));
         let _ = std::fs::remove_file(&sock_path);
         let notify = UnixDatagram::bind(&sock_path).unwrap();
         let status_file = dir.join("reload.status");
-        let mut cmd = Command::new("sh");
-        // sd_notify only honours WATCHDOG_USEC when WATCHDOG_PID is the daemon's own pid,
-        // which is known only once it runs: the shell exports its pid and execs in place.
-        cmd.arg("-c")
-            .arg(r#"export WATCHDOG_PID=$$; exec "$0" run --config "$1""#)
-            .arg(BIN)
-            .arg(dir.join("otpgate.toml"))
+        let mut launch = Launch::new(cfg)
+            .rust_log("info")
             .env("NOTIFY_SOCKET", &sock_path)
-            .env("OTPGATE_RELOAD_STATUS", &status_file)
-            .env("RUST_LOG", "info")
-            .env_remove("WATCHDOG_USEC")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+            .env("OTPGATE_RELOAD_STATUS", &status_file);
         if let Some(w) = watchdog {
-            cmd.env("WATCHDOG_USEC", w.as_micros().to_string());
+            launch = launch.env("WATCHDOG_USEC", w.as_micros().to_string());
         }
-        let mut child = cmd.spawn().unwrap();
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let stderr = child.stderr.take().unwrap();
-        let sink = logs.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
-            }
-        });
-        Daemon {
-            child,
+        Unit {
+            daemon: launch.spawn(),
             notify,
-            logs,
-            port,
             status_file,
         }
-    }
-
-    fn pid(&self) -> i32 {
-        i32::try_from(self.child.id()).unwrap()
-    }
-
-    fn signal(&self, s: Signal) {
-        kill(Pid::from_raw(self.pid()), s).unwrap();
-    }
-
-    fn logs(&self) -> String {
-        self.logs.lock().unwrap().join("\n")
     }
 
     /// The next datagram, or None after `within`.
@@ -137,22 +89,19 @@ impl Daemon {
     }
 
     /// Datagrams up to and including the first one `pred` accepts.
-    fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> Vec<String> {
-        let deadline = Instant::now() + GUARD;
+    async fn wait_for(&self, what: &str, pred: impl Fn(&str) -> bool) -> Vec<String> {
         let mut seen = Vec::new();
-        while Instant::now() < deadline {
-            if let Some(d) = self.recv(deadline - Instant::now()) {
+        common::wait_for(format!("{what} from the daemon"), async || {
+            if let Some(d) = self.recv(Duration::from_millis(100)) {
                 let done = pred(&d);
                 seen.push(d);
                 if done {
-                    return seen;
+                    return Ok(seen.clone());
                 }
             }
-        }
-        panic!(
-            "no {what} from the daemon; datagrams: {seen:?}\nlogs:\n{}",
-            self.logs()
-        );
+            Err(format!("datagrams: {seen:?}\nlogs:\n{}", self.log()))
+        })
+        .await
     }
 
     /// Every datagram arriving within `window`.
@@ -167,20 +116,9 @@ impl Daemon {
         seen
     }
 
-    fn wait_ready(&self) -> Vec<String> {
+    async fn wait_ready(&self) -> Vec<String> {
         self.wait_for("READY=1", |d| d.lines().any(|l| l == "READY=1"))
-    }
-
-    /// Waits for the exit (hang guard) and returns its code.
-    fn wait_exit(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + GUARD;
-        while Instant::now() < deadline {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                return st.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("daemon did not exit; logs:\n{}", self.logs());
+            .await
     }
 
     fn http(
@@ -190,7 +128,7 @@ impl Daemon {
         key: Option<&str>,
         body: Option<&str>,
     ) -> (u16, String) {
-        http(self.port, method, path, key, body)
+        http(self.port(), method, path, key, body)
     }
 
     /// `otpgate reload` against this daemon: exit code and stdout.
@@ -208,13 +146,6 @@ impl Daemon {
             String::from_utf8_lossy(&out.stdout).into_owned()
                 + &String::from_utf8_lossy(&out.stderr),
         )
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -262,15 +193,14 @@ fn has_prefix(datagrams: &[String], prefix: &str) -> bool {
         .any(|d| d.lines().any(|l| l.starts_with(prefix)))
 }
 
-#[test]
-fn ready_only_once_listening_with_status_and_stopping_on_sigterm() {
+#[tokio::test]
+async fn ready_only_once_listening_with_status_and_stopping_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    write_config(dir.path(), port);
-    let mut d = Daemon::spawn(dir.path(), port, None, "ready");
-    let seen = d.wait_ready();
+    let cfg = write_config(dir.path());
+    let mut d = Unit::spawn(&cfg, None, "ready");
+    let seen = d.wait_ready().await;
     // Right after READY, without retrying: the listener must already accept.
-    let conn = TcpStream::connect(("127.0.0.1", port));
+    let conn = TcpStream::connect(("127.0.0.1", d.port()));
     assert!(
         conn.is_ok(),
         "READY=1 before the listener accepted: {conn:?}"
@@ -286,24 +216,27 @@ fn ready_only_once_listening_with_status_and_stopping_on_sigterm() {
     assert_eq!(d.http("GET", "/healthz", None, None).0, 200);
 
     d.signal(Signal::SIGTERM);
-    let seen = d.wait_for("STOPPING=1", |d| d.lines().any(|l| l == "STOPPING=1"));
+    let seen = d
+        .wait_for("STOPPING=1", |d| d.lines().any(|l| l == "STOPPING=1"))
+        .await;
     assert!(has_line(&seen, "STOPPING=1"));
-    assert_eq!(d.wait_exit(), Some(0), "logs:\n{}", d.logs());
+    assert_eq!(d.wait_exit().await, Some(0), "logs:\n{}", d.log());
 }
 
-#[test]
-fn watchdog_pings_stop_while_the_store_is_locked_and_resume_after() {
+#[tokio::test]
+async fn watchdog_pings_stop_while_the_store_is_locked_and_resume_after() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    write_config(dir.path(), port);
-    let d = Daemon::spawn(dir.path(), port, Some(Duration::from_secs(2)), "wd");
-    d.wait_ready();
+    let cfg = write_config(dir.path());
+    let d = Unit::spawn(&cfg, Some(Duration::from_secs(2)), "wd");
+    d.wait_ready().await;
     d.wait_for("a first WATCHDOG=1", |d| {
         d.lines().any(|l| l == "WATCHDOG=1")
-    });
+    })
+    .await;
     d.wait_for("a second WATCHDOG=1", |d| {
         d.lines().any(|l| l == "WATCHDOG=1")
-    });
+    })
+    .await;
 
     // A realistic wedge: another process holds the database's write lock, so neither the
     // dispatcher's claims nor the watchdog's store probe can write.
@@ -323,19 +256,22 @@ fn watchdog_pings_stop_while_the_store_is_locked_and_resume_after() {
     drop(conn);
     d.wait_for("WATCHDOG=1 after the lock was released", |d| {
         d.lines().any(|l| l == "WATCHDOG=1")
-    });
+    })
+    .await;
 }
 
-#[test]
-fn sighup_reloads_with_reloading_and_monotonic_usec_in_one_datagram() {
+#[tokio::test]
+async fn sighup_reloads_with_reloading_and_monotonic_usec_in_one_datagram() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let main = write_config(dir.path(), port);
-    let d = Daemon::spawn(dir.path(), port, None, "hup");
-    d.wait_ready();
+    let cfg = write_config(dir.path());
+    let main = cfg.path();
+    let d = Unit::spawn(&cfg, None, "hup");
+    d.wait_ready().await;
 
     d.signal(Signal::SIGHUP);
-    let seen = d.wait_for("RELOADING=1", |d| d.lines().any(|l| l == "RELOADING=1"));
+    let seen = d
+        .wait_for("RELOADING=1", |d| d.lines().any(|l| l == "RELOADING=1"))
+        .await;
     let reloading = seen.last().unwrap();
     assert!(
         reloading.lines().any(|l| l
@@ -343,7 +279,7 @@ fn sighup_reloads_with_reloading_and_monotonic_usec_in_one_datagram() {
             .is_some_and(|v| v.parse::<u64>().is_ok())),
         "RELOADING=1 without MONOTONIC_USEC in the same datagram: {reloading:?}"
     );
-    let after = d.wait_ready();
+    let after = d.wait_ready().await;
     assert!(
         has_prefix(&after, "STATUS="),
         "no STATUS after reload: {after:?}"
@@ -351,7 +287,9 @@ fn sighup_reloads_with_reloading_and_monotonic_usec_in_one_datagram() {
 
     // The same through `otpgate reload` (what ExecReload runs): it waits for the verdict.
     let text = std::fs::read_to_string(&main).unwrap();
-    std::fs::write(&main, text.replace("org = \"ACME\"", "org = \"ACME Two\"")).unwrap();
+    let changed = text.replace("org = \"ACME\"", "org = \"ACME Two\"");
+    assert_ne!(changed, text, "the test edits the org line");
+    std::fs::write(&main, changed).unwrap();
     let (code, out) = d.reload_command();
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("reloaded: configuration applied"), "{out}");
@@ -361,12 +299,13 @@ fn sighup_reloads_with_reloading_and_monotonic_usec_in_one_datagram() {
 
     // A key that only a restart can change: applied otherwise, and said so; still exit 0.
     let text = std::fs::read_to_string(&main).unwrap();
-    let other = free_port();
-    std::fs::write(
-        &main,
-        text.replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{other}")),
-    )
-    .unwrap();
+    let other = free_port().unwrap();
+    let changed = text.replace(
+        &format!("127.0.0.1:{}", d.port()),
+        &format!("127.0.0.1:{other}"),
+    );
+    assert_ne!(changed, text, "the test edits the listen line");
+    std::fs::write(&main, changed).unwrap();
     let (code, out) = d.reload_command();
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("needs a restart: server.listen"), "{out}");
@@ -391,13 +330,13 @@ fn reload_command_without_a_daemon_fails_clearly() {
     assert!(err.contains("no daemon pid"), "{err}");
 }
 
-#[test]
-fn invalid_config_on_reload_is_rejected_and_the_daemon_keeps_serving() {
+#[tokio::test]
+async fn invalid_config_on_reload_is_rejected_and_the_daemon_keeps_serving() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let main = write_config(dir.path(), port);
-    let mut d = Daemon::spawn(dir.path(), port, None, "bad");
-    d.wait_ready();
+    let cfg = write_config(dir.path());
+    let main = cfg.path();
+    let mut d = Unit::spawn(&cfg, None, "bad");
+    d.wait_ready().await;
     // The key works: a missing message is 404, not 401.
     assert_eq!(d.http("GET", "/v1/messages/nope", Some(KEY), None).0, 404);
     assert_eq!(
@@ -419,7 +358,7 @@ fn invalid_config_on_reload_is_rejected_and_the_daemon_keeps_serving() {
         "{out}"
     );
     // It came back READY (still serving) after RELOADING.
-    let seen = d.wait_ready();
+    let seen = d.wait_ready().await;
     assert!(has_line(&seen, "RELOADING=1"), "{seen:?}");
 
     assert_eq!(d.http("GET", "/healthz", None, None).0, 200);
@@ -428,34 +367,25 @@ fn invalid_config_on_reload_is_rejected_and_the_daemon_keeps_serving() {
         404,
         "the old config's client key stopped working"
     );
-    let deadline = Instant::now() + GUARD;
-    while !d
-        .logs()
-        .contains("invalid configuration; the previous configuration stays in force")
-    {
-        assert!(
-            Instant::now() < deadline,
-            "rejection not logged:\n{}",
-            d.logs()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    d.wait_logged("the rejection in the log", |l| {
+        l.contains("invalid configuration; the previous configuration stays in force")
+    })
+    .await;
     assert!(
-        !d.logs().contains("EAAtoken"),
+        !d.log().contains("EAAtoken"),
         "the token reached a log line"
     );
 
     d.signal(Signal::SIGTERM);
-    assert_eq!(d.wait_exit(), Some(0));
+    assert_eq!(d.wait_exit().await, Some(0));
 }
 
-#[test]
-fn sigterm_drains_and_accepted_messages_survive_a_restart() {
+#[tokio::test]
+async fn sigterm_drains_and_accepted_messages_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    write_config(dir.path(), port);
-    let mut d = Daemon::spawn(dir.path(), port, None, "term1");
-    d.wait_ready();
+    let cfg = write_config(dir.path());
+    let mut d = Unit::spawn(&cfg, None, "term1");
+    d.wait_ready().await;
 
     let mut ids = Vec::new();
     for n in 0..3 {
@@ -473,18 +403,19 @@ fn sigterm_drains_and_accepted_messages_survive_a_restart() {
     }
 
     d.signal(Signal::SIGTERM);
-    d.wait_for("STOPPING=1", |d| d.lines().any(|l| l == "STOPPING=1"));
-    assert_eq!(d.wait_exit(), Some(0), "logs:\n{}", d.logs());
+    d.wait_for("STOPPING=1", |d| d.lines().any(|l| l == "STOPPING=1"))
+        .await;
+    assert_eq!(d.wait_exit().await, Some(0), "logs:\n{}", d.log());
     drop(d);
 
-    let mut d = Daemon::spawn(dir.path(), port, None, "term2");
-    d.wait_ready();
+    let mut d = Unit::spawn(&cfg, None, "term2");
+    d.wait_ready().await;
     for id in &ids {
         let (code, body) = d.http("GET", &format!("/v1/messages/{id}"), Some(KEY), None);
         assert_eq!(code, 200, "message {id} lost across the restart: {body}");
     }
     d.signal(Signal::SIGTERM);
-    assert_eq!(d.wait_exit(), Some(0));
+    assert_eq!(d.wait_exit().await, Some(0));
 }
 
 #[test]

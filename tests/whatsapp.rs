@@ -2,11 +2,15 @@
 //! trusted through `ca_file`, as an administrator would configure an inspecting proxy's CA).
 //! Timeouts here are hang guards only; nothing asserts speed.
 
-use std::io::Write;
+#![cfg(feature = "simulators")]
+
+mod common;
+
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::GUARD;
 use otpgate::channel::whatsapp::WhatsAppChannel;
 use otpgate::channel::whatsapp::webhook::{self, WebhookError};
 use otpgate::channel::{Channel, Content, Delivery, Outcome, Receipt, ReceiptStatus};
@@ -22,42 +26,9 @@ use tokio::net::{TcpListener, TcpStream};
 const TOKEN: &str = "EAAGm0ckT0kenZZ9xq";
 const PHONE_ID: &str = "106540352242922";
 const TO: &str = "+919876543210";
-const HANG_GUARD: Duration = Duration::from_secs(30);
-
-// ---- log capture: one global TRACE subscriber (log records bridged) writing to a buffer ----
-
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Buf {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn logs() -> &'static Buf {
-    static LOGS: OnceLock<Buf> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let buf = Buf::default();
-        let w = buf.clone();
-        use tracing_subscriber::util::SubscriberInitExt;
-        // try_init also installs the `log` bridge, so reqwest/rustls/hyper records land here.
-        let _ = tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || w.clone())
-            .finish()
-            .try_init();
-        buf
-    })
-}
 
 fn log_text() -> String {
-    String::from_utf8_lossy(&logs().0.lock().unwrap()).into_owned()
+    common::capture_logs().text()
 }
 
 // ---- fixtures ----
@@ -70,7 +41,7 @@ struct Env {
 }
 
 async fn env() -> Env {
-    logs();
+    common::capture_logs();
     let pki = TestPki::new().unwrap();
     let sim = CloudApiSim::start(SimOptions {
         phone_number_id: PHONE_ID.into(),
@@ -128,7 +99,7 @@ fn code(c: &str) -> Delivery {
 }
 
 async fn send(ch: &WhatsAppChannel, d: &Delivery) -> Outcome {
-    tokio::time::timeout(HANG_GUARD, ch.send(d))
+    tokio::time::timeout(GUARD, ch.send(d))
         .await
         .expect("send hung")
 }
@@ -670,7 +641,7 @@ async fn https_proxy_and_no_proxy_come_from_the_environment() {
             .to_string()
     };
 
-    let out = tokio::time::timeout(HANG_GUARD, run(None))
+    let out = tokio::time::timeout(GUARD, run(None))
         .await
         .unwrap()
         .unwrap();
@@ -678,7 +649,7 @@ async fn https_proxy_and_no_proxy_come_from_the_environment() {
     assert_eq!(seen.lock().unwrap().connects, vec![addr]);
     assert_eq!(seen.lock().unwrap().auth_ok, vec![true]);
 
-    let out = tokio::time::timeout(HANG_GUARD, run(Some("127.0.0.1,localhost")))
+    let out = tokio::time::timeout(GUARD, run(Some("127.0.0.1,localhost")))
         .await
         .unwrap()
         .unwrap();

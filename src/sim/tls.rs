@@ -44,6 +44,19 @@ pub fn ring_provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// A reqwest client builder for plain HTTP to a daemon on loopback: rustls with the ring
+/// provider and no trust anchors (reqwest wants a TLS config even for http URLs) and no proxy
+/// from the environment. Tests and benches add what they need and build it.
+pub fn loopback_client() -> Result<reqwest::ClientBuilder, TlsError> {
+    let tls = rustls::ClientConfig::builder_with_provider(ring_provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(RootCertStore::empty())
+        .with_no_client_auth();
+    Ok(reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .no_proxy())
+}
+
 /// Paths written by [`TestPki::write_files`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PkiFiles {
