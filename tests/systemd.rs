@@ -418,23 +418,23 @@ async fn sigterm_drains_and_accepted_messages_survive_a_restart() {
     assert_eq!(d.wait_exit().await, Some(0));
 }
 
-#[test]
-fn reload_names_modem_settings_that_need_a_restart_until_it_happens() {
+#[tokio::test]
+async fn reload_names_modem_settings_that_need_a_restart_until_it_happens() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let main = write_config(dir.path(), port);
     // A modem that is not plugged in: the daemon starts without it and keeps trying.
-    let modem = format!(
-        "[[modems]]\nname = \"modem0\"\ndevice = \"{}\"\n",
-        dir.path().join("no-such-modem").display()
-    );
-    let text = std::fs::read_to_string(&main).unwrap() + &modem;
-    std::fs::write(&main, &text).unwrap();
-    let d = Daemon::spawn(dir.path(), port, None, "modem");
-    d.wait_ready();
+    let cfg = write_config(dir.path()).modem("modem0", &dir.path().join("no-such-modem"));
+    let main = cfg.write().unwrap();
+    let text = std::fs::read_to_string(&main).unwrap();
+    let d = Unit::spawn(&cfg, None, "modem");
+    d.wait_ready().await;
 
-    let changed = text.replace("org = \"ACME\"", "org = \"ACME Two\"")
-        + "smsc = \"+491722270333\"\nsend_timeout = \"30s\"\n";
+    let changed = text
+        .replace("org = \"ACME\"", "org = \"ACME Two\"")
+        .replace(
+            "[[modems]]\n",
+            "[[modems]]\nsmsc = \"+491722270333\"\nsend_timeout = \"30s\"\n",
+        );
+    assert_ne!(changed, text, "the test's edit must change the file");
     std::fs::write(&main, &changed).unwrap();
     let (code, out) = d.reload_command();
     assert_eq!(code, Some(0), "{out}");
@@ -448,11 +448,9 @@ fn reload_names_modem_settings_that_need_a_restart_until_it_happens() {
     }
 
     // A later reload that changes something else still says the modem waits for a restart.
-    std::fs::write(
-        &main,
-        changed.replace("[[clients]]", "[limits]\nglobal = \"100/s\"\n[[clients]]"),
-    )
-    .unwrap();
+    let again = changed.replace("[[clients]]", "[limits]\nglobal = \"100/s\"\n[[clients]]");
+    assert_ne!(again, changed, "the test's edit must change the file");
+    std::fs::write(&main, again).unwrap();
     let (code, out) = d.reload_command();
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("applied: limits.global"), "{out}");
