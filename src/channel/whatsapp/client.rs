@@ -515,6 +515,10 @@ impl WhatsAppChannel {
                         reason: c.reason,
                     };
                 }
+                ErrorClass::Unreachable => {
+                    last = Some(c);
+                    break;
+                }
                 ErrorClass::RateLimited | ErrorClass::Temporary => {
                     let backoff = c.class.backoff();
                     if c.class == ErrorClass::RateLimited {

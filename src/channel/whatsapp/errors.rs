@@ -18,8 +18,13 @@ pub enum ErrorClass {
     },
     /// A rate limit (130429, 80007, 4): at most one short back-off, and throttle globally.
     RateLimited,
-    /// Unknown or temporary trouble (5xx, 131000, timeouts, connect/TLS): retry once.
+    /// Unknown or temporary trouble (5xx, 131000, timeouts, a connection lost mid-request):
+    /// retry once.
     Temporary,
+    /// No connection could be made (refused, no route, TLS handshake): nothing reached Meta,
+    /// and a retry a moment later rarely finds the network back, so the message goes to the
+    /// next channel at once instead of waiting out a back-off.
+    Unreachable,
     /// Maintenance (131057): fall back now, leave WhatsApp alone for about a minute.
     Paused,
     /// Token, permission, account, policy or template trouble: open the circuit.
@@ -31,7 +36,7 @@ impl ErrorClass {
     pub fn backoff(self) -> Duration {
         match self {
             ErrorClass::RateLimited => Duration::from_millis(1_000),
-            ErrorClass::Temporary => Duration::from_millis(250),
+            ErrorClass::Temporary | ErrorClass::Unreachable => Duration::from_millis(250),
             ErrorClass::Paused => PAUSE,
             ErrorClass::FallBack { .. } | ErrorClass::ChannelDown => Duration::ZERO,
         }
@@ -249,8 +254,12 @@ pub fn classify_transport(f: TransportFailure, detail: &str) -> Classified {
             format!("connection to the Cloud API failed (ambiguous): {detail}")
         }
     };
+    let class = match f {
+        TransportFailure::Connect => ErrorClass::Unreachable,
+        TransportFailure::Timeout | TransportFailure::Other => ErrorClass::Temporary,
+    };
     Classified {
-        class: ErrorClass::Temporary,
+        class,
         code: None,
         status: None,
         reason,
@@ -442,6 +451,13 @@ mod tests {
         assert!(t.reason.contains("ambiguous"));
         let c = classify_transport(TransportFailure::Connect, "connection refused");
         assert!(c.reason.contains("connection refused"));
+        assert_eq!(
+            c.class,
+            ErrorClass::Unreachable,
+            "nothing was sent: not ambiguous"
+        );
+        let o = classify_transport(TransportFailure::Other, "reset");
+        assert_eq!(o.class, ErrorClass::Temporary);
         assert_eq!(ErrorClass::RateLimited.backoff(), Duration::from_secs(1));
         assert_eq!(ErrorClass::Paused.backoff(), PAUSE);
     }
