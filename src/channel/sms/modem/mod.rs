@@ -152,8 +152,8 @@ pub enum ModemError {
     #[error("{}: cannot open: {}", .0.display(), .1)]
     Open(PathBuf, String),
     /// The port failed while talking to the modem.
-    #[error("port error: {0}")]
-    Io(#[from] std::io::Error),
+    #[error("{}: port error: {}", .0.display(), .1)]
+    Io(PathBuf, std::io::Error),
 }
 
 /// One message for one modem.

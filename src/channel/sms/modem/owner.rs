@@ -148,10 +148,23 @@ impl Owner {
     }
 
     fn set_state(&self, state: ModemState, detail: impl Into<String>) {
-        let detail = detail.into();
+        self.change_state(state, detail.into(), false);
+    }
+
+    /// Like `set_state`, but a change is logged at WARN: the port is missing or lost, which an
+    /// admin must hear about even while the daemon reports ready on another channel.
+    fn set_port_trouble(&self, state: ModemState, detail: impl Into<String>) {
+        self.change_state(state, detail.into(), true);
+    }
+
+    fn change_state(&self, state: ModemState, detail: String, loud: bool) {
         let mut s = lock(&self.status);
         if s.state != state {
-            info!(modem = %self.name, from = %s.state, to = %state, detail = %detail, "modem state");
+            if loud {
+                warn!(modem = %self.name, from = %s.state, to = %state, detail = %detail, "modem state");
+            } else {
+                info!(modem = %self.name, from = %s.state, to = %state, detail = %detail, "modem state");
+            }
         }
         s.state = state;
         s.detail = detail;
@@ -167,7 +180,7 @@ impl Owner {
                         ModemError::PermissionDenied(_) | ModemError::Busy(_) => ModemState::Error,
                         _ => ModemState::Unplugged,
                     };
-                    self.set_state(state, e.to_string());
+                    self.set_port_trouble(state, e.to_string());
                     if !self.idle_wait(backoff).await {
                         return;
                     }
@@ -179,7 +192,7 @@ impl Owner {
                     self.set_state(ModemState::Starting, "port opened");
                     match self.session(conn).await {
                         Exit::Shutdown => return,
-                        _ => self.set_state(ModemState::Unplugged, "port lost (unplugged?)"),
+                        _ => self.set_port_trouble(ModemState::Unplugged, "port lost (unplugged?)"),
                     }
                 }
             }
@@ -214,7 +227,8 @@ impl Owner {
             let exit = match self.init(&mut conn).await {
                 Err(LinkError::Lost(_)) => return Exit::Lost,
                 Err(LinkError::Timeout) => Exit::NoAnswer,
-                Ok(()) => self.serve(&mut conn).await,
+                Ok(false) => Exit::Reinit,
+                Ok(true) => self.serve(&mut conn).await,
             };
             match exit {
                 Exit::Shutdown | Exit::Lost => return exit,
@@ -260,31 +274,54 @@ impl Owner {
         Ok(false)
     }
 
-    async fn init(&mut self, conn: &mut Conn) -> Result<(), LinkError> {
+    /// Sets the modem up from scratch; the state word says how that ended. Ok(false) when the
+    /// modem restarted half-way (its boot banner came during set-up), so it must start over.
+    async fn init(&mut self, conn: &mut Conn) -> Result<bool, LinkError> {
+        self.handshake(conn).await?;
+        // Lines that came before the modem answered belong to its start-up: a boot banner
+        // there is the power-on we are about to set up, not a reboot to react to.
+        if self.handle_unsolicited(conn) == News::Rebooted {
+            debug!(modem = %self.name, "boot banner before the first answer: modem just started");
+        }
         let t = self.cfg.command_timeout;
-        conn.escape().await?;
-        let mut alive = false;
-        for _ in 0..3 {
-            match conn.command("AT", t).await {
-                Ok(r) if r.ok() => {
-                    alive = true;
-                    break;
-                }
-                Ok(_) | Err(LinkError::Timeout) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        if !alive {
-            return Err(LinkError::Timeout);
-        }
         conn.command("ATE0", t).await?;
         // Verbose result codes: at.rs does not take a bare digit for a final result.
         conn.command("ATV1", t).await?;
         conn.command("AT+CMEE=1", t).await?;
-        if !self.check_sim(conn).await? {
-            self.handle_unsolicited(conn);
-            return Ok(());
+        let verdict = if self.check_sim(conn).await? {
+            let registration = self.identify(conn).await?;
+            self.setup_sms(conn).await?.then_some(registration)
+        } else {
+            None
+        };
+        if self.handle_unsolicited(conn) == News::Rebooted {
+            info!(modem = %self.name, "modem restarted during set-up; setting it up again");
+            return Ok(false);
         }
+        if let Some((state, detail)) = verdict {
+            self.set_state(state, detail);
+        }
+        Ok(true)
+    }
+
+    /// ESC to end a half-open prompt, then AT until the modem answers OK (three tries).
+    async fn handshake(&mut self, conn: &mut Conn) -> Result<(), LinkError> {
+        let t = self.cfg.command_timeout;
+        conn.escape().await?;
+        for _ in 0..3 {
+            match conn.command("AT", t).await {
+                Ok(r) if r.ok() => return Ok(()),
+                Ok(_) | Err(LinkError::Timeout) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Err(LinkError::Timeout)
+    }
+
+    /// Who the modem is, its signal and where it is registered (kept in the status); answers
+    /// the state it should take once set up: Ready or NotRegistered.
+    async fn identify(&mut self, conn: &mut Conn) -> Result<(ModemState, String), LinkError> {
+        let t = self.cfg.command_timeout;
         let manufacturer = conn.command("AT+CGMI", t).await?.value();
         let model = conn.command("AT+CGMM", t).await?.value();
         conn.command("AT+CGMR", t).await?;
@@ -309,13 +346,25 @@ impl Owner {
             s.signal_dbm = signal.and_then(|g| g.dbm());
             s.operator = operator.clone();
         }
+        Ok(if registered {
+            (ModemState::Ready, operator.unwrap_or_default())
+        } else {
+            let detail = format!("CREG: {}", reg_word(stat.or(estat)));
+            (ModemState::NotRegistered, detail)
+        })
+    }
+
+    /// PDU mode, an SMSC, status-report routing and quiet URCs. Ok(false) when the modem
+    /// cannot send (the Error state says why).
+    async fn setup_sms(&mut self, conn: &mut Conn) -> Result<bool, LinkError> {
+        let t = self.cfg.command_timeout;
         let cmgf = conn.command("AT+CMGF=0", t).await?;
         if !cmgf.ok() {
             self.set_state(
                 ModemState::Error,
                 format!("PDU mode refused (AT+CMGF=0: {})", cmgf.fin),
             );
-            return Ok(());
+            return Ok(false);
         }
         let csca = conn.command("AT+CSCA?", t).await?;
         let smsc = csca.parse(parse_csca);
@@ -324,7 +373,7 @@ impl Owner {
                 ModemState::Error,
                 "no SMSC address on the SIM (AT+CSCA? is empty): set smsc in the modem config",
             );
-            return Ok(());
+            return Ok(false);
         }
         if self.cfg.status_reports {
             let r = conn.command("AT+CNMI=2,1,0,1,0", t).await?;
@@ -346,16 +395,7 @@ impl Owner {
             // Silences ^RSSI/^MODE/^BOOT chatter; older firmware refuses it, which is fine.
             conn.command("AT^CURC=0", t).await?;
         }
-        self.handle_unsolicited(conn);
-        if registered {
-            self.set_state(ModemState::Ready, operator.unwrap_or_default());
-        } else {
-            self.set_state(
-                ModemState::NotRegistered,
-                format!("CREG: {}", reg_word(stat.or(estat))),
-            );
-        }
-        Ok(())
+        Ok(true)
     }
 
     /// AT+CPIN? and the PIN, once. Ok(false) when the SIM blocks further use.
@@ -435,7 +475,10 @@ impl Owner {
         loop {
             self.tick();
             match self.handle_unsolicited(conn) {
-                News::Rebooted => return Exit::Reinit,
+                News::Rebooted => {
+                    info!(modem = %self.name, "modem rebooted; setting it up again");
+                    return Exit::Reinit;
+                }
                 // Look now rather than trust one URC: +CREG and +CEREG may disagree on LTE.
                 News::Registration => next_probe = Instant::now(),
                 News::Nothing => {}
@@ -540,10 +583,8 @@ impl Owner {
                         self.acks_due = self.acks_due.saturating_add(1);
                     }
                 }
-                Urc::Boot => {
-                    info!(modem = %self.name, "modem rebooted; initialising again");
-                    news = News::Rebooted;
-                }
+                // The caller knows whether this is a start-up or a reboot, and says so.
+                Urc::Boot => news = News::Rebooted,
                 Urc::Registration { .. } => {
                     if news == News::Nothing {
                         news = News::Registration;

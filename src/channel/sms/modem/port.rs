@@ -149,7 +149,8 @@ impl Conn {
         )
         .map_err(|e| ModemError::Open(device.to_path_buf(), e.to_string()))?;
         // SAFETY: PortFd owns its TTYPort, whose fd stays open and unchanged until it drops.
-        let fd = unsafe { AsyncFd::register(port) }.map_err(std::io::Error::from)?;
+        let fd = unsafe { AsyncFd::register(port) }
+            .map_err(|e| ModemError::Io(device.to_path_buf(), e.into()))?;
         Ok(Conn {
             fd,
             reader: LineReader::new(),

@@ -68,7 +68,7 @@ impl fmt::Display for ProbeReport {
 pub async fn probe(device: &Path, baud: u32, timeout: Duration) -> Result<ProbeReport, ModemError> {
     let mut conn = Conn::open(device, baud)?;
     let lost = |e: LinkError, device: &Path| match e {
-        LinkError::Lost(e) => ModemError::Io(e),
+        LinkError::Lost(e) => ModemError::Io(device.to_path_buf(), e),
         LinkError::Timeout => ModemError::NoAnswer(device.to_path_buf(), timeout),
     };
     conn.escape().await.map_err(|e| lost(e, device))?;
