@@ -742,3 +742,68 @@ async fn concurrent_sends_share_two_modems_without_loss_or_duplicates() {
     );
     pool.shutdown().await;
 }
+
+/// Modems whose own timeouts are longer than the budgets below: only the pool's shares of the
+/// budget can end a wait in time.
+fn patient(name: &str, path: &Path) -> ModemConfig {
+    let mut c = cfg(name, path);
+    c.command_timeout = Duration::from_secs(10);
+    c.send_timeout = Duration::from_secs(30);
+    c
+}
+
+#[tokio::test]
+async fn a_modem_that_never_takes_the_message_leaves_the_rest_of_the_budget_to_another() {
+    let stuck = SimModem::start(Profile::quectel()).unwrap();
+    let good = SimModem::start(Profile::huawei()).unwrap();
+    let (pool, _rx) = start(vec![
+        patient("modem0", stuck.path()),
+        patient("modem1", good.path()),
+    ]);
+    wait_state(&pool, 0, "ready").await;
+    wait_state(&pool, 1, "ready").await;
+    // No '>' prompt: modem0 never takes the message. The pool's first pick is modem0.
+    stuck.stall_next_sends(1);
+    let mut d = delivery("Your code is 123456");
+    d.budget = Duration::from_secs(4);
+    let id = accepted(&pool.send(&d).await);
+    assert!(id.starts_with("modem1/"), "{id}");
+    assert_eq!(cmgs_count(&stuck), 1, "modem0 was asked first");
+    assert!(stuck.received().is_empty());
+    assert_eq!(good.received().len(), 1);
+    // The stuck modem is set right again and takes the next message.
+    wait_state(&pool, 0, "ready").await;
+    let mut d = delivery("Your code is 654321");
+    d.budget = Duration::from_secs(4);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(accepted(&pool.send(&d).await));
+    }
+    assert!(ids.iter().any(|id| id.starts_with("modem0/")), "{ids:?}");
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_modem_that_hangs_after_the_hand_over_is_unknown_within_the_budget() {
+    let a = SimModem::start(Profile::quectel()).unwrap();
+    let b = SimModem::start(Profile::quectel()).unwrap();
+    a.swallow_next_sends(1);
+    let (pool, _rx) = start(vec![
+        patient("modem0", a.path()),
+        patient("modem1", b.path()),
+    ]);
+    wait_state(&pool, 0, "ready").await;
+    wait_state(&pool, 1, "ready").await;
+    let mut d = delivery("Your code is 123456");
+    d.budget = Duration::from_secs(3);
+    // modem0 (the first pick) takes the PDU and never answers; the budget ends before its
+    // 30 s send timeout, so the pool's verdict is Unknown and the message is not resent.
+    match pool.send(&d).await {
+        Outcome::Unknown { reason } => assert!(reason.contains("modem0"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(a.received().len(), 1, "it went out on modem0");
+    assert_eq!(cmgs_count(&b), 0, "never offered to modem1");
+    assert!(b.received().is_empty());
+    pool.shutdown().await;
+}

@@ -183,6 +183,7 @@ struct State {
     fail_next: VecDeque<u16>,
     fail_numbers: HashMap<String, u16>,
     swallow_next: u32,
+    stall_next: u32,
     hang: Hang,
     mid_answer: VecDeque<String>,
     out: Vec<Vec<u8>>,
@@ -216,6 +217,7 @@ impl State {
             fail_next: VecDeque::new(),
             fail_numbers: HashMap::new(),
             swallow_next: 0,
+            stall_next: 0,
             hang: Hang::No,
             mid_answer: VecDeque::new(),
             out: Vec::new(),
@@ -449,6 +451,12 @@ impl SimModem {
     /// The next `n` sends are taken (and go out) but never answered after Ctrl-Z.
     pub fn swallow_next_sends(&self, n: u32) {
         self.with(|s| s.swallow_next = n);
+    }
+
+    /// The next `n` AT+CMGS are never answered: no `> ` prompt, no error. Nothing is taken, and
+    /// the modem answers other commands as before.
+    pub fn stall_next_sends(&self, n: u32) {
+        self.with(|s| s.stall_next = n);
     }
 
     /// Stops answering.
@@ -700,6 +708,10 @@ fn handle_byte(
                     cmd.clone()
                 };
                 st.commands.push(logged);
+                if upper.starts_with("AT+CMGS=") && st.stall_next > 0 {
+                    st.stall_next -= 1;
+                    return None;
+                }
                 let (info, fin, prompt) = command(&mut st, &cmd, &upper, scheduled);
                 if let Some(n) = prompt {
                     out.extend_from_slice(b"\r\n> ");

@@ -42,8 +42,6 @@ pub use probe::{ProbeReport, probe};
 
 /// How long shutdown waits for an owner task before aborting it.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(5);
-/// Time given to the owner beyond a delivery's budget to report what happened.
-const GRACE: Duration = Duration::from_secs(2);
 
 /// A modem's state, as a stable word for /readyz and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -167,7 +165,11 @@ pub struct SendJob {
     pub text: String,
     /// Validity period to put in the PDU.
     pub validity: Duration,
-    /// When the caller stops waiting.
+    /// By when the modem must have taken the message (the first PDU written). Until then the
+    /// job may be withdrawn with a transient verdict, leaving the rest of the budget to another
+    /// modem. At most `deadline`.
+    pub take_by: Instant,
+    /// When the verdict is due: [`Modem::send`] answers by then, whatever the owner is doing.
     pub deadline: Instant,
 }
 
@@ -226,15 +228,52 @@ pub enum SendResult {
 enum Request {
     Send {
         job: SendJob,
-        claim: Arc<AtomicU8>,
+        claim: Arc<Claim>,
         reply: oneshot::Sender<SendResult>,
     },
     Shutdown,
 }
 
-const PENDING: u8 = 0;
-const STARTED: u8 = 1;
-const ABANDONED: u8 = 2;
+/// Where a job stands between the handle and the owner. Every step is one compare-and-swap,
+/// so the handle withdrawing a job and the owner handing it to the modem cannot both happen:
+/// a withdrawn job never goes out, and a job handed over is never called transient.
+struct Claim(AtomicU8);
+
+impl Claim {
+    /// Queued; the owner has not looked at it.
+    const PENDING: u8 = 0;
+    /// The owner is talking to the modem; nothing has been handed over.
+    const STARTED: u8 = 1;
+    /// The handle gave up on it before the hand-over; the owner must not hand it over.
+    const WITHDRAWN: u8 = 2;
+    /// The owner is writing (or wrote) the PDU: the message may go out.
+    const HANDED_OVER: u8 = 3;
+
+    fn new() -> Arc<Claim> {
+        Arc::new(Claim(AtomicU8::new(Claim::PENDING)))
+    }
+
+    fn step(&self, from: u8, to: u8) -> bool {
+        self.0
+            .compare_exchange(from, to, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// Owner: starts work on the job; false when the handle already withdrew it.
+    fn start(&self) -> bool {
+        self.step(Claim::PENDING, Claim::STARTED)
+    }
+
+    /// Owner: about to write the PDU; false when the handle withdrew the job meanwhile.
+    fn hand_over(&self) -> bool {
+        self.step(Claim::STARTED, Claim::HANDED_OVER)
+    }
+
+    /// Handle: withdraws the job; false when it was already handed over.
+    fn withdraw(&self) -> bool {
+        self.step(Claim::PENDING, Claim::WITHDRAWN) || self.step(Claim::STARTED, Claim::WITHDRAWN)
+    }
+}
 
 /// Handle on one modem's owner task.
 pub struct Modem {
@@ -290,17 +329,21 @@ impl Modem {
         self.progress.load(Ordering::Relaxed)
     }
 
-    /// Sends one message through this modem; resolves by `job.deadline` plus a short grace.
+    /// Sends one message through this modem and answers by `job.deadline` with a verdict of
+    /// its own: Transient when the modem had not taken the message by `job.take_by` (the job is
+    /// withdrawn: the owner will not hand it over), Unknown when the PDU was handed over and no
+    /// result came by the deadline, otherwise whatever the owner found.
     pub async fn send(&self, job: SendJob) -> SendResult {
         let deadline = job.deadline;
-        let claim = Arc::new(AtomicU8::new(PENDING));
-        let (reply, answer) = oneshot::channel();
+        let take_by = job.take_by.min(deadline);
+        let claim = Claim::new();
+        let (reply, mut answer) = oneshot::channel();
         let req = Request::Send {
             job,
             claim: claim.clone(),
             reply,
         };
-        match tokio::time::timeout_at(deadline, self.tx.send(req)).await {
+        match tokio::time::timeout_at(take_by, self.tx.send(req)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
                 return SendResult::NotReady {
@@ -310,28 +353,35 @@ impl Modem {
             Err(_) => {
                 return SendResult::Transient {
                     code: None,
-                    reason: format!("{} busy: queue full until the deadline", self.name),
+                    reason: format!("{} busy: its queue stayed full", self.name),
                 };
             }
         }
-        match tokio::time::timeout_at(deadline + GRACE, answer).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(_)) | Err(_) => {
-                // Whether anything went out depends on whether the owner had started.
-                if claim
-                    .compare_exchange(PENDING, ABANDONED, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-                {
-                    SendResult::Transient {
-                        code: None,
-                        reason: format!("{} did not take the message in time", self.name),
-                    }
-                } else {
-                    SendResult::Unknown {
-                        reason: format!("{} gave no result within the budget", self.name),
-                    }
-                }
-            }
+        let waiting = match tokio::time::timeout_at(take_by, &mut answer).await {
+            Ok(Ok(r)) => return r,
+            // The owner dropped the job unanswered (it ended): the claim tells what happened.
+            Ok(Err(_)) => None,
+            Err(_) => Some(answer),
+        };
+        if claim.withdraw() {
+            return SendResult::Transient {
+                code: None,
+                reason: format!(
+                    "{} did not take the message in its share of the time",
+                    self.name
+                ),
+            };
+        }
+        // Handed over: only the owner can know whether it went out; wait for it, not longer.
+        let result = match waiting {
+            Some(answer) => tokio::time::timeout_at(deadline, answer).await.ok(),
+            None => None,
+        };
+        match result {
+            Some(Ok(r)) => r,
+            Some(Err(_)) | None => SendResult::Unknown {
+                reason: format!("{} gave no result within the budget", self.name),
+            },
         }
     }
 

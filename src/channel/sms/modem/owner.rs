@@ -12,9 +12,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, trace, warn};
 
 use super::port::{Conn, Final, LinkError, reg_stat, reg_word};
-use super::{
-    ModemError, ModemState, ModemStatus, PENDING, Request, STARTED, SendJob, SendResult, lock,
-};
+use super::{Claim, ModemError, ModemState, ModemStatus, Request, SendJob, SendResult, lock};
 use crate::channel::sms::at::{
     CmsClass, Event, FinalResult, PinState, Registration, Urc, classify_cme, classify_cms,
     parse_cmgs, parse_cops, parse_cpin, parse_csca, parse_csq,
@@ -500,13 +498,10 @@ impl Owner {
                             let _ = reply.send(SendResult::NotReady { state });
                             continue;
                         }
-                        if claim
-                            .compare_exchange(PENDING, STARTED, Ordering::SeqCst, Ordering::SeqCst)
-                            .is_err()
-                        {
+                        if !claim.start() {
                             continue;
                         }
-                        let (result, after) = self.send(conn, &job).await;
+                        let (result, after) = self.send(conn, &job, &claim).await;
                         let _ = reply.send(result);
                         match after {
                             After::Nothing => {}
@@ -657,7 +652,7 @@ impl Owner {
         }
     }
 
-    async fn send(&mut self, conn: &mut Conn, job: &SendJob) -> (SendResult, After) {
+    async fn send(&mut self, conn: &mut Conn, job: &SendJob, claim: &Claim) -> (SendResult, After) {
         let opts = pdu::SubmitOptions {
             validity: job.validity,
             status_report: self.cfg.status_reports,
@@ -685,7 +680,7 @@ impl Owner {
         debug!(modem = %self.name, message_id = %job.message_id, parts = total, "sending SMS");
         let mut mrs = Vec::with_capacity(total);
         for (i, part) in parts.iter().enumerate() {
-            match self.send_part(conn, job, part, i, total).await {
+            match self.send_part(conn, job, claim, part, i, total).await {
                 Ok(mr) => mrs.push(mr),
                 Err(fail) => return fail,
             }
@@ -711,10 +706,33 @@ impl Owner {
         &mut self,
         conn: &mut Conn,
         job: &SendJob,
+        claim: &Claim,
         part: &pdu::SubmitPdu,
         i: usize,
         total: usize,
     ) -> Result<u8, (SendResult, After)> {
+        self.await_prompt(conn, job, part, i, total).await?;
+        if i == 0 && !claim.hand_over() {
+            // The handle withdrew the job (its share of the time ran out) and has already
+            // answered Transient; the message must not leave now. Close the prompt unsent.
+            let _ = conn.escape().await;
+            debug!(modem = %self.name, message_id = %job.message_id, "prompt came after the job was withdrawn");
+            let reason = format!("{}: withdrawn before the hand-over", self.name);
+            return Err((SendResult::Transient { code: None, reason }, After::Nothing));
+        }
+        self.hand_over(conn, job, part, i, total).await
+    }
+
+    /// AT+CMGS and its `> ` prompt. Nothing has gone out yet, so every failure here is safe to
+    /// try again elsewhere.
+    async fn await_prompt(
+        &mut self,
+        conn: &mut Conn,
+        job: &SendJob,
+        part: &pdu::SubmitPdu,
+        i: usize,
+        total: usize,
+    ) -> Result<(), (SendResult, After)> {
         let name = self.name.clone();
         let lost = |when: &str| {
             (
@@ -725,8 +743,9 @@ impl Owner {
                 After::Lost,
             )
         };
-        // Before Ctrl-Z nothing has gone out: a failure here is safe to try again elsewhere.
-        let prompt_deadline = (Instant::now() + self.cfg.command_timeout).min(job.deadline);
+        // The first part must be taken by `take_by`, or the handle moves the message on.
+        let take_by = if i == 0 { job.take_by } else { job.deadline };
+        let prompt_deadline = (Instant::now() + self.cfg.command_timeout).min(take_by);
         let cmd = format!("AT+CMGS={}", part.tpdu_len);
         trace!(command = "AT+CMGS", octets = part.tpdu_len, "AT");
         conn.begin(&cmd);
@@ -740,18 +759,30 @@ impl Owner {
         }
         loop {
             match conn.next_event(prompt_deadline).await {
-                Ok(Event::Prompt) => break,
+                Ok(Event::Prompt) => return Ok(()),
                 Ok(Event::Final(fin)) => return Err(self.refused(&fin.into(), i, total)),
                 Ok(_) => {}
                 Err(LinkError::Lost(_)) => return Err(lost("before sending")),
                 Err(LinkError::Timeout) => return Err(self.no_prompt(conn, i, total).await),
             }
         }
+    }
+
+    /// Writes the PDU and Ctrl-Z, then waits for +CMGS: the message's reference.
+    async fn hand_over(
+        &mut self,
+        conn: &mut Conn,
+        job: &SendJob,
+        part: &pdu::SubmitPdu,
+        i: usize,
+        total: usize,
+    ) -> Result<u8, (SendResult, After)> {
         // From here the message may leave: any doubt is Unknown, never a resend.
+        let name = self.name.clone();
         let unknown = |why: String| SendResult::Unknown {
             reason: format!("{name}: {why} after part {}/{total} was handed over", i + 1),
         };
-        let hand_over = Instant::now() + self.cfg.command_timeout;
+        let hand_over = (Instant::now() + self.cfg.command_timeout).min(job.deadline);
         let mut bytes = Vec::with_capacity(part.hex.len() + 1);
         bytes.extend_from_slice(part.hex.as_bytes());
         bytes.push(0x1a);
@@ -762,8 +793,8 @@ impl Owner {
                 return Err((unknown("write timed out".into()), After::Recover));
             }
         }
-        let answer_deadline =
-            (Instant::now() + self.cfg.send_timeout).min(job.deadline.max(hand_over));
+        // The handle answers Unknown at the deadline: waiting longer would tell no one.
+        let answer_deadline = (Instant::now() + self.cfg.send_timeout).min(job.deadline);
         let mut mr = None;
         loop {
             match conn.next_event(answer_deadline).await {
