@@ -807,3 +807,41 @@ async fn a_modem_that_hangs_after_the_hand_over_is_unknown_within_the_budget() {
     assert!(b.received().is_empty());
     pool.shutdown().await;
 }
+
+#[tokio::test]
+async fn start_up_logs_a_missing_device_at_warn_and_no_reboot() {
+    let buf = Buf::default();
+    let w = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || w.clone())
+        .finish();
+    // This test's runtime is single-threaded: the owner tasks log on this thread.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // The simulator has just powered on: its boot banner waits on the port.
+    let sim = SimModem::start(Profile::quectel()).unwrap();
+    let missing = Path::new("/dev/serial/by-id/usb-no-such-modem");
+    let (pool, _rx) = start(vec![cfg("modem0", sim.path()), cfg("modem1", missing)]);
+    wait_state(&pool, 0, "ready").await;
+    wait_state(&pool, 1, "unplugged").await;
+    pool.shutdown().await;
+    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let line = |modem: &str, to: &str| {
+        logs.lines()
+            .find(|l| l.contains(&format!("modem={modem}")) && l.contains(&format!("to={to}")))
+            .unwrap_or_else(|| panic!("no {modem} {to} line in:\n{logs}"))
+            .to_string()
+    };
+    assert!(line("modem1", "unplugged").contains(" WARN "), "{logs}");
+    assert!(line("modem1", "unplugged").contains("no such device"));
+    assert!(line("modem0", "ready").contains(" INFO "));
+    assert!(
+        logs.contains("modem just started"),
+        "the banner was seen:\n{logs}"
+    );
+    assert!(
+        !logs.contains("rebooted"),
+        "start-up is not a reboot:\n{logs}"
+    );
+}
