@@ -845,3 +845,32 @@ async fn start_up_logs_a_missing_device_at_warn_and_no_reboot() {
         "start-up is not a reboot:\n{logs}"
     );
 }
+
+#[tokio::test]
+async fn a_late_answer_to_the_escape_line_does_not_shift_every_later_answer() {
+    let sim = SimModem::start(Profile::quectel()).unwrap();
+    // The ERROR for the bare CR after ESC comes only after the next command was written.
+    sim.set_late_bare_line(Some(Duration::from_millis(100)));
+    let report = probe(sim.path(), 115_200, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(report.manufacturer.as_deref(), Some("Quectel"));
+    assert_eq!(report.imei.as_deref(), Some("867698040000001"));
+    assert_eq!(report.sim, "READY");
+
+    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
+    wait_state(&pool, 0, "ready").await;
+    let h = pool.health();
+    assert_eq!(
+        h.parts[0].detail, "Sim Operator",
+        "AT+COPS? read its own answer"
+    );
+    assert_eq!(
+        h.parts[0].signal_dbm,
+        Some(-71),
+        "AT+CSQ read its own answer"
+    );
+    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    assert_eq!(sim.received().len(), 1);
+    pool.shutdown().await;
+}

@@ -302,18 +302,29 @@ impl Owner {
         Ok(true)
     }
 
-    /// ESC to end a half-open prompt, then AT until the modem answers OK (three tries).
+    /// ESC to end a half-open prompt, AT until the modem answers OK (three tries), then the
+    /// dialogue brought in step: a late answer to the ESC line must not shift every answer.
     async fn handshake(&mut self, conn: &mut Conn) -> Result<(), LinkError> {
         let t = self.cfg.command_timeout;
         conn.escape().await?;
+        let mut alive = false;
         for _ in 0..3 {
             match conn.command("AT", t).await {
-                Ok(r) if r.ok() => return Ok(()),
+                Ok(r) if r.ok() => {
+                    alive = true;
+                    break;
+                }
                 Ok(_) | Err(LinkError::Timeout) => {}
                 Err(e) => return Err(e),
             }
         }
-        Err(LinkError::Timeout)
+        if !alive {
+            return Err(LinkError::Timeout);
+        }
+        if !conn.sync(t).await? {
+            debug!(modem = %self.name, "no AT+CMEE? answer line; dialogue not checked");
+        }
+        Ok(())
     }
 
     /// Who the modem is, its signal and where it is registered (kept in the status); answers

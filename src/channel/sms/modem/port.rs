@@ -21,6 +21,10 @@ use crate::channel::sms::at::{
 
 /// Unsolicited lines kept between two looks at them; a flood beyond this is dropped.
 const MAX_UNSOLICITED: usize = 256;
+/// The command [`Conn::sync`] brings the dialogue in step with, and the line that marks its own
+/// answer: no stale result carries it.
+const SYNC_COMMAND: &str = "AT+CMEE?";
+const SYNC_ANSWER: &str = "+CMEE:";
 
 /// The serial port, kept as `TTYPort` so its Drop clears TIOCEXCL and releases the lock.
 struct PortFd(serialport::TTYPort);
@@ -129,6 +133,9 @@ pub(super) struct Conn {
     dialogue: Dialogue,
     events: VecDeque<Event>,
     pub(super) unsolicited: VecDeque<Urc>,
+    /// While [`Conn::sync`] runs: (the marker's own answer line has come, a stale result was
+    /// skipped).
+    syncing: Option<(bool, bool)>,
 }
 
 impl Conn {
@@ -157,6 +164,7 @@ impl Conn {
             dialogue: Dialogue::new(),
             events: VecDeque::new(),
             unsolicited: VecDeque::new(),
+            syncing: None,
         })
     }
 
@@ -194,6 +202,20 @@ impl Conn {
             };
             let answering = self.dialogue.pending().is_some();
             for ev in self.dialogue.feed(token) {
+                match (&ev, self.syncing) {
+                    (Event::Info(l), Some((false, skipped))) if l.starts_with(SYNC_ANSWER) => {
+                        self.syncing = Some((true, skipped));
+                    }
+                    // A result before the marker's own line answers an earlier line: skip it and
+                    // keep waiting for the marker (the dialogue took the result as its end).
+                    (Event::Final(_), Some((false, _))) => {
+                        trace!("stale result skipped while syncing");
+                        self.syncing = Some((false, true));
+                        self.dialogue.begin(SYNC_COMMAND);
+                        continue;
+                    }
+                    _ => {}
+                }
                 match ev {
                     Event::Urc(u) => {
                         if self.unsolicited.len() >= MAX_UNSOLICITED {
@@ -290,6 +312,43 @@ impl Conn {
                     });
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// Brings the dialogue in step with the modem. Lines written without waiting for their
+    /// answer (the ESC + CR of [`Conn::escape`], a command that timed out) may still draw a late
+    /// result; read as the next command's answer, it would leave every later command reading
+    /// its predecessor's. The marker's answer carries a line of its own, so results before that
+    /// line are stale and skipped, and the result after it ends the marker's exchange. Ok(true)
+    /// once in step; Ok(false) when the modem answered only without the marker line (it lacks
+    /// the command: nothing better can be done); Err(Timeout) when it did not answer at all.
+    pub(super) async fn sync(&mut self, timeout: Duration) -> Result<bool, LinkError> {
+        let deadline = Instant::now() + timeout;
+        trace!(command = SYNC_COMMAND, "AT (sync)");
+        self.begin(SYNC_COMMAND);
+        self.syncing = Some((false, false));
+        let r = self.sync_exchange(deadline).await;
+        let (seen, skipped) = self.syncing.take().unwrap_or_default();
+        match r {
+            Ok(()) => Ok(true),
+            Err(LinkError::Timeout) if skipped && !seen => {
+                self.abandon();
+                Ok(false)
+            }
+            Err(e) => {
+                self.abandon();
+                Err(e)
+            }
+        }
+    }
+
+    async fn sync_exchange(&mut self, deadline: Instant) -> Result<(), LinkError> {
+        self.write_all(format!("{SYNC_COMMAND}\r").as_bytes(), deadline)
+            .await?;
+        loop {
+            if let Event::Final(_) = self.next_event(deadline).await? {
+                return Ok(());
             }
         }
     }

@@ -86,6 +86,8 @@ pub async fn probe(device: &Path, baud: u32, timeout: Duration) -> Result<ProbeR
     if !alive {
         return Err(ModemError::NoAnswer(device.to_path_buf(), timeout));
     }
+    // A late answer to the ESC line would otherwise shift every answer below by one.
+    conn.sync(timeout).await.map_err(|e| lost(e, device))?;
     let mut ask = async |cmd: &str| {
         conn.command(cmd, timeout)
             .await
