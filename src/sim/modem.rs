@@ -705,48 +705,7 @@ fn handle_byte(
             b'\r' => {
                 let cmd = String::from_utf8_lossy(line).trim().to_string();
                 line.clear();
-                if cmd.is_empty() {
-                    if let Some(after) = st.late_bare_line {
-                        let at = Instant::now() + after;
-                        scheduled.push((at, b"\r\nERROR\r\n".to_vec()));
-                        st.owed_until = Some(at);
-                    }
-                    return None;
-                }
-                let upper = cmd.to_ascii_uppercase();
-                if st.hang == Hang::UntilReset && upper != "ATZ" && upper != "AT+CFUN=1,1" {
-                    return None;
-                }
-                let mut out = Vec::new();
-                if st.echo {
-                    out.extend_from_slice(cmd.as_bytes());
-                    out.push(b'\r');
-                }
-                let logged = if upper.starts_with("AT+CPIN=") {
-                    "AT+CPIN=***".to_string()
-                } else {
-                    cmd.clone()
-                };
-                st.commands.push(logged);
-                if upper.starts_with("AT+CMGS=") && st.stall_next > 0 {
-                    st.stall_next -= 1;
-                    return None;
-                }
-                let (info, fin, prompt) = command(&mut st, &cmd, &upper, scheduled);
-                if let Some(n) = prompt {
-                    out.extend_from_slice(b"\r\n> ");
-                    *mode = Mode::Pdu { n, hex: Vec::new() };
-                } else {
-                    out.extend_from_slice(&answer(&mut st, &info, &fin));
-                }
-                // Earlier answers still owed: this one comes after them, a little later.
-                if let Some(owed) = st.owed_until.filter(|t| *t > Instant::now()) {
-                    let at = owed + OWED_GAP;
-                    scheduled.push((at, out));
-                    st.owed_until = Some(at);
-                    return None;
-                }
-                Some((st.delay, out))
+                command_line(&cmd, mode, &mut st, scheduled)
             }
             b'\n' | 0x1b => None,
             _ => {
@@ -757,6 +716,57 @@ fn handle_byte(
             }
         },
     }
+}
+
+/// Runs one complete command line; returns what to write back (after a delay), if anything now.
+fn command_line(
+    cmd: &str,
+    mode: &mut Mode,
+    st: &mut State,
+    scheduled: &mut Vec<(Instant, Vec<u8>)>,
+) -> Option<(Duration, Vec<u8>)> {
+    if cmd.is_empty() {
+        if let Some(after) = st.late_bare_line {
+            let at = Instant::now() + after;
+            scheduled.push((at, b"\r\nERROR\r\n".to_vec()));
+            st.owed_until = Some(at);
+        }
+        return None;
+    }
+    let upper = cmd.to_ascii_uppercase();
+    if st.hang == Hang::UntilReset && upper != "ATZ" && upper != "AT+CFUN=1,1" {
+        return None;
+    }
+    let mut out = Vec::new();
+    if st.echo {
+        out.extend_from_slice(cmd.as_bytes());
+        out.push(b'\r');
+    }
+    let logged = if upper.starts_with("AT+CPIN=") {
+        "AT+CPIN=***".to_string()
+    } else {
+        cmd.to_string()
+    };
+    st.commands.push(logged);
+    if upper.starts_with("AT+CMGS=") && st.stall_next > 0 {
+        st.stall_next -= 1;
+        return None;
+    }
+    let (info, fin, prompt) = command(st, cmd, &upper, scheduled);
+    if let Some(n) = prompt {
+        out.extend_from_slice(b"\r\n> ");
+        *mode = Mode::Pdu { n, hex: Vec::new() };
+    } else {
+        out.extend_from_slice(&answer(st, &info, &fin));
+    }
+    // Earlier answers still owed: this one comes after them, a little later.
+    if let Some(owed) = st.owed_until.filter(|t| *t > Instant::now()) {
+        let at = owed + OWED_GAP;
+        scheduled.push((at, out));
+        st.owed_until = Some(at);
+        return None;
+    }
+    Some((st.delay, out))
 }
 
 fn answer(st: &mut State, info: &[String], fin: &str) -> Vec<u8> {

@@ -725,11 +725,20 @@ impl Owner {
         self.await_prompt(conn, job, part, i, total).await?;
         if i == 0 && !claim.hand_over() {
             // The handle withdrew the job (its share of the time ran out) and has already
-            // answered Transient; the message must not leave now. Close the prompt unsent.
-            let _ = conn.escape().await;
+            // answered Transient; the message must not leave now. Close the prompt unsent, and
+            // get back in step in case the modem answers the ESC line.
             debug!(modem = %self.name, message_id = %job.message_id, "prompt came after the job was withdrawn");
+            let after = match conn.escape().await {
+                Ok(()) => match conn.sync(self.cfg.command_timeout).await {
+                    Ok(_) => After::Nothing,
+                    Err(LinkError::Timeout) => After::Recover,
+                    Err(LinkError::Lost(_)) => After::Lost,
+                },
+                Err(LinkError::Timeout) => After::Recover,
+                Err(LinkError::Lost(_)) => After::Lost,
+            };
             let reason = format!("{}: withdrawn before the hand-over", self.name);
-            return Err((SendResult::Transient { code: None, reason }, After::Nothing));
+            return Err((SendResult::Transient { code: None, reason }, after));
         }
         self.hand_over(conn, job, part, i, total).await
     }
