@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, trace, warn};
 
-use super::port::{Conn, Final, LinkError, reg_stat, reg_word};
+use super::port::{Conn, Final, LinkError, cms_reason, reg_stat, reg_word};
 use super::{Claim, ModemError, ModemState, ModemStatus, Request, SendJob, SendResult, lock};
 use crate::channel::sms::at::{
     CmsClass, Event, FinalResult, PinState, Registration, Urc, classify_cme, classify_cms,
@@ -29,31 +29,6 @@ const REOPEN_MAX: Duration = Duration::from_secs(30);
 const REPORT_WINDOW: Duration = Duration::from_secs(72 * 3600);
 /// Sent messages remembered for status-report matching.
 const MAX_TRACKED: usize = 1024;
-
-fn cms_reason(code: u16) -> &'static str {
-    match code {
-        1 => "unassigned (unallocated) number",
-        8 | 10 => "operator barred the SIM",
-        21 => "short message transfer rejected",
-        22 | 322 => "memory full",
-        27 => "destination out of service",
-        38 => "network out of order",
-        41 => "temporary failure",
-        42 => "congestion",
-        50 => "requested facility not subscribed",
-        96 => "invalid mandatory information",
-        300 => "modem failure",
-        304 | 305 => "invalid PDU",
-        310..=318 => "SIM problem",
-        330 => "SMSC address unknown",
-        331 => "no network service",
-        332 => "network timeout",
-        _ => "network refused the message",
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// The owner task
 
 struct Tracked {
     provider_id: String,

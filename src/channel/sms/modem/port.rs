@@ -393,6 +393,29 @@ pub(super) fn reg_word(reg: Option<Registration>) -> String {
     }
 }
 
+/// What a +CMS ERROR code means, in words for reasons and logs.
+pub(super) fn cms_reason(code: u16) -> &'static str {
+    match code {
+        1 => "unassigned (unallocated) number",
+        8 | 10 => "operator barred the SIM",
+        21 => "short message transfer rejected",
+        22 | 322 => "memory full",
+        27 => "destination out of service",
+        38 => "network out of order",
+        41 => "temporary failure",
+        42 => "congestion",
+        50 => "requested facility not subscribed",
+        96 => "invalid mandatory information",
+        300 => "modem failure",
+        304 | 305 => "invalid PDU",
+        310..=318 => "SIM problem",
+        330 => "SMSC address unknown",
+        331 => "no network service",
+        332 => "network timeout",
+        _ => "network refused the message",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
