@@ -154,4 +154,21 @@ mod tests {
         assert!(text.contains("none on the SIM"));
         assert_eq!(text.lines().count(), 8);
     }
+
+    #[test]
+    fn every_error_names_the_device_once() {
+        // `modem probe` prints the error alone: the path must be in it, and only once.
+        let p = || PathBuf::from("/dev/ttyUSB2");
+        let errors = [
+            ModemError::PermissionDenied(p()),
+            ModemError::Busy(p()),
+            ModemError::NotFound(p()),
+            ModemError::NoAnswer(p(), Duration::from_secs(2)),
+            ModemError::Open(p(), "bad".into()),
+            ModemError::Io(p(), std::io::Error::other("hang-up")),
+        ];
+        for e in errors {
+            assert_eq!(e.to_string().matches("/dev/ttyUSB2").count(), 1, "{e}");
+        }
+    }
 }
