@@ -253,7 +253,8 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                         Ok(ExitCode::SUCCESS)
                     }
                     Err(e) => {
-                        eprintln!("otpgate: {}: {e}", device.display());
+                        // Every ModemError names the device already.
+                        eprintln!("otpgate: {e}");
                         Ok(ExitCode::FAILURE)
                     }
                 }

@@ -717,3 +717,135 @@ async fn concurrent_sends_share_two_modems_without_loss_or_duplicates() {
     );
     pool.shutdown().await;
 }
+
+/// Modems whose own timeouts are longer than the budgets below: only the pool's shares of the
+/// budget can end a wait in time.
+fn patient(name: &str, path: &Path) -> ModemConfig {
+    let mut c = cfg(name, path);
+    c.command_timeout = Duration::from_secs(10);
+    c.send_timeout = Duration::from_secs(30);
+    c
+}
+
+#[tokio::test]
+async fn a_modem_that_never_takes_the_message_leaves_the_rest_of_the_budget_to_another() {
+    let stuck = SimModem::start(Profile::quectel()).unwrap();
+    let good = SimModem::start(Profile::huawei()).unwrap();
+    let (pool, _rx) = start(vec![
+        patient("modem0", stuck.path()),
+        patient("modem1", good.path()),
+    ]);
+    wait_state(&pool, 0, "ready").await;
+    wait_state(&pool, 1, "ready").await;
+    // No '>' prompt: modem0 never takes the message. The pool's first pick is modem0.
+    stuck.stall_next_sends(1);
+    let mut d = delivery("Your code is 123456");
+    d.budget = Duration::from_secs(4);
+    let id = accepted(&pool.send(&d).await);
+    assert!(id.starts_with("modem1/"), "{id}");
+    assert_eq!(cmgs_count(&stuck), 1, "modem0 was asked first");
+    assert!(stuck.received().is_empty());
+    assert_eq!(good.received().len(), 1);
+    // The stuck modem is set right again and takes the next message.
+    wait_state(&pool, 0, "ready").await;
+    let mut d = delivery("Your code is 654321");
+    d.budget = Duration::from_secs(4);
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        ids.push(accepted(&pool.send(&d).await));
+    }
+    assert!(ids.iter().any(|id| id.starts_with("modem0/")), "{ids:?}");
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_modem_that_hangs_after_the_hand_over_is_unknown_within_the_budget() {
+    let a = SimModem::start(Profile::quectel()).unwrap();
+    let b = SimModem::start(Profile::quectel()).unwrap();
+    a.swallow_next_sends(1);
+    let (pool, _rx) = start(vec![
+        patient("modem0", a.path()),
+        patient("modem1", b.path()),
+    ]);
+    wait_state(&pool, 0, "ready").await;
+    wait_state(&pool, 1, "ready").await;
+    let mut d = delivery("Your code is 123456");
+    d.budget = Duration::from_secs(3);
+    // modem0 (the first pick) takes the PDU and never answers; the budget ends before its
+    // 30 s send timeout, so the pool's verdict is Unknown and the message is not resent.
+    match pool.send(&d).await {
+        Outcome::Unknown { reason } => assert!(reason.contains("modem0"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(a.received().len(), 1, "it went out on modem0");
+    assert_eq!(cmgs_count(&b), 0, "never offered to modem1");
+    assert!(b.received().is_empty());
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn start_up_logs_a_missing_device_at_warn_and_no_reboot() {
+    let buf = Buf::default();
+    let w = buf.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || w.clone())
+        .finish();
+    // This test's runtime is single-threaded: the owner tasks log on this thread.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    // The simulator has just powered on: its boot banner waits on the port.
+    let sim = SimModem::start(Profile::quectel()).unwrap();
+    let missing = Path::new("/dev/serial/by-id/usb-no-such-modem");
+    let (pool, _rx) = start(vec![cfg("modem0", sim.path()), cfg("modem1", missing)]);
+    wait_state(&pool, 0, "ready").await;
+    wait_state(&pool, 1, "unplugged").await;
+    pool.shutdown().await;
+    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let line = |modem: &str, to: &str| {
+        logs.lines()
+            .find(|l| l.contains(&format!("modem={modem}")) && l.contains(&format!("to={to}")))
+            .unwrap_or_else(|| panic!("no {modem} {to} line in:\n{logs}"))
+            .to_string()
+    };
+    assert!(line("modem1", "unplugged").contains(" WARN "), "{logs}");
+    assert!(line("modem1", "unplugged").contains("no such device"));
+    assert!(line("modem0", "ready").contains(" INFO "));
+    assert!(
+        logs.contains("modem just started"),
+        "the banner was seen:\n{logs}"
+    );
+    assert!(
+        !logs.contains("rebooted"),
+        "start-up is not a reboot:\n{logs}"
+    );
+}
+
+#[tokio::test]
+async fn a_late_answer_to_the_escape_line_does_not_shift_every_later_answer() {
+    let sim = SimModem::start(Profile::quectel()).unwrap();
+    // The ERROR for the bare CR after ESC comes only after the next command was written.
+    sim.set_late_bare_line(Some(Duration::from_millis(100)));
+    let report = probe(sim.path(), 115_200, Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(report.manufacturer.as_deref(), Some("Quectel"));
+    assert_eq!(report.imei.as_deref(), Some("867698040000001"));
+    assert_eq!(report.sim, "READY");
+
+    let (pool, _rx) = start(vec![cfg("modem0", sim.path())]);
+    wait_state(&pool, 0, "ready").await;
+    let h = pool.health();
+    assert_eq!(
+        h.parts[0].detail, "Sim Operator",
+        "AT+COPS? read its own answer"
+    );
+    assert_eq!(
+        h.parts[0].signal_dbm,
+        Some(-71),
+        "AT+CSQ read its own answer"
+    );
+    accepted(&pool.send(&delivery("Your code is 123456")).await);
+    assert_eq!(sim.received().len(), 1);
+    pool.shutdown().await;
+}

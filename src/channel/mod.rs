@@ -154,7 +154,12 @@ pub struct PartHealth {
 pub trait Channel: Send + Sync + 'static {
     /// Which channel this is.
     fn kind(&self) -> ChannelKind;
-    /// Attempts one delivery; resolves within `delivery.budget` (plus a small grace).
+    /// Attempts one delivery and resolves within `delivery.budget` with the channel's own
+    /// verdict: the channel owns this deadline. Whatever is still open when the budget ends is
+    /// classified by the channel, which alone knows how far it got: nothing handed to the
+    /// provider yet is transient ([`Outcome::Retry`], or the next modem inside the SMS pool);
+    /// handed over without an answer is [`Outcome::Unknown`]. Callers keep only a hang guard
+    /// far beyond the budget, which must never pre-empt this verdict.
     fn send<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome>;
     /// Current health.
     fn health(&self) -> Health;

@@ -183,6 +183,10 @@ struct State {
     fail_next: VecDeque<u16>,
     fail_numbers: HashMap<String, u16>,
     swallow_next: u32,
+    stall_next: u32,
+    late_bare_line: Option<Duration>,
+    // answers are owed in order until then (set by a late bare-line answer)
+    owed_until: Option<Instant>,
     hang: Hang,
     mid_answer: VecDeque<String>,
     out: Vec<Vec<u8>>,
@@ -216,6 +220,9 @@ impl State {
             fail_next: VecDeque::new(),
             fail_numbers: HashMap::new(),
             swallow_next: 0,
+            stall_next: 0,
+            late_bare_line: None,
+            owed_until: None,
             hang: Hang::No,
             mid_answer: VecDeque::new(),
             out: Vec::new(),
@@ -451,6 +458,20 @@ impl SimModem {
         self.with(|s| s.swallow_next = n);
     }
 
+    /// The next `n` AT+CMGS are never answered: no `> ` prompt, no error. Nothing is taken, and
+    /// the modem answers other commands as before.
+    pub fn stall_next_sends(&self, n: u32) {
+        self.with(|s| s.stall_next = n);
+    }
+
+    /// Answers an empty command line (the CR after an ESC) with ERROR only `after` this long,
+    /// or never (None, the default). Answers stay in order, as on a real modem: commands that
+    /// arrive meanwhile are answered after it, each a little later than the one before, so a
+    /// host that takes the late ERROR for its next command's answer stays one answer behind.
+    pub fn set_late_bare_line(&self, after: Option<Duration>) {
+        self.with(|s| s.late_bare_line = after);
+    }
+
     /// Stops answering.
     pub fn set_hang(&self, hang: Hang) {
         self.with(|s| s.hang = hang);
@@ -545,6 +566,8 @@ enum Mode {
 
 /// Line-at-a-time input; bounded so a test flooding the modem cannot exhaust memory.
 const MAX_INPUT: usize = 64 * 1024;
+/// Spacing of answers owed after a late one, so each arrives on its own.
+const OWED_GAP: Duration = Duration::from_millis(20);
 
 async fn run(master: OwnedFd, shared: Arc<Shared>, stop: Arc<AtomicBool>) {
     // SAFETY: the OwnedFd is moved into the AsyncFd and stays open, unchanged, until it drops.
@@ -682,32 +705,7 @@ fn handle_byte(
             b'\r' => {
                 let cmd = String::from_utf8_lossy(line).trim().to_string();
                 line.clear();
-                if cmd.is_empty() {
-                    return None;
-                }
-                let upper = cmd.to_ascii_uppercase();
-                if st.hang == Hang::UntilReset && upper != "ATZ" && upper != "AT+CFUN=1,1" {
-                    return None;
-                }
-                let mut out = Vec::new();
-                if st.echo {
-                    out.extend_from_slice(cmd.as_bytes());
-                    out.push(b'\r');
-                }
-                let logged = if upper.starts_with("AT+CPIN=") {
-                    "AT+CPIN=***".to_string()
-                } else {
-                    cmd.clone()
-                };
-                st.commands.push(logged);
-                let (info, fin, prompt) = command(&mut st, &cmd, &upper, scheduled);
-                if let Some(n) = prompt {
-                    out.extend_from_slice(b"\r\n> ");
-                    *mode = Mode::Pdu { n, hex: Vec::new() };
-                } else {
-                    out.extend_from_slice(&answer(&mut st, &info, &fin));
-                }
-                Some((st.delay, out))
+                command_line(&cmd, mode, &mut st, scheduled)
             }
             b'\n' | 0x1b => None,
             _ => {
@@ -718,6 +716,57 @@ fn handle_byte(
             }
         },
     }
+}
+
+/// Runs one complete command line; returns what to write back (after a delay), if anything now.
+fn command_line(
+    cmd: &str,
+    mode: &mut Mode,
+    st: &mut State,
+    scheduled: &mut Vec<(Instant, Vec<u8>)>,
+) -> Option<(Duration, Vec<u8>)> {
+    if cmd.is_empty() {
+        if let Some(after) = st.late_bare_line {
+            let at = Instant::now() + after;
+            scheduled.push((at, b"\r\nERROR\r\n".to_vec()));
+            st.owed_until = Some(at);
+        }
+        return None;
+    }
+    let upper = cmd.to_ascii_uppercase();
+    if st.hang == Hang::UntilReset && upper != "ATZ" && upper != "AT+CFUN=1,1" {
+        return None;
+    }
+    let mut out = Vec::new();
+    if st.echo {
+        out.extend_from_slice(cmd.as_bytes());
+        out.push(b'\r');
+    }
+    let logged = if upper.starts_with("AT+CPIN=") {
+        "AT+CPIN=***".to_string()
+    } else {
+        cmd.to_string()
+    };
+    st.commands.push(logged);
+    if upper.starts_with("AT+CMGS=") && st.stall_next > 0 {
+        st.stall_next -= 1;
+        return None;
+    }
+    let (info, fin, prompt) = command(st, cmd, &upper, scheduled);
+    if let Some(n) = prompt {
+        out.extend_from_slice(b"\r\n> ");
+        *mode = Mode::Pdu { n, hex: Vec::new() };
+    } else {
+        out.extend_from_slice(&answer(st, &info, &fin));
+    }
+    // Earlier answers still owed: this one comes after them, a little later.
+    if let Some(owed) = st.owed_until.filter(|t| *t > Instant::now()) {
+        let at = owed + OWED_GAP;
+        scheduled.push((at, out));
+        st.owed_until = Some(at);
+        return None;
+    }
+    Some((st.delay, out))
 }
 
 fn answer(st: &mut State, info: &[String], fin: &str) -> Vec<u8> {
@@ -845,6 +894,7 @@ fn command(
             (none(), ok(), None)
         }
         "AT+CMEE=1" | "AT+CMEE=2" | "AT+CMEE=0" | "ATV1" => (none(), ok(), None),
+        "AT+CMEE?" => (vec!["+CMEE: 1".into()], ok(), None),
         "AT+CSMS?" => (vec![format!("+CSMS: {},1,1,1", st.csms)], ok(), None),
         "AT^CURC=0" if huawei => {
             st.curc = false;

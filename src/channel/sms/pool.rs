@@ -3,6 +3,11 @@
 //! failure or a sick modem moves it to another ready modem, and a transient one may get a second
 //! try on the same modem, while the budget lasts. A permanent refusal is final; a message whose
 //! fate is unknown (handed over, no answer) is never sent again.
+//!
+//! The pool owns the SMS deadline: it answers within `Delivery::budget` with its own verdict.
+//! Each modem gets a share of the time left to take the message (one share per ready modem not
+//! yet tried), so a modem that hangs before the hand-over ends transient while another modem
+//! still has time; once a modem has taken the message, it may use what is left of the budget.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -79,6 +84,18 @@ impl SmsPool {
             .min_by_key(used)
     }
 
+    /// By when modem `i` must take the message: an equal share of the time left for it and
+    /// each other ready modem not yet tried, so a modem that hangs cannot use up the budget.
+    fn take_by(&self, i: usize, attempts: &HashMap<usize, u32>, deadline: Instant) -> Instant {
+        let others = (0..self.modems.len())
+            .filter(|j| *j != i && !attempts.contains_key(j))
+            .filter(|j| self.modems[*j].status().state == ModemState::Ready)
+            .count();
+        let now = Instant::now();
+        let share = deadline.saturating_duration_since(now) / (others as u32 + 1);
+        now + share
+    }
+
     fn states(&self) -> String {
         let list: Vec<String> = self
             .modems
@@ -138,6 +155,7 @@ impl SmsPool {
                 to: d.to.clone(),
                 text: text.clone(),
                 validity: d.validity,
+                take_by: self.take_by(i, &attempts, deadline),
                 deadline,
             };
             match self.modems[i].send(job).await {
