@@ -785,7 +785,7 @@ async fn a_modem_that_hangs_after_the_hand_over_is_unknown_within_the_budget() {
 
 #[tokio::test]
 async fn start_up_logs_a_missing_device_at_warn_and_no_reboot() {
-    let buf = Buf::default();
+    let buf = common::LogBuf::default();
     let w = buf.clone();
     let subscriber = tracing_subscriber::fmt()
         .with_max_level(tracing::Level::DEBUG)
@@ -801,7 +801,7 @@ async fn start_up_logs_a_missing_device_at_warn_and_no_reboot() {
     wait_state(&pool, 0, "ready").await;
     wait_state(&pool, 1, "unplugged").await;
     pool.shutdown().await;
-    let logs = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+    let logs = buf.text();
     let line = |modem: &str, to: &str| {
         logs.lines()
             .find(|l| l.contains(&format!("modem={modem}")) && l.contains(&format!("to={to}")))
