@@ -49,7 +49,7 @@ async fn accept_each(
     for p in prepared {
         let r = app.store.insert(p.message, p.limits).await;
         match v1::stored(app, client, r)? {
-            Accepted::New(m) | Accepted::Repeat(m) => ids.push(m.id),
+            Accepted::New(m) | Accepted::Repeat(m) => ids.push(m.id.to_string()),
         }
     }
     Ok(ids)

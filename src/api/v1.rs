@@ -16,6 +16,7 @@ use crate::channel::{ChannelKind, Content};
 use crate::clock::Timestamp;
 use crate::config::{ClientConfig, Config};
 use crate::dispatch::policy::{self, Kind};
+use crate::domain::{E164, MessageId};
 use crate::store::{InsertResult, LimitScope, Message, MessageState, NewMessage};
 
 /// Longest `wait` a caller may ask for.
@@ -336,9 +337,11 @@ pub fn prepare(app: &App, client: &ClientConfig, s: Submission) -> Result<Prepar
     })?;
     let now = app.clock.now();
     let message = NewMessage {
-        id: new_id("msg", now),
+        id: MessageId::new(new_id("msg", now)),
         client: client.name.clone(),
-        recipient: number.e164.clone(),
+        recipient: E164::new(&number.e164).ok_or_else(|| {
+            ApiError::field("invalid_phone_number", "to", "to is not an E.164 number")
+        })?,
         country: number.country.clone(),
         content: s.content,
         locale: s.locale,
@@ -553,9 +556,26 @@ fn message_json(m: &Message, attempts: Option<&[crate::store::Attempt]>) -> serd
         "reference": m.reference,
     });
     if let Some(a) = attempts {
-        v["attempts"] = json!(a);
+        v["attempts"] = a.iter().map(attempt_json).collect();
     }
     v
+}
+
+/// An attempt as the API has always shown it (the store's row used to be serialised as is).
+fn attempt_json(a: &crate::store::Attempt) -> serde_json::Value {
+    json!({
+        "id": a.id,
+        "channel": a.channel.as_str(),
+        "purpose": a.purpose.as_str(),
+        "started_at": a.started_at.to_rfc3339(),
+        "ended_at": a.ended_at.map(Timestamp::to_rfc3339),
+        "outcome": a.end.map(|e| e.as_str()),
+        "provider_id": a.provider_id,
+        "error_code": a.error_code,
+        "detail": a.detail,
+        "receipt": a.receipt.map(|r| r.as_str()),
+        "receipt_at": a.receipt_at.map(Timestamp::to_rfc3339),
+    })
 }
 
 /// `GET /v1/messages/{id}`

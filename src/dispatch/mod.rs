@@ -17,6 +17,7 @@ use crate::channel::{
 };
 use crate::clock::{SharedClock, Timestamp};
 use crate::config::{ClientConfig, Live};
+use crate::domain::AttemptPurpose;
 use crate::metrics::{self, Metrics, ReasonLabel};
 use crate::store::{Message, MessageState, Store, StoreError};
 
@@ -340,7 +341,7 @@ impl Dispatcher {
             .iter()
             .map(|c| (c.kind(), c.health().usable))
             .collect();
-        let kind = if m.kind == "code" {
+        let kind = if m.kind == crate::domain::MessageKind::Code {
             Kind::Code
         } else {
             Kind::Text
@@ -419,8 +420,8 @@ impl Dispatcher {
                 continue;
             };
             let delivery = Delivery {
-                message_id: m.id.clone(),
-                to: m.recipient.clone(),
+                message_id: m.id.to_string(),
+                to: m.recipient.to_string(),
                 content: content.clone(),
                 locale: m.locale.clone(),
                 validity: now.until(m.expires_at),
@@ -429,7 +430,7 @@ impl Dispatcher {
             let attempt = self
                 .0
                 .store
-                .start_attempt(&m.id, step.channel, "code", now)
+                .start_attempt(&m.id, step.channel, AttemptPurpose::Code, now)
                 .await?;
             let started = tokio::time::Instant::now();
             let outcome = match tokio::time::timeout(
@@ -569,11 +570,11 @@ impl Dispatcher {
         let attempt = self
             .0
             .store
-            .start_attempt(&m.id, ChannelKind::Sms, "prenotice", now)
+            .start_attempt(&m.id, ChannelKind::Sms, AttemptPurpose::Prenotice, now)
             .await?;
         let delivery = Delivery {
-            message_id: m.id.clone(),
-            to: m.recipient.clone(),
+            message_id: m.id.to_string(),
+            to: m.recipient.to_string(),
             content: Content::Text(text),
             locale: m.locale.clone(),
             // The notice stays useful for a day, unlike the code.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::channel::ChannelKind;
 use crate::clock::Timestamp;
 use crate::config::{ClientConfig, Config};
-use crate::store::{Attempt, RecipientInfo};
+use crate::domain::{Attempt, AttemptEnd, AttemptPurpose, ReceiptKind, RecipientInfo};
 
 /// Longest single SMS attempt; the pool moves between modems inside it.
 pub const SMS_ATTEMPT_CAP: Duration = Duration::from_secs(180);
@@ -191,12 +191,16 @@ pub fn decide(i: Input<'_>) -> Decision {
         return Decision::Expire;
     }
     let remaining = i.now.until(i.expires_at);
-    let code_attempts = || i.attempts.iter().filter(|a| a.purpose == "code");
+    let code_attempts = || {
+        i.attempts
+            .iter()
+            .filter(|a| a.purpose == AttemptPurpose::Code)
+    };
     // A provider took it and no failure receipt followed: it is out, whatever we lost in a crash.
-    if let Some(a) = code_attempts().find(|a| {
-        a.outcome.as_deref() == Some("accepted") && a.receipt.as_deref() != Some("failed")
-    }) {
-        return Decision::AlreadySent(ChannelKind::parse(&a.channel).unwrap_or(ChannelKind::Sms));
+    if let Some(a) = code_attempts()
+        .find(|a| a.end == Some(AttemptEnd::Accepted) && a.receipt != Some(ReceiptKind::Failed))
+    {
+        return Decision::AlreadySent(a.channel);
     }
     let configured: Vec<ChannelKind> = i.health.iter().map(|(c, _)| *c).collect();
     let (mut allowed, mut skipped) =
@@ -209,15 +213,19 @@ pub fn decide(i: Input<'_>) -> Decision {
     }
     let mut candidates = Vec::new();
     for ch in allowed {
-        let history = code_attempts().filter(|a| a.channel == ch.as_str());
+        let history = code_attempts().filter(|a| a.channel == ch);
         let mut excluded = None;
         for a in history {
-            excluded = match (a.outcome.as_deref(), a.receipt.as_deref()) {
-                (_, Some("failed")) => Some(format!("{ch} reported the earlier send as failed")),
-                (Some("interrupted") | Some("unknown"), _) => Some(format!(
+            excluded = match (a.end, a.receipt) {
+                (_, Some(ReceiptKind::Failed)) => {
+                    Some(format!("{ch} reported the earlier send as failed"))
+                }
+                (Some(AttemptEnd::Interrupted) | Some(AttemptEnd::Unknown), _) => Some(format!(
                     "an earlier {ch} attempt may have been delivered; not repeated"
                 )),
-                (Some("fallback"), _) => Some(format!("{ch} cannot reach this recipient")),
+                (Some(AttemptEnd::FallBack), _) => {
+                    Some(format!("{ch} cannot reach this recipient"))
+                }
                 _ => excluded,
             };
         }
@@ -361,15 +369,15 @@ mod tests {
     fn attempt(channel: &str, outcome: &str, receipt: Option<&str>) -> Attempt {
         Attempt {
             id: 1,
-            channel: channel.into(),
-            purpose: "code".into(),
+            channel: ChannelKind::read(channel).unwrap(),
+            purpose: AttemptPurpose::Code,
             started_at: Timestamp(0),
             ended_at: Some(Timestamp(1)),
-            outcome: Some(outcome.into()),
+            end: Some(AttemptEnd::read(outcome).unwrap()),
             provider_id: None,
             error_code: None,
             detail: None,
-            receipt: receipt.map(Into::into),
+            receipt: receipt.map(|r| ReceiptKind::read(r).unwrap()),
             receipt_at: None,
         }
     }

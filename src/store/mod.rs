@@ -21,11 +21,14 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::channel::{ChannelKind, Content, Outcome, ReceiptStatus};
+use crate::channel::{Outcome, ReceiptStatus};
 use crate::clock::Timestamp;
 use crate::config::Rate;
+use crate::domain::{
+    AttemptEnd, AttemptPurpose, ChannelKind, Content, E164, MessageId, MessageKind, ReceiptKind,
+};
 
-pub use crate::domain::MessageState;
+pub use crate::domain::{Attempt, MessageState, RecipientInfo};
 
 impl From<crate::domain::UnknownWord> for StoreError {
     fn from(e: crate::domain::UnknownWord) -> StoreError {
@@ -69,11 +72,11 @@ pub enum StoreError {
 #[derive(Clone, Debug)]
 pub struct NewMessage {
     /// Its id.
-    pub id: String,
+    pub id: MessageId,
     /// The client that sent it.
     pub client: String,
     /// E.164 recipient.
-    pub recipient: String,
+    pub recipient: E164,
     /// Recipient's country.
     pub country: Option<String>,
     /// What to send.
@@ -96,17 +99,17 @@ pub struct NewMessage {
 #[derive(Clone, Debug)]
 pub struct Message {
     /// Its id.
-    pub id: String,
+    pub id: MessageId,
     /// The client that sent it.
     pub client: String,
     /// E.164 recipient.
-    pub recipient: String,
+    pub recipient: E164,
     /// Recipient's country.
     pub country: Option<String>,
     /// The content while a channel may still need it; None once wiped.
     pub content: Option<Content>,
-    /// 'code' or 'text', kept after the content is wiped.
-    pub kind: String,
+    /// Code or text, kept after the content is wiped.
+    pub kind: MessageKind,
     /// Caller's locale.
     pub locale: Option<String>,
     /// Caller's reference.
@@ -127,33 +130,6 @@ pub struct Message {
     pub finished_at: Option<Timestamp>,
     /// Delivery restricted to this channel.
     pub only_channel: Option<ChannelKind>,
-}
-
-/// One recorded attempt.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Attempt {
-    /// Row id.
-    pub id: i64,
-    /// Channel used.
-    pub channel: String,
-    /// 'code' or 'prenotice'.
-    pub purpose: String,
-    /// Start.
-    pub started_at: Timestamp,
-    /// End, if it ended.
-    pub ended_at: Option<Timestamp>,
-    /// Outcome class (see [`Outcome::class`]), 'skipped' or 'interrupted'.
-    pub outcome: Option<String>,
-    /// Provider's id (wamid, modem/mr).
-    pub provider_id: Option<String>,
-    /// Provider's error code.
-    pub error_code: Option<String>,
-    /// Explanation.
-    pub detail: Option<String>,
-    /// Latest receipt status.
-    pub receipt: Option<String>,
-    /// When the receipt came.
-    pub receipt_at: Option<Timestamp>,
 }
 
 impl serde::Serialize for Timestamp {
@@ -205,20 +181,11 @@ pub enum InsertResult {
     },
 }
 
-/// What the store knows about a recipient.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RecipientInfo {
-    /// "Not on WhatsApp" is remembered until then.
-    pub no_whatsapp_until: Option<Timestamp>,
-    /// When the pre-notice went out.
-    pub prenotified_at: Option<Timestamp>,
-}
-
 /// What a receipt changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReceiptEffect {
     /// The message the receipt belongs to.
-    pub message_id: String,
+    pub message_id: MessageId,
     /// The message's state after the receipt.
     pub state: MessageState,
     /// The message's expiry (for fallback decisions).
@@ -476,14 +443,14 @@ impl Store {
         &self,
         message_id: &str,
         channel: ChannelKind,
-        purpose: &'static str,
+        purpose: AttemptPurpose,
         now: Timestamp,
     ) -> Result<i64, StoreError> {
         let id = message_id.to_owned();
         self.write(move |c| {
             exec(c,
                 "INSERT INTO attempts (message_id, channel, purpose, started_at) VALUES (?1, ?2, ?3, ?4)",
-                params![id, channel.as_str(), purpose, now.0],
+                params![id, channel.as_str(), purpose.as_str(), now.0],
             )?;
             Ok(c.last_insert_rowid())
         })
@@ -497,7 +464,7 @@ impl Store {
         outcome: &Outcome,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        let class = outcome.class();
+        let class = outcome.end().as_str();
         let provider = match outcome {
             Outcome::Accepted { provider_id } => Some(provider_id.clone()),
             _ => None,
@@ -528,8 +495,14 @@ impl Store {
             exec(
                 c,
                 "INSERT INTO attempts (message_id, channel, started_at, ended_at, outcome, detail)
-                 VALUES (?1, ?2, ?3, ?3, 'skipped', ?4)",
-                params![id, channel.as_str(), now.0, why],
+                 VALUES (?1, ?2, ?3, ?3, ?4, ?5)",
+                params![
+                    id,
+                    channel.as_str(),
+                    now.0,
+                    AttemptEnd::Skipped.as_str(),
+                    why
+                ],
             )?;
             Ok(())
         })
@@ -605,30 +578,18 @@ impl Store {
             let Some((attempt_id, message_id, previous)) = row else {
                 return Ok(None);
             };
-            let (word, code) = match &status {
-                ReceiptStatus::Sent => ("sent", None),
-                ReceiptStatus::Delivered => ("delivered", None),
-                ReceiptStatus::Read => ("read", None),
-                ReceiptStatus::Pending => ("pending", None),
-                ReceiptStatus::Failed { code } => ("failed", code.clone()),
-            };
-            // Receipts rank: a later "sent" must not hide an earlier "read" or "failed".
-            let rank = |w: &str| match w {
-                "pending" => 1,
-                "sent" => 2,
-                "delivered" => 3,
-                "read" => 4,
-                "failed" => 5,
-                _ => 0,
-            };
-            let changed = previous.as_deref().map(rank).unwrap_or(0) < rank(word);
+            let kind = status.kind();
+            let code = status.error_code();
+            // A later "sent" must not hide an earlier "read" or "failed": receipts only rise.
+            let previous = previous.as_deref().map(ReceiptKind::read).transpose()?;
+            let changed = previous < Some(kind);
             if changed {
                 exec(c,
                     "UPDATE attempts SET receipt = ?2, receipt_at = ?3, error_code = COALESCE(?4, error_code) WHERE id = ?1",
-                    params![attempt_id, word, at.0, code],
+                    params![attempt_id, kind.as_str(), at.0, code],
                 )?;
             }
-            if matches!(status, ReceiptStatus::Delivered | ReceiptStatus::Read) {
+            if kind.confirms_delivery() {
                 exec(c,
                     "UPDATE messages SET state = 'delivered', finished_at = ?2, body = NULL, sms_text = NULL
                      WHERE id = ?1 AND state IN ('sent', 'sending')",
@@ -641,7 +602,7 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             Ok(Some(ReceiptEffect {
-                message_id,
+                message_id: MessageId::new(message_id),
                 state: MessageState::read(&state)?,
                 expires_at: Timestamp(expires),
                 changed,
@@ -746,7 +707,7 @@ impl Store {
             row.map(|(s, ch)| {
                 Ok((
                     MessageState::read(&s)?,
-                    ch.as_deref().and_then(ChannelKind::parse),
+                    ch.as_deref().map(ChannelKind::read).transpose()?,
                 ))
             })
             .transpose()
@@ -832,42 +793,51 @@ const MESSAGE_COLUMNS: &str = "id, client, recipient, country, kind, body, sms_t
     idempotency_key, created_at, expires_at, state, channel, reason, finished_at, only_channel";
 
 fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Message, StoreError>> {
-    let kind: String = r.get(4)?;
+    Ok(read_message(r))
+}
+
+fn read_message(r: &rusqlite::Row<'_>) -> Result<Message, StoreError> {
+    let kind = MessageKind::read(text(r, 4)?)?;
     let body: Option<String> = r.get(5)?;
-    let sms_text: Option<String> = r.get(6)?;
-    let content = match (kind.as_str(), body) {
-        ("code", Some(code)) => Some(Content::Code {
-            code,
-            sms_text: sms_text.unwrap_or_default(),
+    let content = body.map(|body| match kind {
+        MessageKind::Code => Ok::<_, StoreError>(Content::Code {
+            code: body,
+            sms_text: r.get::<_, Option<String>>(6)?.unwrap_or_default(),
         }),
-        ("text", Some(t)) => Some(Content::Text(t)),
-        _ => None,
-    };
-    let state: String = r.get(12)?;
-    let channel: Option<String> = r.get(13)?;
-    Ok((|| {
-        Ok(Message {
-            id: r.get(0)?,
-            client: r.get(1)?,
-            recipient: r.get(2)?,
-            country: r.get(3)?,
-            content,
-            kind,
-            locale: r.get(7)?,
-            reference: r.get(8)?,
-            idempotency_key: r.get(9)?,
-            created_at: Timestamp(r.get(10)?),
-            expires_at: Timestamp(r.get(11)?),
-            state: MessageState::read(&state)?,
-            channel: channel.as_deref().and_then(ChannelKind::parse),
-            reason: r.get(14)?,
-            finished_at: r.get::<_, Option<i64>>(15)?.map(Timestamp),
-            only_channel: r
-                .get::<_, Option<String>>(16)?
-                .as_deref()
-                .and_then(ChannelKind::parse),
-        })
-    })())
+        MessageKind::Text => Ok(Content::Text(body)),
+    });
+    let recipient = text(r, 2)?;
+    Ok(Message {
+        id: MessageId::new(r.get::<_, String>(0)?),
+        client: r.get(1)?,
+        recipient: E164::new(recipient)
+            .ok_or_else(|| StoreError::Corrupt(format!("recipient {recipient:?} is not E.164")))?,
+        country: r.get(3)?,
+        content: content.transpose()?,
+        kind,
+        locale: r.get(7)?,
+        reference: r.get(8)?,
+        idempotency_key: r.get(9)?,
+        created_at: Timestamp(r.get(10)?),
+        expires_at: Timestamp(r.get(11)?),
+        state: MessageState::read(text(r, 12)?)?,
+        channel: opt_text(r, 13)?.map(ChannelKind::read).transpose()?,
+        reason: r.get(14)?,
+        finished_at: r.get::<_, Option<i64>>(15)?.map(Timestamp),
+        only_channel: opt_text(r, 16)?.map(ChannelKind::read).transpose()?,
+    })
+}
+
+/// A text column, borrowed from the row: enum words are parsed without a copy.
+fn text<'r>(r: &'r rusqlite::Row<'_>, idx: usize) -> Result<&'r str, StoreError> {
+    Ok(r.get_ref(idx)?.as_str().map_err(rusqlite::Error::from)?)
+}
+
+/// A nullable text column, borrowed from the row.
+fn opt_text<'r>(r: &'r rusqlite::Row<'_>, idx: usize) -> Result<Option<&'r str>, StoreError> {
+    Ok(r.get_ref(idx)?
+        .as_str_or_null()
+        .map_err(rusqlite::Error::from)?)
 }
 
 fn attempts_of(c: &Connection, message_id: &str) -> Result<Vec<Attempt>, StoreError> {
@@ -875,22 +845,24 @@ fn attempts_of(c: &Connection, message_id: &str) -> Result<Vec<Attempt>, StoreEr
         "SELECT id, channel, purpose, started_at, ended_at, outcome, provider_id, error_code, detail, receipt, receipt_at
          FROM attempts WHERE message_id = ?1 ORDER BY id",
     )?;
-    let rows = stmt.query_map(params![message_id], |r| {
-        Ok(Attempt {
+    let mut rows = stmt.query(params![message_id])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(Attempt {
             id: r.get(0)?,
-            channel: r.get(1)?,
-            purpose: r.get(2)?,
+            channel: ChannelKind::read(text(r, 1)?)?,
+            purpose: AttemptPurpose::read(text(r, 2)?)?,
             started_at: Timestamp(r.get(3)?),
             ended_at: r.get::<_, Option<i64>>(4)?.map(Timestamp),
-            outcome: r.get(5)?,
+            end: opt_text(r, 5)?.map(AttemptEnd::read).transpose()?,
             provider_id: r.get(6)?,
             error_code: r.get(7)?,
             detail: r.get(8)?,
-            receipt: r.get(9)?,
+            receipt: opt_text(r, 9)?.map(ReceiptKind::read).transpose()?,
             receipt_at: r.get::<_, Option<i64>>(10)?.map(Timestamp),
-        })
-    })?;
-    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        });
+    }
+    Ok(out)
 }
 
 /// Checks idempotency and limits, then stores. Runs without a savepoint (one copies every
@@ -940,20 +912,21 @@ fn insert_tx(
 
 /// The final INSERT of [`insert_tx`].
 fn insert_row(c: &Connection, m: NewMessage) -> Result<InsertResult, StoreError> {
-    let (kind, body, sms_text) = match &m.content {
-        Content::Code { code, sms_text } => ("code", code.clone(), Some(sms_text.clone())),
-        Content::Text(t) => ("text", t.clone(), None),
+    let kind = m.content.kind();
+    let (body, sms_text) = match &m.content {
+        Content::Code { code, sms_text } => (code.clone(), Some(sms_text.clone())),
+        Content::Text(t) => (t.clone(), None),
     };
     exec(c,
         "INSERT INTO messages (id, client, recipient, country, kind, body, sms_text, locale, reference,
             idempotency_key, created_at, expires_at, state, next_attempt_at, only_channel)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, 'queued', ?11, ?13)",
         params![
-            m.id,
+            &*m.id,
             m.client,
-            m.recipient,
+            &*m.recipient,
             m.country,
-            kind,
+            kind.as_str(),
             body,
             sms_text,
             m.locale,
@@ -970,7 +943,7 @@ fn insert_row(c: &Connection, m: NewMessage) -> Result<InsertResult, StoreError>
         recipient: m.recipient,
         country: m.country,
         content: Some(m.content),
-        kind: kind.into(),
+        kind,
         locale: m.locale,
         reference: m.reference,
         idempotency_key: m.idempotency_key,
@@ -1138,11 +1111,16 @@ fn writer_loop(writer: Writer, mut rx: mpsc::Receiver<Job>) {
 mod tests {
     use super::*;
 
+    /// A valid number for a short test name ("+911" -> "+10000000911"), distinct per name.
+    fn num(to: &str) -> E164 {
+        E164::new(&format!("+1{:0>10}", &to[1..])).unwrap()
+    }
+
     fn new_msg(id: &str, to: &str, at: i64, key: Option<&str>) -> NewMessage {
         NewMessage {
-            id: id.into(),
+            id: MessageId::new(id),
             client: "c".into(),
-            recipient: to.into(),
+            recipient: num(to),
             country: Some("IN".into()),
             content: Content::Code {
                 code: "123456".into(),
@@ -1171,7 +1149,12 @@ mod tests {
         assert_eq!(claimed[0].state, MessageState::Sending);
         assert!(claimed[0].content.is_some());
         let a = s
-            .start_attempt("m1", ChannelKind::Sms, "code", Timestamp(1001))
+            .start_attempt(
+                "m1",
+                ChannelKind::Sms,
+                AttemptPurpose::Code,
+                Timestamp(1001),
+            )
             .await
             .unwrap();
         s.finish_attempt(
@@ -1220,7 +1203,44 @@ mod tests {
         .unwrap();
         let (m, atts) = s.get("m1", "c").await.unwrap().unwrap();
         assert_eq!(m.state, MessageState::Delivered);
-        assert_eq!(atts[0].receipt.as_deref(), Some("delivered"));
+        assert_eq!(atts[0].receipt, Some(ReceiptKind::Delivered));
+    }
+
+    #[tokio::test]
+    async fn rows_come_back_typed_and_a_stranger_word_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        s.insert(new_msg("m1", "+911", 1000, None), vec![])
+            .await
+            .unwrap();
+        s.record_skip("m1", ChannelKind::WhatsApp, "off".into(), Timestamp(1001))
+            .await
+            .unwrap();
+        let (m, atts) = s.get("m1", "c").await.unwrap().unwrap();
+        assert_eq!((m.kind, &m.recipient), (MessageKind::Code, &num("+911")));
+        assert_eq!(atts[0].channel, ChannelKind::WhatsApp);
+        assert_eq!(atts[0].end, Some(AttemptEnd::Skipped));
+        s.write(|c| {
+            c.execute_batch("UPDATE attempts SET outcome = 'lost'")?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let err = s.attempts("m1").await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Corrupt(w) if w.contains("\"lost\"")),
+            "{err}"
+        );
+        s.write(|c| {
+            c.execute_batch("UPDATE messages SET recipient = '12345'")?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert!(matches!(
+            s.get("m1", "c").await,
+            Err(StoreError::Corrupt(_))
+        ));
     }
 
     #[tokio::test]
@@ -1236,7 +1256,7 @@ mod tests {
             .insert(new_msg("m2", "+911", 1001, Some("k")), vec![])
             .await
             .unwrap();
-        assert!(matches!(b, InsertResult::Existing(ref m) if m.id == "m1"));
+        assert!(matches!(b, InsertResult::Existing(ref m) if m.id.as_str() == "m1"));
         let c = s
             .insert(new_msg("m3", "+912", 1002, Some("k")), vec![])
             .await
@@ -1300,12 +1320,17 @@ mod tests {
                 .await
                 .unwrap();
             let (c, _) = s.claim_due(Timestamp(1000), 1).await.unwrap();
-            s.start_attempt(&c[0].id, ChannelKind::WhatsApp, "code", Timestamp(1000))
-                .await
-                .unwrap();
+            s.start_attempt(
+                &c[0].id,
+                ChannelKind::WhatsApp,
+                AttemptPurpose::Code,
+                Timestamp(1000),
+            )
+            .await
+            .unwrap();
             assert_eq!(s.recover(Timestamp(2000)).await.unwrap(), 1);
             let (_, atts) = s.get(&c[0].id, "c").await.unwrap().unwrap();
-            assert_eq!(atts[0].outcome.as_deref(), Some("interrupted"));
+            assert_eq!(atts[0].end, Some(AttemptEnd::Interrupted));
             let (claimed, expired) = s.claim_due(Timestamp(400_000), 10).await.unwrap();
             assert_eq!((claimed.len(), expired), (0, 2));
             let (m, _) = s.get("m1", "c").await.unwrap().unwrap();
@@ -1446,7 +1471,12 @@ mod tests {
                 .unwrap();
         }
         let a = s
-            .start_attempt("old-sent", ChannelKind::Sms, "code", Timestamp(1_500))
+            .start_attempt(
+                "old-sent",
+                ChannelKind::Sms,
+                AttemptPurpose::Code,
+                Timestamp(1_500),
+            )
             .await
             .unwrap();
         s.finish_attempt(

@@ -124,7 +124,7 @@ impl Store {
             let now = v.message.created_at;
             let mut stmt = c.prepare_cached("SELECT id, message_id FROM verifications WHERE client = ?1 AND recipient = ?2 AND status = 'pending'")?;
             let older: Vec<(String, Option<String>)> = stmt
-                .query_map(params![v.message.client, v.message.recipient], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map(params![v.message.client, &*v.message.recipient], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
             let result = insert_tx(w, v.message.clone(), &limits)?;
             if !matches!(result, InsertResult::Created(_)) {
@@ -137,7 +137,7 @@ impl Store {
             exec(c,
                 "INSERT INTO verifications (id, client, recipient, message_id, code_hash, length, channel, locale, created_at, expires_at, status)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending')",
-                params![v.id, v.message.client, v.message.recipient, v.message.id, v.code_hash.to_vec(), v.length, v.channel, v.message.locale, now.0, v.message.expires_at.0],
+                params![v.id, v.message.client, &*v.message.recipient, &*v.message.id, v.code_hash.to_vec(), v.length, v.channel, v.message.locale, now.0, v.message.expires_at.0],
             )?;
             Ok(result)
         })
@@ -247,7 +247,7 @@ impl Store {
                 retire_message(c, old_message.as_deref(), "replaced by a resend", now)?;
                 exec(c,
                     "UPDATE verifications SET code_hash = ?2, message_id = ?3, sends = sends + 1 WHERE id = ?1",
-                    params![id, code_hash.to_vec(), mid],
+                    params![id, code_hash.to_vec(), &*mid],
                 )?;
             }
             Ok(Ok(result))
