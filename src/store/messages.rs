@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use super::writer::{Writer, exec};
 use super::{Store, StoreError, recent};
-use crate::channel::{Outcome, ReceiptStatus};
+use crate::channel::ReceiptStatus;
 use crate::clock::Timestamp;
 use crate::config::Rate;
 use crate::domain::{
@@ -212,31 +212,6 @@ impl Store {
         .await
     }
 
-    /// Records how an attempt ended.
-    pub async fn finish_attempt(
-        &self,
-        attempt_id: i64,
-        outcome: &Outcome,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        let class = outcome.end().as_str();
-        let provider = match outcome {
-            Outcome::Accepted { provider_id } => Some(provider_id.clone()),
-            _ => None,
-        };
-        let code = outcome.error_code().map(str::to_owned);
-        let detail = outcome.reason().map(str::to_owned);
-        self.write(move |c| {
-            exec(c,
-                "UPDATE attempts SET ended_at = ?2, outcome = ?3, provider_id = ?4, error_code = ?5, detail = ?6
-                 WHERE id = ?1",
-                params![attempt_id, now.0, class, provider, code, detail],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
     /// Records a channel the plan passed over, and why (e.g. "whatsapp disabled for client adfs").
     pub async fn record_skip(
         &self,
@@ -258,54 +233,6 @@ impl Store {
                     AttemptEnd::Skipped.as_str(),
                     why
                 ],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Moves a message to `state`. `keep_body` keeps the content for a possible later fallback
-    /// (a provider accepted it but a failure receipt may still come); otherwise it is wiped.
-    pub async fn finish(
-        &self,
-        message_id: &str,
-        state: MessageState,
-        channel: Option<ChannelKind>,
-        reason: Option<String>,
-        keep_body: bool,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        let id = message_id.to_owned();
-        self.write(move |c| {
-            let finished = state.is_final().then_some(now.0);
-            let sql = if keep_body {
-                "UPDATE messages SET state = ?2, channel = COALESCE(?3, channel), reason = ?4, finished_at = ?5 WHERE id = ?1"
-            } else {
-                "UPDATE messages SET state = ?2, channel = COALESCE(?3, channel), reason = ?4, finished_at = ?5,
-                    body = NULL, sms_text = NULL WHERE id = ?1"
-            };
-            exec(c,
-                sql,
-                params![id, state.as_str(), channel.map(ChannelKind::as_str), reason, finished],
-            )?;
-            Ok(())
-        })
-        .await
-    }
-
-    /// Puts a message back in the queue to be tried at `at`.
-    pub async fn requeue(
-        &self,
-        message_id: &str,
-        at: Timestamp,
-        reason: Option<String>,
-    ) -> Result<(), StoreError> {
-        let id = message_id.to_owned();
-        self.write(move |c| {
-            exec(c,
-                "UPDATE messages SET state = 'queued', next_attempt_at = ?2, reason = COALESCE(?3, reason)
-                 WHERE id = ?1 AND state IN ('sending', 'sent')",
-                params![id, at.0, reason],
             )?;
             Ok(())
         })
@@ -382,21 +309,6 @@ impl Store {
             )
             .optional()?
             .unwrap_or_default())
-        })
-        .await
-    }
-
-    /// Remembers that `number` is not on WhatsApp until `until`.
-    pub async fn set_no_whatsapp(&self, number: &str, until: Timestamp) -> Result<(), StoreError> {
-        let n = number.to_owned();
-        self.write(move |c| {
-            exec(
-                c,
-                "INSERT INTO recipients (number, no_whatsapp_until) VALUES (?1, ?2)
-                 ON CONFLICT (number) DO UPDATE SET no_whatsapp_until = ?2",
-                params![n, until.0],
-            )?;
-            Ok(())
         })
         .await
     }
@@ -715,6 +627,7 @@ fn insert_row(c: &Connection, m: NewMessage) -> Result<InsertResult, StoreError>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channel::Outcome;
     use crate::store::tests::{new_msg, num};
 
     #[tokio::test]

@@ -2,10 +2,11 @@
 //!
 //! What lives where:
 //! - this file: the handle, opening (file mode, WAL, migrations), read connections, errors;
-//! - [`writer`]: the thread that owns the write connection and commits jobs in groups, and
+//! - `writer`: the thread that owns the write connection and commits jobs in groups, and
 //!   the checkpointer thread beside it;
-//! - [`messages`]: the outbox rows and every query on them (accept, claim, attempts,
-//!   receipts, settling an outcome, recipients, recovery, housekeeping);
+//! - `messages`: the outbox rows and the queries on them (accept, claim, attempts,
+//!   receipts, recipients, recovery, housekeeping);
+//! - `settle`: an attempt's end and its message's next move, written in one commit;
 //! - `verify`: the Verify API's rows; `recent`: sends per limit key, counted in the writer's
 //!   memory; [`schema`]: tables and migrations.
 //!
@@ -14,10 +15,12 @@
 mod messages;
 mod recent;
 pub mod schema;
+mod settle;
 mod verify;
 mod writer;
 
 pub use messages::{InsertResult, LimitScope, Message, NewMessage, ReceiptEffect};
+pub use settle::{Move, Settlement};
 pub use verify::{CheckOutcome, NewVerification, Verification};
 
 use std::path::{Path, PathBuf};
