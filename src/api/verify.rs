@@ -17,7 +17,7 @@ use super::v1::{self, Submission, parse_json};
 use super::{App, Resp, json_response, read_body};
 use crate::channel::ChannelKind;
 use crate::secret::Secret;
-use crate::store::{CheckOutcome, InsertResult, NewVerification, Verification};
+use crate::store::{CheckOutcome, InsertResult, NewVerification, Resend, Verification};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -302,16 +302,16 @@ async fn resend(
         )
         .await
     {
-        Ok(Ok(r @ InsertResult::Created(_))) => {
+        Ok(Resend::Stored(r @ InsertResult::Created(_))) => {
             v1::stored(app, &client, Ok(r))?;
             Ok(json_response(
                 StatusCode::OK,
                 &json!({"id": id, "status": "pending", "sends": v.sends + 1}),
             ))
         }
-        Ok(Ok(other)) => v1::stored(app, &client, Ok(other))
+        Ok(Resend::Stored(other)) => v1::stored(app, &client, Ok(other))
             .map(|_| json_response(StatusCode::OK, &json!({"id": id, "status": "pending"}))),
-        Ok(Err("max_sends")) => Err(ApiError {
+        Ok(Resend::MaxSends) => Err(ApiError {
             status: StatusCode::TOO_MANY_REQUESTS,
             ..ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -319,8 +319,8 @@ async fn resend(
                 format!("at most {} codes per verification", cfg.verify.max_sends),
             )
         }),
-        Ok(Err("not_found")) => Err(ApiError::not_found()),
-        Ok(Err(_)) => Err(ApiError::new(
+        Ok(Resend::NotFound) => Err(ApiError::not_found()),
+        Ok(Resend::NotPending) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_pending",
             "this verification can no longer be resent",

@@ -21,7 +21,7 @@ mod writer;
 
 pub use messages::{InsertResult, LimitScope, Message, NewMessage, ReceiptEffect};
 pub use settle::{Move, Settlement};
-pub use verify::{CheckOutcome, NewVerification, Verification};
+pub use verify::{CheckOutcome, NewVerification, Resend, Verification};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -23,6 +23,23 @@ pub struct NewVerification {
     pub message: NewMessage,
 }
 
+/// What became of a resend.
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per resend and matched at once; boxing would only add an allocation"
+)]
+pub enum Resend {
+    /// The new code's message went to the store (or a limit refused it): the insert's result.
+    Stored(InsertResult),
+    /// No such verification for this client.
+    NotFound,
+    /// The verification is no longer pending (or ends before the new message could start).
+    NotPending,
+    /// It already had `max_sends` codes.
+    MaxSends,
+}
+
 /// A stored verification, as shown to its client (no hash, no code).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verification {
@@ -217,7 +234,7 @@ impl Store {
     }
 
     /// Replaces the code of a pending verification with a new one and its message (a resend),
-    /// within `max_sends`. Returns the verification after the change, or why not.
+    /// within `max_sends`. Returns the new message's insert result, or why there was none.
     pub async fn resend_verification(
         &self,
         id: &str,
@@ -226,19 +243,19 @@ impl Store {
         message: NewMessage,
         max_sends: u32,
         limits: Vec<(LimitScope, Rate)>,
-    ) -> Result<Result<InsertResult, &'static str>, StoreError> {
+    ) -> Result<Resend, StoreError> {
         let (id, client) = (id.to_owned(), client.to_owned());
         self.write_with_writer(move |w| {
             let c = &w.conn;
             let row: Option<(String, u32, i64, Option<String>)> = c
                 .query_row("SELECT status, sends, expires_at, message_id FROM verifications WHERE id = ?1 AND client = ?2", params![id, client], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                 .optional()?;
-            let Some((status, sends, expires, old_message)) = row else { return Ok(Err("not_found")) };
+            let Some((status, sends, expires, old_message)) = row else { return Ok(Resend::NotFound) };
             if status != "pending" || message.created_at.0 >= expires {
-                return Ok(Err("not_pending"));
+                return Ok(Resend::NotPending);
             }
             if sends >= max_sends {
-                return Ok(Err("max_sends"));
+                return Ok(Resend::MaxSends);
             }
             let now = message.created_at;
             let mid = message.id.clone();
@@ -250,7 +267,7 @@ impl Store {
                     params![id, code_hash.to_vec(), &*mid],
                 )?;
             }
-            Ok(Ok(result))
+            Ok(Resend::Stored(result))
         })
         .await
     }
