@@ -170,10 +170,26 @@ impl Store {
                               ORDER BY next_attempt_at LIMIT ?2)
                  RETURNING {MESSAGE_COLUMNS}"
             ))?;
-            let rows = stmt.query_map(params![now.0, i64::try_from(max).unwrap_or(i64::MAX)], row_to_message)?;
-            let mut out = Vec::new();
-            for r in rows {
-                out.push(r??);
+            let mut rows = stmt.query(params![now.0, i64::try_from(max).unwrap_or(i64::MAX)])?;
+            let (mut out, mut unreadable) = (Vec::new(), Vec::new());
+            while let Some(r) = rows.next()? {
+                match read_message(r) {
+                    Ok(m) => out.push(m),
+                    // One damaged row must not stop the queue (the whole claim would fail, again
+                    // and again): it fails on its own, below.
+                    Err(StoreError::Corrupt(why)) => unreadable.push((r.get::<_, String>(0)?, why)),
+                    Err(e) => return Err(e),
+                }
+            }
+            drop(rows);
+            drop(stmt);
+            for (id, why) in unreadable {
+                tracing::error!(message = %id, %why, "store: a claimed message cannot be read; failing it");
+                exec(c,
+                    "UPDATE messages SET state = 'failed', reason = ?2, finished_at = ?3, body = NULL, sms_text = NULL
+                     WHERE id = ?1",
+                    params![id, format!("corrupt row: {why}"), now.0],
+                )?;
             }
             Ok((out, expired))
         })
@@ -478,7 +494,8 @@ fn read_message(r: &rusqlite::Row<'_>) -> Result<Message, StoreError> {
         id: MessageId::new(r.get::<_, String>(0)?),
         client: r.get(1)?,
         recipient: E164::new(recipient)
-            .ok_or_else(|| StoreError::Corrupt(format!("recipient {recipient:?} is not E.164")))?,
+            // The number itself stays out of the error: errors reach the log.
+            .ok_or_else(|| StoreError::Corrupt("recipient is not an E.164 number".into()))?,
         country: r.get(3)?,
         content: content.transpose()?,
         kind,
@@ -736,6 +753,48 @@ mod tests {
             s.get("m1", "c").await,
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn a_claimed_row_that_cannot_be_read_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        for (id, to) in [("m1", "+911"), ("m2", "+912")] {
+            s.insert(new_msg(id, to, 1000, None), vec![]).await.unwrap();
+        }
+        s.write(|c| {
+            c.execute_batch("UPDATE messages SET kind = 'fax' WHERE id = 'm1'")?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        let (claimed, _) = s.claim_due(Timestamp(2000), 10).await.unwrap();
+        let ids: Vec<&str> = claimed.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(ids, ["m2"]);
+        let row = s
+            .read(|c| {
+                Ok(c.query_row(
+                    "SELECT state, reason, body FROM messages WHERE id = 'm1'",
+                    [],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                        ))
+                    },
+                )?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            row,
+            (
+                "failed".into(),
+                "corrupt row: unknown message kind \"fax\"".into(),
+                None
+            )
+        );
     }
 
     #[tokio::test]
