@@ -2,7 +2,8 @@
 //! the dispatcher delivering to the Cloud API simulator at the same time) next to a bare hyper
 //! server that answers 202 without storing, under the same load, in the same run.
 //!
-//! `cargo bench --bench accept` (add `-- --seconds 5 --rounds 5` for longer or more rounds).
+//! `cargo bench --bench accept` (add `-- --seconds 5 --rounds 5` for longer or more rounds;
+//! `-- --wal-pages` prints only the WAL pages each accept writes).
 //! Each row alternates bare and otpgate rounds and reports the medians, because a shared
 //! two-core machine drifts by a third from one minute to the next. The daemon runs with the
 //! shipped per-recipient limit ("5/15m"). The bare server and the simulator run as separate
@@ -41,6 +42,10 @@ fn main() {
     }
     if args.iter().any(|a| a == "--sim") {
         rt.block_on(sim(args.iter().any(|a| a == "--hang")));
+        return;
+    }
+    if args.iter().any(|a| a == "--wal-pages") {
+        rt.block_on(print_wal_pages());
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--load") {
@@ -237,7 +242,93 @@ fn median(mut all: Vec<Result>) -> Result {
     Result { errors, ..mid }
 }
 
+/// Pages the store's writer connection has written to the WAL so far (SQLite's own counter).
+async fn wal_pages(store: &otpgate::store::Store) -> i64 {
+    store
+        .write(|c| {
+            let (mut now, mut high) = (0, 0);
+            // SAFETY: reads a counter of this connection on the thread that owns it.
+            let rc = unsafe {
+                rusqlite::ffi::sqlite3_db_status(
+                    c.handle(),
+                    rusqlite::ffi::SQLITE_DBSTATUS_CACHE_WRITE,
+                    &mut now,
+                    &mut high,
+                    0,
+                )
+            };
+            assert_eq!(rc, rusqlite::ffi::SQLITE_OK, "sqlite3_db_status");
+            Ok(i64::from(now))
+        })
+        .await
+        .expect("store")
+}
+
+/// A row as the API stores it: a time-ordered id, a full number, a code and its SMS text.
+fn accepted_row(n: u64) -> otpgate::store::NewMessage {
+    use otpgate::clock::{Clock, SystemClock};
+    use otpgate::domain::{Content, E164, MessageId};
+    let now = SystemClock.now();
+    let random: [u8; 10] = rand::random();
+    otpgate::store::NewMessage {
+        id: MessageId::new(format!("msg_{:012x}{}", now.0, hex::encode(random))),
+        client: "bench".into(),
+        recipient: E164::new(&format!("+9198{:08}", n % 100_000_000)).expect("number"),
+        country: Some("IN".into()),
+        content: Content::Code {
+            code: format!("{:06}", n % 1_000_000),
+            sms_text: format!(
+                "{:06} is your verification code. Do not share it.",
+                n % 1_000_000
+            ),
+        },
+        locale: None,
+        reference: None,
+        idempotency_key: None,
+        created_at: now,
+        expires_at: now.plus(Duration::from_secs(300)),
+        only_channel: None,
+    }
+}
+
+/// WAL pages written per accepted message when `callers` insert at once, each waiting for its
+/// commit like an HTTP caller: the store alone, so the figure does not depend on the machine.
+/// `strace -c -e pwrite64` on the daemon shows about twice this (plus the checkpointer's
+/// copying back): SQLite writes each WAL frame as two pwrites, its header and the page.
+async fn wal_pages_per_accept(callers: u64, each: u64) -> f64 {
+    let dir = tempfile::tempdir().expect("tmp");
+    let store = otpgate::store::Store::open(&dir.path().join("otpgate.db")).expect("store");
+    for n in 0..200 {
+        store.insert(accepted_row(n), vec![]).await.expect("insert");
+    }
+    let before = wal_pages(&store).await;
+    let mut tasks = Vec::new();
+    for c in 0..callers {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..each {
+                let row = accepted_row(1_000 + c * each + i);
+                store.insert(row, vec![]).await.expect("insert");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("caller");
+    }
+    (wal_pages(&store).await - before) as f64 / (callers * each) as f64
+}
+
+async fn print_wal_pages() {
+    let mut line = String::from("WAL pages per accept (store alone, rows like the API's):");
+    for callers in [1u64, 16, 64] {
+        let pages = wal_pages_per_accept(callers, 2_000 / callers).await;
+        line.push_str(&format!(" {pages:.2} at {callers} caller(s);"));
+    }
+    println!("{}", line.trim_end_matches(';'));
+}
+
 async fn run(dur: Duration, rounds: usize) {
+    print_wal_pages().await;
     let (_bare, bare_addr) = spawn_self(&["--bare-server"]);
     println!(
         "accept benchmark, median of {rounds} alternating {}s rounds: the real otpgate binary (SQLite WAL, synchronous=FULL, group commit) vs a bare hyper server answering 202 without storing",

@@ -8,11 +8,13 @@ use phonenumber::country::Id;
 use phonenumber::metadata::{DATABASE, Descriptor, Metadata};
 use regex::{Regex, RegexBuilder};
 
+use crate::domain::E164;
+
 /// A validated number.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Number {
     /// E.164 with a leading '+'.
-    pub e164: String,
+    pub e164: E164,
     /// ISO 3166 alpha-2 region of the number ("IN"), when libphonenumber knows it.
     pub country: Option<String>,
 }
@@ -20,7 +22,7 @@ pub struct Number {
 impl Number {
     /// The digits without '+', as WhatsApp's `to` wants them.
     pub fn digits(&self) -> &str {
-        self.e164.trim_start_matches('+')
+        self.e164.digits()
     }
 }
 
@@ -98,7 +100,7 @@ fn parse_plus_digits(input: &str, default_country: Id) -> Option<Number> {
         return None;
     }
     Some(Number {
-        e164: format!("+{code}{national}"),
+        e164: E164::new(&format!("+{code}{national}"))?,
         country: country_in(regions, national.trim_start_matches('0')).map(str::to_owned),
     })
 }
@@ -135,7 +137,8 @@ fn parse_with_crate(trimmed: &str, default_country: Id) -> Result<Number, PhoneE
         // E.164 is "+", the country code and the national significant number (Italian
         // leading zeros included, which NationalNumber's Display keeps). The crate's formatter
         // searches display patterns first even for E.164, at a third of the parse's cost.
-        e164: format!("+{}{}", number.code().value(), number.national()),
+        e164: E164::new(&format!("+{}{}", number.code().value(), number.national()))
+            .ok_or(PhoneError::Invalid)?,
         country: country_of(&number).map(str::to_owned),
     })
 }
@@ -375,7 +378,7 @@ mod tests {
             "(+91) 98765.43210",
         ] {
             let n = parse(input, Id::IN).unwrap_or_else(|e| panic!("{input}: {e}"));
-            assert_eq!(n.e164, "+919876543210", "{input}");
+            assert_eq!(n.e164.as_str(), "+919876543210", "{input}");
             assert_eq!(n.country.as_deref(), Some("IN"));
             assert_eq!(n.digits(), "919876543210");
             assert_eq!(digits_of_e164(&n.e164), Some("919876543210"));
@@ -388,10 +391,10 @@ mod tests {
     #[test]
     fn other_countries_keep_their_code() {
         let n = parse("+49 1512 3456789", Id::IN).unwrap();
-        assert_eq!(n.e164, "+4915123456789");
+        assert_eq!(n.e164.as_str(), "+4915123456789");
         assert_eq!(n.country.as_deref(), Some("DE"));
         let n = parse("0812-3456-7890", Id::ID).unwrap();
-        assert_eq!(n.e164, "+6281234567890");
+        assert_eq!(n.e164.as_str(), "+6281234567890");
     }
 
     #[test]
@@ -406,10 +409,14 @@ mod tests {
         ] {
             let n = phonenumber::parse(Some(region), input).unwrap();
             let ours = parse(input, region).unwrap().e164;
-            assert_eq!(ours, n.format().mode(Mode::E164).to_string(), "{input}");
+            assert_eq!(
+                ours.as_str(),
+                n.format().mode(Mode::E164).to_string(),
+                "{input}"
+            );
         }
         assert_eq!(
-            parse("+39 06 6982 1234", Id::IT).unwrap().e164,
+            parse("+39 06 6982 1234", Id::IT).unwrap().e164.as_str(),
             "+390669821234"
         );
     }
@@ -537,7 +544,7 @@ mod tests {
             }
         }
         assert_eq!(
-            parse_plus_digits("+919876543210", Id::IN).map(|n| n.e164),
+            parse_plus_digits("+919876543210", Id::IN).map(|n| n.e164.to_string()),
             Some("+919876543210".to_owned())
         );
         assert!(parse_plus_digits("+79161234567", Id::RU).is_some());

@@ -49,7 +49,7 @@ async fn accept_each(
     for p in prepared {
         let r = intake.app.store.insert(p.message, p.limits).await;
         match intake.stored(r)? {
-            Accepted::New(m) | Accepted::Repeat(m) => ids.push(m.id),
+            Accepted::New(m) | Accepted::Repeat(m) => ids.push(m.id.to_string()),
         }
     }
     Ok(ids)

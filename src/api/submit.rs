@@ -14,6 +14,7 @@ use crate::channel::{ChannelKind, Content};
 use crate::config::{ClientConfig, Config, Rate};
 use crate::content::{self, ExtractError, MAX_CODE_LEN};
 use crate::dispatch::policy;
+use crate::domain::MessageId;
 use crate::phone::{self, Number};
 use crate::store::{InsertResult, LimitScope, Message, NewMessage, StoreError};
 
@@ -89,7 +90,7 @@ impl<'r> Intake<'r> {
         // The number's parts move into the row: it stays one typed value up to the store.
         let Number { e164, country } = number;
         let message = NewMessage {
-            id: new_id("msg", now),
+            id: MessageId::new(new_id("msg", now)),
             client: self.client.name.clone(),
             recipient: e164,
             country,

@@ -19,7 +19,7 @@ use super::{App, Resp, json_response, read_body};
 use crate::channel::ChannelKind;
 use crate::config::Config;
 use crate::secret::Secret;
-use crate::store::{CheckOutcome, InsertResult, NewVerification, ResendRefusal, Verification};
+use crate::store::{CheckOutcome, InsertResult, NewVerification, Resend, Verification};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
@@ -304,17 +304,17 @@ async fn resend(
         )
         .await
     {
-        Ok(Ok(r @ InsertResult::Created(_))) => {
+        Ok(Resend::Stored(r @ InsertResult::Created(_))) => {
             intake.stored(Ok(r))?;
             Ok(json_response(
                 StatusCode::OK,
                 &json!({"id": id, "status": "pending", "sends": v.sends + 1}),
             ))
         }
-        Ok(Ok(other)) => intake
+        Ok(Resend::Stored(other)) => intake
             .stored(Ok(other))
             .map(|_| json_response(StatusCode::OK, &json!({"id": id, "status": "pending"}))),
-        Ok(Err(ResendRefusal::MaxSends)) => Err(ApiError {
+        Ok(Resend::MaxSends) => Err(ApiError {
             status: StatusCode::TOO_MANY_REQUESTS,
             ..ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -322,8 +322,8 @@ async fn resend(
                 format!("at most {} codes per verification", cfg.verify.max_sends),
             )
         }),
-        Ok(Err(ResendRefusal::NotFound)) => Err(ApiError::not_found()),
-        Ok(Err(ResendRefusal::NotPending)) => Err(ApiError::new(
+        Ok(Resend::NotFound) => Err(ApiError::not_found()),
+        Ok(Resend::NotPending) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_pending",
             "this verification can no longer be resent",

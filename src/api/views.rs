@@ -6,6 +6,7 @@ use serde::{Serialize, Serializer};
 
 use crate::channel::ChannelKind;
 use crate::clock::Timestamp;
+use crate::domain::{AttemptEnd, ReceiptKind};
 use crate::store::{Attempt, Message, MessageState};
 
 fn rfc3339<S: Serializer>(t: &Timestamp, s: S) -> Result<S::Ok, S::Error> {
@@ -135,15 +136,15 @@ pub struct AttemptView<'a> {
 impl<'a> From<&'a Attempt> for AttemptView<'a> {
     fn from(a: &'a Attempt) -> Self {
         AttemptView {
-            channel: &a.channel,
+            channel: a.channel.as_str(),
             detail: a.detail.as_deref(),
             ended_at: a.ended_at,
             error_code: a.error_code.as_deref(),
             id: a.id,
-            outcome: a.outcome.as_deref(),
+            outcome: a.end.map(AttemptEnd::as_str),
             provider_id: a.provider_id.as_deref(),
-            purpose: &a.purpose,
-            receipt: a.receipt.as_deref(),
+            purpose: a.purpose.as_str(),
+            receipt: a.receipt.map(ReceiptKind::as_str),
             receipt_at: a.receipt_at,
             started_at: a.started_at,
         }
@@ -156,12 +157,12 @@ mod tests {
 
     fn message() -> Message {
         Message {
-            id: "msg_1".into(),
+            id: crate::domain::MessageId::new("msg_1"),
             client: "idp".into(),
-            recipient: "+919876543210".into(),
+            recipient: crate::domain::E164::new("+919876543210").unwrap(),
             country: Some("IN".into()),
             content: None,
-            kind: "code".into(),
+            kind: crate::domain::MessageKind::Code,
             locale: None,
             reference: None,
             idempotency_key: None,
@@ -192,15 +193,15 @@ mod tests {
         let m = message();
         let a = [Attempt {
             id: 7,
-            channel: "whatsapp".into(),
-            purpose: "code".into(),
+            channel: ChannelKind::WhatsApp,
+            purpose: crate::domain::AttemptPurpose::Code,
             started_at: Timestamp(1_795_000_000_100),
             ended_at: None,
-            outcome: Some("accepted".into()),
+            end: Some(AttemptEnd::Accepted),
             provider_id: Some("wamid.1".into()),
             error_code: None,
             detail: None,
-            receipt: Some("read".into()),
+            receipt: Some(ReceiptKind::Read),
             receipt_at: None,
         }];
         let text = serde_json::to_string(&MessageView::new(&m, Some(&a))).unwrap();

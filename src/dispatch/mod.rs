@@ -15,11 +15,9 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use crate::channel::{Channel, Content, Delivery, Health, Outcome, Receipt};
 use crate::clock::{SharedClock, Timestamp};
 use crate::config::Live;
-use crate::domain::{
-    Attempt, AttemptEnd, AttemptPurpose, ChannelKind, MessageKind, MessageState, ReceiptKind,
-};
+use crate::domain::{AttemptPurpose, ChannelKind, MessageState};
 use crate::metrics::{self, Metrics, ReasonLabel};
-use crate::store::{Message, Store, StoreError};
+use crate::store::{Message, Move, Settlement, Store, StoreError};
 
 use policy::{Decision, End, Facts, Input, ReceiptVerdict, Rules};
 
@@ -33,36 +31,6 @@ const HANG_GUARD_MIN: Duration = Duration::from_secs(30);
 /// channel's own verdict always comes first.
 fn hang_guard(budget: Duration) -> Duration {
     budget + budget.max(HANG_GUARD_MIN)
-}
-
-/// The kind of a stored message.
-fn message_kind(m: &Message) -> MessageKind {
-    if m.kind == "code" {
-        MessageKind::Code
-    } else {
-        MessageKind::Text
-    }
-}
-
-/// The store's attempt rows in the domain's types.
-fn typed_attempts(rows: Vec<crate::store::Attempt>) -> Result<Vec<Attempt>, StoreError> {
-    rows.into_iter()
-        .map(|a| {
-            Ok(Attempt {
-                id: a.id,
-                channel: ChannelKind::read(&a.channel)?,
-                purpose: AttemptPurpose::read(&a.purpose)?,
-                started_at: a.started_at,
-                ended_at: a.ended_at,
-                end: a.outcome.as_deref().map(AttemptEnd::read).transpose()?,
-                provider_id: a.provider_id,
-                error_code: a.error_code,
-                detail: a.detail,
-                receipt: a.receipt.as_deref().map(ReceiptKind::read).transpose()?,
-                receipt_at: a.receipt_at,
-            })
-        })
-        .collect()
 }
 
 /// What a waiting caller learns.
@@ -367,7 +335,7 @@ impl Dispatcher {
         let cfg = self.0.live.get();
         let rules = Rules::new(&cfg, &m.client, cfg.client(&m.client));
         let recipient = self.0.store.recipient(&m.recipient).await?;
-        let attempts = typed_attempts(self.0.store.attempts(&m.id).await?)?;
+        let attempts = self.0.store.attempts(&m.id).await?;
         let health: Vec<(ChannelKind, bool)> = self
             .0
             .channels
@@ -377,7 +345,7 @@ impl Dispatcher {
         let now = self.0.clock.now();
         let input = Input {
             message: Facts {
-                kind: message_kind(&m),
+                kind: m.kind,
                 has_content: m.content.is_some(),
                 country: m.country.as_deref(),
                 expires_at: m.expires_at,
@@ -389,7 +357,7 @@ impl Dispatcher {
             now,
         };
         match (policy::decide(&rules, &input), m.content.clone()) {
-            (Decision::End(end), _) => self.settle(&m, None, None, end).await,
+            (Decision::End(end), _) => self.settle(&m, None, None, Some(end)).await,
             (Decision::AlreadySent(ch), _) => {
                 self.0
                     .store
@@ -412,7 +380,7 @@ impl Dispatcher {
             (Decision::Send { .. }, None) => {
                 // decide() fails a message whose content is gone; a send needs it.
                 let end = End::Fail("content missing (already wiped)".into());
-                self.settle(&m, None, None, end).await
+                self.settle(&m, None, None, Some(end)).await
             }
             (
                 Decision::Send {
@@ -455,23 +423,18 @@ impl Dispatcher {
             if let Some(reason) = verdict.fallback {
                 self.count_fallback(reason);
             }
-            let settled = (attempt, outcome);
-            match verdict.end {
-                None => {
-                    self.record(m, settled, verdict.no_whatsapp_until, end_at)
-                        .await?
-                }
-                Some(end) => {
-                    return self
-                        .settle(m, Some(settled), verdict.no_whatsapp_until, end)
-                        .await;
-                }
+            let ends = verdict.end.is_some();
+            let settled = Some((attempt, outcome));
+            self.settle(m, settled, verdict.no_whatsapp_until, verdict.end)
+                .await?;
+            if ends {
+                return Ok(());
             }
         }
         // Steps are planned only for configured channels and the last one always ends the
         // message, so this is reached only with an empty plan.
         let end = End::Fail("no channel could reach the recipient".into());
-        self.settle(m, None, None, end).await
+        self.settle(m, None, None, Some(end)).await
     }
 
     /// Makes one attempt: recorded before it starts, so a crash leaves a trace. The channel
@@ -495,7 +458,7 @@ impl Dispatcher {
         let attempt = self
             .0
             .store
-            .start_attempt(&m.id, step.channel, "code", now)
+            .start_attempt(&m.id, step.channel, AttemptPurpose::Code, now)
             .await?;
         let started = tokio::time::Instant::now();
         let Some(channel) = self.channel(step.channel).cloned() else {
@@ -539,50 +502,48 @@ impl Dispatcher {
         Ok((attempt, outcome, self.0.clock.now()))
     }
 
-    /// Records an attempt's end (and what it taught about the recipient) while the message
-    /// goes on to its next step.
-    async fn record(
-        &self,
-        m: &Message,
-        (attempt, outcome): (i64, Outcome),
-        no_whatsapp_until: Option<Timestamp>,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        self.0.store.finish_attempt(attempt, &outcome, now).await?;
-        if let Some(until) = no_whatsapp_until {
-            self.0.store.set_no_whatsapp(&m.recipient, until).await?;
-        }
-        Ok(())
-    }
-
-    /// Carries out the end the policy chose, with the attempt that led to it.
+    /// Carries out the end the policy chose: the attempt that led to it, what it taught about
+    /// the recipient and the message's move are written in one commit.
     async fn settle(
         &self,
         m: &Message,
         attempt: Option<(i64, Outcome)>,
         no_whatsapp_until: Option<Timestamp>,
-        end: End,
+        end: Option<End>,
     ) -> Result<(), StoreError> {
         let now = self.0.clock.now();
-        if let Some(a) = attempt {
-            self.record(m, a, no_whatsapp_until, now).await?;
-        }
-        let store = &self.0.store;
-        match end {
-            End::Sent {
+        let finish = |state, channel, reason: Option<String>, keep_content| Move::Finish {
+            state,
+            channel,
+            reason,
+            keep_content,
+        };
+        let movement = match &end {
+            None => Move::Stay,
+            Some(End::Sent {
                 channel,
                 keep_content,
-            } => {
-                store
-                    .finish(
-                        &m.id,
-                        MessageState::Sent,
-                        Some(channel),
-                        None,
-                        keep_content,
-                        now,
-                    )
-                    .await?;
+            }) => finish(MessageState::Sent, Some(*channel), None, *keep_content),
+            Some(End::Requeue { at, reason }) => Move::Requeue {
+                at: *at,
+                reason: Some(reason.clone()),
+            },
+            Some(End::Expire) => {
+                let why = "expired before it could be delivered";
+                finish(MessageState::Expired, None, Some(why.into()), false)
+            }
+            Some(End::Fail(reason)) => {
+                finish(MessageState::Failed, None, Some(reason.clone()), false)
+            }
+        };
+        let settlement = Settlement {
+            attempt,
+            no_whatsapp_until,
+            movement,
+        };
+        self.0.store.settle(m, settlement, now).await?;
+        match end {
+            Some(End::Sent { channel, .. }) => {
                 let label = metrics::channel(channel);
                 self.0.metrics.sent.get_or_create(&label).inc();
                 self.0
@@ -592,30 +553,16 @@ impl Dispatcher {
                     .observe(m.created_at.until(now).as_secs_f64());
                 self.announce(&m.id, MessageState::Sent, Some(channel));
             }
-            End::Requeue { at, reason } => store.requeue(&m.id, at, Some(reason)).await?,
-            End::Expire => {
-                let why = "expired before it could be delivered";
-                store
-                    .finish(
-                        &m.id,
-                        MessageState::Expired,
-                        None,
-                        Some(why.into()),
-                        false,
-                        now,
-                    )
-                    .await?;
+            Some(End::Expire) => {
                 self.0.metrics.expired.inc();
                 self.announce(&m.id, MessageState::Expired, None);
             }
-            End::Fail(reason) => {
+            Some(End::Fail(reason)) => {
                 tracing::warn!(message = %m.id, %reason, "message failed");
-                store
-                    .finish(&m.id, MessageState::Failed, None, Some(reason), false, now)
-                    .await?;
                 self.0.metrics.failed.inc();
                 self.announce(&m.id, MessageState::Failed, None);
             }
+            Some(End::Requeue { .. }) | None => {}
         }
         Ok(())
     }
@@ -633,11 +580,11 @@ impl Dispatcher {
         let attempt = self
             .0
             .store
-            .start_attempt(&m.id, ChannelKind::Sms, "prenotice", now)
+            .start_attempt(&m.id, ChannelKind::Sms, AttemptPurpose::Prenotice, now)
             .await?;
         let delivery = Delivery {
-            message_id: m.id.clone(),
-            to: m.recipient.clone(),
+            message_id: m.id.to_string(),
+            to: m.recipient.to_string(),
             content: Content::Text(text),
             locale: m.locale.clone(),
             // The notice stays useful for a day, unlike the code.

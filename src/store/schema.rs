@@ -129,7 +129,7 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX messages_created ON messages (created_at);
     "#,
     // 6: rowids grow with every insert, so the outbox is already in creation order; purging
-    // and rebuilding the limit tallies walk that order (store/mod.rs, store/recent.rs). This
+    // and rebuilding the limit tallies walk that order (store/messages.rs, store/recent.rs). This
     // index served only them and cost a tenth of every insert's work and WAL writes.
     r#"
     DROP INDEX messages_created;

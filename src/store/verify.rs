@@ -23,6 +23,23 @@ pub struct NewVerification {
     pub message: NewMessage,
 }
 
+/// What became of a resend.
+#[derive(Debug)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "returned once per resend and matched at once; boxing would only add an allocation"
+)]
+pub enum Resend {
+    /// The new code's message went to the store (or a limit refused it): the insert's result.
+    Stored(InsertResult),
+    /// No such verification for this client.
+    NotFound,
+    /// The verification is no longer pending (or ends before the new message could start).
+    NotPending,
+    /// It already had `max_sends` codes.
+    MaxSends,
+}
+
 /// A stored verification, as shown to its client (no hash, no code).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Verification {
@@ -46,17 +63,6 @@ pub struct Verification {
     pub created_at: Timestamp,
     /// Expiry.
     pub expires_at: Timestamp,
-}
-
-/// Why a verification could not be resent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ResendRefusal {
-    /// No such verification for this client.
-    NotFound,
-    /// Approved, expired or used up: no longer waiting for a code.
-    NotPending,
-    /// It already sent as many codes as allowed.
-    MaxSends,
 }
 
 /// The answer to a check.
@@ -135,7 +141,7 @@ impl Store {
             let now = v.message.created_at;
             let mut stmt = c.prepare_cached("SELECT id, message_id FROM verifications WHERE client = ?1 AND recipient = ?2 AND status = 'pending'")?;
             let older: Vec<(String, Option<String>)> = stmt
-                .query_map(params![v.message.client, v.message.recipient], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .query_map(params![v.message.client, &*v.message.recipient], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<Result<_, _>>()?;
             let result = insert_tx(w, v.message.clone(), &limits)?;
             if !matches!(result, InsertResult::Created(_)) {
@@ -148,7 +154,7 @@ impl Store {
             exec(c,
                 "INSERT INTO verifications (id, client, recipient, message_id, code_hash, length, channel, locale, created_at, expires_at, status)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'pending')",
-                params![v.id, v.message.client, v.message.recipient, v.message.id, v.code_hash.to_vec(), v.length, v.channel, v.message.locale, now.0, v.message.expires_at.0],
+                params![v.id, v.message.client, &*v.message.recipient, &*v.message.id, v.code_hash.to_vec(), v.length, v.channel, v.message.locale, now.0, v.message.expires_at.0],
             )?;
             Ok(result)
         })
@@ -228,7 +234,7 @@ impl Store {
     }
 
     /// Replaces the code of a pending verification with a new one and its message (a resend),
-    /// within `max_sends`. Returns the verification after the change, or why not.
+    /// within `max_sends`. Returns the new message's insert result, or why there was none.
     pub async fn resend_verification(
         &self,
         id: &str,
@@ -237,19 +243,19 @@ impl Store {
         message: NewMessage,
         max_sends: u32,
         limits: Vec<(LimitScope, Rate)>,
-    ) -> Result<Result<InsertResult, ResendRefusal>, StoreError> {
+    ) -> Result<Resend, StoreError> {
         let (id, client) = (id.to_owned(), client.to_owned());
         self.write_with_writer(move |w| {
             let c = &w.conn;
             let row: Option<(String, u32, i64, Option<String>)> = c
                 .query_row("SELECT status, sends, expires_at, message_id FROM verifications WHERE id = ?1 AND client = ?2", params![id, client], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                 .optional()?;
-            let Some((status, sends, expires, old_message)) = row else { return Ok(Err(ResendRefusal::NotFound)) };
+            let Some((status, sends, expires, old_message)) = row else { return Ok(Resend::NotFound) };
             if status != "pending" || message.created_at.0 >= expires {
-                return Ok(Err(ResendRefusal::NotPending));
+                return Ok(Resend::NotPending);
             }
             if sends >= max_sends {
-                return Ok(Err(ResendRefusal::MaxSends));
+                return Ok(Resend::MaxSends);
             }
             let now = message.created_at;
             let mid = message.id.clone();
@@ -258,10 +264,10 @@ impl Store {
                 retire_message(c, old_message.as_deref(), "replaced by a resend", now)?;
                 exec(c,
                     "UPDATE verifications SET code_hash = ?2, message_id = ?3, sends = sends + 1 WHERE id = ?1",
-                    params![id, code_hash.to_vec(), mid],
+                    params![id, code_hash.to_vec(), &*mid],
                 )?;
             }
-            Ok(Ok(result))
+            Ok(Resend::Stored(result))
         })
         .await
     }

@@ -1,0 +1,474 @@
+//! The end of an attempt and where its message goes next. [`Store::settle`] writes both in one
+//! job, so they commit together: a crash between them can no longer leave an ended attempt
+//! beside a message still marked sending (or a moved message beside an open attempt), and a
+//! message costs one commit fewer. The single-purpose calls below write the same rows the same
+//! way, for callers that change only one of them.
+
+use rusqlite::{Connection, params};
+
+use super::writer::exec;
+use super::{Message, Store, StoreError};
+use crate::channel::Outcome;
+use crate::clock::Timestamp;
+use crate::domain::{AttemptEnd, ChannelKind, MessageState};
+
+/// Where a message goes once an attempt has ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Move {
+    /// Nowhere yet: the dispatcher goes on to its next step.
+    Stay,
+    /// Back to the queue, to be tried at `at`. Only a message that is sending or sent moves: one
+    /// that ended meanwhile (a delivery receipt, a newer verification) stays ended.
+    Requeue {
+        /// When to try again.
+        at: Timestamp,
+        /// Why; `None` keeps the reason it has.
+        reason: Option<String>,
+    },
+    /// To `state` (sent, or a final state, which also stamps `finished_at`).
+    Finish {
+        /// The new state.
+        state: MessageState,
+        /// The channel that carried it; `None` keeps the one recorded.
+        channel: Option<ChannelKind>,
+        /// Why it is where it is.
+        reason: Option<String>,
+        /// Keep the content for a later fallback (a provider took it but a failure receipt may
+        /// still come); otherwise it is wiped now.
+        keep_content: bool,
+    },
+}
+
+/// Everything one attempt's end changes, written by [`Store::settle`] in one commit.
+#[derive(Clone, Debug)]
+pub struct Settlement {
+    /// The attempt that ended (its id from [`Store::start_attempt`]) and how.
+    pub attempt: Option<(i64, Outcome)>,
+    /// Remember that the message's recipient is not on WhatsApp until then.
+    pub no_whatsapp_until: Option<Timestamp>,
+    /// Where the message goes.
+    pub movement: Move,
+}
+
+/// An attempt's end as its columns hold it.
+struct Ending {
+    end: AttemptEnd,
+    provider_id: Option<String>,
+    error_code: Option<String>,
+    detail: Option<String>,
+}
+
+impl Ending {
+    fn of(outcome: &Outcome) -> Ending {
+        Ending {
+            end: outcome.end(),
+            provider_id: match outcome {
+                Outcome::Accepted { provider_id } => Some(provider_id.clone()),
+                _ => None,
+            },
+            error_code: outcome.error_code().map(str::to_owned),
+            detail: outcome.reason().map(str::to_owned),
+        }
+    }
+}
+
+impl Store {
+    /// Records how an attempt ended, remembers what it taught about the recipient and moves
+    /// the message: one writer job, one commit, all or nothing.
+    pub async fn settle(
+        &self,
+        message: &Message,
+        s: Settlement,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let id = message.id.clone();
+        let no_whatsapp = s
+            .no_whatsapp_until
+            .map(|until| (message.recipient.clone(), until));
+        let ending = s.attempt.map(|(attempt, o)| (attempt, Ending::of(&o)));
+        self.write(move |c| {
+            if let Some((attempt, ending)) = &ending {
+                end_attempt(c, *attempt, ending, now)?;
+            }
+            if let Some((number, until)) = &no_whatsapp {
+                remember_no_whatsapp(c, number, *until)?;
+            }
+            move_message(c, &id, &s.movement, now)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records how an attempt ended.
+    pub async fn finish_attempt(
+        &self,
+        attempt_id: i64,
+        outcome: &Outcome,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let ending = Ending::of(outcome);
+        self.write(move |c| Ok(end_attempt(c, attempt_id, &ending, now)?))
+            .await
+    }
+
+    /// Moves a message to `state`. `keep_body` keeps the content for a possible later fallback
+    /// (a provider accepted it but a failure receipt may still come); otherwise it is wiped.
+    pub async fn finish(
+        &self,
+        message_id: &str,
+        state: MessageState,
+        channel: Option<ChannelKind>,
+        reason: Option<String>,
+        keep_body: bool,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let id = message_id.to_owned();
+        let to = Move::Finish {
+            state,
+            channel,
+            reason,
+            keep_content: keep_body,
+        };
+        self.write(move |c| Ok(move_message(c, &id, &to, now)?))
+            .await
+    }
+
+    /// Puts a message back in the queue to be tried at `at` (if it is sending or sent).
+    pub async fn requeue(
+        &self,
+        message_id: &str,
+        at: Timestamp,
+        reason: Option<String>,
+    ) -> Result<(), StoreError> {
+        let id = message_id.to_owned();
+        let to = Move::Requeue { at, reason };
+        self.write(move |c| Ok(move_message(c, &id, &to, at)?))
+            .await
+    }
+}
+
+fn end_attempt(
+    c: &Connection,
+    attempt_id: i64,
+    e: &Ending,
+    now: Timestamp,
+) -> rusqlite::Result<()> {
+    exec(c,
+        "UPDATE attempts SET ended_at = ?2, outcome = ?3, provider_id = ?4, error_code = ?5, detail = ?6
+         WHERE id = ?1",
+        params![attempt_id, now.0, e.end.as_str(), e.provider_id, e.error_code, e.detail],
+    )?;
+    Ok(())
+}
+
+fn remember_no_whatsapp(c: &Connection, number: &str, until: Timestamp) -> rusqlite::Result<()> {
+    exec(
+        c,
+        "INSERT INTO recipients (number, no_whatsapp_until) VALUES (?1, ?2)
+         ON CONFLICT (number) DO UPDATE SET no_whatsapp_until = ?2",
+        params![number, until.0],
+    )?;
+    Ok(())
+}
+
+fn move_message(c: &Connection, id: &str, to: &Move, now: Timestamp) -> rusqlite::Result<()> {
+    match to {
+        Move::Stay => {}
+        Move::Requeue { at, reason } => {
+            exec(c,
+                "UPDATE messages SET state = 'queued', next_attempt_at = ?2, reason = COALESCE(?3, reason)
+                 WHERE id = ?1 AND state IN ('sending', 'sent')",
+                params![id, at.0, reason],
+            )?;
+        }
+        Move::Finish {
+            state,
+            channel,
+            reason,
+            keep_content,
+        } => {
+            let finished = state.is_final().then_some(now.0);
+            let sql = if *keep_content {
+                "UPDATE messages SET state = ?2, channel = COALESCE(?3, channel), reason = ?4, finished_at = ?5 WHERE id = ?1"
+            } else {
+                "UPDATE messages SET state = ?2, channel = COALESCE(?3, channel), reason = ?4, finished_at = ?5,
+                    body = NULL, sms_text = NULL WHERE id = ?1"
+            };
+            exec(
+                c,
+                sql,
+                params![
+                    id,
+                    state.as_str(),
+                    channel.map(ChannelKind::as_str),
+                    reason,
+                    finished
+                ],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::AttemptPurpose;
+    use crate::store::tests::new_msg;
+
+    const SENT_SMS: Move = Move::Finish {
+        state: MessageState::Sent,
+        channel: Some(ChannelKind::Sms),
+        reason: None,
+        keep_content: false,
+    };
+
+    fn ended(attempt: i64, outcome: Outcome, movement: Move) -> Settlement {
+        Settlement {
+            attempt: Some((attempt, outcome)),
+            no_whatsapp_until: None,
+            movement,
+        }
+    }
+
+    fn moved(movement: Move) -> Settlement {
+        Settlement {
+            attempt: None,
+            no_whatsapp_until: None,
+            movement,
+        }
+    }
+
+    /// A store with the given messages accepted at 1 s and claimed (sending).
+    async fn claimed(dir: &tempfile::TempDir, ids: &[&str]) -> (Store, Vec<Message>) {
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        for (i, id) in ids.iter().enumerate() {
+            let m = new_msg(id, &format!("+91{i}"), 1000, None);
+            s.insert(m, vec![]).await.unwrap();
+        }
+        let (mut claimed, _) = s.claim_due(Timestamp(1000), 100).await.unwrap();
+        claimed.sort_by(|a, b| a.id.cmp(&b.id));
+        (s, claimed)
+    }
+
+    fn not_on_whatsapp() -> Outcome {
+        Outcome::FallBack {
+            code: Some("131026".into()),
+            reason: "not on whatsapp".into(),
+            not_on_channel: true,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_attempt_and_the_move_land_together_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, ms) = claimed(&dir, &["m1", "m2"]).await;
+        let a = s
+            .start_attempt(
+                &ms[0].id,
+                ChannelKind::Sms,
+                AttemptPurpose::Code,
+                Timestamp(1001),
+            )
+            .await
+            .unwrap();
+        let accepted = Outcome::Accepted {
+            provider_id: "modem0/7".into(),
+        };
+        s.settle(&ms[0], ended(a, accepted, SENT_SMS), Timestamp(1002))
+            .await
+            .unwrap();
+        let (m, atts) = s.get("m1", "c").await.unwrap().unwrap();
+        assert_eq!(
+            (m.state, m.channel),
+            (MessageState::Sent, Some(ChannelKind::Sms))
+        );
+        assert!(m.content.is_none() && m.finished_at.is_none());
+        assert_eq!(atts[0].end, Some(AttemptEnd::Accepted));
+        assert_eq!(atts[0].provider_id.as_deref(), Some("modem0/7"));
+        assert_eq!(atts[0].ended_at, Some(Timestamp(1002)));
+
+        // The message cannot move: neither does the attempt end, nor is the recipient
+        // remembered, although those statements ran first.
+        let b = s
+            .start_attempt(
+                &ms[1].id,
+                ChannelKind::WhatsApp,
+                AttemptPurpose::Code,
+                Timestamp(1001),
+            )
+            .await
+            .unwrap();
+        let trigger = |sql: &'static str| {
+            s.write(move |c| {
+                c.execute_batch(sql)?;
+                Ok(())
+            })
+        };
+        trigger(
+            "CREATE TRIGGER refuse BEFORE UPDATE OF state ON messages
+             BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        )
+        .await
+        .unwrap();
+        let failed = Move::Finish {
+            state: MessageState::Failed,
+            channel: None,
+            reason: Some("no channel left".into()),
+            keep_content: false,
+        };
+        let settlement = Settlement {
+            no_whatsapp_until: Some(Timestamp(9_000)),
+            ..ended(b, not_on_whatsapp(), failed)
+        };
+        let refused = s.settle(&ms[1], settlement.clone(), Timestamp(1003)).await;
+        assert!(refused.is_err());
+        let (m, atts) = s.get("m2", "c").await.unwrap().unwrap();
+        assert_eq!(m.state, MessageState::Sending);
+        assert!(m.content.is_some());
+        assert_eq!((atts[0].end, atts[0].ended_at), (None, None));
+        let r = s.recipient(&ms[1].recipient).await.unwrap();
+        assert_eq!(r.no_whatsapp_until, None);
+
+        trigger("DROP TRIGGER refuse").await.unwrap();
+        s.settle(&ms[1], settlement, Timestamp(1003)).await.unwrap();
+        let (m, atts) = s.get("m2", "c").await.unwrap().unwrap();
+        assert_eq!(m.state, MessageState::Failed);
+        assert_eq!(m.finished_at, Some(Timestamp(1003)));
+        assert_eq!(atts[0].end, Some(AttemptEnd::FallBack));
+        assert_eq!(atts[0].error_code.as_deref(), Some("131026"));
+        let r = s.recipient(&ms[1].recipient).await.unwrap();
+        assert_eq!(r.no_whatsapp_until, Some(Timestamp(9_000)));
+    }
+
+    #[tokio::test]
+    async fn a_requeue_moves_only_a_message_that_is_sending_or_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, ms) = claimed(&dir, &["m1", "m2", "m3"]).await;
+        let due_at = |id: &'static str| {
+            s.read(move |c| {
+                Ok(c.query_row(
+                    "SELECT state, next_attempt_at, reason FROM messages WHERE id = ?1",
+                    [id],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Option<String>>(2)?,
+                        ))
+                    },
+                )?)
+            })
+        };
+        let busy = || Move::Requeue {
+            at: Timestamp(5_000),
+            reason: Some("sms busy; retrying".into()),
+        };
+        let retry = || Outcome::Retry {
+            after: std::time::Duration::from_secs(4),
+            code: None,
+            reason: "modem busy".into(),
+        };
+        // Sending: back to the queue, with its attempt ended.
+        let a = s
+            .start_attempt(
+                &ms[0].id,
+                ChannelKind::Sms,
+                AttemptPurpose::Code,
+                Timestamp(1001),
+            )
+            .await
+            .unwrap();
+        s.settle(&ms[0], ended(a, retry(), busy()), Timestamp(1002))
+            .await
+            .unwrap();
+        let reason = Some("sms busy; retrying".to_owned());
+        assert_eq!(
+            due_at("m1").await.unwrap(),
+            ("queued".into(), 5_000, reason.clone())
+        );
+        assert_eq!(
+            s.attempts("m1").await.unwrap()[0].end,
+            Some(AttemptEnd::Retry)
+        );
+        // Sent (a failure receipt sends it elsewhere): back to the queue too.
+        s.settle(&ms[1], moved(SENT_SMS), Timestamp(1002))
+            .await
+            .unwrap();
+        let requeue = moved(busy());
+        s.settle(&ms[1], requeue.clone(), Timestamp(1003))
+            .await
+            .unwrap();
+        assert_eq!(
+            due_at("m2").await.unwrap(),
+            ("queued".into(), 5_000, reason)
+        );
+        // Ended meanwhile, or still queued: it stays where it is.
+        s.finish(
+            &ms[2].id,
+            MessageState::Delivered,
+            None,
+            None,
+            false,
+            Timestamp(1002),
+        )
+        .await
+        .unwrap();
+        s.settle(&ms[2], requeue.clone(), Timestamp(1003))
+            .await
+            .unwrap();
+        assert_eq!(
+            due_at("m3").await.unwrap(),
+            ("delivered".into(), 1_000, None)
+        );
+        s.insert(new_msg("m4", "+914", 2000, None), vec![])
+            .await
+            .unwrap();
+        let (m4, _) = s.get("m4", "c").await.unwrap().unwrap();
+        s.settle(&m4, requeue, Timestamp(2001)).await.unwrap();
+        assert_eq!(due_at("m4").await.unwrap(), ("queued".into(), 2_000, None));
+    }
+
+    #[tokio::test]
+    async fn a_finish_wipes_the_content_unless_told_to_keep_it_and_stay_moves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, ms) = claimed(&dir, &["m1", "m2"]).await;
+        let kept = Move::Finish {
+            state: MessageState::Sent,
+            channel: Some(ChannelKind::Sms),
+            reason: None,
+            keep_content: true,
+        };
+        let unknown = || Outcome::Unknown {
+            reason: "no answer".into(),
+        };
+        let a = s
+            .start_attempt(
+                &ms[0].id,
+                ChannelKind::WhatsApp,
+                AttemptPurpose::Code,
+                Timestamp(1001),
+            )
+            .await
+            .unwrap();
+        s.settle(&ms[0], ended(a, unknown(), Move::Stay), Timestamp(1002))
+            .await
+            .unwrap();
+        let (m, atts) = s.get("m1", "c").await.unwrap().unwrap();
+        assert_eq!(m.state, MessageState::Sending);
+        assert!(m.content.is_some());
+        assert_eq!(atts[0].end, Some(AttemptEnd::Unknown));
+        s.settle(&ms[0], moved(kept), Timestamp(1003))
+            .await
+            .unwrap();
+        let (m, _) = s.get("m1", "c").await.unwrap().unwrap();
+        assert_eq!(m.state, MessageState::Sent);
+        assert_eq!(m.content, ms[0].content);
+        s.settle(&ms[1], moved(SENT_SMS), Timestamp(1003))
+            .await
+            .unwrap();
+        let (m, _) = s.get("m2", "c").await.unwrap().unwrap();
+        assert_eq!(m.state, MessageState::Sent);
+        assert!(m.content.is_none());
+    }
+}
