@@ -8,6 +8,7 @@
 //! two-core machine drifts by a third from one minute to the next. The daemon runs with the
 //! shipped per-recipient limit ("5/15m"). The bare server and the simulator run as separate
 //! processes (this binary re-executed) so they do not share the load generator's process.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop loudly
 
 use std::convert::Infallible;
 use std::io::{BufRead, BufReader, Write};

@@ -3,6 +3,7 @@
 //! time when WhatsApp refuses connections or hangs, against `policy.whatsapp_deadline`.
 //!
 //! `cargo bench --bench e2e`
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop loudly
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -3,6 +3,7 @@
 //! loop that writes the same CMGS exchange to the same kind of simulator on a pty and reads the
 //! answers with no encoding, parsing or tasks. Both sides pay the same simulator and pty costs,
 //! so the ratio is what our code adds.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop loudly
 
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;

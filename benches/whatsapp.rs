@@ -3,6 +3,7 @@
 //! none of the channel's logic), sequentially and at 16 concurrent senders. Prints a table.
 //!
 //! Run: `cargo bench --bench whatsapp` (optional env: BENCH_N = sends per row, default 2000).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop loudly
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

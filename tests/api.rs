@@ -1,6 +1,6 @@
 //! The native API end to end: a real hyper server on loopback, a real SQLite file, the real
 //! dispatcher; only the channels are scripted here (the channel suites test the real ones).
-
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop loudly
 #![cfg(feature = "simulators")]
 
 mod common;

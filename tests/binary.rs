@@ -1,6 +1,6 @@
 //! The real `otpgate` binary: crash safety under kill -9, logs free of codes and tokens at the
 //! most verbose level, TLS and mTLS with test-made certificates, and the CLI commands.
-
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop loudly
 #![cfg(feature = "simulators")]
 
 mod common;

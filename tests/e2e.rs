@@ -1,6 +1,6 @@
 //! End to end with the real channels: the daemon in-process, the WhatsApp client over TLS to
 //! the Cloud API simulator, the modem pool over a real pseudo-terminal to the modem simulator.
-
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop loudly
 #![cfg(feature = "simulators")]
 
 mod common;

@@ -1,5 +1,5 @@
 //! The compatibility front doors and the Verify API, each driven the way its peer drives it.
-
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop loudly
 #![cfg(feature = "simulators")]
 
 mod common;

@@ -1,6 +1,6 @@
 //! End-to-end tests of the SMS channel: the real pool, owner tasks and serial-port code talking
 //! to the modem simulator over real pseudo-terminals. Timeouts are hang guards only.
-
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop loudly
 #![cfg(feature = "simulators")]
 
 mod common;

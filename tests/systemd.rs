@@ -1,7 +1,7 @@
 //! The systemd integration of the real binary: a Unix datagram socket stands in for
 //! systemd's notify socket, and `otpgate run` talks to it as it would under the unit.
 //! Timeouts are hang guards only; nothing here asserts speed.
-
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop loudly
 #![cfg(feature = "simulators")]
 
 mod common;

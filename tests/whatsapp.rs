@@ -1,7 +1,7 @@
 //! The WhatsApp channel against the Cloud API simulator over real TLS (the simulator's CA is
 //! trusted through `ca_file`, as an administrator would configure an inspecting proxy's CA).
 //! Timeouts here are hang guards only; nothing asserts speed.
-
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop loudly
 #![cfg(feature = "simulators")]
 
 mod common;
