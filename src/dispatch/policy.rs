@@ -298,7 +298,6 @@ pub fn decide(rules: &Rules<'_>, i: &Input<'_>) -> Decision {
     if !m.has_content {
         return Decision::End(End::Fail("content missing (already wiped)".into()));
     }
-    let remaining = i.now.until(m.expires_at);
     let configured: Vec<ChannelKind> = i.health.iter().map(|(c, _)| *c).collect();
     let (mut allowed, mut skipped) = rules.allowed_channels(m.country, m.kind, &configured);
     if let Some(only) = m.only_channel {
@@ -328,6 +327,18 @@ pub fn decide(rules: &Rules<'_>, i: &Input<'_>) -> Decision {
             reasons.join("; ")
         )));
     }
+    plan(rules, i, candidates, skipped)
+}
+
+/// Steps for the channels still in the running: the usable ones in order, each with its
+/// budget; a wait when all of them are down; the pre-notice when WhatsApp goes first.
+fn plan(
+    rules: &Rules<'_>,
+    i: &Input<'_>,
+    candidates: Vec<ChannelKind>,
+    mut skipped: Vec<(ChannelKind, String)>,
+) -> Decision {
+    let remaining = i.now.until(i.message.expires_at);
     let usable = |ch: ChannelKind| i.health.iter().any(|(c, up)| *c == ch && *up);
     let mut steps = Vec::new();
     let mut down = Vec::new();
@@ -349,7 +360,7 @@ pub fn decide(rules: &Rules<'_>, i: &Input<'_>) -> Decision {
     if steps.is_empty() {
         let names: Vec<&str> = down.iter().map(|c| c.as_str()).collect();
         return Decision::Wait {
-            retry_at: i.now.plus(CHANNEL_DOWN_RETRY).min(m.expires_at),
+            retry_at: i.now.plus(CHANNEL_DOWN_RETRY).min(i.message.expires_at),
             reason: format!("waiting: {} down", names.join(" and ")),
         };
     }

@@ -387,57 +387,142 @@ impl WhatsAppChannel {
         }
     }
 
-    async fn deliver(&self, d: &Delivery) -> Outcome {
-        let start = Instant::now();
-        let deadline = start + d.budget;
+    /// What can be refused before anything is sent: free text, a code too long for a
+    /// template, a number that is not E.164.
+    fn precheck(d: &Delivery) -> Result<(&str, &str), Outcome> {
         let Content::Code { code, .. } = &d.content else {
-            return fall_back(None, "free text cannot ride an authentication template");
+            return Err(fall_back(
+                None,
+                "free text cannot ride an authentication template",
+            ));
         };
         if code.chars().count() > MAX_CODE_LEN {
-            return fall_back(
+            return Err(fall_back(
                 None,
                 &format!("code longer than {MAX_CODE_LEN} characters cannot ride a template"),
-            );
+            ));
         }
         if code.is_empty() {
-            return fall_back(None, "empty code");
+            return Err(fall_back(None, "empty code"));
         }
         let Some(to) = crate::phone::digits_of_e164(&d.to) else {
-            return fall_back(None, "recipient is not an E.164 number");
+            return Err(fall_back(None, "recipient is not an E.164 number"));
         };
+        Ok((code, to))
+    }
 
-        let admission = lock(&self.circuit).admit(self.clock.now());
-        let probe = match admission {
-            Admission::Go { probe } => probe,
+    /// Asks the circuit whether a send may go ahead; `Ok(true)` for the half-open probe.
+    fn admit(&self, d: &Delivery) -> Result<bool, Outcome> {
+        match lock(&self.circuit).admit(self.clock.now()) {
+            Admission::Go { probe } => Ok(probe),
             Admission::Open { code, reason } => {
                 tracing::debug!(message_id = %d.message_id, "whatsapp: circuit open, not sending");
-                return Outcome::ChannelDown {
+                Err(Outcome::ChannelDown {
                     code,
                     reason: format!("circuit open: {reason}"),
-                };
+                })
             }
-            Admission::Paused { remaining } => {
-                return Outcome::FallBack {
-                    code: Some("131057".into()),
-                    reason: format!(
-                        "WhatsApp paused for maintenance (131057), {}s left",
-                        remaining.as_secs()
-                    ),
-                    not_on_channel: false,
-                };
-            }
-        };
-        let mut guard = ProbeGuard {
-            circuit: &self.circuit,
-            armed: probe,
-        };
+            Admission::Paused { remaining } => Err(Outcome::FallBack {
+                code: Some("131057".into()),
+                reason: format!(
+                    "WhatsApp paused for maintenance (131057), {}s left",
+                    remaining.as_secs()
+                ),
+                not_on_channel: false,
+            }),
+        }
+    }
 
+    /// What a failed request means for this delivery: an outcome now, or one back-off and a
+    /// second try while the budget allows.
+    async fn after_failure(
+        &self,
+        c: Classified,
+        attempt: u8,
+        deadline: Instant,
+        guard: &mut ProbeGuard<'_>,
+    ) -> Result<Classified, Outcome> {
+        match c.class {
+            ErrorClass::FallBack { not_on_channel } => {
+                // Meta answered about the recipient: the channel itself works.
+                guard.armed = false;
+                lock(&self.circuit).success();
+                Err(Outcome::FallBack {
+                    code: c.code,
+                    reason: c.reason,
+                    not_on_channel,
+                })
+            }
+            ErrorClass::Paused => {
+                guard.armed = false;
+                let mut circuit = lock(&self.circuit);
+                circuit.success();
+                circuit.pause(self.clock.now(), PAUSE);
+                Err(fall_back(c.code, &c.reason))
+            }
+            ErrorClass::ChannelDown => {
+                guard.armed = false;
+                lock(&self.circuit).open(self.clock.now(), c.code.clone(), c.reason.clone());
+                tracing::error!(provider_error = c.code.as_deref().unwrap_or("-"), reason = %c.reason, "whatsapp: circuit opened");
+                Err(Outcome::ChannelDown {
+                    code: c.code,
+                    reason: c.reason,
+                })
+            }
+            // Nothing reached Meta: the next channel gets the code now.
+            ErrorClass::Unreachable => Err(self.give_up(Some(c), guard)),
+            ErrorClass::RateLimited | ErrorClass::Temporary => {
+                let backoff = c.class.backoff();
+                if c.class == ErrorClass::RateLimited {
+                    // Everyone slows down, not only this message.
+                    lock(&self.limiter).penalize(Instant::now(), backoff);
+                }
+                let left = deadline.saturating_duration_since(Instant::now());
+                if attempt == 0 && left >= backoff + MIN_ATTEMPT {
+                    tokio::time::sleep(backoff).await;
+                    Ok(c)
+                } else {
+                    // No time for a back-off and a useful second try: hand back now.
+                    Err(self.give_up(Some(c), guard))
+                }
+            }
+        }
+    }
+
+    /// The outcome once this delivery stops trying: a failed probe re-opens the circuit.
+    fn give_up(&self, last: Option<Classified>, guard: &mut ProbeGuard<'_>) -> Outcome {
+        if guard.armed {
+            guard.armed = false;
+            lock(&self.circuit).failure(self.clock.now(), true);
+        }
+        match last {
+            Some(c) => retry(c),
+            None => Outcome::Retry {
+                after: Duration::from_secs(1),
+                code: None,
+                reason: "no time left in the budget".into(),
+            },
+        }
+    }
+
+    async fn deliver(&self, d: &Delivery) -> Outcome {
+        let deadline = Instant::now() + d.budget;
+        let (code, to) = match Self::precheck(d) {
+            Ok(parts) => parts,
+            Err(o) => return o,
+        };
+        let mut guard = match self.admit(d) {
+            Ok(probe) => ProbeGuard {
+                circuit: &self.circuit,
+                armed: probe,
+            },
+            Err(o) => return o,
+        };
         let s = self.settings();
         let body = match serde_json::to_vec(&Self::body(&s, to, code, d.locale.as_deref())) {
             Ok(b) => b,
             Err(_) => return fall_back(None, "cannot encode the request"),
         };
-
         let mut last: Option<Classified> = None;
         for attempt in 0..2u8 {
             let now = Instant::now();
@@ -484,75 +569,15 @@ impl WhatsAppChannel {
                 reason = %c.reason,
                 "whatsapp: send failed"
             );
-            match c.class {
-                ErrorClass::FallBack { not_on_channel } => {
-                    // Meta answered about the recipient: the channel itself works.
-                    guard.armed = false;
-                    lock(&self.circuit).success();
-                    return Outcome::FallBack {
-                        code: c.code,
-                        reason: c.reason,
-                        not_on_channel,
-                    };
-                }
-                ErrorClass::Paused => {
-                    guard.armed = false;
-                    let mut circuit = lock(&self.circuit);
-                    circuit.success();
-                    circuit.pause(self.clock.now(), PAUSE);
-                    return Outcome::FallBack {
-                        code: c.code,
-                        reason: c.reason,
-                        not_on_channel: false,
-                    };
-                }
-                ErrorClass::ChannelDown => {
-                    guard.armed = false;
-                    lock(&self.circuit).open(self.clock.now(), c.code.clone(), c.reason.clone());
-                    tracing::error!(provider_error = c.code.as_deref().unwrap_or("-"), reason = %c.reason, "whatsapp: circuit opened");
-                    return Outcome::ChannelDown {
-                        code: c.code,
-                        reason: c.reason,
-                    };
-                }
-                ErrorClass::Unreachable => {
-                    last = Some(c);
-                    break;
-                }
-                ErrorClass::RateLimited | ErrorClass::Temporary => {
-                    let backoff = c.class.backoff();
-                    if c.class == ErrorClass::RateLimited {
-                        // Everyone slows down, not only this message.
-                        lock(&self.limiter).penalize(Instant::now(), backoff);
-                    }
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if attempt == 0 && left >= backoff + MIN_ATTEMPT {
-                        tokio::time::sleep(backoff).await;
-                    } else {
-                        // No time for a back-off and a useful second try: hand back now.
-                        last = Some(c);
-                        break;
-                    }
-                }
+            match self.after_failure(c, attempt, deadline, &mut guard).await {
+                Ok(c) => last = Some(c),
+                Err(o) => return o,
             }
-            last = Some(c);
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left < MIN_ATTEMPT {
+            if deadline.saturating_duration_since(Instant::now()) < MIN_ATTEMPT {
                 break;
             }
         }
-        if probe {
-            guard.armed = false;
-            lock(&self.circuit).failure(self.clock.now(), true);
-        }
-        match last {
-            Some(c) => retry(c),
-            None => Outcome::Retry {
-                after: Duration::from_secs(1),
-                code: None,
-                reason: "no time left in the budget".into(),
-            },
-        }
+        self.give_up(last, &mut guard)
     }
 
     /// Answers Meta's webhook subscription handshake (GET query string).
