@@ -2,7 +2,12 @@
 //! messages per second on the WhatsApp path and on the SMS path (a real pty), and the fallback
 //! time when WhatsApp refuses connections or hangs, against `policy.whatsapp_deadline`.
 //!
-//! `cargo bench --bench e2e`
+//! The WhatsApp path is measured twice: open loop (16 callers together offering a fixed rate,
+//! 50 and 200 msg/s, `whatsapp.max_rate` 1,000 so the cap does not queue on purpose), which is
+//! the latency a caller sees below saturation; and closed loop (16 callers sending as fast as
+//! answers come), which is the throughput and the latency at saturation.
+//!
+//! `cargo bench --bench e2e` (`-- --seconds N` for longer open-loop phases)
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop loudly
 
 use std::collections::HashMap;
@@ -18,11 +23,74 @@ const KEY: &str = "bench-key-0123456789";
 const DEADLINE_S: u64 = 3;
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let seconds: u64 = args
+        .iter()
+        .position(|a| a == "--seconds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    rt.block_on(run());
+    rt.block_on(run(Duration::from_secs(seconds)));
+}
+
+/// Offers `rate` msg/s from `callers` callers for `span`, each caller on its own ticker, and
+/// returns the latency from the moment each POST started to the simulator seeing its request.
+async fn open_loop(
+    http: &reqwest::Client,
+    base: &str,
+    sim: &CloudApiSim,
+    rate: u32,
+    span: Duration,
+    first_number: u64,
+) -> Vec<Duration> {
+    const CALLERS: u32 = 16;
+    let before = sim.requests().len();
+    let period = Duration::from_secs_f64(f64::from(CALLERS) / f64::from(rate));
+    let per_caller = (span.as_secs_f64() / period.as_secs_f64()) as u64;
+    let mut tasks = Vec::new();
+    for c in 0..u64::from(CALLERS) {
+        let (http, base) = (http.clone(), base.to_string());
+        tasks.push(tokio::spawn(async move {
+            // Callers start spread over one period, as independent callers would.
+            tokio::time::sleep(period.mul_f64(c as f64 / f64::from(CALLERS))).await;
+            let mut tick = tokio::time::interval(period);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+            let mut sent = Vec::new();
+            for k in 0..per_caller {
+                tick.tick().await;
+                let to = format!("91987{:07}", first_number + c * 100_000 + k);
+                sent.push((to.clone(), Instant::now()));
+                let _ = http
+                    .post(&base)
+                    .bearer_auth(KEY)
+                    .json(&serde_json::json!({"to": format!("+{to}"), "code": "123456"}))
+                    .send()
+                    .await;
+            }
+            sent
+        }));
+    }
+    let mut sent_at = HashMap::new();
+    for t in tasks {
+        sent_at.extend(t.await.unwrap_or_default());
+    }
+    let want = before + sent_at.len();
+    let t0 = Instant::now();
+    while sim.requests().len() < want && t0.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    sim.requests()
+        .iter()
+        .skip(before)
+        .filter_map(|r| {
+            let to = r.json.as_ref()?["to"].as_str()?.to_string();
+            Some(r.at.saturating_duration_since(*sent_at.get(&to)?))
+        })
+        .collect()
 }
 
 fn pct(v: &mut [Duration], p: f64) -> Duration {
@@ -36,7 +104,7 @@ fn ms(d: Duration) -> String {
     format!("{:.1}ms", d.as_secs_f64() * 1000.0)
 }
 
-async fn run() {
+async fn run(span: Duration) {
     let dir = tempfile::tempdir().expect("tmp");
     let sim = CloudApiSim::start(SimOptions::default())
         .await
@@ -83,7 +151,22 @@ async fn run() {
         "path", "n", "msg/s", "p50", "p99"
     );
 
-    // WhatsApp path: accept -> the simulator sees the request. Numbers 9876501xxx are on WhatsApp.
+    // WhatsApp path below saturation: a fixed offered rate. Numbers 91987xxxxxxx with a last
+    // three digits of 100 and up are on WhatsApp in the simulator.
+    for (rate, first) in [(50u32, 1_100u64), (200, 5_100)] {
+        let mut lat = open_loop(&http, &base, &sim, rate, span, first).await;
+        println!(
+            "{:<34} {:>6} {:>10} {:>10} {:>10}",
+            format!("accept -> WhatsApp, {rate} msg/s offered"),
+            lat.len(),
+            rate,
+            ms(pct(&mut lat, 0.5)),
+            ms(pct(&mut lat, 0.99))
+        );
+    }
+
+    // WhatsApp path at saturation: 16 callers sending as fast as answers come.
+    let before = sim.requests().len();
     let n = 400usize;
     let t0 = Instant::now();
     let mut sent_at = HashMap::new();
@@ -109,10 +192,10 @@ async fn run() {
     for t in tasks {
         let _ = t.await;
     }
-    while sim.requests().len() < n && t0.elapsed() < Duration::from_secs(60) {
+    while sim.requests().len() < before + n && t0.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let reqs = sim.requests();
+    let reqs: Vec<_> = sim.requests().into_iter().skip(before).collect();
     let last = reqs.iter().map(|r| r.at).max().unwrap_or_else(Instant::now);
     let mut lat: Vec<Duration> = reqs
         .iter()
@@ -124,7 +207,7 @@ async fn run() {
     let rate = reqs.len() as f64 / last.saturating_duration_since(t0).as_secs_f64().max(1e-6);
     println!(
         "{:<34} {:>6} {:>10.0} {:>10} {:>10}",
-        "accept -> WhatsApp request",
+        "accept -> WhatsApp, saturated",
         lat.len(),
         rate,
         ms(pct(&mut lat, 0.5)),

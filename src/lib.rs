@@ -8,31 +8,41 @@
 //! |---|---|
 //! | "now" for all logic | [`clock`] |
 //! | the vocabulary: channel, content, message kind and state, attempt end, receipt, E.164, ids | [`domain`] |
-//! | config files, layering, validation, `check-config` summary | [`config`] |
+//! | typed config and `Live` (the config in force) | [`config`] |
+//! | config files, drop-ins and `OTPGATE__` variables layered, with each key's origin | `config::load` |
+//! | validation, one function per section; `check-config` summary | `config::validate`, `config::summary` |
+//! | what a reload changes: every key applied or needs-restart | [`config::diff`] |
 //! | secrets from files / systemd credentials, masked Debug | [`secret`] |
 //! | phone numbers to E.164, country of a number, libphonenumber validity | [`phone`] |
 //! | SMS text of a code, code found in a text, code length limit, locale fallback | [`content`] |
-//! | SQLite outbox: schema and migrations | [`store::schema`] |
-//! | single writer with group commit, checkpointer thread, limit counting; reads | [`store`] |
-//! | `[limits]` counting: recent sends per key in the writer's memory (`src/store/recent.rs`) | `store::recent` |
+//! | the store handle, opening, reads, errors | [`store`] |
+//! | the writer thread: group commit, checkpointer | `store::writer` |
+//! | outbox rows: accept, claim, attempts, receipts, recipients, housekeeping | `store::messages` |
+//! | an attempt's end and its message's move in one commit | `store::settle` |
+//! | Verify rows; limit counting in the writer's memory; schema and migrations | `store::verify`, `store::recent`, [`store::schema`] |
 //! | HTTP listener: hyper, rustls, mTLS, connection limits, timeouts | [`api::listener`] |
-//! | routing of requests to front doors | [`api`] |
+//! | routing of requests to front doors, one config snapshot per request | [`api`] |
 //! | client authentication (Bearer, X-API-Key, Basic, IP allow list) | [`api::auth`] |
-//! | JSON errors with stable codes | [`api::error`] |
-//! | native API `POST /v1/messages`, `GET /v1/messages/{id}` | [`api::v1`] |
+//! | the one accept pipeline every door shares: validate, admit, store, wake | [`api::submit`] |
+//! | native API `POST /v1/messages`, `GET /v1/messages/{id}` | [`api::v1`], [`api::views`] |
+//! | Verify API; Kannel and generic HTTP-SMS doors | [`api::verify`], [`api::compat`] |
+//! | JSON errors with stable codes; body decoding | [`api::error`], [`api::decode`] |
 //! | `/healthz`, `/readyz`, `/metrics` | [`api::health`] |
-//! | the Channel trait, outcome classes, receipts | [`channel`] |
+//! | the Channel trait (who owns the deadline), outcome classes, receipts | [`channel`] |
 //! | WhatsApp Cloud API client, error classes, circuit breaker, webhook | [`channel::whatsapp`] |
 //! | GSM 7-bit / UCS-2 alphabets and SMS PDUs | [`channel::sms::gsm7`], [`channel::sms::pdu`] |
 //! | AT command parsing on bytes | [`channel::sms::at`] |
-//! | one modem's owner task: init, health, send, recovery | [`channel::sms::modem`] |
-//! | the modem pool (round robin over ready modems) | [`channel::sms::pool`] |
-//! | worker: claims due messages, runs attempts, records outcomes | [`dispatch`] |
-//! | routing policy (pure function) | [`dispatch::policy`] |
-//! | Cloud API simulator, pty modem simulator, test configs (feature `simulators`) | [`sim`] |
-//! | wiring it all together, signals, shutdown | [`daemon`] |
-//! | `otpgate demo`: the daemon on the simulators (feature `simulators`) | [`demo`] |
+//! | one modem: handle, serial port, owner task (init, health, send, recovery), `modem probe` | [`channel::sms::modem`] |
+//! | the modem pool (round robin over ready modems, the SMS budget) | [`channel::sms::pool`] |
+//! | worker: claims due messages, runs attempts, carries out the policy's verdicts | [`dispatch`] |
+//! | every routing decision (plan, after an attempt, after a receipt), pure | [`dispatch::policy`] |
+//! | Cloud API simulator, pty modem simulator, test configs (feature `simulators`) | `sim` |
+//! | wiring it all together, signals, reload, shutdown | [`daemon`] |
+//! | `otpgate demo`: the daemon on the simulators (feature `simulators`) | `demo` |
 //! | metrics counters | [`metrics`] |
+//!
+//! The path of one code through these modules, and where each kind of change goes, is in
+//! `docs/architecture.md`.
 //!
 //! Rules kept throughout: time comes from a [`clock::Clock`]; protocol parsing works on byte
 //! slices apart from I/O; one owner per mutable resource (the store writer, each modem); codes
