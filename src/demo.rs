@@ -86,6 +86,13 @@ pub fn write_config(
 
 /// Runs the demo until Ctrl-C (SIGINT) or SIGTERM; the temporary files go with it.
 pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
+    // A taken port is the likeliest failure: say so before the simulators start talking.
+    drop(
+        std::net::TcpListener::bind(listen).map_err(|cause| DemoError::Listen {
+            addr: listen,
+            cause,
+        })?,
+    );
     let dir = tempfile::Builder::new().prefix("otpgate-demo-").tempdir()?;
     let sim = CloudApiSim::start(SimOptions::default()).await?;
     let modem = SimModem::start(Profile::quectel())?;
@@ -111,8 +118,12 @@ pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
         }
         let _ = std::io::stdout().flush();
     }
-    println!("stopping");
-    running.shutdown().await;
+    println!("stopping (Ctrl-C again to skip the drain)");
+    let _ = std::io::stdout().flush();
+    tokio::select! {
+        _ = running.shutdown() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
     drop(modem);
     drop(sim);
     let path = dir.path().to_path_buf();
