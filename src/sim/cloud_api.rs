@@ -643,6 +643,45 @@ mod tests {
         assert_eq!(validate(&s, &v), Err((400, 100)));
     }
 
+    #[tokio::test]
+    async fn an_outage_cuts_pooled_connections_and_records_no_delivery() {
+        let pki = TestPki::new().unwrap();
+        let sim = CloudApiSim::start(SimOptions {
+            pki: Some(&pki),
+            ..SimOptions::default()
+        })
+        .await
+        .unwrap();
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(pki.client_config().unwrap())
+            .no_proxy()
+            .build()
+            .unwrap();
+        let url = format!("{}/106540352242922/messages", sim.base_url());
+        let send = async |code: &str| {
+            client
+                .post(&url)
+                .bearer_auth("sim-token")
+                .json(&req("otp_auth", 1, code))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        };
+        assert_eq!(send("111111").await.unwrap(), 200);
+        // Refusing new connections alone would leave this pooled one working.
+        sim.handle().outage(true);
+        assert!(send("222222").await.is_err());
+        sim.handle().outage(false);
+        assert_eq!(send("333333").await.unwrap(), 200);
+        let got: Vec<Vec<String>> = sim
+            .handle()
+            .delivered()
+            .into_iter()
+            .map(|d| d.params)
+            .collect();
+        assert_eq!(got, [["111111"], ["333333"]]);
+    }
+
     #[test]
     fn script_precedence() {
         let s = shared();
