@@ -217,8 +217,14 @@ struct PhoneView {
 }
 
 impl PhoneView {
-    /// Prints what arrived since the last call.
+    /// Prints what arrived since the last call. SMS first: within one tick that is the order
+    /// of a pre-notice and the WhatsApp code it announces.
     fn show(&mut self, sim: &SimHandle, modem: &SimModem) {
+        let got = modem.received();
+        for m in got.iter().skip(self.sms) {
+            println!("[phone {}] SMS: {}", m.to, m.text);
+        }
+        self.sms = got.len();
         let delivered = sim.delivered();
         for m in delivered.iter().skip(self.whatsapp) {
             let code = m.params.first().map(String::as_str).unwrap_or_default();
@@ -228,10 +234,5 @@ impl PhoneView {
             );
         }
         self.whatsapp = delivered.len();
-        let got = modem.received();
-        for m in got.iter().skip(self.sms) {
-            println!("[phone {}] SMS: {}", m.to, m.text);
-        }
-        self.sms = got.len();
     }
 }
