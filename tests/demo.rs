@@ -142,13 +142,13 @@ impl Demo {
 
     /// Waits for a code the phone view shows after `from` bytes of output, other than the
     /// ones in `sent` (codes the test sent itself may still be arriving).
-    async fn code_on_phone_after(&self, from: usize, sent: &str) -> String {
+    async fn code_on_phone_after(&self, from: usize, sent: &[String]) -> String {
         let re = Regex::new(r"\[phone \+\d+\] (?:WhatsApp: \*(\d+)\*|SMS: (\d+) is your)").unwrap();
         wait_for("a code on the demo's phone view", async || {
             let o = self.out();
             re.captures_iter(o.get(from..).unwrap_or(""))
                 .map(|c| c.get(1).or(c.get(2)).unwrap().as_str().to_string())
-                .find(|code| !sent.contains(code.as_str()))
+                .find(|code| !sent.contains(code))
         })
         .await
     }
@@ -317,8 +317,8 @@ struct Seen {
     ver: Option<String>,
     /// Output length before the verification was asked for.
     ver_at: usize,
-    /// Every command run so far (the codes the test sent itself are in there).
-    sent: String,
+    /// The codes the commands so far sent themselves.
+    sent: Vec<String>,
     codes: Vec<String>,
 }
 
@@ -357,7 +357,11 @@ impl Seen {
             cmd = cmd.replace("\"CODE\"", &format!("\"{code}\""));
             self.codes.push(code);
         }
-        self.sent.push_str(&cmd);
+        let own = Regex::new(r#""code":"(\d+)"|--code (\d+)|code is (\d+)"#).unwrap();
+        for c in own.captures_iter(&cmd) {
+            let m = c.get(1).or(c.get(2)).or(c.get(3)).unwrap();
+            self.sent.push(m.as_str().to_string());
+        }
         cmd
     }
 }
