@@ -93,6 +93,11 @@ pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
             cause,
         })?,
     );
+    // Taken over before any temporary file exists, so no signal can leave one behind; made
+    // once, so a signal that lands between two polls is kept, not lost.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
     let dir = tempfile::Builder::new().prefix("otpgate-demo-").tempdir()?;
     let sim = CloudApiSim::start(SimOptions::default()).await?;
     let modem = SimModem::start(Profile::quectel())?;
@@ -104,14 +109,13 @@ pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
     let running = daemon::start(cfg, clock, set).await?;
     let addr = running.addrs.first().copied().unwrap_or(listen);
     print_banner(addr, &key, &sim, &modem, dir.path());
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut commands = stdin_lines();
     let mut phones = PhoneView::default();
     let handle = sim.handle();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
-            _ = tokio::signal::ctrl_c() => break,
+            _ = interrupt.recv() => break,
             _ = terminate.recv() => break,
             Some(line) = commands.recv() => command(&handle, line.trim()),
             _ = tick.tick() => phones.show(&handle, &modem),
@@ -122,7 +126,7 @@ pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
     let _ = std::io::stdout().flush();
     tokio::select! {
         _ = running.shutdown() => {}
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt.recv() => {}
     }
     drop(modem);
     drop(sim);
