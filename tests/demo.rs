@@ -244,6 +244,22 @@ fn readme_steps(readme: &str) -> Vec<Step> {
     steps
 }
 
+/// Line numbers of curl commands in README code blocks that carry no [`MARKER`].
+fn unmarked_curls(readme: &str) -> Vec<usize> {
+    let (mut in_block, mut marked, mut prev) = (false, false, "");
+    let mut found = Vec::new();
+    for (i, line) in readme.lines().enumerate() {
+        if line.starts_with("```") {
+            marked = !in_block && prev.trim() == MARKER;
+            in_block = !in_block;
+        } else if in_block && !marked && line.trim_start().starts_with("curl ") {
+            found.push(i + 1);
+        }
+        prev = line;
+    }
+    found
+}
+
 /// Checks an answer against the README's `# {...}` comment: every `"key":"value"` shown must
 /// be in the answer, equal unless the value holds `...`; `"key":[` only needs the key.
 fn check_expected(step: &Step, answer: &str) {
@@ -375,6 +391,11 @@ async fn readme_examples_run_against_the_demo() {
         steps.iter().any(|s| s.cmd.contains("/check")) && steps.len() >= 8,
         "the README's marked blocks hold the examples (found {})",
         steps.len()
+    );
+    let unmarked = unmarked_curls(&readme);
+    assert!(
+        unmarked.is_empty(),
+        "README.md lines {unmarked:?}: curl lines outside a block marked `{MARKER}` would go untested"
     );
     let demo = Demo::start(false).await;
     let (addr, key) = (demo.addr(), demo.key());
