@@ -35,12 +35,12 @@ pub enum DaemonError {
         source: StoreError,
     },
     /// A listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {cause}; pick another address in server.listen")]
     Bind {
         /// Address.
         addr: SocketAddr,
-        /// Cause.
-        source: std::io::Error,
+        /// Cause (not the error's `source`, which would print it a second time).
+        cause: std::io::Error,
     },
     /// TLS files were unusable.
     #[error("{0}")]
@@ -165,10 +165,7 @@ pub async fn start(
     let settings = Arc::new(RwLock::new(ListenSettings::from_config(&cfg.server)?));
     let mut listeners = Vec::new();
     for addr in &cfg.server.listen {
-        let l = bind(*addr).map_err(|source| DaemonError::Bind {
-            addr: *addr,
-            source,
-        })?;
+        let l = bind(*addr).map_err(|cause| DaemonError::Bind { addr: *addr, cause })?;
         listeners.push(l);
     }
     let addrs: Vec<SocketAddr> = listeners

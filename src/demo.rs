@@ -1,21 +1,28 @@
 //! `otpgate demo`: the whole daemon in one process against the built-in Cloud API simulator
 //! and a simulated modem on a pseudo-terminal, with a temporary store and a fresh client key,
 //! so anyone can watch WhatsApp delivery and the SMS fallback with no account and no hardware.
+//!
+//! Besides the daemon's own log (stderr, code-free like always) the demo prints a phone view on
+//! stdout: what each simulated handset received, codes included. Those handsets stand for the
+//! person's own test phones, and seeing the code there is what makes the Verify API followable.
 
-use std::io::Write;
+use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncBufReadExt;
+use tokio::sync::mpsc;
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{self, Sources};
-use crate::daemon;
-use crate::sim::cloud_api::{CloudApiSim, Script, SimOptions};
+use crate::daemon::{self, DaemonError};
+use crate::sim::cloud_api::{CloudApiSim, Script, SimHandle, SimOptions};
 use crate::sim::config::TestConfig;
 use crate::sim::modem::{Profile, SimModem};
+
+/// The name of the demo's one client (HTTP Basic user name for the Verify examples).
+pub const CLIENT: &str = "demo";
 
 /// Why the demo could not start.
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +39,28 @@ pub enum DemoError {
     /// The generated configuration (a bug if it happens).
     #[error("{0}")]
     Config(#[from] config::ConfigError),
+    /// The API address is taken or not ours to use.
+    #[error(
+        "cannot listen on {addr}: {cause}; pick another address with --listen, e.g. `otpgate demo --listen 127.0.0.1:8026`"
+    )]
+    Listen {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the system said.
+        cause: std::io::Error,
+    },
     /// The daemon.
-    #[error("{0}")]
-    Daemon(#[from] daemon::DaemonError),
+    #[error(transparent)]
+    Daemon(DaemonError),
+}
+
+impl From<DaemonError> for DemoError {
+    fn from(e: DaemonError) -> Self {
+        match e {
+            DaemonError::Bind { addr, cause } => DemoError::Listen { addr, cause },
+            other => DemoError::Daemon(other),
+        }
+    }
 }
 
 /// Writes the demo's configuration into `dir` and returns its path and the client key.
@@ -53,20 +79,25 @@ pub fn write_config(
         .modem("modem0", modem)
         .policy("whatsapp_deadline = \"4s\"")
         .limits("per_recipient = \"20/15m\"")
-        .client("demo", &key)
+        .client(CLIENT, &key)
         .write()?;
     Ok((cfg, key))
 }
 
-/// Shows "last two characters" of a code: enough to see the right one arrived.
-fn masked(code: &str) -> String {
-    let n = code.chars().count();
-    let tail: String = code.chars().skip(n.saturating_sub(2)).collect();
-    format!("{}{tail}", "•".repeat(n.saturating_sub(2)))
-}
-
-/// Runs the demo until Ctrl-C.
+/// Runs the demo until Ctrl-C (SIGINT) or SIGTERM; the temporary files go with it.
 pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
+    // A taken port is the likeliest failure: say so before the simulators start talking.
+    drop(
+        std::net::TcpListener::bind(listen).map_err(|cause| DemoError::Listen {
+            addr: listen,
+            cause,
+        })?,
+    );
+    // Taken over before any temporary file exists, so no signal can leave one behind; made
+    // once, so a signal that lands between two polls is kept, not lost.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let mut terminate = signal(SignalKind::terminate())?;
     let dir = tempfile::Builder::new().prefix("otpgate-demo-").tempdir()?;
     let sim = CloudApiSim::start(SimOptions::default()).await?;
     let modem = SimModem::start(Profile::quectel())?;
@@ -77,12 +108,44 @@ pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
     let set = daemon::build_channels(&cfg, &clock).await?;
     let running = daemon::start(cfg, clock, set).await?;
     let addr = running.addrs.first().copied().unwrap_or(listen);
+    print_banner(addr, &key, &sim, &modem, dir.path());
+    let mut commands = stdin_lines();
+    let mut phones = PhoneView::default();
+    let handle = sim.handle();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => break,
+            _ = terminate.recv() => break,
+            Some(line) = commands.recv() => command(&handle, line.trim()),
+            _ = tick.tick() => phones.show(&handle, &modem),
+        }
+        let _ = std::io::stdout().flush();
+    }
+    println!("stopping (Ctrl-C again to skip the drain)");
+    let _ = std::io::stdout().flush();
+    tokio::select! {
+        _ = running.shutdown() => {}
+        _ = interrupt.recv() => {}
+    }
+    drop(modem);
+    drop(sim);
+    let path = dir.path().to_path_buf();
+    dir.close()?;
+    println!("stopped; removed {}", path.display());
+    let _ = std::io::stdout().flush();
+    Ok(())
+}
+
+fn print_banner(addr: SocketAddr, key: &str, sim: &CloudApiSim, modem: &SimModem, dir: &Path) {
     println!(
         r#"
 otpgate demo is running on http://{addr}
   WhatsApp: a simulated Cloud API at {base}
   SMS:      a simulated Quectel modem on {modem}
   store:    {db}
+  client:   {CLIENT}, key {key}
+The README's examples use $KEY:  export KEY={key}
 
 Send a code (WhatsApp first; the first code to a number is preceded by an SMS pre-notice):
   curl -s -H 'Authorization: Bearer {key}' -H 'content-type: application/json' \
@@ -95,65 +158,85 @@ See the SMS fallback: numbers ending in 000 to 099 are "not on WhatsApp" in the 
   curl -s -H 'Authorization: Bearer {key}' -d '{{"to":"+919876500042","code":"777111"}}' \
        -H 'content-type: application/json' http://{addr}/v1/messages?wait=10s
 
-Type "outage" and Enter to make WhatsApp fail (connections refused), "ok" to restore it,
+Verify: otpgate makes the code, the phone view shows it, you check it (ID and CODE from there):
+  curl -s -u '{CLIENT}:{key}' -H 'content-type: application/json' \
+       -d '{{"to":"+91 98765 43210"}}' http://{addr}/v1/verifications
+  curl -s -u '{CLIENT}:{key}' -H 'content-type: application/json' \
+       -d '{{"code":"CODE"}}' http://{addr}/v1/verifications/ID/check
+
+Lines starting with "[phone" are what the simulated handsets received (your own test phones,
+so they show the code; the daemon's log never does).
+
+Type "outage" and Enter to cut WhatsApp off (a network loss), "ok" to restore it,
 "hang" to make it never answer. Health: curl -s http://{addr}/readyz   Ctrl-C stops.
 "#,
         base = sim.base_url(),
         modem = modem.path().display(),
-        db = dir.path().join("otpgate.db").display(),
+        db = dir.join("otpgate.db").display(),
     );
-    let _ = std::io::stdout().flush();
-    let handle = sim.handle();
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    let mut seen_wa = 0;
-    let mut seen_sms = 0;
-    let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let stop = tokio::signal::ctrl_c();
-    tokio::pin!(stop);
-    let mut stdin_open = true;
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            line = lines.next_line(), if stdin_open => match line {
-                Ok(Some(l)) => match l.trim() {
-                    "outage" => { handle.set_default(None); handle.refuse_connections(true); println!("simulator: WhatsApp refuses connections"); }
-                    "hang" => { handle.refuse_connections(false); handle.set_default(Some(Script::Hang)); println!("simulator: WhatsApp accepts but never answers"); }
-                    "ok" => { handle.refuse_connections(false); handle.set_default(None); println!("simulator: WhatsApp healthy"); }
-                    "" => {}
-                    other => println!("unknown command {other:?}: outage, hang or ok"),
-                },
-                _ => stdin_open = false,
-            },
-            _ = tick.tick() => {
-                let reqs = sim.requests();
-                for r in reqs.iter().skip(seen_wa) {
-                    if let Some(j) = &r.json {
-                        let to = j["to"].as_str().unwrap_or("?");
-                        let code = j["template"]["components"][0]["parameters"][0]["text"].as_str().unwrap_or("");
-                        println!("[phone +{to}] WhatsApp: *{}* is your verification code.", masked(code));
-                    }
-                }
-                seen_wa = reqs.len();
-                let got = modem.received();
-                for m in got.iter().skip(seen_sms) {
-                    println!("[phone {}] SMS ({} part{}): {} chars", m.to, m.parts, if m.parts == 1 { "" } else { "s" }, m.text.chars().count());
-                }
-                seen_sms = got.len();
-            }
-        }
-    }
-    println!("stopping");
-    running.shutdown().await;
-    Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::masked;
+/// Standard input, line by line. A plain thread rather than tokio's stdin: a blocking read
+/// there would keep the runtime from shutting down until the next Enter.
+fn stdin_lines() -> mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
 
-    #[test]
-    fn masking_keeps_only_the_tail() {
-        assert_eq!(masked("482913"), "••••13");
-        assert_eq!(masked("7"), "7");
+fn command(sim: &SimHandle, line: &str) {
+    match line {
+        "outage" => {
+            sim.set_default(None);
+            sim.outage(true);
+            println!("simulator: WhatsApp is unreachable (open connections cut, new ones refused)");
+        }
+        "hang" => {
+            sim.outage(false);
+            sim.set_default(Some(Script::Hang));
+            println!("simulator: WhatsApp accepts but never answers");
+        }
+        "ok" => {
+            sim.outage(false);
+            sim.set_default(None);
+            println!("simulator: WhatsApp healthy");
+        }
+        "" => {}
+        other => println!("unknown command {other:?}: outage, hang or ok"),
+    }
+}
+
+/// What the simulated handsets have shown so far.
+#[derive(Default)]
+struct PhoneView {
+    whatsapp: usize,
+    sms: usize,
+}
+
+impl PhoneView {
+    /// Prints what arrived since the last call. SMS first: within one tick that is the order
+    /// of a pre-notice and the WhatsApp code it announces.
+    fn show(&mut self, sim: &SimHandle, modem: &SimModem) {
+        let got = modem.received();
+        for m in got.iter().skip(self.sms) {
+            println!("[phone {}] SMS: {}", m.to, m.text);
+        }
+        self.sms = got.len();
+        let delivered = sim.delivered();
+        for m in delivered.iter().skip(self.whatsapp) {
+            let code = m.params.first().map(String::as_str).unwrap_or_default();
+            println!(
+                "[phone +{}] WhatsApp: *{code}* is your verification code. For your security, do not share this code.",
+                m.to
+            );
+        }
+        self.whatsapp = delivered.len();
     }
 }

@@ -36,7 +36,8 @@ enum Command {
         config: PathBuf,
     },
     /// Run the whole gateway against built-in simulators of WhatsApp and a modem: try it with
-    /// no account and no hardware.
+    /// no account and no hardware. Prints ready-to-paste curl lines and what the simulated
+    /// phones receive; Ctrl-C stops it and removes its temporary files.
     #[cfg(feature = "simulators")]
     Demo {
         /// Where the demo's API listens.

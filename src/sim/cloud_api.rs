@@ -14,7 +14,10 @@
 //! third digit from the end is `0`) is "not on WhatsApp" and gets 131026. Turn it off with
 //! [`SimOptions::builtin_rules`].
 //!
-//! Every request is recorded ([`SimHandle::requests`]). Nothing here logs the code.
+//! Every request is recorded ([`SimHandle::requests`]), and every message the simulator
+//! accepted, i.e. what the handset would show ([`SimHandle::delivered`]). [`SimHandle::outage`]
+//! plays a network loss: new connections are refused and open ones are cut. Nothing here logs
+//! the code.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -124,6 +127,17 @@ impl Script {
     }
 }
 
+/// A template message the simulator accepted: what the recipient's handset would show.
+#[derive(Clone, Debug)]
+pub struct Delivered {
+    /// Recipient digits (no '+').
+    pub to: String,
+    /// Template name.
+    pub template: String,
+    /// The body parameters in order (an authentication template's one parameter is the code).
+    pub params: Vec<String>,
+}
+
 /// One request as the simulator saw it.
 #[derive(Clone, Debug)]
 pub struct RecordedRequest {
@@ -155,7 +169,10 @@ struct Shared {
     builtin_rules: bool,
     scripts: Mutex<ScriptState>,
     requests: Mutex<Vec<RecordedRequest>>,
+    delivered: Mutex<Vec<Delivered>>,
     refuse: AtomicBool,
+    /// Bumped to cut every open connection; each connection task watches it.
+    cut: tokio::sync::watch::Sender<u64>,
     connections: AtomicU64,
     next_id: AtomicU64,
 }
@@ -203,9 +220,24 @@ impl SimHandle {
         self.0.refuse.store(on, Ordering::SeqCst);
     }
 
+    /// A network loss (`true`): refuse new connections and cut every open one, including
+    /// idle pooled ones a client would otherwise reuse. `false` ends it.
+    pub fn outage(&self, on: bool) {
+        // Refuse first: a connection accepted after the cut then meets the refusal.
+        self.refuse_connections(on);
+        if on {
+            self.0.cut.send_modify(|n| *n += 1);
+        }
+    }
+
     /// Every request so far.
     pub fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.0.requests).clone()
+    }
+
+    /// Every message answered with success so far, in order.
+    pub fn delivered(&self) -> Vec<Delivered> {
+        lock(&self.0.delivered).clone()
     }
 
     /// Forgets recorded requests.
@@ -256,7 +288,9 @@ impl CloudApiSim {
             builtin_rules: opts.builtin_rules,
             scripts: Mutex::new(ScriptState::default()),
             requests: Mutex::new(Vec::new()),
+            delivered: Mutex::new(Vec::new()),
             refuse: AtomicBool::new(false),
+            cut: tokio::sync::watch::Sender::new(0),
             connections: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
         });
@@ -271,6 +305,9 @@ impl CloudApiSim {
                 };
                 let Ok((tcp, _)) = accepted else { continue };
                 s.connections.fetch_add(1, Ordering::SeqCst);
+                // Subscribed before the refusal check, so an outage that starts after it
+                // still reaches this connection.
+                let mut cut = s.cut.subscribe();
                 if s.refuse.load(Ordering::SeqCst) {
                     drop(tcp);
                     continue;
@@ -285,9 +322,13 @@ impl CloudApiSim {
                         let s = Arc::clone(&s);
                         async move { handle(s, req).await }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tls), svc);
+                    // Dropping the connection closes the socket, answered or not.
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = cut.changed() => {}
+                    }
                 });
             }
         });
@@ -412,6 +453,24 @@ fn validate(s: &Shared, v: &Value) -> Result<String, (u16, i64)> {
     Ok(to.to_string())
 }
 
+/// What a handset shows of a valid request (`validate` has checked its shape).
+fn delivered(v: &Value, to: &str) -> Delivered {
+    let t = &v["template"];
+    let params = t["components"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["type"] == "body")
+        .flat_map(|c| c["parameters"].as_array().cloned().unwrap_or_default())
+        .filter_map(|p| p["text"].as_str().map(str::to_string))
+        .collect();
+    Delivered {
+        to: to.to_string(),
+        template: t["name"].as_str().unwrap_or_default().to_string(),
+        params,
+    }
+}
+
 fn not_on_whatsapp(to: &str) -> bool {
     let b = to.as_bytes();
     b.len() >= 3 && b[b.len() - 3] == b'0'
@@ -431,7 +490,7 @@ fn pick_script(s: &Shared, to: &str) -> Script {
     st.default.clone().unwrap_or(Script::Success)
 }
 
-async fn answer(s: &Shared, to: &str, script: Script) -> Option<Response<Full<Bytes>>> {
+async fn answer(s: &Shared, v: &Value, to: &str, script: Script) -> Option<Response<Full<Bytes>>> {
     let mut script = script;
     loop {
         match script {
@@ -441,6 +500,7 @@ async fn answer(s: &Shared, to: &str, script: Script) -> Option<Response<Full<By
             }
             Script::Success => {
                 let n = s.next_id.fetch_add(1, Ordering::SeqCst);
+                lock(&s.delivered).push(delivered(v, to));
                 let body = json!({
                     "messaging_product": "whatsapp",
                     "contacts": [{"input": to, "wa_id": to}],
@@ -516,7 +576,7 @@ async fn handle(
     };
     let script = pick_script(&s, &to);
     tracing::debug!(path = %path, "cloud api sim: request");
-    match answer(&s, &to, script).await {
+    match answer(&s, &v, &to, script).await {
         Some(r) => Ok(r),
         // An error from the service makes hyper close the connection without an answer.
         None => Err(std::io::Error::other("scripted drop")),
@@ -544,7 +604,9 @@ mod tests {
             builtin_rules: true,
             scripts: Mutex::new(ScriptState::default()),
             requests: Mutex::new(Vec::new()),
+            delivered: Mutex::new(Vec::new()),
             refuse: AtomicBool::new(false),
+            cut: tokio::sync::watch::Sender::new(0),
             connections: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
         }
@@ -579,6 +641,45 @@ mod tests {
         let mut v = req("otp", 1, "1");
         v["messaging_product"] = json!("sms");
         assert_eq!(validate(&s, &v), Err((400, 100)));
+    }
+
+    #[tokio::test]
+    async fn an_outage_cuts_pooled_connections_and_records_no_delivery() {
+        let pki = TestPki::new().unwrap();
+        let sim = CloudApiSim::start(SimOptions {
+            pki: Some(&pki),
+            ..SimOptions::default()
+        })
+        .await
+        .unwrap();
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(pki.client_config().unwrap())
+            .no_proxy()
+            .build()
+            .unwrap();
+        let url = format!("{}/106540352242922/messages", sim.base_url());
+        let send = async |code: &str| {
+            client
+                .post(&url)
+                .bearer_auth("sim-token")
+                .json(&req("otp_auth", 1, code))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        };
+        assert_eq!(send("111111").await.unwrap(), 200);
+        // Refusing new connections alone would leave this pooled one working.
+        sim.handle().outage(true);
+        assert!(send("222222").await.is_err());
+        sim.handle().outage(false);
+        assert_eq!(send("333333").await.unwrap(), 200);
+        let got: Vec<Vec<String>> = sim
+            .handle()
+            .delivered()
+            .into_iter()
+            .map(|d| d.params)
+            .collect();
+        assert_eq!(got, [["111111"], ["333333"]]);
     }
 
     #[test]
