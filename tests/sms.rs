@@ -14,7 +14,7 @@ use common::{GUARD, wait_for};
 use otpgate::channel::sms::modem::{ModemError, probe};
 use otpgate::channel::sms::pool::SmsPool;
 use otpgate::channel::{Channel, Content, Delivery, Outcome, Receipt, ReceiptStatus};
-use otpgate::clock::{SharedClock, SystemClock};
+use otpgate::clock::{Clock, SharedClock, SystemClock, Timestamp};
 use otpgate::config::ModemConfig;
 use otpgate::secret::Secret;
 use otpgate::sim::modem::{Hang, Profile, SimModem};
@@ -46,6 +46,7 @@ fn delivery(text: &str) -> Delivery {
         },
         locale: None,
         validity: Duration::from_secs(600),
+        expires_at: SystemClock.now().plus(Duration::from_secs(600)),
         budget: Duration::from_secs(20),
     }
 }
@@ -113,8 +114,9 @@ async fn single_part_arrives_with_number_text_validity_and_srr() {
     assert_eq!(h.parts[0].detail, "Sim Operator");
 
     let mut d = delivery("Your code is 123456");
-    // 14 min 59 s cannot be expressed; the network must drop it no later than we do: 10 min.
-    d.validity = Duration::from_secs(14 * 60 + 59);
+    // 14 min 59 s cannot be expressed; the network must drop it no later than we do, with a
+    // minute to spare for the hand-over: 10 min.
+    d.expires_at = SystemClock.now().plus(Duration::from_secs(14 * 60 + 59));
     let id = accepted(&pool.send(&d).await);
     assert_eq!(id, "modem0/0");
     let got = sim.received();

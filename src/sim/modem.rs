@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::channel::sms::pdu;
+use crate::clock::{Clock, SystemClock};
 
 /// Why the simulator could not start or re-appear.
 #[derive(Debug, thiserror::Error)]
@@ -135,8 +136,11 @@ pub struct Received {
     pub parts: usize,
     /// Concatenation (reference, total, seq) of a part; for a logical message seq is the total.
     pub concat: Option<(u16, u8, u8)>,
-    /// TP-VP, when present.
+    /// How long the simulated SMSC keeps the SMS, counted from its receipt: a relative TP-VP
+    /// as is, an absolute one as the time left until it (zero when it already passed).
     pub validity: Option<Duration>,
+    /// TP-VP exactly as decoded (format and value), when present.
+    pub vp: Option<pdu::Validity>,
     /// TP-SRR: a status report was requested.
     pub status_report: bool,
     /// SMSC given in the PDU (None = the SIM's).
@@ -1005,7 +1009,12 @@ fn submit(
         text: d.text.clone(),
         parts: 1,
         concat: d.concat.as_ref().map(|c| (c.reference, c.total, c.seq)),
-        validity: d.validity,
+        validity: match d.validity {
+            Some(pdu::Validity::Relative(p)) => Some(p),
+            Some(pdu::Validity::Absolute(t)) => Some(SystemClock.now().until(t)),
+            Some(pdu::Validity::Enhanced(_)) | None => None,
+        },
+        vp: d.validity,
         status_report: d.status_report,
         smsc: d.smsc.clone(),
         mr,

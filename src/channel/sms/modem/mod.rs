@@ -35,7 +35,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::channel::ReceiptTx;
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, Timestamp};
 use crate::config::ModemConfig;
 
 pub use probe::{ProbeReport, probe};
@@ -163,8 +163,9 @@ pub struct SendJob {
     pub to: String,
     /// The text (contains the code: never logged).
     pub text: String,
-    /// Validity period to put in the PDU.
-    pub validity: Duration,
+    /// When the code expires: the PDU's validity period ends no later (see
+    /// [`crate::channel::sms::vp`]).
+    pub expires_at: Timestamp,
     /// By when the modem must have taken the message (the first PDU written). Until then the
     /// job may be withdrawn with a transient verdict, leaving the rest of the budget to another
     /// modem. At most `deadline`.

@@ -640,7 +640,8 @@ impl Owner {
 
     async fn send(&mut self, conn: &mut Conn, job: &SendJob, claim: &Claim) -> (SendResult, After) {
         let opts = pdu::SubmitOptions {
-            validity: job.validity,
+            now: self.clock.now(),
+            expires_at: job.expires_at,
             status_report: self.cfg.status_reports,
             smsc: self.cfg.smsc.clone(),
             concat_ref: self.concat_ref,
