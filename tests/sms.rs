@@ -12,6 +12,7 @@ use std::time::Duration;
 use common::{GUARD, wait_for};
 
 use otpgate::channel::sms::modem::{ModemError, probe};
+use otpgate::channel::sms::pdu::Validity;
 use otpgate::channel::sms::pool::SmsPool;
 use otpgate::channel::{Channel, Content, Delivery, Outcome, Receipt, ReceiptStatus};
 use otpgate::clock::{Clock, SharedClock, SystemClock, Timestamp};
@@ -850,4 +851,59 @@ async fn a_late_answer_to_the_escape_line_does_not_shift_every_later_answer() {
     accepted(&pool.send(&delivery("Your code is 123456")).await);
     assert_eq!(sim.received().len(), 1);
     pool.shutdown().await;
+}
+
+/// Sends codes with lifetimes around every boundary of the validity period through `profile`
+/// and checks the TP-VP the modem received: never past the code's expiry.
+async fn validity_never_outlives_the_code(profile: Profile) {
+    let sim = SimModem::start(profile).unwrap();
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
+    let secs = Duration::from_secs;
+    let min = |m: u64| Duration::from_secs(m * 60);
+    // (time left, long text?, the relative period expected; None: the expiry itself)
+    let cases = [
+        (secs(1), false, None),
+        (secs(30), false, None),
+        (secs(4 * 60 + 59), false, None),
+        (min(5), false, None),
+        // Relative 5 min would end after the expiry once the hand-over takes a minute.
+        (secs(5 * 60 + 59), false, None),
+        (secs(6 * 60 + 1), false, Some(min(5))),
+        (min(12 * 60), false, Some(min(715))),
+        (min(25 * 60), false, Some(min(24 * 60))),
+        // Every part of a long code message carries the same expiry.
+        (secs(90), true, None),
+    ];
+    for (left, long, relative) in cases {
+        let before = sim.received_parts().len();
+        let mut d = delivery("Your code is 123456");
+        if long {
+            d.content = Content::Text("Your code is 123456. ".repeat(20));
+        }
+        d.expires_at = SystemClock.now().plus(left);
+        accepted(&pool.send(&d).await);
+        let expect = match relative {
+            Some(p) => Validity::Relative(p),
+            None => Validity::Absolute(Timestamp(d.expires_at.0.div_euclid(1000) * 1000)),
+        };
+        let parts = sim.received_parts();
+        let new = &parts[before..];
+        assert_eq!(new.len(), if long { 3 } else { 1 }, "{left:?}");
+        for p in new {
+            assert_eq!(p.vp, Some(expect), "{left:?} left");
+            let kept = p.validity.unwrap();
+            assert!(kept <= left, "{left:?} left, the SMSC keeps it {kept:?}");
+        }
+    }
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn validity_never_outlives_the_code_quectel() {
+    validity_never_outlives_the_code(Profile::quectel()).await;
+}
+
+#[tokio::test]
+async fn validity_never_outlives_the_code_huawei() {
+    validity_never_outlives_the_code(Profile::huawei()).await;
 }
