@@ -907,3 +907,75 @@ async fn validity_never_outlives_the_code_quectel() {
 async fn validity_never_outlives_the_code_huawei() {
     validity_never_outlives_the_code(Profile::huawei()).await;
 }
+
+/// Two modems whose send timeout (30 s) is far beyond the 1.5 s in which a PDU is due an answer.
+fn slow_to_give_up(name: &str, path: &Path) -> ModemConfig {
+    let mut c = cfg(name, path);
+    c.send_timeout = Duration::from_secs(30);
+    c
+}
+
+#[tokio::test]
+async fn a_modem_that_hangs_after_taking_a_pdu_leaves_the_pool_at_once() {
+    let a = SimModem::start(Profile::quectel()).unwrap();
+    let b = SimModem::start(Profile::huawei()).unwrap();
+    a.swallow_next_sends(1);
+    let (pool, _rx) = start_ready(vec![
+        slow_to_give_up("modem0", a.path()),
+        slow_to_give_up("modem1", b.path()),
+    ])
+    .await;
+    let pool = Arc::new(pool);
+    let mut d = delivery("Your code is 123456");
+    d.budget = Duration::from_secs(8);
+    // modem0 (the first pick) takes the PDU and never answers.
+    let first = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.send(&d).await }
+    });
+    wait_for("modem0 to take the PDU", async || !a.received().is_empty()).await;
+    wait_state(&pool, 0, "no_answer").await;
+    assert!(
+        !first.is_finished(),
+        "the state changed long before the send gave up (8 s budget, 30 s send timeout)"
+    );
+    let h = pool.health();
+    assert!(h.usable, "{h:?}");
+    assert!(h.parts[0].detail.contains("no answer to a PDU"), "{h:?}");
+    assert!(h.summary.contains("modem0 no_answer"), "{}", h.summary);
+    // The next message goes to the other modem, without waiting behind the hung one.
+    let id = accepted(&pool.send(&delivery("Your code is 654321")).await);
+    assert!(id.starts_with("modem1/"), "{id}");
+    assert_eq!(cmgs_count(&a), 1, "never offered to the hung modem");
+    assert_eq!(b.received().len(), 1);
+    // The hung send ends Unknown (never resent); the modem is reset and comes back.
+    match first.await.unwrap() {
+        Outcome::Unknown { reason } => assert!(reason.contains("modem0"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(a.received().len() + b.received().len(), 2);
+    wait_state(&pool, 0, "ready").await;
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_late_answer_to_a_pdu_puts_the_modem_back_in_the_pool() {
+    let a = SimModem::start(Profile::quectel()).unwrap();
+    a.answer_next_send_late(Duration::from_millis(2500));
+    let (pool, _rx) = start_ready(vec![slow_to_give_up("modem0", a.path())]).await;
+    let pool = Arc::new(pool);
+    let first = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.send(&delivery("Your code is 123456")).await }
+    });
+    wait_state(&pool, 0, "no_answer").await;
+    assert!(!first.is_finished());
+    // The late +CMGS is the message's answer, and the modem answers again: ready at once.
+    let id = accepted(&first.await.unwrap());
+    assert_eq!(id, "modem0/0");
+    assert_eq!(state(&pool, 0), "ready");
+    assert_eq!(pool.health().parts[0].detail, "Sim Operator");
+    accepted(&pool.send(&delivery("Your code is 654321")).await);
+    assert_eq!(a.received().len(), 2);
+    pool.shutdown().await;
+}

@@ -187,6 +187,7 @@ struct State {
     fail_next: VecDeque<u16>,
     fail_numbers: HashMap<String, u16>,
     swallow_next: u32,
+    late_next: VecDeque<Duration>,
     stall_next: u32,
     late_bare_line: Option<Duration>,
     // answers are owed in order until then (set by a late bare-line answer)
@@ -224,6 +225,7 @@ impl State {
             fail_next: VecDeque::new(),
             fail_numbers: HashMap::new(),
             swallow_next: 0,
+            late_next: VecDeque::new(),
             stall_next: 0,
             late_bare_line: None,
             owed_until: None,
@@ -460,6 +462,11 @@ impl SimModem {
     /// The next `n` sends are taken (and go out) but never answered after Ctrl-Z.
     pub fn swallow_next_sends(&self, n: u32) {
         self.with(|s| s.swallow_next = n);
+    }
+
+    /// The next send is taken at once but its +CMGS answer comes only `after` this long.
+    pub fn answer_next_send_late(&self, after: Duration) {
+        self.with(|s| s.late_next.push_back(after));
     }
 
     /// The next `n` AT+CMGS are never answered: no `> ` prompt, no error. Nothing is taken, and
@@ -1052,6 +1059,11 @@ fn submit(
     }
     if st.swallow_next > 0 {
         st.swallow_next -= 1;
+        return None;
+    }
+    if let Some(after) = st.late_next.pop_front() {
+        let answer = format!("\r\n+CMGS: {mr}\r\n\r\nOK\r\n").into_bytes();
+        scheduled.push((Instant::now() + after, answer));
         return None;
     }
     Some(format!("\r\n+CMGS: {mr}\r\n\r\nOK\r\n").into_bytes())
