@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use otpgate::channel::sms::pdu::{SubmitOptions, encode_submit};
 use otpgate::channel::sms::pool::SmsPool;
 use otpgate::channel::{Channel, Content, Delivery, Outcome};
-use otpgate::clock::{SharedClock, SystemClock};
+use otpgate::clock::{Clock, SharedClock, SystemClock};
 use otpgate::config::ModemConfig;
 use otpgate::sim::modem::{Profile, SimModem};
 
@@ -103,6 +103,7 @@ fn run_ours() -> Result<Vec<Duration>, String> {
             content: Content::Text(TEXT.into()),
             locale: None,
             validity: Duration::from_secs(600),
+            expires_at: SystemClock.now().plus(Duration::from_secs(600)),
             budget: Duration::from_secs(30),
         };
         let mut rounds = Vec::with_capacity(ROUNDS);
@@ -148,7 +149,8 @@ fn run_raw() -> Result<Vec<Duration>, String> {
         .open(sim.path())
         .map_err(|e| e.to_string())?;
     let opts = SubmitOptions {
-        validity: Duration::from_secs(600),
+        now: SystemClock.now(),
+        expires_at: SystemClock.now().plus(Duration::from_secs(600)),
         status_report: false,
         smsc: None,
         concat_ref: 0,

@@ -81,6 +81,8 @@ async fn channel_once(ch: &WhatsAppChannel) -> bool {
         },
         locale: None,
         validity: Duration::from_secs(300),
+        // WhatsApp does not read it.
+        expires_at: otpgate::clock::Timestamp(i64::MAX),
         budget: Duration::from_secs(5),
     };
     matches!(ch.send(&d).await, Outcome::Accepted { .. })

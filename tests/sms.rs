@@ -12,9 +12,10 @@ use std::time::Duration;
 use common::{GUARD, wait_for};
 
 use otpgate::channel::sms::modem::{ModemError, probe};
+use otpgate::channel::sms::pdu::Validity;
 use otpgate::channel::sms::pool::SmsPool;
 use otpgate::channel::{Channel, Content, Delivery, Outcome, Receipt, ReceiptStatus};
-use otpgate::clock::{SharedClock, SystemClock};
+use otpgate::clock::{Clock, SharedClock, SystemClock, Timestamp};
 use otpgate::config::ModemConfig;
 use otpgate::secret::Secret;
 use otpgate::sim::modem::{Hang, Profile, SimModem};
@@ -46,6 +47,7 @@ fn delivery(text: &str) -> Delivery {
         },
         locale: None,
         validity: Duration::from_secs(600),
+        expires_at: SystemClock.now().plus(Duration::from_secs(600)),
         budget: Duration::from_secs(20),
     }
 }
@@ -113,8 +115,9 @@ async fn single_part_arrives_with_number_text_validity_and_srr() {
     assert_eq!(h.parts[0].detail, "Sim Operator");
 
     let mut d = delivery("Your code is 123456");
-    // 14 min 59 s cannot be expressed; the network must drop it no later than we do: 10 min.
-    d.validity = Duration::from_secs(14 * 60 + 59);
+    // 14 min 59 s cannot be expressed; the network must drop it no later than we do, with a
+    // minute to spare for the hand-over: 10 min.
+    d.expires_at = SystemClock.now().plus(Duration::from_secs(14 * 60 + 59));
     let id = accepted(&pool.send(&d).await);
     assert_eq!(id, "modem0/0");
     let got = sim.received();
@@ -847,5 +850,132 @@ async fn a_late_answer_to_the_escape_line_does_not_shift_every_later_answer() {
     );
     accepted(&pool.send(&delivery("Your code is 123456")).await);
     assert_eq!(sim.received().len(), 1);
+    pool.shutdown().await;
+}
+
+/// Sends codes with lifetimes around every boundary of the validity period through `profile`
+/// and checks the TP-VP the modem received: never past the code's expiry.
+async fn validity_never_outlives_the_code(profile: Profile) {
+    let sim = SimModem::start(profile).unwrap();
+    let (pool, _rx) = start_ready(vec![cfg("modem0", sim.path())]).await;
+    let secs = Duration::from_secs;
+    let min = |m: u64| Duration::from_secs(m * 60);
+    // (time left, long text?, the relative period expected; None: the expiry itself)
+    let cases = [
+        (secs(1), false, None),
+        (secs(30), false, None),
+        (secs(4 * 60 + 59), false, None),
+        (min(5), false, None),
+        // Relative 5 min would end after the expiry once the hand-over takes a minute.
+        (secs(5 * 60 + 59), false, None),
+        (secs(6 * 60 + 1), false, Some(min(5))),
+        (min(12 * 60), false, Some(min(715))),
+        (min(25 * 60), false, Some(min(24 * 60))),
+        // Every part of a long code message carries the same expiry.
+        (secs(90), true, None),
+    ];
+    for (left, long, relative) in cases {
+        let before = sim.received_parts().len();
+        let mut d = delivery("Your code is 123456");
+        if long {
+            d.content = Content::Text("Your code is 123456. ".repeat(20));
+        }
+        d.expires_at = SystemClock.now().plus(left);
+        accepted(&pool.send(&d).await);
+        let expect = match relative {
+            Some(p) => Validity::Relative(p),
+            None => Validity::Absolute(Timestamp(d.expires_at.0.div_euclid(1000) * 1000)),
+        };
+        let parts = sim.received_parts();
+        let new = &parts[before..];
+        assert_eq!(new.len(), if long { 3 } else { 1 }, "{left:?}");
+        for p in new {
+            assert_eq!(p.vp, Some(expect), "{left:?} left");
+            let kept = p.validity.unwrap();
+            assert!(kept <= left, "{left:?} left, the SMSC keeps it {kept:?}");
+        }
+    }
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn validity_never_outlives_the_code_quectel() {
+    validity_never_outlives_the_code(Profile::quectel()).await;
+}
+
+#[tokio::test]
+async fn validity_never_outlives_the_code_huawei() {
+    validity_never_outlives_the_code(Profile::huawei()).await;
+}
+
+/// Two modems whose send timeout (30 s) is far beyond the 1.5 s in which a PDU is due an answer.
+fn slow_to_give_up(name: &str, path: &Path) -> ModemConfig {
+    let mut c = cfg(name, path);
+    c.send_timeout = Duration::from_secs(30);
+    c
+}
+
+#[tokio::test]
+async fn a_modem_that_hangs_after_taking_a_pdu_leaves_the_pool_at_once() {
+    let a = SimModem::start(Profile::quectel()).unwrap();
+    let b = SimModem::start(Profile::huawei()).unwrap();
+    a.swallow_next_sends(1);
+    let (pool, _rx) = start_ready(vec![
+        slow_to_give_up("modem0", a.path()),
+        slow_to_give_up("modem1", b.path()),
+    ])
+    .await;
+    let pool = Arc::new(pool);
+    let mut d = delivery("Your code is 123456");
+    d.budget = Duration::from_secs(8);
+    // modem0 (the first pick) takes the PDU and never answers.
+    let first = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.send(&d).await }
+    });
+    wait_for("modem0 to take the PDU", async || !a.received().is_empty()).await;
+    wait_state(&pool, 0, "no_answer").await;
+    assert!(
+        !first.is_finished(),
+        "the state changed long before the send gave up (8 s budget, 30 s send timeout)"
+    );
+    let h = pool.health();
+    assert!(h.usable, "{h:?}");
+    assert!(h.parts[0].detail.contains("no answer to a PDU"), "{h:?}");
+    assert!(h.summary.contains("modem0 no_answer"), "{}", h.summary);
+    // The next message goes to the other modem, without waiting behind the hung one.
+    let id = accepted(&pool.send(&delivery("Your code is 654321")).await);
+    assert!(id.starts_with("modem1/"), "{id}");
+    assert_eq!(cmgs_count(&a), 1, "never offered to the hung modem");
+    assert_eq!(b.received().len(), 1);
+    // The hung send ends Unknown (never resent); the modem is reset and comes back.
+    match first.await.unwrap() {
+        Outcome::Unknown { reason } => assert!(reason.contains("modem0"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(a.received().len() + b.received().len(), 2);
+    wait_state(&pool, 0, "ready").await;
+    pool.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_late_answer_to_a_pdu_puts_the_modem_back_in_the_pool() {
+    let a = SimModem::start(Profile::quectel()).unwrap();
+    a.answer_next_send_late(Duration::from_millis(2500));
+    let (pool, _rx) = start_ready(vec![slow_to_give_up("modem0", a.path())]).await;
+    let pool = Arc::new(pool);
+    let first = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.send(&delivery("Your code is 123456")).await }
+    });
+    wait_state(&pool, 0, "no_answer").await;
+    assert!(!first.is_finished());
+    // The late +CMGS is the message's answer, and the modem answers again: ready at once.
+    let id = accepted(&first.await.unwrap());
+    assert_eq!(id, "modem0/0");
+    assert_eq!(state(&pool, 0), "ready");
+    assert_eq!(pool.health().parts[0].detail, "Sim Operator");
+    accepted(&pool.send(&delivery("Your code is 654321")).await);
+    assert_eq!(a.received().len(), 2);
     pool.shutdown().await;
 }

@@ -94,6 +94,8 @@ fn code(c: &str) -> Delivery {
         },
         locale: None,
         validity: Duration::from_secs(300),
+        // WhatsApp does not read it.
+        expires_at: Timestamp(i64::MAX),
         budget: Duration::from_secs(5),
     }
 }

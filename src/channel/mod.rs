@@ -29,8 +29,11 @@ pub struct Delivery {
     pub content: Content,
     /// The caller's locale ("en", "hi", "id"...), if any; channels map it to their templates.
     pub locale: Option<String>,
-    /// The code's remaining lifetime at dispatch: SMS sets its validity period from it.
+    /// The code's remaining lifetime at dispatch.
     pub validity: Duration,
+    /// When the code expires: SMS derives its validity period from it when the PDU is built,
+    /// so time spent queueing for a modem is not counted twice.
+    pub expires_at: Timestamp,
     /// How long this attempt may take in all, retries inside the channel included.
     pub budget: Duration,
 }

@@ -453,6 +453,7 @@ impl Dispatcher {
             content: content.clone(),
             locale: m.locale.clone(),
             validity: now.until(m.expires_at),
+            expires_at: m.expires_at,
             budget: step.budget.min(now.until(m.expires_at)),
         };
         let attempt = self
@@ -589,6 +590,7 @@ impl Dispatcher {
             locale: m.locale.clone(),
             // The notice stays useful for a day, unlike the code.
             validity: Duration::from_secs(86_400),
+            expires_at: now.plus(Duration::from_secs(86_400)),
             budget: policy::SMS_ATTEMPT_CAP,
         };
         let me = self.clone();

@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::channel::sms::pdu;
+use crate::clock::{Clock, SystemClock};
 
 /// Why the simulator could not start or re-appear.
 #[derive(Debug, thiserror::Error)]
@@ -135,8 +136,11 @@ pub struct Received {
     pub parts: usize,
     /// Concatenation (reference, total, seq) of a part; for a logical message seq is the total.
     pub concat: Option<(u16, u8, u8)>,
-    /// TP-VP, when present.
+    /// How long the simulated SMSC keeps the SMS, counted from its receipt: a relative TP-VP
+    /// as is, an absolute one as the time left until it (zero when it already passed).
     pub validity: Option<Duration>,
+    /// TP-VP exactly as decoded (format and value), when present.
+    pub vp: Option<pdu::Validity>,
     /// TP-SRR: a status report was requested.
     pub status_report: bool,
     /// SMSC given in the PDU (None = the SIM's).
@@ -183,6 +187,7 @@ struct State {
     fail_next: VecDeque<u16>,
     fail_numbers: HashMap<String, u16>,
     swallow_next: u32,
+    late_next: VecDeque<Duration>,
     stall_next: u32,
     late_bare_line: Option<Duration>,
     // answers are owed in order until then (set by a late bare-line answer)
@@ -220,6 +225,7 @@ impl State {
             fail_next: VecDeque::new(),
             fail_numbers: HashMap::new(),
             swallow_next: 0,
+            late_next: VecDeque::new(),
             stall_next: 0,
             late_bare_line: None,
             owed_until: None,
@@ -456,6 +462,11 @@ impl SimModem {
     /// The next `n` sends are taken (and go out) but never answered after Ctrl-Z.
     pub fn swallow_next_sends(&self, n: u32) {
         self.with(|s| s.swallow_next = n);
+    }
+
+    /// The next send is taken at once but its +CMGS answer comes only `after` this long.
+    pub fn answer_next_send_late(&self, after: Duration) {
+        self.with(|s| s.late_next.push_back(after));
     }
 
     /// The next `n` AT+CMGS are never answered: no `> ` prompt, no error. Nothing is taken, and
@@ -1005,7 +1016,12 @@ fn submit(
         text: d.text.clone(),
         parts: 1,
         concat: d.concat.as_ref().map(|c| (c.reference, c.total, c.seq)),
-        validity: d.validity,
+        validity: match d.validity {
+            Some(pdu::Validity::Relative(p)) => Some(p),
+            Some(pdu::Validity::Absolute(t)) => Some(SystemClock.now().until(t)),
+            Some(pdu::Validity::Enhanced(_)) | None => None,
+        },
+        vp: d.validity,
         status_report: d.status_report,
         smsc: d.smsc.clone(),
         mr,
@@ -1043,6 +1059,11 @@ fn submit(
     }
     if st.swallow_next > 0 {
         st.swallow_next -= 1;
+        return None;
+    }
+    if let Some(after) = st.late_next.pop_front() {
+        let answer = format!("\r\n+CMGS: {mr}\r\n\r\nOK\r\n").into_bytes();
+        scheduled.push((Instant::now() + after, answer));
         return None;
     }
     Some(format!("\r\n+CMGS: {mr}\r\n\r\nOK\r\n").into_bytes())

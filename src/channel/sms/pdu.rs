@@ -1,14 +1,17 @@
 //! SMS PDUs (3GPP TS 23.040): SMS-SUBMIT encoding with concatenation, validity period and
 //! status report request; decoders for SMS-SUBMIT (the modem simulator checks what we send) and
-//! SMS-STATUS-REPORT (delivery receipts from `+CDS`).
+//! SMS-STATUS-REPORT (delivery receipts from `+CDS`). The validity period's formats and the
+//! choice between them live in [`super::vp`].
 //!
 //! Everything here is a pure function on bytes or strings. Decoders treat their input as
 //! untrusted: any byte string gives a value or a [`PduError`], never a panic. Errors carry
 //! lengths and positions only, never message text, because the text is a one-time code.
 
-use std::time::Duration;
-
 use super::gsm7;
+use super::vp;
+use crate::clock::Timestamp;
+
+pub use super::vp::{Validity, validity_duration, validity_octet};
 
 /// Why a PDU could not be built or parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,8 +81,11 @@ pub fn choose_encoding(text: &str) -> Encoding {
 /// How to build the SMS-SUBMIT PDUs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SubmitOptions {
-    /// Relative validity period; rounded down to what TP-VP can express (see [`validity_octet`]).
-    pub validity: Duration,
+    /// "Now" by the caller's clock, when the PDU is built.
+    pub now: Timestamp,
+    /// When the code expires: the SMS's validity period never ends later (see
+    /// [`vp::validity_for`]).
+    pub expires_at: Timestamp,
     /// Ask the SMSC for a status report (TP-SRR).
     pub status_report: bool,
     /// SMSC address in "+4917..." form; None uses the SIM's SMSC (SCA octet `00`).
@@ -117,8 +123,8 @@ pub struct DecodedSubmit {
     pub to: String,
     /// TP-SRR was set.
     pub status_report: bool,
-    /// Relative validity period; None when absent or not relative.
-    pub validity: Option<Duration>,
+    /// TP-VP in whichever format it came; None when absent.
+    pub validity: Option<Validity>,
     /// The user data alphabet.
     pub encoding: Encoding,
     /// Concatenation header, if any.
@@ -165,7 +171,6 @@ pub struct StatusReport {
 
 const MTI_SUBMIT: u8 = 0x01;
 const MTI_STATUS_REPORT: u8 = 0x02;
-const VPF_RELATIVE: u8 = 0x10;
 const SRR: u8 = 0x20;
 const UDHI: u8 = 0x40;
 const TOA_INTERNATIONAL: u8 = 0x91;
@@ -224,29 +229,6 @@ fn encode_address(toa: u8, digits: &str) -> Vec<u8> {
     let mut out = vec![digits.len() as u8, toa];
     out.extend(semi_octets(digits));
     out
-}
-
-/// Relative TP-VP value's duration (23.040 9.2.3.12.1).
-pub fn validity_duration(vp: u8) -> Duration {
-    let minutes = |m: u64| Duration::from_secs(m * 60);
-    let vp64 = u64::from(vp);
-    match vp {
-        0..=143 => minutes((vp64 + 1) * 5),
-        144..=167 => minutes(12 * 60 + (vp64 - 143) * 30),
-        168..=196 => minutes((vp64 - 166) * 24 * 60),
-        197..=255 => minutes((vp64 - 192) * 7 * 24 * 60),
-    }
-}
-
-/// The largest relative TP-VP whose duration does not exceed `d`, so the network never keeps an
-/// SMS longer than its code lives. Below 5 minutes the answer is 0x00 (5 minutes), the shortest
-/// period the field can express; above 63 weeks it is 0xFF.
-pub fn validity_octet(d: Duration) -> u8 {
-    // validity_duration is strictly increasing, so the first hit from the top is the answer.
-    (0..=255u8)
-        .rev()
-        .find(|&vp| validity_duration(vp) <= d)
-        .unwrap_or(0)
 }
 
 /// Splits encoded units (each 1 or 2 elements that must stay together) into parts of at most
@@ -328,14 +310,14 @@ pub fn encode_submit(
         return Err(PduError::TooLong { parts: total });
     }
     let concatenated = total > 1;
-    let mut first = MTI_SUBMIT | VPF_RELATIVE;
+    let vp = vp::validity_for(opts.now, opts.expires_at)?;
+    let mut first = MTI_SUBMIT | vp.vpf_bits();
     if opts.status_report {
         first |= SRR;
     }
     if concatenated {
         first |= UDHI;
     }
-    let vp = validity_octet(opts.validity);
     let dcs = match encoding {
         Encoding::Gsm7 => DCS_GSM7,
         Encoding::Ucs2 => DCS_UCS2,
@@ -344,7 +326,8 @@ pub fn encode_submit(
     for (i, payload) in parts.iter().enumerate() {
         let mut tpdu = vec![first, 0x00];
         tpdu.extend(encode_address(toa, digits));
-        tpdu.extend([0x00, dcs, vp]);
+        tpdu.extend([0x00, dcs]);
+        vp.write(&mut tpdu);
         let udh: Vec<u8> = if concatenated {
             vec![
                 0x05,
@@ -610,11 +593,15 @@ pub fn decode_submit(pdu: &[u8]) -> Result<DecodedSubmit, PduError> {
     let encoding = encoding_of_dcs(r.u8()?)?;
     let validity = match (first >> 3) & 0x03 {
         0 => None,
-        2 => Some(validity_duration(r.u8()?)),
-        // Enhanced and absolute formats are 7 octets; we never send them, so skip.
-        _ => {
-            r.take(7)?;
-            None
+        2 => Some(Validity::Relative(validity_duration(r.u8()?))),
+        vpf => {
+            let mut octets = [0u8; 7];
+            octets.copy_from_slice(r.take(7)?);
+            if vpf == 3 {
+                Some(Validity::Absolute(vp::decode_absolute(&octets)?))
+            } else {
+                Some(Validity::Enhanced(octets))
+            }
         }
     };
     let (concat, text) = read_user_data(&mut r, encoding, first & UDHI != 0)?;
@@ -700,13 +687,24 @@ pub fn hex_decode(s: &str) -> Result<Vec<u8>, PduError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     const GAMMU: &str =
         "07910100000000F0 11 00 0B915155214365F7 00 00 FF 13 D9775D0E1ABFC965507A0E8AC966B49A0D";
 
+    /// 2026-12-02T19:00:00Z.
+    const NOW: Timestamp = Timestamp(1_796_238_000_000);
+
+    fn secs(s: u64) -> Duration {
+        Duration::from_secs(s)
+    }
+
     fn opts() -> SubmitOptions {
         SubmitOptions {
-            validity: Duration::from_secs(10 * 60),
+            // 11 minutes left: a relative 5 minutes (0x00) would do; 10 (0x01) ends just in time
+            // with the hand-over slack to spare.
+            now: NOW,
+            expires_at: NOW.plus(secs(11 * 60)),
             status_report: false,
             smsc: None,
             concat_ref: 0x42,
@@ -727,7 +725,11 @@ mod tests {
     }
 
     fn roundtrip(text: &str) -> Vec<SubmitPdu> {
-        let parts = encode_submit("+919876543210", text, &opts()).unwrap();
+        roundtrip_with(text, &opts())
+    }
+
+    fn roundtrip_with(text: &str, o: &SubmitOptions) -> Vec<SubmitPdu> {
+        let parts = encode_submit("+919876543210", text, o).unwrap();
         let mut joined = String::new();
         for (i, p) in parts.iter().enumerate() {
             let d = dec(p);
@@ -758,14 +760,18 @@ mod tests {
         assert_eq!(d.smsc.as_deref(), Some("+10000000000"));
         assert!(!d.status_report);
         assert_eq!(d.encoding, Encoding::Gsm7);
-        assert_eq!(d.validity, Some(Duration::from_secs(63 * 7 * 24 * 3600)));
+        assert_eq!(
+            d.validity,
+            Some(Validity::Relative(secs(63 * 7 * 24 * 3600)))
+        );
         assert_eq!(d.concat, None);
     }
 
     #[test]
     fn gammu_vector_encodes_identically() {
         let o = SubmitOptions {
-            validity: Duration::from_secs(100 * 7 * 24 * 3600),
+            now: NOW,
+            expires_at: NOW.plus(secs(100 * 7 * 24 * 3600)),
             status_report: false,
             smsc: Some("+10000000000".into()),
             concat_ref: 0,
@@ -961,49 +967,47 @@ mod tests {
     }
 
     #[test]
-    fn validity_rounding_table() {
-        let m = |x: u64| Duration::from_secs(x * 60);
-        let h = |x: u64| m(x * 60);
-        let d = |x: u64| h(x * 24);
-        for (dur, vp) in [
-            (Duration::ZERO, 0x00),
-            (m(4), 0x00),
-            (m(5), 0x00),
-            (m(9), 0x00),
-            (m(10), 0x01),
-            (m(11), 0x01),
-            (h(12), 143),
-            (h(12) + m(29), 143),
-            (h(12) + m(30), 144),
-            (h(13), 145),
-            (h(24), 167),
-            (h(47), 167),
-            (d(2), 168),
-            (d(30), 196),
-            (d(34), 196),
-            (d(35), 197),
-            (d(365), 244),
-            (d(441), 255),
-            (d(3650), 255),
-        ] {
-            assert_eq!(validity_octet(dur), vp, "{dur:?}");
-        }
-        for vp in 0..=255u8 {
-            assert_eq!(validity_octet(validity_duration(vp)), vp);
-            assert!(validity_duration(vp) >= m(5));
-        }
-        assert_eq!(validity_duration(0xFF), d(441));
-    }
-
-    #[test]
     fn validity_reaches_the_pdu() {
         let mut o = opts();
-        o.validity = Duration::from_secs(3600);
+        let rel = |d: Duration| Some(Validity::Relative(d));
+        o.expires_at = NOW.plus(secs(3600 + 60));
         let p = encode_submit("+15551234567", "x", &o).unwrap();
-        assert_eq!(dec(&p[0]).validity, Some(Duration::from_secs(3600)));
-        o.validity = Duration::from_secs(3599);
+        assert_eq!(dec(&p[0]).validity, rel(secs(3600)));
+        o.expires_at = NOW.plus(secs(3600 + 59));
         let p = encode_submit("+15551234567", "x", &o).unwrap();
-        assert_eq!(dec(&p[0]).validity, Some(Duration::from_secs(55 * 60)));
+        assert_eq!(dec(&p[0]).validity, rel(secs(55 * 60)));
+        // 30 s left: the absolute expiry, 7 octets, VPF 11 (0x18) in the first octet.
+        o.expires_at = NOW.plus(secs(30));
+        let p = encode_submit("+15551234567", "hi", &o).unwrap();
+        assert_eq!(p[0].hex, "0019000B915155214365F700006221209100030002E834");
+        assert_eq!(p[0].tpdu_len, 22);
+        assert_eq!(
+            dec(&p[0]).validity,
+            Some(Validity::Absolute(NOW.plus(secs(30))))
+        );
+        // Every part of a long text carries the same expiry; the parts' layout is unchanged.
+        o.expires_at = NOW.plus(secs(299));
+        let p = roundtrip_with(&"a".repeat(400), &o);
+        assert_eq!(p.len(), 3);
+        for part in &p {
+            assert!(
+                part.hex
+                    .starts_with("0059000C91198967452301000062212091409500")
+            );
+            assert_eq!(
+                dec(part).validity,
+                Some(Validity::Absolute(NOW.plus(secs(299))))
+            );
+        }
+        // UDL after the 7 VP octets: 7 header septets + 153.
+        assert_eq!(hex_decode(&p[0].hex).unwrap()[20], 160);
+        // A time stamp the codec cannot write is an error, not a wrong date.
+        o.expires_at = Timestamp(4_102_444_800_000);
+        o.now = o.expires_at.plus(secs(0));
+        assert!(matches!(
+            encode_submit("+15551234567", "x", &o),
+            Err(PduError::Unsupported(_))
+        ));
     }
 
     #[test]
@@ -1028,12 +1032,27 @@ mod tests {
                 seq: 2
             })
         );
-        // Absolute VP (VPF 11) is parsed and skipped.
+        // Absolute VP (VPF 11): 2027-11-28T00:00:00Z.
         let d =
             decode_submit(&hex_decode("0019000481214300007211820000000002E834").unwrap()).unwrap();
         assert_eq!(
             (d.text.as_str(), d.to.as_str(), d.validity),
-            ("hi", "1234", None)
+            (
+                "hi",
+                "1234",
+                Some(Validity::Absolute(Timestamp(1_827_360_000_000)))
+            )
+        );
+        // An impossible date in an absolute VP is refused.
+        assert!(
+            decode_submit(&hex_decode("0019000481214300007231820000000002E834").unwrap()).is_err()
+        );
+        // Enhanced VP (VPF 01), relative 30 s: kept raw.
+        let d =
+            decode_submit(&hex_decode("0009000481214300000230000000000002E834").unwrap()).unwrap();
+        assert_eq!(
+            d.validity,
+            Some(Validity::Enhanced([0x02, 0x30, 0, 0, 0, 0, 0]))
         );
     }
 

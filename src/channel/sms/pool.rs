@@ -154,7 +154,7 @@ impl SmsPool {
                 message_id: d.message_id.clone(),
                 to: d.to.clone(),
                 text: text.clone(),
-                validity: d.validity,
+                expires_at: d.expires_at,
                 take_by: self.take_by(i, &attempts, deadline),
                 deadline,
             };

@@ -12,9 +12,10 @@
 //!   are told apart in one tested place.
 //! - `owner.rs`: the owner task. It initialises the modem per the reference sequence, keeps a
 //!   stable state word for /readyz, recovers from hangs (ESC, AT, ATZ, AT+CFUN=1,1, re-init) and
-//!   from unplugs (reopen the same configured path with back-off), sends PDUs, and turns +CDS
-//!   status reports into [`crate::channel::Receipt`]s (acknowledged with AT+CNMA on phase 2+
-//!   modems).
+//!   from unplugs (reopen the same configured path with back-off), and turns +CDS status reports
+//!   into [`crate::channel::Receipt`]s (acknowledged with AT+CNMA on phase 2+ modems).
+//!   `owner/send.rs` sends PDUs; a modem that leaves a PDU unanswered past `command_timeout` is
+//!   `no_answer` (out of the pool) until it answers again.
 //! - `probe.rs`: [`probe`] for `otpgate modem probe`, a one-shot look at a modem through the
 //!   same port code.
 //!
@@ -35,7 +36,7 @@ use tokio::time::Instant;
 use tracing::warn;
 
 use crate::channel::ReceiptTx;
-use crate::clock::SharedClock;
+use crate::clock::{SharedClock, Timestamp};
 use crate::config::ModemConfig;
 
 pub use probe::{ProbeReport, probe};
@@ -163,8 +164,9 @@ pub struct SendJob {
     pub to: String,
     /// The text (contains the code: never logged).
     pub text: String,
-    /// Validity period to put in the PDU.
-    pub validity: Duration,
+    /// When the code expires: the PDU's validity period ends no later (see
+    /// [`crate::channel::sms::vp`]).
+    pub expires_at: Timestamp,
     /// By when the modem must have taken the message (the first PDU written). Until then the
     /// job may be withdrawn with a transient verdict, leaving the rest of the budget to another
     /// modem. At most `deadline`.

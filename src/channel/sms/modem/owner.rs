@@ -1,6 +1,7 @@
 //! The owner task of one modem: open the port (again, with back-off, after an unplug),
 //! initialise the modem, serve send requests and status reports, probe its health, and reset it
-//! when it stops answering.
+//! when it stops answering. The send path itself (PDUs, prompt, hand-over, answers) is in
+//! `owner/send.rs`.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,16 +12,17 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, trace, warn};
 
-use super::port::{Conn, Final, LinkError, cms_reason, reg_stat, reg_word};
-use super::{Claim, ModemError, ModemState, ModemStatus, Request, SendJob, SendResult, lock};
+use super::port::{Conn, Final, LinkError, reg_stat, reg_word};
+use super::{ModemError, ModemState, ModemStatus, Request, SendResult, lock};
 use crate::channel::sms::at::{
-    CmsClass, Event, FinalResult, PinState, Registration, Urc, classify_cme, classify_cms,
-    parse_cmgs, parse_cops, parse_cpin, parse_csca, parse_csq,
+    PinState, Registration, Urc, parse_cops, parse_cpin, parse_csca, parse_csq,
 };
 use crate::channel::sms::pdu;
 use crate::channel::{ChannelKind, Receipt, ReceiptStatus, ReceiptTx};
 use crate::clock::SharedClock;
 use crate::config::ModemConfig;
+
+mod send;
 
 /// First and longest wait between attempts to reopen a lost port.
 const REOPEN_MIN: Duration = Duration::from_millis(500);
@@ -635,248 +637,6 @@ impl Owner {
         };
         if self.receipts.try_send(receipt).is_err() {
             warn!(modem = %self.name, "receipt queue full or closed; status report dropped");
-        }
-    }
-
-    async fn send(&mut self, conn: &mut Conn, job: &SendJob, claim: &Claim) -> (SendResult, After) {
-        let opts = pdu::SubmitOptions {
-            validity: job.validity,
-            status_report: self.cfg.status_reports,
-            smsc: self.cfg.smsc.clone(),
-            concat_ref: self.concat_ref,
-        };
-        self.concat_ref = self.concat_ref.wrapping_add(1);
-        let parts = match pdu::encode_submit(&job.to, &job.text, &opts) {
-            Ok(p) if !p.is_empty() => p,
-            // PduError's messages name only the kind of fault, never the text.
-            Ok(_) => {
-                return (
-                    permanent("cannot encode the SMS: no parts".into()),
-                    After::Nothing,
-                );
-            }
-            Err(e) => {
-                return (
-                    permanent(format!("cannot encode the SMS: {e}")),
-                    After::Nothing,
-                );
-            }
-        };
-        let total = parts.len();
-        debug!(modem = %self.name, message_id = %job.message_id, parts = total, "sending SMS");
-        let mut mrs = Vec::with_capacity(total);
-        for (i, part) in parts.iter().enumerate() {
-            match self.send_part(conn, job, claim, part, i, total).await {
-                Ok(mr) => mrs.push(mr),
-                Err(fail) => return fail,
-            }
-        }
-        let last = mrs.last().copied().unwrap_or(0);
-        let provider_id = format!("{}/{}", self.name, last);
-        if self.cfg.status_reports {
-            if self.tracked.len() >= MAX_TRACKED {
-                self.tracked.pop_front();
-            }
-            self.tracked.push_back(Tracked {
-                provider_id: provider_id.clone(),
-                to: job.to.clone(),
-                pending: mrs,
-                at: Instant::now(),
-            });
-        }
-        debug!(modem = %self.name, message_id = %job.message_id, provider_id = %provider_id, "SMS accepted");
-        (SendResult::Accepted { provider_id }, After::Nothing)
-    }
-
-    async fn send_part(
-        &mut self,
-        conn: &mut Conn,
-        job: &SendJob,
-        claim: &Claim,
-        part: &pdu::SubmitPdu,
-        i: usize,
-        total: usize,
-    ) -> Result<u8, (SendResult, After)> {
-        self.await_prompt(conn, job, part, i, total).await?;
-        if i == 0 && !claim.hand_over() {
-            // The handle withdrew the job (its share of the time ran out) and has already
-            // answered Transient; the message must not leave now. Close the prompt unsent, and
-            // get back in step in case the modem answers the ESC line.
-            debug!(modem = %self.name, message_id = %job.message_id, "prompt came after the job was withdrawn");
-            let after = match conn.escape().await {
-                Ok(()) => match conn.sync(self.cfg.command_timeout).await {
-                    Ok(_) => After::Nothing,
-                    Err(LinkError::Timeout) => After::Recover,
-                    Err(LinkError::Lost(_)) => After::Lost,
-                },
-                Err(LinkError::Timeout) => After::Recover,
-                Err(LinkError::Lost(_)) => After::Lost,
-            };
-            let reason = format!("{}: withdrawn before the hand-over", self.name);
-            return Err((SendResult::Transient { code: None, reason }, after));
-        }
-        self.hand_over(conn, job, part, i, total).await
-    }
-
-    /// AT+CMGS and its `> ` prompt. Nothing has gone out yet, so every failure here is safe to
-    /// try again elsewhere.
-    async fn await_prompt(
-        &mut self,
-        conn: &mut Conn,
-        job: &SendJob,
-        part: &pdu::SubmitPdu,
-        i: usize,
-        total: usize,
-    ) -> Result<(), (SendResult, After)> {
-        let name = self.name.clone();
-        let lost = |when: &str| {
-            (
-                SendResult::Transient {
-                    code: None,
-                    reason: format!("{name}: port lost {when}"),
-                },
-                After::Lost,
-            )
-        };
-        // The first part must be taken by `take_by`, or the handle moves the message on.
-        let take_by = if i == 0 { job.take_by } else { job.deadline };
-        let prompt_deadline = (Instant::now() + self.cfg.command_timeout).min(take_by);
-        let cmd = format!("AT+CMGS={}", part.tpdu_len);
-        trace!(command = "AT+CMGS", octets = part.tpdu_len, "AT");
-        conn.begin(&cmd);
-        match conn
-            .write_all(format!("{cmd}\r").as_bytes(), prompt_deadline)
-            .await
-        {
-            Ok(()) => {}
-            Err(LinkError::Lost(_)) => return Err(lost("before sending")),
-            Err(LinkError::Timeout) => return Err(self.no_prompt(conn, i, total).await),
-        }
-        loop {
-            match conn.next_event(prompt_deadline).await {
-                Ok(Event::Prompt) => return Ok(()),
-                Ok(Event::Final(fin)) => return Err(self.refused(&fin.into(), i, total)),
-                Ok(_) => {}
-                Err(LinkError::Lost(_)) => return Err(lost("before sending")),
-                Err(LinkError::Timeout) => return Err(self.no_prompt(conn, i, total).await),
-            }
-        }
-    }
-
-    /// Writes the PDU and Ctrl-Z, then waits for +CMGS: the message's reference.
-    async fn hand_over(
-        &mut self,
-        conn: &mut Conn,
-        job: &SendJob,
-        part: &pdu::SubmitPdu,
-        i: usize,
-        total: usize,
-    ) -> Result<u8, (SendResult, After)> {
-        // From here the message may leave: any doubt is Unknown, never a resend.
-        let name = self.name.clone();
-        let unknown = |why: String| SendResult::Unknown {
-            reason: format!("{name}: {why} after part {}/{total} was handed over", i + 1),
-        };
-        let hand_over = (Instant::now() + self.cfg.command_timeout).min(job.deadline);
-        let mut bytes = Vec::with_capacity(part.hex.len() + 1);
-        bytes.extend_from_slice(part.hex.as_bytes());
-        bytes.push(0x1a);
-        match conn.write_all(&bytes, hand_over).await {
-            Ok(()) => {}
-            Err(LinkError::Lost(_)) => return Err((unknown("port lost".into()), After::Lost)),
-            Err(LinkError::Timeout) => {
-                return Err((unknown("write timed out".into()), After::Recover));
-            }
-        }
-        // The handle answers Unknown at the deadline: waiting longer would tell no one.
-        let answer_deadline = (Instant::now() + self.cfg.send_timeout).min(job.deadline);
-        let mut mr = None;
-        loop {
-            match conn.next_event(answer_deadline).await {
-                Ok(Event::Info(l)) => {
-                    if let Some(m) = parse_cmgs(&l) {
-                        mr = Some(m);
-                    }
-                }
-                Ok(Event::Final(FinalResult::Ok)) => match mr {
-                    Some(mr) => return Ok(mr),
-                    None => {
-                        return Err((
-                            unknown("OK without a message reference".into()),
-                            After::Nothing,
-                        ));
-                    }
-                },
-                Ok(Event::Final(fin)) => return Err(self.refused(&fin.into(), i, total)),
-                Ok(_) => {}
-                Err(LinkError::Lost(_)) => return Err((unknown("port lost".into()), After::Lost)),
-                Err(LinkError::Timeout) => {
-                    conn.abandon();
-                    warn!(modem = %name, message_id = %job.message_id, part = i + 1, total, "no +CMGS after Ctrl-Z: outcome unknown");
-                    return Err((unknown("no answer".into()), After::Recover));
-                }
-            }
-        }
-    }
-
-    async fn no_prompt(&mut self, conn: &mut Conn, i: usize, total: usize) -> (SendResult, After) {
-        let _ = conn.escape().await;
-        warn!(modem = %self.name, part = i + 1, total, "no prompt for AT+CMGS");
-        (
-            SendResult::Transient {
-                code: None,
-                reason: format!("{}: no '>' prompt from the modem", self.name),
-            },
-            After::Recover,
-        )
-    }
-
-    fn refused(&self, fin: &Final, i: usize, total: usize) -> (SendResult, After) {
-        let code = Some(fin.to_string());
-        let name = &self.name;
-        warn!(modem = %name, part = i + 1, total, result = %fin, "send refused");
-        match fin {
-            Final::Cms(Some(n)) => {
-                let reason = format!("{name}: {}", cms_reason(*n));
-                match classify_cms(*n) {
-                    CmsClass::Transient => (SendResult::Transient { code, reason }, After::Nothing),
-                    CmsClass::PermanentForNumber => {
-                        (SendResult::Permanent { code, reason }, After::Nothing)
-                    }
-                    CmsClass::ModemProblem => (
-                        SendResult::Sick {
-                            code: code.clone(),
-                            reason: reason.clone(),
-                        },
-                        After::Sick(format!("{} ({})", reason, fin)),
-                    ),
-                }
-            }
-            // 515 busy and similar: wait and retry; SIM trouble takes the modem out.
-            Final::Cme(Some(n)) => match classify_cme(*n) {
-                CmsClass::ModemProblem => (
-                    SendResult::Sick {
-                        code,
-                        reason: format!("{name}: SIM or modem problem"),
-                    },
-                    After::Sick(format!("AT+CMGS refused ({fin})")),
-                ),
-                _ => (
-                    SendResult::Transient {
-                        code,
-                        reason: format!("{name}: modem busy"),
-                    },
-                    After::Nothing,
-                ),
-            },
-            // A plain ERROR usually means the modem lost its settings (an unnoticed reboot).
-            _ => (
-                SendResult::Sick {
-                    code,
-                    reason: format!("{name}: modem refused AT+CMGS"),
-                },
-                After::Reinit,
-            ),
         }
     }
 }

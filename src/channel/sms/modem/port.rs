@@ -406,6 +406,10 @@ pub(super) fn cms_reason(code: u16) -> &'static str {
         42 => "congestion",
         50 => "requested facility not subscribed",
         96 => "invalid mandatory information",
+        // TP-FCS C6 / C7: an SMSC that does not take the absolute validity period we send for
+        // codes with less than about six minutes left (see sms::vp).
+        198 => "SMSC does not support this validity period format",
+        199 => "SMSC does not support this validity period",
         300 => "modem failure",
         304 | 305 => "invalid PDU",
         310..=318 => "SIM problem",
@@ -465,5 +469,19 @@ mod tests {
                 .parse(parse_csq)
                 .is_some()
         );
+    }
+
+    #[test]
+    fn validity_period_refusals_say_so() {
+        // The same PDU would be refused again: final for this message, with a reason that
+        // points at the validity period rather than the number.
+        assert!(cms_reason(198).contains("validity period format"));
+        assert!(cms_reason(199).contains("validity period"));
+        for n in [198, 199] {
+            assert_eq!(
+                crate::channel::sms::at::classify_cms(n),
+                crate::channel::sms::at::CmsClass::PermanentForNumber
+            );
+        }
     }
 }
