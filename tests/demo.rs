@@ -3,6 +3,7 @@
 //! (printed curl lines, `outage`/`hang`/`ok`, Ctrl-C), then must have left nothing behind.
 //! The curl lines run through the real `sh` and `curl`, as a reader would paste them.
 #![cfg(feature = "simulators")]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop loudly
 
 mod common;
 
