@@ -219,6 +219,51 @@ async fn whatsapp_outages_fall_back_within_the_deadline() {
 }
 
 #[tokio::test]
+async fn a_hung_cloud_api_is_learned_once_then_codes_go_straight_to_sms() {
+    let w = world("prenotify = false", "").await;
+    let h = w.sim.handle();
+    h.set_default(Some(Script::Hang));
+    let threshold = otpgate::channel::whatsapp::circuit::TRANSPORT_THRESHOLD;
+    for i in 0..threshold {
+        let (to, code) = (format!("+91987654331{i}"), format!("61{i}{i}{i}{i}"));
+        let v = w.send(&to, &code).await;
+        assert_eq!(v["channel"], "sms", "code {i}");
+        assert_eq!(
+            w.sim.requests().len(),
+            i + 1,
+            "one ambiguous WhatsApp send per code, never a second"
+        );
+    }
+    let ready = w.readyz().await;
+    assert_eq!(ready["channels"]["whatsapp"]["usable"], false, "{ready}");
+    assert!(
+        ready["channels"]["whatsapp"]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be reached"),
+        "{ready}"
+    );
+    // Learned: the next code makes no Cloud API request and waits for no timeout.
+    let v = w.send("+919876543319", "619999").await;
+    assert_eq!(v["channel"], "sms");
+    assert_eq!(w.sim.requests().len(), threshold, "no request while open");
+    let m = w.get(v["id"].as_str().unwrap()).await;
+    assert_ne!(m["attempts"][0]["outcome"], "unknown", "{m}");
+    // The Cloud API answers again: after the cool-down one probe closes the circuit.
+    h.set_default(None);
+    wait_for("a probe to carry a code over WhatsApp again", async || {
+        let v = w.send("+919876543320", "620000").await;
+        if v["channel"] == "whatsapp" {
+            Ok(())
+        } else {
+            Err(v)
+        }
+    })
+    .await;
+    w.stop().await;
+}
+
+#[tokio::test]
 async fn token_error_opens_the_circuit_readiness_says_so_and_a_probe_recovers() {
     let w = world("prenotify = false", "").await;
     let h = w.sim.handle();

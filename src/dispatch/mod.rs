@@ -15,7 +15,7 @@ use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 use crate::channel::{Channel, Content, Delivery, Health, Outcome, Receipt};
 use crate::clock::{SharedClock, Timestamp};
 use crate::config::Live;
-use crate::domain::{AttemptPurpose, ChannelKind, MessageState};
+use crate::domain::{Attempt, AttemptEnd, AttemptPurpose, ChannelKind, MessageState};
 use crate::metrics::{self, Metrics, ReasonLabel};
 use crate::store::{Message, Move, Settlement, Store, StoreError};
 
@@ -31,6 +31,19 @@ const HANG_GUARD_MIN: Duration = Duration::from_secs(30);
 /// channel's own verdict always comes first.
 fn hang_guard(budget: Duration) -> Duration {
     budget + budget.max(HANG_GUARD_MIN)
+}
+
+/// Code attempts on `channel` in `history` that ended asking for a retry.
+fn earlier_retries(history: &[Attempt], channel: ChannelKind) -> u32 {
+    let n = history
+        .iter()
+        .filter(|a| {
+            a.channel == channel
+                && a.purpose == AttemptPurpose::Code
+                && a.end == Some(AttemptEnd::Retry)
+        })
+        .count();
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 /// What a waiting caller learns.
@@ -398,7 +411,7 @@ impl Dispatcher {
                 if prenotice && self.0.store.claim_prenotice(&m.recipient, now).await? {
                     self.spawn_prenotice(&m, &cfg).await?;
                 }
-                self.run_steps(&m, content, &steps, &rules).await
+                self.run_steps(&m, content, &steps, &rules, &attempts).await
             }
         }
     }
@@ -410,6 +423,7 @@ impl Dispatcher {
         content: Content,
         steps: &[policy::Step],
         rules: &Rules<'_>,
+        history: &[Attempt],
     ) -> Result<(), StoreError> {
         for (idx, step) in steps.iter().enumerate() {
             let (attempt, outcome, end_at) = self.attempt(m, &content, step).await?;
@@ -418,6 +432,7 @@ impl Dispatcher {
                 more: idx + 1 < steps.len(),
                 kind: content.kind(),
                 expires_at: m.expires_at,
+                earlier_retries: earlier_retries(history, step.channel),
             };
             let verdict = policy::after_attempt(rules, attempted, &outcome, end_at);
             if let Some(reason) = verdict.fallback {

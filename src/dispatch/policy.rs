@@ -399,6 +399,19 @@ pub struct Attempted {
     pub kind: MessageKind,
     /// End of the message's lifetime.
     pub expires_at: Timestamp,
+    /// Earlier attempts on this channel for this message that ended in Retry: each one
+    /// doubles the wait before the next, so a failing provider is not hammered.
+    pub earlier_retries: u32,
+}
+
+/// Longest wait a growing back-off reaches.
+pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
+
+/// The channel's suggested wait, doubled for every earlier retry, at most [`MAX_RETRY_WAIT`]
+/// (never shorter than the suggestion).
+fn grown(after: Duration, earlier_retries: u32) -> Duration {
+    let grown = after.saturating_mul(1u32 << earlier_retries.min(16));
+    grown.min(MAX_RETRY_WAIT).max(after)
 }
 
 /// Says what the outcome of the attempt `a` means, at `now` (when it ended).
@@ -456,7 +469,10 @@ pub fn after_attempt(
         }
         Outcome::Retry { after, .. } => move_on(
             "retry_exhausted",
-            later(*after, format!("{ch} busy; retrying")),
+            later(
+                grown(*after, a.earlier_retries),
+                format!("{ch} busy; retrying"),
+            ),
         ),
         Outcome::ChannelDown { .. } => move_on(
             "channel_down",

@@ -4,6 +4,10 @@
 //! message is the one probe (others are refused meanwhile); probe success closes, probe
 //! failure re-opens with a fresh cooldown. Separately, 131057 pauses WhatsApp for about a
 //! minute without opening the circuit (Meta is in maintenance; nothing is broken on our side).
+//! Transport failures (no connection, no answer) open it too once [`TRANSPORT_THRESHOLD`] of
+//! them fall within [`TRANSPORT_WINDOW`] with no success between: a dead network or a hung
+//! Cloud API is then learned once, and later codes go straight to SMS instead of each waiting
+//! out the WhatsApp timeout.
 
 use std::time::Duration;
 
@@ -75,7 +79,14 @@ pub struct Circuit {
     state: State,
     cooldown: Duration,
     paused_until: Option<Timestamp>,
+    /// Transport failures since the last success, oldest first, within the window.
+    transport: Vec<Timestamp>,
 }
+
+/// Transport failures within [`TRANSPORT_WINDOW`] that open the circuit.
+pub const TRANSPORT_THRESHOLD: usize = 3;
+/// How far back transport failures count.
+pub const TRANSPORT_WINDOW: Duration = Duration::from_secs(60);
 
 impl Circuit {
     /// A closed circuit that waits `cooldown` before probing once opened.
@@ -84,6 +95,7 @@ impl Circuit {
             state: State::Closed,
             cooldown,
             paused_until: None,
+            transport: Vec::new(),
         }
     }
 
@@ -150,9 +162,31 @@ impl Circuit {
     /// Meta answered in a way that proves the channel works (accepted, or a recipient
     /// problem): closes a half-open circuit.
     pub fn success(&mut self) {
+        self.transport.clear();
         if matches!(self.state, State::HalfOpen { .. }) {
             self.state = State::Closed;
         }
+    }
+
+    /// No connection or no answer at `now`. Returns true when this one opened the circuit.
+    pub fn transport_failure(&mut self, now: Timestamp) -> bool {
+        let oldest = Timestamp(
+            now.0
+                .saturating_sub(i64::try_from(TRANSPORT_WINDOW.as_millis()).unwrap_or(i64::MAX)),
+        );
+        self.transport.retain(|t| *t > oldest);
+        self.transport.push(now);
+        if self.transport.len() < TRANSPORT_THRESHOLD || !matches!(self.state, State::Closed) {
+            return false;
+        }
+        let n = self.transport.len();
+        self.transport.clear();
+        let reason = format!(
+            "the Cloud API cannot be reached ({n} connection failures or timeouts within {}s)",
+            TRANSPORT_WINDOW.as_secs()
+        );
+        self.open(now, None, reason);
+        true
     }
 
     /// A ChannelDown-class error: opens the circuit (or re-opens it) until `now + cooldown`.
@@ -214,6 +248,36 @@ mod tests {
     use crate::clock::{Clock, ManualClock};
 
     const COOL: Duration = Duration::from_secs(30);
+
+    #[test]
+    fn transport_failures_open_only_in_a_row_within_the_window() {
+        let mut c = Circuit::new(COOL);
+        let t = |s: i64| Timestamp(s * 1000);
+        assert!(!c.transport_failure(t(0)));
+        assert!(!c.transport_failure(t(1)));
+        c.success();
+        assert!(
+            !c.transport_failure(t(2)),
+            "a success starts the count again"
+        );
+        assert!(!c.transport_failure(t(3)));
+        // Failures further apart than the window never add up.
+        let mut spread = Circuit::new(COOL);
+        for s in [0, 61, 122, 183] {
+            assert!(!spread.transport_failure(t(s)), "{s}");
+        }
+        assert!(
+            c.transport_failure(t(4)),
+            "third in a row within the window"
+        );
+        assert!(
+            matches!(c.admit(t(5)), Admission::Open { code: None, reason } if reason.contains("cannot be reached"))
+        );
+        // The cooldown ends with one probe; its success closes the circuit.
+        assert_eq!(c.admit(t(34)), Admission::Go { probe: true });
+        c.success();
+        assert_eq!(c.admit(t(35)), Admission::Go { probe: false });
+    }
 
     fn open(c: &mut Circuit, now: Timestamp) {
         c.open(

@@ -470,7 +470,16 @@ impl WhatsAppChannel {
                 })
             }
             // Nothing reached Meta: the next channel gets the code now.
-            ErrorClass::Unreachable => Err(self.give_up(Some(c), guard)),
+            ErrorClass::Unreachable => {
+                self.transport_failure();
+                Err(self.give_up(Some(c), guard))
+            }
+            // It may have reached Meta: one ambiguous send per code, never a second.
+            ErrorClass::Ambiguous => {
+                self.transport_failure();
+                let _ = self.give_up(None, guard);
+                Err(Outcome::Unknown { reason: c.reason })
+            }
             ErrorClass::RateLimited | ErrorClass::Temporary => {
                 let backoff = c.class.backoff();
                 if c.class == ErrorClass::RateLimited {
@@ -486,6 +495,15 @@ impl WhatsAppChannel {
                     Err(self.give_up(Some(c), guard))
                 }
             }
+        }
+    }
+
+    /// Counts a connection failure or a timeout toward opening the circuit.
+    fn transport_failure(&self) {
+        if lock(&self.circuit).transport_failure(self.clock.now()) {
+            tracing::error!(
+                "whatsapp: circuit opened: the Cloud API cannot be reached; codes go by SMS until a probe gets through"
+            );
         }
     }
 

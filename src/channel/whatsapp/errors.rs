@@ -18,9 +18,11 @@ pub enum ErrorClass {
     },
     /// A rate limit (130429, 80007, 4): at most one short back-off, and throttle globally.
     RateLimited,
-    /// Unknown or temporary trouble (5xx, 131000, timeouts, a connection lost mid-request):
-    /// retry once.
+    /// Temporary trouble Meta answered with (5xx, 131000): retry once.
     Temporary,
+    /// No answer (a timeout, a connection lost mid-request): the request may have reached
+    /// Meta and the code may still arrive, so it is never sent again on WhatsApp.
+    Ambiguous,
     /// No connection could be made (refused, no route, TLS handshake): nothing reached Meta,
     /// and a retry a moment later rarely finds the network back, so the message goes to the
     /// next channel at once instead of waiting out a back-off.
@@ -36,7 +38,9 @@ impl ErrorClass {
     pub fn backoff(self) -> Duration {
         match self {
             ErrorClass::RateLimited => Duration::from_millis(1_000),
-            ErrorClass::Temporary | ErrorClass::Unreachable => Duration::from_millis(250),
+            ErrorClass::Temporary | ErrorClass::Unreachable | ErrorClass::Ambiguous => {
+                Duration::from_millis(250)
+            }
             ErrorClass::Paused => PAUSE,
             ErrorClass::FallBack { .. } | ErrorClass::ChannelDown => Duration::ZERO,
         }
@@ -256,7 +260,7 @@ pub fn classify_transport(f: TransportFailure, detail: &str) -> Classified {
     };
     let class = match f {
         TransportFailure::Connect => ErrorClass::Unreachable,
-        TransportFailure::Timeout | TransportFailure::Other => ErrorClass::Temporary,
+        TransportFailure::Timeout | TransportFailure::Other => ErrorClass::Ambiguous,
     };
     Classified {
         class,
@@ -447,7 +451,7 @@ mod tests {
     #[test]
     fn transport_failures_retry_and_timeouts_say_ambiguous() {
         let t = classify_transport(TransportFailure::Timeout, "");
-        assert_eq!(t.class, ErrorClass::Temporary);
+        assert_eq!(t.class, ErrorClass::Ambiguous);
         assert!(t.reason.contains("ambiguous"));
         let c = classify_transport(TransportFailure::Connect, "connection refused");
         assert!(c.reason.contains("connection refused"));
@@ -457,7 +461,7 @@ mod tests {
             "nothing was sent: not ambiguous"
         );
         let o = classify_transport(TransportFailure::Other, "reset");
-        assert_eq!(o.class, ErrorClass::Temporary);
+        assert_eq!(o.class, ErrorClass::Ambiguous);
         assert_eq!(ErrorClass::RateLimited.backoff(), Duration::from_secs(1));
         assert_eq!(ErrorClass::Paused.backoff(), PAUSE);
     }

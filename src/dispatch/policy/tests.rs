@@ -424,6 +424,7 @@ fn every_outcome_on_every_step_has_one_meaning() {
             more: *more,
             kind: MessageKind::Code,
             expires_at: Timestamp(300_000),
+            earlier_retries: 0,
         };
         let v = after_attempt(&rules(), a, outcome, Timestamp(10_000));
         assert_eq!(say(&v), *want, "{name} on {ch}, more = {more}");
@@ -447,6 +448,7 @@ fn the_lifetime_bounds_every_verdict() {
         more,
         kind: MessageKind::Code,
         expires_at: Timestamp(300_000),
+        earlier_retries: 0,
     };
     let verdict = |name: &str, more, now| {
         let o = &all.iter().find(|(n, _)| *n == name).unwrap().1;
@@ -467,6 +469,29 @@ fn the_lifetime_bounds_every_verdict() {
     };
     let v = after_attempt(&rules(), text, &all[0].1, Timestamp(0));
     assert_eq!(say(&v), "sent sms -");
+}
+
+#[test]
+fn retries_of_one_message_wait_longer_each_time_up_to_a_ceiling() {
+    let retry = Outcome::Retry {
+        after: Duration::from_secs(5),
+        code: None,
+        reason: "5xx".into(),
+    };
+    let wait = |earlier_retries| {
+        let a = Attempted {
+            channel: ChannelKind::WhatsApp,
+            more: false,
+            kind: MessageKind::Code,
+            expires_at: Timestamp(3_600_000),
+            earlier_retries,
+        };
+        match after_attempt(&rules(), a, &retry, Timestamp(0)).end {
+            Some(End::Requeue { at, .. }) => at.0 / 1000,
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!([0, 1, 2, 3, 4, 40].map(wait), [5, 10, 20, 40, 60, 60]);
 }
 
 #[test]
