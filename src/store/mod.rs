@@ -19,7 +19,7 @@ mod settle;
 mod verify;
 mod writer;
 
-pub use messages::{InsertResult, LimitScope, Message, NewMessage, ReceiptEffect};
+pub use messages::{BatchResult, InsertResult, LimitScope, Message, NewMessage, ReceiptEffect};
 pub use settle::{Move, Settlement};
 pub use verify::{CheckOutcome, NewVerification, Resend, Verification};
 
