@@ -579,8 +579,17 @@ mod tests {
         assert_eq!(parse("", Id::IN), Err(PhoneError::Empty));
         assert_eq!(parse("   ", Id::IN), Err(PhoneError::Empty));
         assert_eq!(parse("98765abc", Id::IN), Err(PhoneError::BadCharacters));
-        for twice in ["++919876543210", "+91+9876543210", " ++91 98765 43210", "91+9876543210"] {
-            assert_eq!(parse(twice, Id::IN), Err(PhoneError::MisplacedPlus), "{twice}");
+        for twice in [
+            "++919876543210",
+            "+91+9876543210",
+            " ++91 98765 43210",
+            "91+9876543210",
+        ] {
+            assert_eq!(
+                parse(twice, Id::IN),
+                Err(PhoneError::MisplacedPlus),
+                "{twice}"
+            );
         }
         assert_eq!(parse("12", Id::IN), Err(PhoneError::Invalid));
         assert!(parse("+91 12345", Id::IN).is_err());

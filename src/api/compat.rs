@@ -171,7 +171,9 @@ pub async fn kannel(app: &App, cfg: &Config, req: Request<Incoming>, conn: ConnI
         app.metrics.reject("invalid_field");
         return kannel_text(
             StatusCode::BAD_REQUEST,
-            &format!("Too many receivers, rejected (to: at most {MAX_RECEIVERS} numbers per request)"),
+            &format!(
+                "Too many receivers, rejected (to: at most {MAX_RECEIVERS} numbers per request)"
+            ),
         );
     }
     let text = first(&params, &["text"]).unwrap_or("").to_string();

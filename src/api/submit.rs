@@ -185,7 +185,10 @@ impl<'r> Intake<'r> {
     ) -> Result<Vec<Accepted>, ApiError> {
         if numbers.len() == 1 {
             let to = numbers.into_iter().next().unwrap_or_default();
-            return Ok(vec![self.accept(Submission::plain(to, content.clone(), ttl)).await?]);
+            return Ok(vec![
+                self.accept(Submission::plain(to, content.clone(), ttl))
+                    .await?,
+            ]);
         }
         let mut prepared: Vec<Prepared> = Vec::with_capacity(numbers.len());
         for to in numbers {
@@ -197,14 +200,19 @@ impl<'r> Intake<'r> {
                 prepared.push(p);
             }
         }
-        let limits = prepared.first().map(|p| p.limits.clone()).unwrap_or_default();
-        let recipients: Vec<E164> = prepared.iter().map(|p| p.message.recipient.clone()).collect();
+        let limits = prepared
+            .first()
+            .map(|p| p.limits.clone())
+            .unwrap_or_default();
+        let recipients: Vec<E164> = prepared
+            .iter()
+            .map(|p| p.message.recipient.clone())
+            .collect();
         let messages = prepared.into_iter().map(|p| p.message).collect();
         match self.app.store.insert_all(messages, limits).await {
-            Ok(BatchResult::Stored(results)) => results
-                .into_iter()
-                .map(|r| self.stored(Ok(r)))
-                .collect(),
+            Ok(BatchResult::Stored(results)) => {
+                results.into_iter().map(|r| self.stored(Ok(r))).collect()
+            }
             Ok(BatchResult::Refused { index, why }) => {
                 let mut e = match self.stored(Ok(why)) {
                     Err(e) => e,
