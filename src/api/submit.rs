@@ -214,7 +214,7 @@ impl<'r> Intake<'r> {
                 results.into_iter().map(|r| self.stored(Ok(r))).collect()
             }
             Ok(BatchResult::Refused { index, why }) => {
-                let mut e = match self.stored(Ok(why)) {
+                let mut e = match self.stored(Ok(*why)) {
                     Err(e) => e,
                     // Refusals are never a stored message; should one be, nothing was stored.
                     Ok(_) => ApiError::unavailable(),

@@ -134,8 +134,8 @@ pub enum BatchResult {
     Refused {
         /// Which message of the batch.
         index: usize,
-        /// Why.
-        why: InsertResult,
+        /// Why (boxed: the refusals are small, the type is not).
+        why: Box<InsertResult>,
     },
 }
 
@@ -189,7 +189,10 @@ impl Store {
                     }
                     Ok(why) => {
                         undo(index > 0);
-                        return Ok(BatchResult::Refused { index, why });
+                        return Ok(BatchResult::Refused {
+                            index,
+                            why: Box::new(why),
+                        });
                     }
                     Err(e) => {
                         undo(true);
