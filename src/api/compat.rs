@@ -138,6 +138,21 @@ fn kannel_refusal(e: &ApiError) -> Resp {
     r
 }
 
+/// The lifetime from Kannel's `validity` (minutes; longer than `max_ttl` is cut to it), or
+/// why it is refused: one that is not a whole number of minutes is not silently replaced by
+/// the default lifetime.
+fn kannel_ttl(cfg: &Config, validity: Option<&str>) -> Result<std::time::Duration, String> {
+    let ttl_seconds = match validity.map(str::trim) {
+        None | Some("") => None,
+        Some(v) => match v.parse::<u64>() {
+            Ok(m) => Some(m.saturating_mul(60).min(cfg.otp.max_ttl.as_secs())),
+            Err(_) => return Err("must be a whole number of minutes".into()),
+        },
+    };
+    submit::ttl_of(cfg, ttl_seconds)
+        .map_err(|_| format!("must be 1 to {} minutes", cfg.otp.max_ttl.as_secs() / 60))
+}
+
 /// `/cgi-bin/sendsms` (GET with a query, POST as a form or as text/plain with X-Kannel-* headers).
 pub async fn kannel(app: &App, cfg: &Config, req: Request<Incoming>, conn: ConnInfo) -> Resp {
     let params = match kannel_params(cfg, req).await {
@@ -177,31 +192,13 @@ pub async fn kannel(app: &App, cfg: &Config, req: Request<Incoming>, conn: ConnI
         );
     }
     let text = first(&params, &["text"]).unwrap_or("").to_string();
-    // Kannel's validity is in minutes; one that is not a number is refused rather than
-    // silently replaced by the default lifetime.
-    let ttl_seconds = match first(&params, &["validity"]).map(str::trim) {
-        None | Some("") => None,
-        Some(v) => match v.parse::<u64>() {
-            Ok(m) => Some(m.saturating_mul(60).min(cfg.otp.max_ttl.as_secs())),
-            Err(_) => {
-                app.metrics.reject("invalid_ttl");
-                return kannel_text(
-                    StatusCode::BAD_REQUEST,
-                    "Invalid validity, rejected (validity must be a whole number of minutes)",
-                );
-            }
-        },
-    };
-    let ttl = match submit::ttl_of(cfg, ttl_seconds) {
+    let ttl = match kannel_ttl(cfg, first(&params, &["validity"])) {
         Ok(t) => t,
-        Err(e) => {
-            app.metrics.reject(e.code);
+        Err(why) => {
+            app.metrics.reject("invalid_ttl");
             return kannel_text(
                 StatusCode::BAD_REQUEST,
-                &format!(
-                    "Invalid validity, rejected (validity must be 1 to {} minutes)",
-                    cfg.otp.max_ttl.as_secs() / 60
-                ),
+                &format!("Invalid validity, rejected (validity {why})"),
             );
         }
     };
