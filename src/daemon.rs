@@ -344,8 +344,13 @@ impl Running {
         if let Some(pool) = &self.sms {
             pool.shutdown().await;
         }
-        // The store's writer ends when the last handle goes; every acknowledged write is
-        // already committed, so nothing needs flushing here.
+        // Every acknowledged write is already committed; the checkpoint copies the WAL into
+        // the database and empties it, so wiped codes do not outlive the process in its frames.
+        match self.store.checkpoint().await {
+            Ok(true) => tracing::debug!("store: WAL checkpointed and truncated"),
+            Ok(false) => tracing::warn!("store: WAL busy at shutdown; not truncated"),
+            Err(e) => tracing::warn!(error = %e, "store: checkpoint at shutdown failed"),
+        }
         tracing::info!(
             open = self.conn_stats.open.load(Ordering::Relaxed),
             "stopped"

@@ -42,6 +42,9 @@ pub enum PhoneError {
     /// Characters other than digits, '+', spaces, dots, dashes, slashes and parentheses.
     #[error("contains characters that are not part of a phone number")]
     BadCharacters,
+    /// More than one '+', or a '+' after a digit.
+    #[error("may have one '+', before the digits")]
+    MisplacedPlus,
     /// libphonenumber could not parse it.
     #[error("is not a phone number")]
     Unparsable,
@@ -64,6 +67,14 @@ pub fn parse(input: &str, default_country: Id) -> Result<Number, PhoneError> {
             .all(|c| c.is_ascii_digit() || " +-.()/".contains(c))
     {
         return Err(PhoneError::BadCharacters);
+    }
+    // At most one '+', before every digit: libphonenumber reads "++91..." (and "+91+98...")
+    // as if the extra '+' were not there, a guess at a number the caller did not write.
+    let digit_before_plus = trimmed
+        .find('+')
+        .is_some_and(|i| trimmed[..i].bytes().any(|b| b.is_ascii_digit()));
+    if trimmed.matches('+').count() > 1 || digit_before_plus {
+        return Err(PhoneError::MisplacedPlus);
     }
     if let Some(number) = parse_plus_digits(trimmed, default_country) {
         return Ok(number);
@@ -568,6 +579,18 @@ mod tests {
         assert_eq!(parse("", Id::IN), Err(PhoneError::Empty));
         assert_eq!(parse("   ", Id::IN), Err(PhoneError::Empty));
         assert_eq!(parse("98765abc", Id::IN), Err(PhoneError::BadCharacters));
+        for twice in [
+            "++919876543210",
+            "+91+9876543210",
+            " ++91 98765 43210",
+            "91+9876543210",
+        ] {
+            assert_eq!(
+                parse(twice, Id::IN),
+                Err(PhoneError::MisplacedPlus),
+                "{twice}"
+            );
+        }
         assert_eq!(parse("12", Id::IN), Err(PhoneError::Invalid));
         assert!(parse("+91 12345", Id::IN).is_err());
         assert!(parse("+999 123456789", Id::IN).is_err());

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{KEY, gateway, gateway_with_clock};
+use common::{KEY, gateway, gateway_with_clock, wait_for};
 use otpgate::channel::Outcome;
 use serde_json::json;
 
@@ -656,5 +656,80 @@ async fn a_store_that_cannot_write_is_retried_with_backoff_not_hammered() {
     db.execute_batch("DROP TRIGGER no_claims").unwrap();
     let m = g.wait_until(&id, |m| m["status"] == "sent").await;
     assert_eq!(m["channel"], "whatsapp");
+    g.stop().await;
+}
+
+/// After the head it was sent, a byte of the body every 200 ms, never finishing; returns
+/// what the server answered before it closed the connection.
+async fn dribble(mut s: tokio::net::TcpStream) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    // Bounded: well past the body timeout, well short of the request timeout (30 s).
+    for _ in 0..100 {
+        tokio::select! {
+            r = s.read(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            },
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                if s.write_all(b"{").await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn slow_bodies_are_cut_off_and_health_answers_while_they_hold_every_slot() {
+    let g = gateway("[server]\nmax_connections = 4\n").await;
+    let addr = g.running.as_ref().unwrap().addrs[0];
+    let head = format!(
+        "POST /v1/messages HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nContent-Length: 400\r\n\r\n"
+    );
+    let mut slow = Vec::new();
+    for _ in 0..4 {
+        use tokio::io::AsyncWriteExt;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        slow.push(tokio::spawn(dribble(s)));
+    }
+
+    // Every slot is taken once the server has read the four heads; the reserve answers
+    // the health probe, and nothing else.
+    // Each probe on a connection of its own, closed after it (a pooled one would keep a
+    // slot); a request that stores nothing if a normal slot serves it.
+    let fresh = || common::http_client();
+    wait_for("the slow clients to hold every slot", async || {
+        let r = fresh()
+            .post(format!("{}/v1/messages", g.base))
+            .bearer_auth(KEY);
+        let r = r.header("connection", "close").json(&json!({}));
+        let (s, v) = common::fetch_json(r).await;
+        if s == 503 && v["error"]["code"] == "busy" {
+            Ok(())
+        } else {
+            Err(format!("{s} {v}"))
+        }
+    })
+    .await;
+    let (s, body) = common::fetch(fresh().get(format!("{}/healthz", g.base))).await;
+    assert_eq!(s, 200, "{body}");
+    // Each slow client is told why and cut off, long before the request timeout.
+    for t in slow {
+        let answer = t.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("body_timeout"), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+    }
+    // The slots are free again.
+    let (s, v) = g.post(json!({"to": "+919876543210", "code": "1234"})).await;
+    assert_eq!(s, 202, "{v}");
     g.stop().await;
 }

@@ -327,3 +327,82 @@ async fn send_command_goes_through_the_api() {
     let _ = std::io::Cursor::new(d.log()).read_to_string(&mut s);
     assert!(!s.contains("314159"));
 }
+
+/// The codes of `codes` found in any file `otpgate.db*` of `dir` (the database, its WAL and
+/// shared memory), with the file each was found in.
+fn codes_on_disk(dir: &Path, codes: &[String]) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.starts_with("otpgate.db") {
+            continue;
+        }
+        let bytes = std::fs::read(&path).unwrap_or_default();
+        for c in codes {
+            if bytes.windows(c.len()).any(|w| w == c.as_bytes()) {
+                found.push(format!("{c} in {name}"));
+            }
+        }
+    }
+    found
+}
+
+/// Sends a distinctive code to each of `n` numbers and waits until every message reached a
+/// final state (its code and SMS text wiped). Returns what must not be found on disk afterwards.
+async fn send_and_settle(base: &str, round: usize, n: usize) -> Vec<String> {
+    let http = common::http_client();
+    let mut secrets = Vec::new();
+    for i in 0..n {
+        let code = format!("Wp{round}{i:03}Kd");
+        let to = format!("+91987650{round}{i:03}");
+        let (s, v) = post(&http, base, json!({"to": to, "code": code})).await;
+        assert_eq!(s, 202, "{v}");
+        let id = v["id"].as_str().unwrap().to_owned();
+        wait_for(format!("{id} to reach a final state"), async || {
+            let url = format!("{base}/v1/messages/{id}");
+            let (_, v) = common::fetch_json(http.get(url).bearer_auth(KEY)).await;
+            if ["sent", "delivered", "failed", "expired"]
+                .iter()
+                .any(|s| v["status"] == *s)
+            {
+                Ok(())
+            } else {
+                Err(v)
+            }
+        })
+        .await;
+        // The SMS text rendered from the default template, beside the code on its own.
+        secrets.push(format!("{code} is your"));
+        secrets.push(code);
+    }
+    secrets
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wiped_codes_and_texts_leave_no_trace_in_the_database_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
+    let cfg = config(dir.path(), &sim);
+    let mut d = start(&cfg).await;
+    let base = d.base();
+    // While running: once commits stop, the checkpointer empties the WAL.
+    let first = send_and_settle(&base, 1, 12).await;
+    wait_for("the wiped codes to leave the database files", async || {
+        let left = codes_on_disk(dir.path(), &first);
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(left.join(", "))
+        }
+    })
+    .await;
+    // At a clean stop right after the wipes: the shutdown's checkpoint empties it.
+    let second = send_and_settle(&base, 2, 12).await;
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(d.wait_exit().await, Some(0));
+    let all: Vec<String> = first.into_iter().chain(second).collect();
+    assert_eq!(codes_on_disk(dir.path(), &all), Vec::<String>::new());
+    // The secrets were there to be found: the grep itself works.
+    assert!(!codes_on_disk(dir.path(), &["SQLite format 3".into()]).is_empty());
+}

@@ -445,3 +445,221 @@ fn verify_codes_are_uniform_and_hashes_keyed() {
         code_hash(&k1, "ver_1", "123456")
     );
 }
+
+/// Rows stored for `number` (E.164), in any state.
+async fn stored_for(g: &common::Gateway, number: &str) -> i64 {
+    let n = number.to_owned();
+    let store = &g.running.as_ref().unwrap().store;
+    store
+        .read(move |c| {
+            Ok(c.query_row(
+                "SELECT count(*) FROM messages WHERE recipient = ?1",
+                [n],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_multi_recipient_request_stores_all_or_nothing_at_each_door() {
+    let g = gateway(&format!(
+        "{PW_HASH_LINE}[policy]\nprenotify = false\n[limits]\nper_recipient = \"1/15m\"\n"
+    ))
+    .await;
+    let (a, b) = ("+919876543210", "+919876543211");
+    // B reaches its limit on its own.
+    let (s, v) = g.post(json!({"to": b, "code": "1234"})).await;
+    assert_eq!(s, 202, "{v}");
+    let kannel = format!("{}/cgi-bin/sendsms", g.base);
+    let (s, text) = common::fetch(g.http.get(format!(
+        "{kannel}?username={CLIENT}&password=dummy&to=%2B919876543210+%2B919876543211&text=Code+5678"
+    )))
+    .await;
+    assert_eq!(
+        (s, text.as_str()),
+        (503, "Temporal failure, try again later.")
+    );
+    assert_eq!(
+        stored_for(&g, a).await,
+        0,
+        "Kannel: A was stored while B was refused"
+    );
+    // The generic door, JSON list: refused naming B and the limit, A not stored.
+    let url = format!("{}/v1/sms", g.base);
+    let req = g
+        .http
+        .post(&url)
+        .bearer_auth(KEY)
+        .header("accept", "application/json")
+        .json(&json!({"to": [a, b], "text": "Code 5678"}));
+    let (s, v) = common::fetch_json(req).await;
+    assert_eq!(s, 429, "{v}");
+    assert_eq!(v["error"]["field"], "to", "{v}");
+    let msg = v["error"]["message"].as_str().unwrap();
+    assert!(msg.contains(b) && msg.contains("per_recipient"), "{msg}");
+    assert!(!msg.contains("5678"), "a refusal echoed the code: {msg}");
+    assert_eq!(
+        stored_for(&g, a).await,
+        0,
+        "generic: A was stored while B was refused"
+    );
+    assert_eq!(stored_for(&g, b).await, 1);
+    assert!(
+        g.wa.sent()
+            .iter()
+            .chain(g.sms.sent().iter())
+            .all(|d| d.to != a),
+        "A was sent"
+    );
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn a_limit_counts_the_earlier_numbers_of_the_same_request() {
+    let g = gateway("[policy]\nprenotify = false\n[limits]\nper_client = \"2/15m\"\n").await;
+    let url = format!("{}/v1/sms", g.base);
+    let three = ["+919876543220", "+919876543221", "+919876543222"];
+    let req = g
+        .http
+        .post(&url)
+        .bearer_auth(KEY)
+        .json(&json!({"to": three, "text": "Code 5678"}));
+    let (s, body) = common::fetch(req).await;
+    assert_eq!(s, 429, "{body}");
+    assert!(
+        body.contains(three[2]) && body.contains("per_client"),
+        "{body}"
+    );
+    for n in three {
+        assert_eq!(stored_for(&g, n).await, 0, "{n}");
+    }
+    // The refused batch left the limit's count as it was: two still fit.
+    let req = g
+        .http
+        .post(&url)
+        .bearer_auth(KEY)
+        .json(&json!({"to": &three[..2], "text": "Code 5678"}));
+    let (s, body) = common::fetch(req).await;
+    assert_eq!(s, 200, "{body}");
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn the_same_number_twice_is_one_message() {
+    let g = gateway(&format!("{PW_HASH_LINE}[policy]\nprenotify = false\n")).await;
+    let kannel = format!("{}/cgi-bin/sendsms", g.base);
+    // The same number, written two ways.
+    let r = g
+        .http
+        .get(format!(
+            "{kannel}?username={CLIENT}&password=dummy&to=%2B919876543230+9876543230&text=Code+5678"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let ids = r.headers()["x-otpgate-id"].to_str().unwrap().to_owned();
+    assert_eq!(ids.split(' ').count(), 1, "{ids}");
+    assert_eq!(stored_for(&g, "+919876543230").await, 1);
+    let url = format!("{}/v1/sms", g.base);
+    let req = g.http.post(&url).bearer_auth(KEY).json(
+        &json!({"to": ["+919876543231", "+91 98765 43231", "+919876543232"], "text": "Code 5678"}),
+    );
+    let (s, v) = common::fetch_json(req).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["ids"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(stored_for(&g, "+919876543231").await, 1);
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn kannel_refuses_a_bad_validity_and_too_many_receivers() {
+    let g = gateway(&format!("{PW_HASH_LINE}[policy]\nprenotify = false\n")).await;
+    let kannel = format!("{}/cgi-bin/sendsms", g.base);
+    let get = |q: &str| {
+        g.http.get(format!(
+            "{kannel}?username={CLIENT}&password=dummy&text=Code+5678&{q}"
+        ))
+    };
+    for validity in ["soon", "-5", "1.5", "0"] {
+        let (s, text) = common::fetch(get(&format!("to=9876543240&validity={validity}"))).await;
+        assert_eq!(s, 400, "{validity}: {text}");
+        assert!(
+            text.starts_with("Invalid validity, rejected (validity "),
+            "{text}"
+        );
+    }
+    let eleven: Vec<String> = (0..11).map(|i| format!("98765432{:02}", 50 + i)).collect();
+    let (s, text) = common::fetch(get(&format!("to={}", eleven.join("+")))).await;
+    assert_eq!(s, 400, "{text}");
+    assert!(text.contains("to: at most 10"), "{text}");
+    let ten = eleven[..10].join("+");
+    let (s, text) = common::fetch(get(&format!("to={ten}&validity=5"))).await;
+    assert_eq!(s, 202, "{text}");
+    let depth = g
+        .running
+        .as_ref()
+        .unwrap()
+        .store
+        .queue_depth()
+        .await
+        .unwrap();
+    assert!(depth <= 10, "{depth}");
+    assert_eq!(stored_for(&g, "+919876543240").await, 0);
+    g.stop().await;
+}
+
+#[tokio::test]
+async fn doubled_plus_signs_and_nested_number_lists_are_refused() {
+    let g = gateway(&format!("{PW_HASH_LINE}[policy]\nprenotify = false\n")).await;
+    let url = format!("{}/v1/sms", g.base);
+    for body in [
+        json!({"to": [["+919876543260"]], "text": "Code 5678"}),
+        json!({"to": [{"n": "+919876543260"}], "text": "Code 5678"}),
+        json!({"to": ["+919876543260", ["+919876543261"]], "text": "Code 5678"}),
+    ] {
+        let req = g
+            .http
+            .post(&url)
+            .bearer_auth(KEY)
+            .header("accept", "application/json")
+            .json(&body);
+        let (s, v) = common::fetch_json(req).await;
+        assert_eq!(
+            (s, &v["error"]["field"]),
+            (400, &json!("to")),
+            "{body}: {v}"
+        );
+    }
+    let req = g
+        .http
+        .post(&url)
+        .bearer_auth(KEY)
+        .header("accept", "application/json")
+        .json(&json!({"to": "++919876543260", "text": "Code 5678"}));
+    let (s, v) = common::fetch_json(req).await;
+    assert_eq!(
+        (s, &v["error"]["code"]),
+        (400, &json!("invalid_phone_number")),
+        "{v}"
+    );
+    let (s, v) = g
+        .post(json!({"to": "++919876543260", "code": "5678"}))
+        .await;
+    assert_eq!((s, &v["error"]["field"]), (400, &json!("to")), "{v}");
+    let kannel = format!(
+        "{}/cgi-bin/sendsms?username={CLIENT}&password=dummy&text=Code+5678&to=%2B%2B919876543260",
+        g.base
+    );
+    let (s, text) = common::fetch(g.http.get(kannel)).await;
+    assert_eq!(s, 400, "{text}");
+    assert!(
+        text.starts_with("Invalid receiver number, rejected"),
+        "{text}"
+    );
+    assert_eq!(stored_for(&g, "+919876543260").await, 0);
+    assert_eq!(stored_for(&g, "+919876543261").await, 0);
+    g.stop().await;
+}

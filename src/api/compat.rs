@@ -14,7 +14,7 @@ use super::auth::{self, Credentials};
 use super::decode::url_pairs;
 use super::error::ApiError;
 use super::listener::ConnInfo;
-use super::submit::{self, Accepted, Intake, Submission};
+use super::submit::{self, Accepted, Intake};
 use super::{App, Resp, json_response, read_body, retry_after_secs, text_response};
 use crate::config::Config;
 
@@ -32,27 +32,22 @@ pub mod kannel_reply {
     pub const TEMPORAL: &str = "Temporal failure, try again later.";
 }
 
-/// Accepts one message per number: every number is parsed and admitted before any is
-/// stored, so a bad one refuses the whole request and changes nothing, and no number is
-/// parsed twice (parsing is the costliest step of an accept).
+/// Receivers one request may name, at every door that takes several.
+pub const MAX_RECEIVERS: usize = 10;
+
+/// Accepts one message per distinct number, all or nothing ([`Intake::accept_all`]); the
+/// ids in the order of the numbers.
 async fn accept_each(
     intake: Intake<'_>,
     numbers: Vec<String>,
     content: &crate::channel::Content,
     ttl: std::time::Duration,
 ) -> Result<Vec<String>, ApiError> {
-    let prepared = numbers
+    let accepted = intake.accept_all(numbers, content, ttl).await?;
+    Ok(accepted
         .into_iter()
-        .map(|to| intake.prepare(Submission::plain(to, content.clone(), ttl)))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut ids = Vec::new();
-    for p in prepared {
-        let r = intake.app.store.insert(p.message, p.limits).await;
-        match intake.stored(r)? {
-            Accepted::New(m) | Accepted::Repeat(m) => ids.push(m.id.to_string()),
-        }
-    }
-    Ok(ids)
+        .map(|(Accepted::New(m) | Accepted::Repeat(m))| m.id.to_string())
+        .collect())
 }
 
 fn first<'a>(params: &'a HashMap<String, String>, names: &[&str]) -> Option<&'a str> {
@@ -143,6 +138,21 @@ fn kannel_refusal(e: &ApiError) -> Resp {
     r
 }
 
+/// The lifetime from Kannel's `validity` (minutes; longer than `max_ttl` is cut to it), or
+/// why it is refused: one that is not a whole number of minutes is not silently replaced by
+/// the default lifetime.
+fn kannel_ttl(cfg: &Config, validity: Option<&str>) -> Result<std::time::Duration, String> {
+    let ttl_seconds = match validity.map(str::trim) {
+        None | Some("") => None,
+        Some(v) => match v.parse::<u64>() {
+            Ok(m) => Some(m.saturating_mul(60).min(cfg.otp.max_ttl.as_secs())),
+            Err(_) => return Err("must be a whole number of minutes".into()),
+        },
+    };
+    submit::ttl_of(cfg, ttl_seconds)
+        .map_err(|_| format!("must be 1 to {} minutes", cfg.otp.max_ttl.as_secs() / 60))
+}
+
 /// `/cgi-bin/sendsms` (GET with a query, POST as a form or as text/plain with X-Kannel-* headers).
 pub async fn kannel(app: &App, cfg: &Config, req: Request<Incoming>, conn: ConnInfo) -> Resp {
     let params = match kannel_params(cfg, req).await {
@@ -172,17 +182,23 @@ pub async fn kannel(app: &App, cfg: &Config, req: Request<Incoming>, conn: ConnI
         app.metrics.reject("missing_receiver");
         return kannel_text(StatusCode::BAD_REQUEST, kannel_reply::NO_RECEIVER);
     }
+    if receivers.len() > MAX_RECEIVERS {
+        app.metrics.reject("invalid_field");
+        return kannel_text(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "Too many receivers, rejected (to: at most {MAX_RECEIVERS} numbers per request)"
+            ),
+        );
+    }
     let text = first(&params, &["text"]).unwrap_or("").to_string();
-    // Kannel's validity is in minutes.
-    let ttl_seconds = first(&params, &["validity"])
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|m| m.saturating_mul(60).min(cfg.otp.max_ttl.as_secs()));
-    let ttl = match submit::ttl_of(cfg, ttl_seconds) {
+    let ttl = match kannel_ttl(cfg, first(&params, &["validity"])) {
         Ok(t) => t,
-        Err(e) => {
+        Err(why) => {
+            app.metrics.reject("invalid_ttl");
             return kannel_text(
                 StatusCode::BAD_REQUEST,
-                &format!("Invalid validity, rejected ({})", e.message),
+                &format!("Invalid validity, rejected (validity {why})"),
             );
         }
     };
@@ -228,12 +244,32 @@ pub const TEXT_FIELDS: &[&str] = &["sms", "text", "message", "Message", "msg", "
 /// Field names peers use to carry a key in the request itself.
 pub const KEY_FIELDS: &[&str] = &["key", "api_key", "apikey", "token", "access_token"];
 
-fn value_strings(v: &serde_json::Value) -> Vec<String> {
+/// A JSON field's values: a string or a number, or a flat list of them. A list inside a
+/// list (or an object) in a field we read is refused, naming it: flattening it would guess
+/// at what the caller meant. Other fields are not read, so their shape does not matter.
+fn value_strings(key: &str, v: &serde_json::Value) -> Result<Vec<String>, ApiError> {
+    use serde_json::Value;
+    let one = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    };
+    let read = NUMBER_FIELDS.contains(&key) || TEXT_FIELDS.contains(&key);
     match v {
-        serde_json::Value::String(s) => vec![s.clone()],
-        serde_json::Value::Number(n) => vec![n.to_string()],
-        serde_json::Value::Array(a) => a.iter().flat_map(value_strings).collect(),
-        _ => vec![],
+        Value::Array(a) if read => a
+            .iter()
+            .map(|e| {
+                one(e).ok_or_else(|| {
+                    ApiError::field(
+                        "invalid_field",
+                        key,
+                        format!("{key} must be a string or a flat list of strings or numbers"),
+                    )
+                })
+            })
+            .collect(),
+        Value::Array(a) => Ok(a.iter().filter_map(one).collect()),
+        other => Ok(one(other).into_iter().collect()),
     }
 }
 
@@ -327,7 +363,8 @@ async fn generic_fields(
             match serde_json::from_slice::<serde_json::Value>(&body) {
                 Ok(serde_json::Value::Object(map)) => {
                     for (k, v) in map {
-                        fields.entry(k).or_default().extend(value_strings(&v));
+                        let values = value_strings(&k, &v).map_err(|e| (true, e))?;
+                        fields.entry(k).or_default().extend(values);
                     }
                 }
                 Ok(_) => {
@@ -436,13 +473,13 @@ async fn generic_inner(
     if let Some(why) = why {
         tracing::info!(client = %client.name, reason = %why, "text holds no single code; SMS only");
     }
-    if numbers.len() > 10 {
+    if numbers.len() > MAX_RECEIVERS {
         return (
             is_json,
             Err(ApiError::field(
                 "invalid_field",
                 "to",
-                "at most 10 numbers per request",
+                format!("at most {MAX_RECEIVERS} numbers per request"),
             )),
         );
     }

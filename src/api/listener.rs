@@ -1,7 +1,10 @@
 //! The HTTP/1.1 listener: hyper 1 on tokio, optional TLS through rustls (client certificates
 //! required when a client CA is configured). Defences against slow or hostile clients: a cap
 //! on concurrent connections (excess waits in the kernel backlog), a TLS handshake and header
-//! timeout, an idle keep-alive timeout, and a per-request timeout in the router.
+//! timeout, an idle keep-alive timeout, a body timeout ([`super::BODY_TIMEOUT`], 408 and
+//! close) and a per-request timeout in the router. With every slot taken, a few reserve
+//! connections still answer the health probes (and tell anyone else to come back), so a
+//! flood of slow clients does not make the orchestrator kill a working gateway.
 
 use std::convert::Infallible;
 use std::io::BufReader;
@@ -150,14 +153,18 @@ pub async fn serve<H: Handler>(
     drain: Duration,
 ) {
     let slots = Arc::new(Semaphore::new(max_connections));
+    let reserve = Arc::new(Semaphore::new(HEALTH_RESERVE));
     let mut conns = tokio::task::JoinSet::new();
     loop {
         // Reap finished connection tasks so the set does not grow.
         while conns.try_join_next().is_some() {}
         // Take a slot before accepting: over the cap, connections wait in the kernel backlog
         // instead of costing us memory.
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        // With every slot taken, a reserve slot: it serves the health probes only.
+        let (permit, health_only) = tokio::select! {
+            biased;
+            p = slots.clone().acquire_owned() => match p { Ok(p) => (p, false), Err(_) => break },
+            p = reserve.clone().acquire_owned() => match p { Ok(p) => (p, true), Err(_) => break },
             _ = shutdown.changed() => break,
         };
         let (stream, remote) = tokio::select! {
@@ -171,6 +178,13 @@ pub async fn serve<H: Handler>(
                 }
             },
             _ = shutdown.changed() => break,
+        };
+        // A slot freed while this one waited in accept: a full connection after all.
+        let (permit, health_only) = if health_only && let Ok(p) = slots.clone().try_acquire_owned()
+        {
+            (p, false)
+        } else {
+            (permit, health_only)
         };
         let _ = stream.set_nodelay(true);
         let cfg = match settings.read() {
@@ -189,7 +203,8 @@ pub async fn serve<H: Handler>(
                     match tokio::time::timeout(cfg.header_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(tls)) => {
                             let info = ConnInfo { remote, tls: true };
-                            serve_conn(TokioIo::new(tls), handler, info, &cfg, stop).await;
+                            let io = TokioIo::new(tls);
+                            serve_conn(io, handler, info, health_only, &cfg, stop).await;
                         }
                         Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
@@ -197,7 +212,8 @@ pub async fn serve<H: Handler>(
                 }
                 None => {
                     let info = ConnInfo { remote, tls: false };
-                    serve_conn(TokioIo::new(stream), handler, info, &cfg, stop).await;
+                    let io = TokioIo::new(stream);
+                    serve_conn(io, handler, info, health_only, &cfg, stop).await;
                 }
             }
             stats.open.fetch_sub(1, Ordering::Relaxed);
@@ -211,10 +227,37 @@ pub async fn serve<H: Handler>(
     }
 }
 
+/// Connections beyond `max_connections` that answer the health probes while every slot is
+/// taken (by slow clients, say); one request each.
+pub const HEALTH_RESERVE: usize = 8;
+
+/// What a connection on a reserve slot may ask for.
+fn is_health_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
+
+/// The answer to anything but a health probe on a reserve slot.
+fn busy() -> super::Resp {
+    let mut r = super::error_response(&super::error::ApiError {
+        retry_after: Some(1),
+        ..super::error::ApiError::new(
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "busy",
+            "every connection slot is taken; retry shortly",
+        )
+    });
+    r.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    r
+}
+
 async fn serve_conn<I, H>(
     io: I,
     handler: Arc<H>,
     info: ConnInfo,
+    health_only: bool,
     cfg: &ListenSettings,
     mut stop: watch::Receiver<bool>,
 ) where
@@ -227,8 +270,18 @@ async fn serve_conn<I, H>(
         let handler = handler.clone();
         let act = act.clone();
         async move {
+            if health_only && !is_health_probe(req.uri().path()) {
+                return Ok::<_, Infallible>(busy());
+            }
             act.busy.fetch_add(1, Ordering::SeqCst);
-            let resp = handler.handle(req, info).await;
+            let mut resp = handler.handle(req, info).await;
+            if resp.status() == http::StatusCode::REQUEST_TIMEOUT {
+                // The rest of a late body may still be on its way: never read it as a request.
+                resp.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
             act.busy.fetch_sub(1, Ordering::SeqCst);
             act.touch();
             Ok::<_, Infallible>(resp)
@@ -238,7 +291,7 @@ async fn serve_conn<I, H>(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(cfg.header_timeout)
-        .keep_alive(true)
+        .keep_alive(!health_only)
         .max_buf_size(64 * 1024);
     let conn = builder.serve_connection(io, svc);
     tokio::pin!(conn);

@@ -185,6 +185,12 @@ impl App {
     }
 }
 
+/// How long a request body may take once its head has arrived. Bodies here are a few
+/// hundred bytes: a client that dribbles one a second would otherwise hold its connection
+/// slot for the whole request timeout, and a thousand of them every slot. The answer is 408
+/// and the connection is closed.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Reads a whole body up to `max` bytes: 413 beyond, 400 on a broken stream.
 pub async fn read_body(
     req: Request<Incoming>,
@@ -200,7 +206,18 @@ pub async fn read_body(
     {
         return Err(too_large(max));
     }
-    match Limited::new(body, max).collect().await {
+    let collect = Limited::new(body, max).collect();
+    let Ok(collected) = tokio::time::timeout(BODY_TIMEOUT, collect).await else {
+        return Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} s of its head",
+                BODY_TIMEOUT.as_secs()
+            ),
+        ));
+    };
+    match collected {
         Ok(c) => Ok((parts, c.to_bytes())),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large(max)),
         Err(_) => Err(ApiError::new(

@@ -14,9 +14,9 @@ use crate::channel::{ChannelKind, Content};
 use crate::config::{ClientConfig, Config, Rate};
 use crate::content::{self, ExtractError, MAX_CODE_LEN};
 use crate::dispatch::policy;
-use crate::domain::MessageId;
+use crate::domain::{E164, MessageId};
 use crate::phone::{self, Number};
-use crate::store::{InsertResult, LimitScope, Message, NewMessage, StoreError};
+use crate::store::{BatchResult, InsertResult, LimitScope, Message, NewMessage, StoreError};
 
 /// A validated request to accept a message, whichever front door it came through.
 #[derive(Clone, Debug)]
@@ -169,6 +169,63 @@ impl<'r> Intake<'r> {
                 tracing::error!(error = %e, "store refused a message");
                 Err(ApiError::unavailable())
             }
+        }
+    }
+
+    /// [`Intake::accept`] for one content to several numbers, all or nothing: every number is
+    /// parsed and admitted, numbers that are the same in E.164 become one message, and the
+    /// messages are stored in one store job (each checked against the limits with the ones
+    /// before it counted) or not at all. The refusal names the number and the limit. One
+    /// number takes the single-message path, without the batch's savepoint.
+    pub async fn accept_all(
+        &self,
+        numbers: Vec<String>,
+        content: &Content,
+        ttl: Duration,
+    ) -> Result<Vec<Accepted>, ApiError> {
+        if numbers.len() == 1 {
+            let to = numbers.into_iter().next().unwrap_or_default();
+            return Ok(vec![
+                self.accept(Submission::plain(to, content.clone(), ttl))
+                    .await?,
+            ]);
+        }
+        let mut prepared: Vec<Prepared> = Vec::with_capacity(numbers.len());
+        for to in numbers {
+            let p = self.prepare(Submission::plain(to, content.clone(), ttl))?;
+            if !prepared
+                .iter()
+                .any(|q| q.message.recipient == p.message.recipient)
+            {
+                prepared.push(p);
+            }
+        }
+        let limits = prepared
+            .first()
+            .map(|p| p.limits.clone())
+            .unwrap_or_default();
+        let recipients: Vec<E164> = prepared
+            .iter()
+            .map(|p| p.message.recipient.clone())
+            .collect();
+        let messages = prepared.into_iter().map(|p| p.message).collect();
+        match self.app.store.insert_all(messages, limits).await {
+            Ok(BatchResult::Stored(results)) => {
+                results.into_iter().map(|r| self.stored(Ok(r))).collect()
+            }
+            Ok(BatchResult::Refused { index, why }) => {
+                let mut e = match self.stored(Ok(*why)) {
+                    Err(e) => e,
+                    // Refusals are never a stored message; should one be, nothing was stored.
+                    Ok(_) => ApiError::unavailable(),
+                };
+                if let Some(to) = recipients.get(index) {
+                    e.field = Some("to".into());
+                    e.message = format!("{} for {}; no message was stored", e.message, &**to);
+                }
+                Err(e)
+            }
+            Err(e) => self.stored(Err(e)).map(|a| vec![a]),
         }
     }
 

@@ -124,6 +124,21 @@ pub enum InsertResult {
     },
 }
 
+/// The result of [`Store::insert_all`]: every message stored, or none.
+#[derive(Debug)]
+pub enum BatchResult {
+    /// Every message, in order: each [`InsertResult::Created`] or [`InsertResult::Existing`].
+    Stored(Vec<InsertResult>),
+    /// The message at `index` was refused ([`InsertResult::Limited`] or
+    /// [`InsertResult::KeyConflict`]); nothing of the batch was stored.
+    Refused {
+        /// Which message of the batch.
+        index: usize,
+        /// Why (boxed: the refusals are small, the type is not).
+        why: Box<InsertResult>,
+    },
+}
+
 /// What a receipt changed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReceiptEffect {
@@ -145,6 +160,50 @@ impl Store {
         limits: Vec<(LimitScope, Rate)>,
     ) -> Result<InsertResult, StoreError> {
         self.submit(move |w| insert_tx(w, m, &limits)).await
+    }
+
+    /// Accepts several messages as one: each checked against the limits as if the ones
+    /// before it were already stored, all inserted in one job of one commit, or none at all.
+    /// A multi-recipient request must not send to the first number and then refuse the
+    /// second: the caller's retry would send the first a second copy.
+    pub async fn insert_all(
+        &self,
+        ms: Vec<NewMessage>,
+        limits: Vec<(LimitScope, Rate)>,
+    ) -> Result<BatchResult, StoreError> {
+        self.submit(move |w| {
+            exec(&w.conn, "SAVEPOINT batch", [])?;
+            let undo = |recorded: bool| {
+                let _ = exec(&w.conn, "ROLLBACK TO batch", []);
+                let _ = exec(&w.conn, "RELEASE batch", []);
+                // The tallies counted the messages now undone: rebuilt on their next use.
+                if recorded {
+                    w.recent.forget();
+                }
+            };
+            let mut stored = Vec::with_capacity(ms.len());
+            for (index, m) in ms.into_iter().enumerate() {
+                match insert_tx(w, m, &limits) {
+                    Ok(r @ (InsertResult::Created(_) | InsertResult::Existing(_))) => {
+                        stored.push(r)
+                    }
+                    Ok(why) => {
+                        undo(index > 0);
+                        return Ok(BatchResult::Refused {
+                            index,
+                            why: Box::new(why),
+                        });
+                    }
+                    Err(e) => {
+                        undo(true);
+                        return Err(e);
+                    }
+                }
+            }
+            exec(&w.conn, "RELEASE batch", [])?;
+            Ok(BatchResult::Stored(stored))
+        })
+        .await
     }
 
     /// Claims up to `max` due messages (state -> sending) and expires queued ones past their

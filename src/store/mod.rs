@@ -19,7 +19,7 @@ mod settle;
 mod verify;
 mod writer;
 
-pub use messages::{InsertResult, LimitScope, Message, NewMessage, ReceiptEffect};
+pub use messages::{BatchResult, InsertResult, LimitScope, Message, NewMessage, ReceiptEffect};
 pub use settle::{Move, Settlement};
 pub use verify::{CheckOutcome, NewVerification, Resend, Verification};
 
@@ -108,6 +108,9 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     // cached limit query was parsed afresh: a third of the writer's CPU under load.
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // A wiped code is NULLed in place: without this, its bytes stay in the page's free space
+    // (and in freed pages) and so in every later copy of the page, in the WAL and the file.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     Ok(conn)
 }
 
@@ -184,6 +187,18 @@ impl Store {
         })
         .await
         .map_err(|_| StoreError::Closed)?
+    }
+
+    /// Copies the whole WAL into the database file and truncates it to nothing (waiting up
+    /// to the busy timeout for the writer's current group); false when it stayed busy.
+    pub async fn checkpoint(&self) -> Result<bool, StoreError> {
+        self.read(|c| {
+            // A connection that has not read the database yet does not see the WAL.
+            c.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))?;
+            let busy: i64 = c.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+            Ok(busy == 0)
+        })
+        .await
     }
 
     /// Proves the writer is alive and can take the write lock (for /readyz).
@@ -269,5 +284,48 @@ mod tests {
             err.to_string().contains("schema version 99 is newer"),
             "{err}"
         );
+    }
+
+    /// Whether `needle` is in any file of `dir` (the database, its WAL, its shared memory).
+    fn on_disk(dir: &Path, needle: &str) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let bytes = std::fs::read(p).unwrap_or_default();
+                bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+            })
+            .map(|p| p.display().to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_wiped_code_is_gone_from_every_file_after_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        let secret = |i: usize| format!("Sx{i:03}Vq");
+        for i in 0..40 {
+            let mut m = new_msg(&format!("m{i:02}"), &format!("+91{i}"), 1000, None);
+            m.content = Content::Code {
+                code: secret(i),
+                sms_text: format!("{} is your code, valid for five minutes", secret(i)),
+            };
+            s.insert(m, vec![]).await.unwrap();
+        }
+        assert!(s.checkpoint().await.unwrap());
+        assert!(
+            !on_disk(dir.path(), &secret(7)).is_empty(),
+            "the grep finds a live code"
+        );
+        for i in 0..40 {
+            let id = format!("m{i:02}");
+            s.finish(&id, MessageState::Sent, None, None, false, Timestamp(2000))
+                .await
+                .unwrap();
+        }
+        assert!(s.checkpoint().await.unwrap());
+        for i in 0..40 {
+            assert_eq!(on_disk(dir.path(), &secret(i)), Vec::<String>::new(), "{i}");
+        }
     }
 }

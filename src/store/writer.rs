@@ -6,7 +6,8 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
+use std::time::Duration;
 
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
@@ -143,6 +144,13 @@ const CHECKPOINT_FRAMES: i32 = 1000;
 /// WAL frames after which the writer checkpoints itself (64 MiB of 4 KiB pages).
 const WRITER_CHECKPOINT_FRAMES: i32 = 16_000;
 
+/// How often the checkpointer looks whether the WAL should be emptied.
+const TRUNCATE_TICK: Duration = Duration::from_secs(1);
+/// Under a load without a quiet second, the WAL is still emptied this often.
+const TRUNCATE_AT_LEAST_EVERY: Duration = Duration::from_secs(10);
+/// How long a truncating checkpoint waits for the writer's group and for readers.
+const TRUNCATE_BUSY_WAIT: Duration = Duration::from_millis(200);
+
 /// The writer's handle on the checkpointer thread.
 ///
 /// A passive checkpoint never blocks the writer. Each ends with an fsync of the database
@@ -151,42 +159,47 @@ const WRITER_CHECKPOINT_FRAMES: i32 = 16_000;
 /// checkpoint: when idle, right after the checkpointer's; under a continuous load, which a
 /// passive checkpoint never quite catches, at the writer's own checkpoint at
 /// [`WRITER_CHECKPOINT_FRAMES`], which finds all but the last few hundred frames copied.
+///
+/// Wiping a code (NULLing it, with `secure_delete` zeroing the freed bytes) writes a clean
+/// copy of its page, but the older copies with the code in them stay in the WAL's earlier
+/// frames until the WAL is overwritten. So once commits have stopped for a second (and at
+/// least every [`TRUNCATE_AT_LEAST_EVERY`] under load), the checkpointer copies the WAL back
+/// and truncates it to nothing: a passive pass first, without locks, then a TRUNCATE that
+/// holds the write lock only for the last few frames and gives up after
+/// [`TRUNCATE_BUSY_WAIT`] rather than queue behind a busy writer (it tries again next tick).
+///
+/// What this cannot promise: a crash (kill -9, power loss) between a wipe and the next
+/// truncation leaves the WAL as it was, codes in its older frames, until the next start's
+/// first checkpoint; and SQLite's truncation frees the file's blocks without overwriting
+/// them, so the bytes may survive on the disk device (not in any file) until reused. Codes
+/// expire within minutes, which bounds what such a leftover is worth.
 struct Checkpointer {
     due: std::sync::mpsc::SyncSender<()>,
     /// Frames of the current WAL already copied back, as the last checkpoint reported.
     copied: Arc<AtomicI32>,
+    /// Commits so far, for the checkpointer to tell a quiet second from a busy one.
+    commits: Arc<AtomicU64>,
 }
 
 impl Checkpointer {
     fn start(conn: Connection) -> std::io::Result<Checkpointer> {
         let (due, wake) = std::sync::mpsc::sync_channel::<()>(1);
         let copied = Arc::new(AtomicI32::new(0));
-        let progress = copied.clone();
+        let commits = Arc::new(AtomicU64::new(0));
+        let (progress, seen) = (copied.clone(), commits.clone());
         std::thread::Builder::new()
             .name("otpgate-ckpt".into())
-            .spawn(move || {
-                // A connection sees the WAL only once it has read the database; until then a
-                // checkpoint returns "not in WAL mode" and does nothing.
-                if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
-                {
-                    tracing::warn!(error = %e, "store: checkpointer cannot read the database");
-                }
-                // Ends when the writer's hook, the only sender, is dropped with the writer.
-                while wake.recv().is_ok() {
-                    let mode = rusqlite::wal::CheckpointMode::PASSIVE;
-                    match conn.wal_checkpoint_v2(Some(rusqlite::MAIN_DB), mode) {
-                        Ok((_, copied)) => progress.store(copied.max(0), Ordering::Relaxed),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "store: checkpoint failed; will retry")
-                        }
-                    }
-                }
-            })?;
-        Ok(Checkpointer { due, copied })
+            .spawn(move || checkpointer_loop(&conn, &wake, &progress, &seen))?;
+        Ok(Checkpointer {
+            due,
+            copied,
+            commits,
+        })
     }
 
     /// Told the WAL's length after each commit; true when the writer must checkpoint itself.
     fn committed(&self, frames: i32) -> bool {
+        self.commits.fetch_add(1, Ordering::Relaxed);
         let copied = self.copied.load(Ordering::Relaxed);
         // Fewer frames than were copied: the WAL has restarted since.
         let pending = if frames < copied {
@@ -198,6 +211,61 @@ impl Checkpointer {
             let _ = self.due.try_send(());
         }
         frames >= WRITER_CHECKPOINT_FRAMES
+    }
+}
+
+/// The checkpointer thread: passive checkpoints when the writer asks, truncating ones after
+/// commits (see [`Checkpointer`]). Ends when the writer's hook, the only sender, is dropped.
+fn checkpointer_loop(
+    conn: &Connection,
+    wake: &std::sync::mpsc::Receiver<()>,
+    progress: &AtomicI32,
+    commits: &AtomicU64,
+) {
+    use std::sync::mpsc::RecvTimeoutError;
+    // A connection sees the WAL only once it has read the database; until then a
+    // checkpoint returns "not in WAL mode" and does nothing.
+    if let Err(e) = conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(())) {
+        tracing::warn!(error = %e, "store: checkpointer cannot read the database");
+    }
+    if let Err(e) = conn.busy_timeout(TRUNCATE_BUSY_WAIT) {
+        tracing::warn!(error = %e, "store: checkpointer cannot set its busy timeout");
+    }
+    let passive = || match conn.wal_checkpoint_v2(
+        Some(rusqlite::MAIN_DB),
+        rusqlite::wal::CheckpointMode::PASSIVE,
+    ) {
+        Ok((_, copied)) => progress.store(copied.max(0), Ordering::Relaxed),
+        Err(e) => tracing::warn!(error = %e, "store: checkpoint failed; will retry"),
+    };
+    let (mut truncated_at, mut last_seen) = (0, 0);
+    let mut last_truncate = std::time::Instant::now();
+    loop {
+        match wake.recv_timeout(TRUNCATE_TICK) {
+            Ok(()) => passive(),
+            Err(RecvTimeoutError::Timeout) => {
+                let n = commits.load(Ordering::Relaxed);
+                let quiet = n == last_seen;
+                last_seen = n;
+                if n == truncated_at
+                    || !(quiet || last_truncate.elapsed() >= TRUNCATE_AT_LEAST_EVERY)
+                {
+                    continue;
+                }
+                passive();
+                let mode = rusqlite::wal::CheckpointMode::TRUNCATE;
+                match conn.wal_checkpoint_v2(Some(rusqlite::MAIN_DB), mode) {
+                    Ok(_) => {
+                        progress.store(0, Ordering::Relaxed);
+                        truncated_at = n;
+                        last_truncate = std::time::Instant::now();
+                    }
+                    // Busy: the writer or a reader held on; the next tick tries again.
+                    Err(e) => tracing::debug!(error = %e, "store: WAL not truncated yet"),
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        }
     }
 }
 
