@@ -154,8 +154,11 @@ async fn spawn_daemon(dir: &std::path::Path, sim_base: &str, sim_ca: &str) -> co
         .server("max_connections = 256")
         .whatsapp(sim_base)
         .whatsapp_ca_file(std::path::Path::new(sim_ca))
-        .whatsapp_lines("max_rate = 1000")
-        .policy("prenotify = false")
+        // Long enough that in intake mode the hung sends hold the dispatcher's slots for the
+        // whole run: a timeout would count toward the transport circuit, and once it opens
+        // the dispatcher would claim and requeue the backlog, which is not what intake measures.
+        .whatsapp_lines("max_rate = 1000\ntimeout = \"300s\"")
+        .policy("prenotify = false\nwhatsapp_deadline = \"300s\"")
         .limits("per_recipient = \"5/15m\"")
         .log_level("warn")
         .client("bench", KEY);
