@@ -17,6 +17,7 @@ pub mod verify;
 pub mod views;
 
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -206,16 +207,25 @@ pub async fn read_body(
     {
         return Err(too_large(max));
     }
-    let collect = Limited::new(body, max).collect();
-    let Ok(collected) = tokio::time::timeout(BODY_TIMEOUT, collect).await else {
-        return Err(ApiError::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body_timeout",
-            format!(
-                "the request body did not arrive within {} s of its head",
-                BODY_TIMEOUT.as_secs()
-            ),
-        ));
+    let mut collect = std::pin::pin!(Limited::new(body, max).collect());
+    // A small body usually arrives with its head: then it needs no timer (a timer costs every
+    // request its registration in the runtime's wheel). Only a body still in flight gets one.
+    let first = std::future::poll_fn(|cx| Poll::Ready(collect.as_mut().poll(cx))).await;
+    let collected = match first {
+        Poll::Ready(c) => c,
+        Poll::Pending => match tokio::time::timeout(BODY_TIMEOUT, collect).await {
+            Ok(c) => c,
+            Err(_) => {
+                return Err(ApiError::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!(
+                        "the request body did not arrive within {} s of its head",
+                        BODY_TIMEOUT.as_secs()
+                    ),
+                ));
+            }
+        },
     };
     match collected {
         Ok(c) => Ok((parts, c.to_bytes())),
