@@ -566,6 +566,19 @@ impl WhatsAppChannel {
                 break;
             }
             let timeout = s.timeout.min(remaining).max(Duration::from_millis(1));
+            // The rate cap and the circuit let it go: only now is the attempt recorded as one
+            // that may reach WhatsApp. A second try finds it recorded already.
+            if let Err(e) = d.departure.depart().await {
+                tracing::warn!(message_id = %d.message_id, reason = %e, "whatsapp: not sent: departure refused");
+                return match last {
+                    Some(c) => retry(c),
+                    None => Outcome::Retry {
+                        after: Duration::from_secs(1),
+                        code: None,
+                        reason: format!("not sent: {e}"),
+                    },
+                };
+            }
             let t0 = Instant::now();
             let result = self.post(&s, &body, timeout).await;
             let ms = t0.elapsed().as_millis() as u64;
