@@ -1,12 +1,12 @@
 //! The dispatcher: claims due messages from the outbox, asks the [`policy`] what to do, runs
-//! channel attempts under the message's deadline, records every attempt, and finishes or
-//! reschedules the message. It also applies delivery receipts, and wakes callers waiting
-//! for a message's first outcome (`?wait=`).
+//! channel attempts under the message's deadline, records every attempt (its row opened when
+//! the channel departs, in `depart`), and finishes or reschedules the message. It also applies
+//! delivery receipts, and wakes callers waiting for a message's first outcome (`?wait=`).
 
 mod depart;
 pub mod policy;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -68,6 +68,10 @@ struct Inner {
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<FirstOutcome>>>>,
     progress: AtomicU64,
     slots: Arc<Semaphore>,
+    /// Recipients with a pre-notice handed to SMS and not finished: a recipient is marked
+    /// notified only when a notice departs, so without this every code sent meanwhile would
+    /// queue another notice (the store would refuse it at the modem's prompt).
+    notifying: Mutex<HashSet<String>>,
 }
 
 /// The wait after `failures` failed claims in a row: 100 ms, doubling, at most 5 s.
@@ -99,6 +103,7 @@ impl Dispatcher {
             waiters: Mutex::new(HashMap::new()),
             progress: AtomicU64::new(0),
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            notifying: Mutex::new(HashSet::new()),
         }))
     }
 
@@ -231,7 +236,7 @@ impl Dispatcher {
             .is_err()
         {
             tracing::warn!(
-                "dispatcher: attempts still running at shutdown; they resume as 'interrupted' on restart"
+                "dispatcher: attempts still running at shutdown; those that departed resume as 'interrupted' on restart, the rest are sent again"
             );
         }
     }
@@ -456,7 +461,7 @@ impl Dispatcher {
         self.settle(m, None, None, Some(end)).await
     }
 
-    /// Makes one attempt. Its row is opened by the channel's departure (see [`depart`]), so a
+    /// Makes one attempt. Its row is opened by the channel's departure (see `depart`), so a
     /// crash while it waits for a modem or the rate cap leaves no trace and the message is
     /// sent after the restart; one that never departs is recorded, ended, when it settles.
     /// The channel owns the step's budget and answers within it; the guard here only catches
@@ -609,6 +614,14 @@ impl Dispatcher {
         let Some(sms) = self.channel(ChannelKind::Sms).cloned() else {
             return;
         };
+        let first = self
+            .0
+            .notifying
+            .lock()
+            .is_ok_and(|mut n| n.insert(m.recipient.to_string()));
+        if !first {
+            return;
+        }
         let text = cfg.policy.prenotify_text.replace("{org}", &cfg.otp.org);
         let now = self.0.clock.now();
         let leaving = Leaving::new(
@@ -645,6 +658,9 @@ impl Dispatcher {
             };
             if let Err(e) = me.record_prenotice(&m, &leaving, &outcome).await {
                 tracing::error!(error = %e, "cannot record the pre-notice attempt");
+            }
+            if let Ok(mut n) = me.0.notifying.lock() {
+                n.remove(m.recipient.as_str());
             }
             tracing::info!(message = %delivery.message_id, outcome = outcome.class(), "pre-notice sent");
         });
