@@ -105,6 +105,7 @@ fn run_ours() -> Result<Vec<Duration>, String> {
             validity: Duration::from_secs(600),
             expires_at: SystemClock.now().plus(Duration::from_secs(600)),
             budget: Duration::from_secs(30),
+            departure: otpgate::channel::Departure::none(),
         };
         let mut rounds = Vec::with_capacity(ROUNDS);
         for _ in 0..ROUNDS {

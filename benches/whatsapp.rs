@@ -84,6 +84,7 @@ async fn channel_once(ch: &WhatsAppChannel) -> bool {
         // WhatsApp does not read it.
         expires_at: otpgate::clock::Timestamp(i64::MAX),
         budget: Duration::from_secs(5),
+        departure: otpgate::channel::Departure::none(),
     };
     matches!(ch.send(&d).await, Outcome::Accepted { .. })
 }

@@ -49,6 +49,7 @@ fn delivery(text: &str) -> Delivery {
         validity: Duration::from_secs(600),
         expires_at: SystemClock.now().plus(Duration::from_secs(600)),
         budget: Duration::from_secs(20),
+        departure: otpgate::channel::Departure::none(),
     }
 }
 

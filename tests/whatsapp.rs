@@ -97,6 +97,7 @@ fn code(c: &str) -> Delivery {
         // WhatsApp does not read it.
         expires_at: Timestamp(i64::MAX),
         budget: Duration::from_secs(5),
+        departure: otpgate::channel::Departure::none(),
     }
 }
 

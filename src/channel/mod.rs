@@ -8,6 +8,7 @@ pub mod whatsapp;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -36,6 +37,55 @@ pub struct Delivery {
     pub expires_at: Timestamp,
     /// How long this attempt may take in all, retries inside the channel included.
     pub budget: Duration,
+    /// Called at the moment the delivery leaves the box (see [`Channel::send`]).
+    pub departure: Departure,
+}
+
+/// Why a delivery may not leave: its departure could not be recorded, or it is no longer
+/// wanted. The channel then sends nothing and answers a transient outcome.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct DepartError(pub String);
+
+/// The one who must know, durably, that a delivery left the box before it does.
+pub trait Depart: Send + Sync {
+    /// Records the departure; `Err` forbids the send. Later calls answer at once.
+    fn depart(&self) -> BoxFuture<'_, Result<(), DepartError>>;
+}
+
+/// A delivery's departure hook. Without one ([`Departure::none`]) every departure is allowed
+/// and recorded nowhere: for tools and tests that drive a channel directly.
+#[derive(Clone, Default)]
+pub struct Departure(Option<Arc<dyn Depart>>);
+
+impl Departure {
+    /// No hook: departures are allowed and not recorded.
+    pub fn none() -> Departure {
+        Departure(None)
+    }
+
+    /// Departures go through `hook`.
+    pub fn new(hook: Arc<dyn Depart>) -> Departure {
+        Departure(Some(hook))
+    }
+
+    /// Announces that the delivery is about to leave; on `Err` it must not.
+    pub async fn depart(&self) -> Result<(), DepartError> {
+        match &self.0 {
+            Some(hook) => hook.depart().await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Departure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Departure(hook)"
+        } else {
+            "Departure(none)"
+        })
+    }
 }
 
 /// The class of a channel attempt's result: what the dispatcher should do next.
@@ -163,6 +213,15 @@ pub trait Channel: Send + Sync + 'static {
     /// provider yet is transient ([`Outcome::Retry`], or the next modem inside the SMS pool);
     /// handed over without an answer is [`Outcome::Unknown`]. Callers keep only a hang guard
     /// far beyond the budget, which must never pre-empt this verdict.
+    ///
+    /// Departure: the channel awaits `delivery.departure.depart()` immediately before its
+    /// first irreversible write (the HTTP request once the rate cap and the circuit let it
+    /// go; the first PDU after the modem's `> ` prompt), never earlier: the caller records the
+    /// attempt as possibly delivered only then, so a crash while the delivery still waits in
+    /// a queue resends it after the restart instead of failing it. On `Err` nothing is sent
+    /// and the verdict is transient. A delivery that never departed must not answer
+    /// [`Outcome::Accepted`] or [`Outcome::Unknown`]; callers treat such an answer as a
+    /// departure they were not told of.
     fn send<'a>(&'a self, delivery: &'a Delivery) -> BoxFuture<'a, Outcome>;
     /// Current health.
     fn health(&self) -> Health;

@@ -1,23 +1,26 @@
 //! The dispatcher: claims due messages from the outbox, asks the [`policy`] what to do, runs
-//! channel attempts under the message's deadline, records every attempt, and finishes or
-//! reschedules the message. It also applies delivery receipts, and wakes callers waiting
-//! for a message's first outcome (`?wait=`).
+//! channel attempts under the message's deadline, records every attempt (its row opened when
+//! the channel departs, in `depart`), and finishes or reschedules the message. It also applies
+//! delivery receipts, and wakes callers waiting for a message's first outcome (`?wait=`).
 
+mod depart;
 pub mod policy;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 
-use crate::channel::{Channel, Content, Delivery, Health, Outcome, Receipt};
+use crate::channel::{Channel, Content, Delivery, Departure, Health, Outcome, Receipt};
 use crate::clock::{SharedClock, Timestamp};
 use crate::config::Live;
 use crate::domain::{Attempt, AttemptEnd, AttemptPurpose, ChannelKind, MessageState};
 use crate::metrics::{self, Metrics, ReasonLabel};
-use crate::store::{Message, Move, Settlement, Store, StoreError};
+use crate::store::{AttemptRow, Message, Move, Settlement, Store, StoreError};
+
+use depart::{Leave, Leaving};
 
 use policy::{Decision, End, Facts, Input, ReceiptVerdict, Rules};
 
@@ -65,6 +68,10 @@ struct Inner {
     waiters: Mutex<HashMap<String, Vec<oneshot::Sender<FirstOutcome>>>>,
     progress: AtomicU64,
     slots: Arc<Semaphore>,
+    /// Recipients with a pre-notice handed to SMS and not finished: a recipient is marked
+    /// notified only when a notice departs, so without this every code sent meanwhile would
+    /// queue another notice (the store would refuse it at the modem's prompt).
+    notifying: Mutex<HashSet<String>>,
 }
 
 /// The wait after `failures` failed claims in a row: 100 ms, doubling, at most 5 s.
@@ -96,6 +103,7 @@ impl Dispatcher {
             waiters: Mutex::new(HashMap::new()),
             progress: AtomicU64::new(0),
             slots: Arc::new(Semaphore::new(MAX_IN_FLIGHT)),
+            notifying: Mutex::new(HashSet::new()),
         }))
     }
 
@@ -228,7 +236,7 @@ impl Dispatcher {
             .is_err()
         {
             tracing::warn!(
-                "dispatcher: attempts still running at shutdown; they resume as 'interrupted' on restart"
+                "dispatcher: attempts still running at shutdown; those that departed resume as 'interrupted' on restart, the rest are sent again"
             );
         }
     }
@@ -408,8 +416,9 @@ impl Dispatcher {
                         self.0.store.record_skip(&m.id, ch, why, now).await?;
                     }
                 }
-                if prenotice && self.0.store.claim_prenotice(&m.recipient, now).await? {
-                    self.spawn_prenotice(&m, &cfg).await?;
+                if prenotice {
+                    // The recipient is marked pre-notified only when a notice departs.
+                    self.spawn_prenotice(&m, &cfg).await;
                 }
                 self.run_steps(&m, content, &steps, &rules, &attempts).await
             }
@@ -452,16 +461,26 @@ impl Dispatcher {
         self.settle(m, None, None, Some(end)).await
     }
 
-    /// Makes one attempt: recorded before it starts, so a crash leaves a trace. The channel
-    /// owns the step's budget and answers within it; the guard here only catches a channel
-    /// that breaks that promise, and never fires before the channel's own verdict is due.
+    /// Makes one attempt. Its row is opened by the channel's departure (see `depart`), so a
+    /// crash while it waits for a modem or the rate cap leaves no trace and the message is
+    /// sent after the restart; one that never departs is recorded, ended, when it settles.
+    /// The channel owns the step's budget and answers within it; the guard here only catches
+    /// a channel that breaks that promise, and never fires before the channel's own verdict.
     async fn attempt(
         &self,
         m: &Message,
         content: &Content,
         step: &policy::Step,
-    ) -> Result<(i64, Outcome, Timestamp), StoreError> {
+    ) -> Result<(AttemptRow, Outcome, Timestamp), StoreError> {
         let now = self.0.clock.now();
+        let leaving = Leaving::new(
+            self.0.store.clone(),
+            self.0.clock.clone(),
+            &m.id,
+            &m.recipient,
+            step.channel,
+            AttemptPurpose::Code,
+        );
         let delivery = Delivery {
             message_id: m.id.to_string(),
             to: m.recipient.to_string(),
@@ -470,24 +489,28 @@ impl Dispatcher {
             validity: now.until(m.expires_at),
             expires_at: m.expires_at,
             budget: step.budget.min(now.until(m.expires_at)),
+            departure: Departure::new(leaving.clone()),
         };
-        let attempt = self
-            .0
-            .store
-            .start_attempt(&m.id, step.channel, AttemptPurpose::Code, now)
-            .await?;
         let started = tokio::time::Instant::now();
         let Some(channel) = self.channel(step.channel).cloned() else {
             let reason = format!("no {} channel is configured", step.channel);
-            return Ok((attempt, Outcome::ChannelDown { code: None, reason }, now));
+            let row = leaving.row(leaving.close().await);
+            return Ok((row, Outcome::ChannelDown { code: None, reason }, now));
         };
-        let outcome = match tokio::time::timeout(
-            hang_guard(delivery.budget),
-            channel.send(&delivery),
-        )
-        .await
-        {
+        let answer =
+            tokio::time::timeout(hang_guard(delivery.budget), channel.send(&delivery)).await;
+        let leave = leaving.close().await;
+        let outcome = match answer {
             Ok(o) => o,
+            // Closed before it departed: it never will, so nothing left the box.
+            Err(_) if leave == Leave::Waiting => {
+                tracing::error!(message = %m.id, channel = %step.channel, "channel did not answer long after its budget; it had sent nothing");
+                Outcome::Retry {
+                    after: Duration::from_secs(1),
+                    code: None,
+                    reason: format!("{} did not answer within its deadline", step.channel),
+                }
+            }
             Err(_) => {
                 tracing::error!(message = %m.id, channel = %step.channel, "channel did not answer long after its budget; counting the attempt as unknown");
                 Outcome::Unknown {
@@ -515,7 +538,8 @@ impl Dispatcher {
             provider_error = outcome.error_code().unwrap_or("-"), ms = took.as_millis() as u64,
             "attempt finished"
         );
-        Ok((attempt, outcome, self.0.clock.now()))
+        let row = leaving.row(leave);
+        Ok((row, outcome, self.0.clock.now()))
     }
 
     /// Carries out the end the policy chose: the attempt that led to it, what it taught about
@@ -523,7 +547,7 @@ impl Dispatcher {
     async fn settle(
         &self,
         m: &Message,
-        attempt: Option<(i64, Outcome)>,
+        attempt: Option<(AttemptRow, Outcome)>,
         no_whatsapp_until: Option<Timestamp>,
         end: Option<End>,
     ) -> Result<(), StoreError> {
@@ -583,21 +607,31 @@ impl Dispatcher {
         Ok(())
     }
 
-    async fn spawn_prenotice(
-        &self,
-        m: &Message,
-        cfg: &crate::config::Config,
-    ) -> Result<(), StoreError> {
+    /// Hands the one-time pre-notice to the SMS channel. Like a code attempt it is recorded
+    /// when it departs, which also marks the recipient notified; one that never departs
+    /// leaves the recipient unmarked, so a later code brings it again.
+    async fn spawn_prenotice(&self, m: &Message, cfg: &crate::config::Config) {
         let Some(sms) = self.channel(ChannelKind::Sms).cloned() else {
-            return Ok(());
+            return;
         };
+        let first = self
+            .0
+            .notifying
+            .lock()
+            .is_ok_and(|mut n| n.insert(m.recipient.to_string()));
+        if !first {
+            return;
+        }
         let text = cfg.policy.prenotify_text.replace("{org}", &cfg.otp.org);
         let now = self.0.clock.now();
-        let attempt = self
-            .0
-            .store
-            .start_attempt(&m.id, ChannelKind::Sms, AttemptPurpose::Prenotice, now)
-            .await?;
+        let leaving = Leaving::new(
+            self.0.store.clone(),
+            self.0.clock.clone(),
+            &m.id,
+            &m.recipient,
+            ChannelKind::Sms,
+            AttemptPurpose::Prenotice,
+        );
         let delivery = Delivery {
             message_id: m.id.to_string(),
             to: m.recipient.to_string(),
@@ -607,8 +641,10 @@ impl Dispatcher {
             validity: Duration::from_secs(86_400),
             expires_at: now.plus(Duration::from_secs(86_400)),
             budget: policy::SMS_ATTEMPT_CAP,
+            departure: Departure::new(leaving.clone()),
         };
         let me = self.clone();
+        let m = m.clone();
         // The notice is handed to the SMS channel before the code's first attempt starts, so it
         // never trails the code, but the code does not wait for it.
         let (started_tx, started_rx) = oneshot::channel::<()>();
@@ -620,14 +656,51 @@ impl Dispatcher {
                 o = &mut fut => { let _ = started_tx.send(()); o }
                 _ = tokio::task::yield_now() => { let _ = started_tx.send(()); fut.await }
             };
-            let end = me.0.clock.now();
-            if let Err(e) = me.0.store.finish_attempt(attempt, &outcome, end).await {
+            if let Err(e) = me.record_prenotice(&m, &leaving, &outcome).await {
                 tracing::error!(error = %e, "cannot record the pre-notice attempt");
+            }
+            if let Ok(mut n) = me.0.notifying.lock() {
+                n.remove(m.recipient.as_str());
             }
             tracing::info!(message = %delivery.message_id, outcome = outcome.class(), "pre-notice sent");
         });
         let _ = started_rx.await;
-        Ok(())
+    }
+
+    /// Records how a pre-notice ended: nothing for one refused because another left first.
+    async fn record_prenotice(
+        &self,
+        m: &Message,
+        leaving: &Leaving,
+        outcome: &Outcome,
+    ) -> Result<(), StoreError> {
+        let now = self.0.clock.now();
+        let mut leave = leaving.close().await;
+        if leave == Leave::Waiting && outcome.end().may_have_reached_provider() {
+            // A channel that answered without departing: count it as departed now, so the
+            // recipient is marked and not notified twice.
+            leave = match self
+                .0
+                .store
+                .start_prenotice(&m.id, &m.recipient, now)
+                .await?
+            {
+                Some(id) => Leave::Left(id),
+                None => Leave::Refused,
+            };
+        }
+        match leave {
+            Leave::Refused => Ok(()),
+            Leave::Left(id) => self.0.store.finish_attempt(id, outcome, now).await,
+            Leave::Waiting | Leave::Closed => {
+                let settlement = Settlement {
+                    attempt: Some((leaving.row(leave), outcome.clone())),
+                    no_whatsapp_until: None,
+                    movement: Move::Stay,
+                };
+                self.0.store.settle(m, settlement, now).await
+            }
+        }
     }
 }
 

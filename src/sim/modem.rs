@@ -188,6 +188,7 @@ struct State {
     fail_numbers: HashMap<String, u16>,
     swallow_next: u32,
     late_next: VecDeque<Duration>,
+    send_delay: Duration,
     stall_next: u32,
     late_bare_line: Option<Duration>,
     // answers are owed in order until then (set by a late bare-line answer)
@@ -226,6 +227,7 @@ impl State {
             fail_numbers: HashMap::new(),
             swallow_next: 0,
             late_next: VecDeque::new(),
+            send_delay: Duration::ZERO,
             stall_next: 0,
             late_bare_line: None,
             owed_until: None,
@@ -467,6 +469,12 @@ impl SimModem {
     /// The next send is taken at once but its +CMGS answer comes only `after` this long.
     pub fn answer_next_send_late(&self, after: Duration) {
         self.with(|s| s.late_next.push_back(after));
+    }
+
+    /// Every send from now on is taken (and goes out) at once, but its +CMGS answer comes
+    /// only `d` later: a slow network, so the host's queue of sends backs up.
+    pub fn set_send_delay(&self, d: Duration) {
+        self.with(|s| s.send_delay = d);
     }
 
     /// The next `n` AT+CMGS are never answered: no `> ` prompt, no error. Nothing is taken, and
@@ -1061,7 +1069,11 @@ fn submit(
         st.swallow_next -= 1;
         return None;
     }
-    if let Some(after) = st.late_next.pop_front() {
+    if let Some(after) = st
+        .late_next
+        .pop_front()
+        .or((!st.send_delay.is_zero()).then_some(st.send_delay))
+    {
         let answer = format!("\r\n+CMGS: {mr}\r\n\r\nOK\r\n").into_bytes();
         scheduled.push((Instant::now() + after, answer));
         return None;

@@ -268,7 +268,8 @@ impl Store {
         .await
     }
 
-    /// Records the start of an attempt before it is made, so a crash leaves a trace.
+    /// Records an attempt at the moment it departs (the channel's last step before the
+    /// irreversible write): an attempt left open by a crash may have been delivered.
     pub async fn start_attempt(
         &self,
         message_id: &str,
@@ -277,12 +278,32 @@ impl Store {
         now: Timestamp,
     ) -> Result<i64, StoreError> {
         let id = message_id.to_owned();
+        self.write(move |c| insert_open_attempt(c, &id, channel, purpose, now))
+            .await
+    }
+
+    /// The departure of a pre-notice to `number`: marks the recipient pre-notified and opens
+    /// the attempt in one commit, or answers `None` (and writes nothing) when another notice
+    /// left first. A notice that never departed leaves the recipient unmarked, to be sent with
+    /// a later code.
+    pub async fn start_prenotice(
+        &self,
+        message_id: &str,
+        number: &str,
+        now: Timestamp,
+    ) -> Result<Option<i64>, StoreError> {
+        let (id, n) = (message_id.to_owned(), number.to_owned());
         self.write(move |c| {
-            exec(c,
-                "INSERT INTO attempts (message_id, channel, purpose, started_at) VALUES (?1, ?2, ?3, ?4)",
-                params![id, channel.as_str(), purpose.as_str(), now.0],
+            let changed = exec(c,
+                "INSERT INTO recipients (number, prenotified_at) VALUES (?1, ?2)
+                 ON CONFLICT (number) DO UPDATE SET prenotified_at = ?2 WHERE prenotified_at IS NULL",
+                params![n, now.0],
             )?;
-            Ok(c.last_insert_rowid())
+            if changed != 1 {
+                return Ok(None);
+            }
+            let purpose = AttemptPurpose::Prenotice;
+            Ok(Some(insert_open_attempt(c, &id, ChannelKind::Sms, purpose, now)?))
         })
         .await
     }
@@ -388,20 +409,6 @@ impl Store {
         .await
     }
 
-    /// Marks `number` pre-notified; true only for the call that marked it first.
-    pub async fn claim_prenotice(&self, number: &str, now: Timestamp) -> Result<bool, StoreError> {
-        let n = number.to_owned();
-        self.write(move |c| {
-            let changed = exec(c,
-                "INSERT INTO recipients (number, prenotified_at) VALUES (?1, ?2)
-                 ON CONFLICT (number) DO UPDATE SET prenotified_at = ?2 WHERE prenotified_at IS NULL",
-                params![n, now.0],
-            )?;
-            Ok(changed == 1)
-        })
-        .await
-    }
-
     /// A message and its attempts, if `client` sent it.
     pub async fn get(
         &self,
@@ -470,9 +477,11 @@ impl Store {
         .await
     }
 
-    /// Start-up recovery: attempts left open by a crash become 'interrupted' (their outcome is
-    /// unknown, so the dispatcher will not repeat them on the same channel) and their
-    /// messages go back to the queue. Returns how many messages were recovered.
+    /// Start-up recovery. An attempt is opened only when it departs, so one left open by a
+    /// crash may have been delivered: it becomes 'interrupted' and the dispatcher never repeats
+    /// it on that channel. Every message still sending goes back to the queue; one whose
+    /// attempt had not departed (it waited for a modem or the rate cap) has no trace of it and
+    /// is simply sent again. Returns how many messages were recovered.
     pub async fn recover(&self, now: Timestamp) -> Result<usize, StoreError> {
         self.write(move |c| {
             exec(c,
@@ -533,6 +542,21 @@ impl Store {
 /// The columns [`row_to_message`] reads, in order.
 const MESSAGE_COLUMNS: &str = "id, client, recipient, country, kind, body, sms_text, locale, reference, \
     idempotency_key, created_at, expires_at, state, channel, reason, finished_at, only_channel";
+
+fn insert_open_attempt(
+    c: &Connection,
+    message_id: &str,
+    channel: ChannelKind,
+    purpose: AttemptPurpose,
+    now: Timestamp,
+) -> Result<i64, StoreError> {
+    exec(
+        c,
+        "INSERT INTO attempts (message_id, channel, purpose, started_at) VALUES (?1, ?2, ?3, ?4)",
+        params![message_id, channel.as_str(), purpose.as_str(), now.0],
+    )?;
+    Ok(c.last_insert_rowid())
+}
 
 fn row_to_message(r: &rusqlite::Row<'_>) -> rusqlite::Result<Result<Message, StoreError>> {
     Ok(read_message(r))

@@ -20,7 +20,7 @@ mod verify;
 mod writer;
 
 pub use messages::{BatchResult, InsertResult, LimitScope, Message, NewMessage, ReceiptEffect};
-pub use settle::{Move, Settlement};
+pub use settle::{AttemptRow, Move, Settlement};
 pub use verify::{CheckOutcome, NewVerification, Resend, Verification};
 
 use std::path::{Path, PathBuf};

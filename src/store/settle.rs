@@ -10,7 +10,7 @@ use super::writer::exec;
 use super::{Message, Store, StoreError};
 use crate::channel::Outcome;
 use crate::clock::Timestamp;
-use crate::domain::{AttemptEnd, ChannelKind, MessageState};
+use crate::domain::{AttemptEnd, AttemptPurpose, ChannelKind, MessageState};
 
 /// Where a message goes once an attempt has ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,11 +39,28 @@ pub enum Move {
     },
 }
 
+/// The row of an attempt that ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttemptRow {
+    /// It departed: the row [`Store::start_attempt`] opened then, ended now.
+    Departed(i64),
+    /// It never departed (circuit open, rate cap, no modem took it): nothing left the box, and
+    /// the row is written only now, already ended, so a crash before it leaves no trace.
+    Stayed {
+        /// The channel that was asked.
+        channel: ChannelKind,
+        /// Code or pre-notice.
+        purpose: AttemptPurpose,
+        /// When the channel was asked.
+        started_at: Timestamp,
+    },
+}
+
 /// Everything one attempt's end changes, written by [`Store::settle`] in one commit.
 #[derive(Clone, Debug)]
 pub struct Settlement {
-    /// The attempt that ended (its id from [`Store::start_attempt`]) and how.
-    pub attempt: Option<(i64, Outcome)>,
+    /// The attempt that ended and how.
+    pub attempt: Option<(AttemptRow, Outcome)>,
     /// Remember that the message's recipient is not on WhatsApp until then.
     pub no_whatsapp_until: Option<Timestamp>,
     /// Where the message goes.
@@ -87,8 +104,21 @@ impl Store {
             .map(|until| (message.recipient.clone(), until));
         let ending = s.attempt.map(|(attempt, o)| (attempt, Ending::of(&o)));
         self.write(move |c| {
-            if let Some((attempt, ending)) = &ending {
-                end_attempt(c, *attempt, ending, now)?;
+            match &ending {
+                Some((AttemptRow::Departed(attempt), ending)) => {
+                    end_attempt(c, *attempt, ending, now)?;
+                }
+                Some((
+                    AttemptRow::Stayed {
+                        channel,
+                        purpose,
+                        started_at,
+                    },
+                    ending,
+                )) => {
+                    insert_ended_attempt(c, &id, *channel, *purpose, *started_at, ending, now)?;
+                }
+                None => {}
             }
             if let Some((number, until)) = &no_whatsapp {
                 remember_no_whatsapp(c, number, *until)?;
@@ -161,6 +191,23 @@ fn end_attempt(
     Ok(())
 }
 
+fn insert_ended_attempt(
+    c: &Connection,
+    message_id: &str,
+    channel: ChannelKind,
+    purpose: AttemptPurpose,
+    started_at: Timestamp,
+    e: &Ending,
+    now: Timestamp,
+) -> rusqlite::Result<()> {
+    exec(c,
+        "INSERT INTO attempts (message_id, channel, purpose, started_at, ended_at, outcome, provider_id, error_code, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![message_id, channel.as_str(), purpose.as_str(), started_at.0, now.0, e.end.as_str(), e.provider_id, e.error_code, e.detail],
+    )?;
+    Ok(())
+}
+
 fn remember_no_whatsapp(c: &Connection, number: &str, until: Timestamp) -> rusqlite::Result<()> {
     exec(
         c,
@@ -213,7 +260,6 @@ fn move_message(c: &Connection, id: &str, to: &Move, now: Timestamp) -> rusqlite
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::AttemptPurpose;
     use crate::store::tests::new_msg;
 
     const SENT_SMS: Move = Move::Finish {
@@ -225,7 +271,7 @@ mod tests {
 
     fn ended(attempt: i64, outcome: Outcome, movement: Move) -> Settlement {
         Settlement {
-            attempt: Some((attempt, outcome)),
+            attempt: Some((AttemptRow::Departed(attempt), outcome)),
             no_whatsapp_until: None,
             movement,
         }

@@ -157,6 +157,7 @@ impl SmsPool {
                 expires_at: d.expires_at,
                 take_by: self.take_by(i, &attempts, deadline),
                 deadline,
+                departure: d.departure.clone(),
             };
             match self.modems[i].send(job).await {
                 SendResult::Accepted { provider_id } => return Outcome::Accepted { provider_id },

@@ -523,6 +523,23 @@ impl WhatsAppChannel {
         }
     }
 
+    /// Announces the request's departure; when it is refused, nothing is sent and the answer
+    /// is transient.
+    async fn depart(d: &Delivery, last: &mut Option<Classified>) -> Result<(), Outcome> {
+        let Err(e) = d.departure.depart().await else {
+            return Ok(());
+        };
+        tracing::warn!(message_id = %d.message_id, reason = %e, "whatsapp: not sent: departure refused");
+        Err(match last.take() {
+            Some(c) => retry(c),
+            None => Outcome::Retry {
+                after: Duration::from_secs(1),
+                code: None,
+                reason: format!("not sent: {e}"),
+            },
+        })
+    }
+
     async fn deliver(&self, d: &Delivery) -> Outcome {
         let deadline = Instant::now() + d.budget;
         let (code, to) = match Self::precheck(d) {
@@ -566,6 +583,11 @@ impl WhatsAppChannel {
                 break;
             }
             let timeout = s.timeout.min(remaining).max(Duration::from_millis(1));
+            // The rate cap and the circuit let it go: only now is the attempt recorded as one
+            // that may reach WhatsApp. A second try finds it recorded already.
+            if let Err(o) = Self::depart(d, &mut last).await {
+                return o;
+            }
             let t0 = Instant::now();
             let result = self.post(&s, &body, timeout).await;
             let ms = t0.elapsed().as_millis() as u64;

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::warn;
 
-use crate::channel::ReceiptTx;
+use crate::channel::{Departure, ReceiptTx};
 use crate::clock::{SharedClock, Timestamp};
 use crate::config::ModemConfig;
 
@@ -173,6 +173,8 @@ pub struct SendJob {
     pub take_by: Instant,
     /// When the verdict is due: [`Modem::send`] answers by then, whatever the owner is doing.
     pub deadline: Instant,
+    /// Awaited after the first part's `> ` prompt, before its PDU is written.
+    pub departure: Departure,
 }
 
 impl fmt::Debug for SendJob {

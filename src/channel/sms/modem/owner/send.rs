@@ -83,22 +83,47 @@ impl Owner {
         self.await_prompt(conn, job, part, i, total).await?;
         if i == 0 && !claim.hand_over() {
             // The handle withdrew the job (its share of the time ran out) and has already
-            // answered Transient; the message must not leave now. Close the prompt unsent, and
-            // get back in step in case the modem answers the ESC line.
+            // answered Transient; the message must not leave now.
             debug!(modem = %self.name, message_id = %job.message_id, "prompt came after the job was withdrawn");
-            let after = match conn.escape().await {
-                Ok(()) => match conn.sync(self.cfg.command_timeout).await {
-                    Ok(_) => After::Nothing,
-                    Err(LinkError::Timeout) => After::Recover,
-                    Err(LinkError::Lost(_)) => After::Lost,
-                },
-                Err(LinkError::Timeout) => After::Recover,
-                Err(LinkError::Lost(_)) => After::Lost,
-            };
             let reason = format!("{}: withdrawn before the hand-over", self.name);
-            return Err((SendResult::Transient { code: None, reason }, after));
+            return Err((
+                SendResult::Transient { code: None, reason },
+                self.close_prompt(conn).await,
+            ));
+        }
+        if i == 0 {
+            // The departure is recorded only now, at the prompt, so a crash while the job
+            // waited in the queue leaves nothing that says it may have gone out. The prompt
+            // waits for it: one store commit, bounded like any other exchange.
+            let by = (Instant::now() + self.cfg.command_timeout).min(job.deadline);
+            let departed = match tokio::time::timeout_at(by, job.departure.depart()).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err("recording the departure took too long".to_owned()),
+            };
+            if let Err(why) = departed {
+                warn!(modem = %self.name, message_id = %job.message_id, reason = %why, "SMS not handed over: departure refused");
+                let reason = format!("{}: not sent: {why}", self.name);
+                return Err((
+                    SendResult::Transient { code: None, reason },
+                    self.close_prompt(conn).await,
+                ));
+            }
         }
         self.hand_over(conn, job, part, i, total).await
+    }
+
+    /// Closes a `> ` prompt unsent (ESC), and gets back in step in case the modem answers the
+    /// ESC line.
+    async fn close_prompt(&mut self, conn: &mut Conn) -> After {
+        match conn.escape().await {
+            Ok(()) => match conn.sync(self.cfg.command_timeout).await {
+                Ok(_) => After::Nothing,
+                Err(LinkError::Timeout) => After::Recover,
+                Err(LinkError::Lost(_)) => After::Lost,
+            },
+            Err(LinkError::Timeout) => After::Recover,
+            Err(LinkError::Lost(_)) => After::Lost,
+        }
     }
 
     /// AT+CMGS and its `> ` prompt. Nothing has gone out yet, so every failure here is safe to
