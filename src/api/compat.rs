@@ -61,7 +61,10 @@ fn first<'a>(params: &'a HashMap<String, String>, names: &[&str]) -> Option<&'a 
         .find_map(|n| params.get(*n).map(String::as_str))
 }
 
-fn form_params(bytes: &[u8]) -> HashMap<String, String> {
+/// Kannel's form or query parameters, the last value of a repeated name winning (public for
+/// the fuzz targets only).
+#[doc(hidden)]
+pub fn form_params(bytes: &[u8]) -> HashMap<String, String> {
     serde_urlencoded::from_bytes::<Vec<(String, String)>>(bytes)
         .unwrap_or_default()
         .into_iter()
@@ -228,7 +231,10 @@ pub const TEXT_FIELDS: &[&str] = &["sms", "text", "message", "Message", "msg", "
 /// Field names peers use to carry a key in the request itself.
 pub const KEY_FIELDS: &[&str] = &["key", "api_key", "apikey", "token", "access_token"];
 
-fn value_strings(v: &serde_json::Value) -> Vec<String> {
+/// A generic JSON field's values as strings: arrays flattened, numbers printed (public for the
+/// fuzz targets only).
+#[doc(hidden)]
+pub fn value_strings(v: &serde_json::Value) -> Vec<String> {
     match v {
         serde_json::Value::String(s) => vec![s.clone()],
         serde_json::Value::Number(n) => vec![n.to_string()],
