@@ -56,7 +56,10 @@ fn first<'a>(params: &'a HashMap<String, String>, names: &[&str]) -> Option<&'a 
         .find_map(|n| params.get(*n).map(String::as_str))
 }
 
-fn form_params(bytes: &[u8]) -> HashMap<String, String> {
+/// Kannel's form or query parameters, the last value of a repeated name winning (public for
+/// the fuzz targets only).
+#[doc(hidden)]
+pub fn form_params(bytes: &[u8]) -> HashMap<String, String> {
     serde_urlencoded::from_bytes::<Vec<(String, String)>>(bytes)
         .unwrap_or_default()
         .into_iter()
@@ -247,7 +250,9 @@ pub const KEY_FIELDS: &[&str] = &["key", "api_key", "apikey", "token", "access_t
 /// A JSON field's values: a string or a number, or a flat list of them. A list inside a
 /// list (or an object) in a field we read is refused, naming it: flattening it would guess
 /// at what the caller meant. Other fields are not read, so their shape does not matter.
-fn value_strings(key: &str, v: &serde_json::Value) -> Result<Vec<String>, ApiError> {
+/// (Public for the fuzz targets only.)
+#[doc(hidden)]
+pub fn value_strings(key: &str, v: &serde_json::Value) -> Result<Vec<String>, ApiError> {
     use serde_json::Value;
     let one = |v: &Value| match v {
         Value::String(s) => Some(s.clone()),

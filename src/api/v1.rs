@@ -82,6 +82,22 @@ fn parse_wait(query: Option<&str>, body: Option<f64>) -> Result<Option<Duration>
     }
 }
 
+/// Decodes and validates a `POST /v1/messages` body and query as [`post_message`] does, up to
+/// the number's parse, without a store (the fuzz targets' entry point).
+#[doc(hidden)]
+pub fn check_body(cfg: &Config, body: &[u8], query: Option<&str>) -> Result<(), ApiError> {
+    let r: SendRequest = parse_json(body)?;
+    parse_wait(query, r.wait_seconds)?;
+    check_token("idempotency_key", &r.idempotency_key, 128)?;
+    check_token("reference", &r.reference, 128)?;
+    submit::check_locale(r.locale.as_deref())?;
+    let ttl = submit::ttl_of(cfg, r.ttl_seconds)?;
+    submit::build_content(cfg, r.code, r.text, r.locale.as_deref(), ttl)?;
+    crate::phone::parse(&r.to, cfg.otp.default_country)
+        .map_err(|e| ApiError::field("invalid_phone_number", "to", format!("to {e}")))?;
+    Ok(())
+}
+
 /// `POST /v1/messages`
 pub async fn post_message(
     app: &App,
