@@ -190,54 +190,11 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn real_main(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::CheckConfig { config } => match config::load(&Sources::from_process(&config)) {
-            Ok(c) => {
-                print!("{}", c.summary());
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(e) => {
-                eprint!("{e}");
-                Ok(ExitCode::FAILURE)
-            }
-        },
+        Command::CheckConfig { config } => Ok(check_config(&config)),
         Command::Key {
             command: KeyCommand::New { name },
-        } => {
-            let (key, hash) = otpgate::api::auth::new_key();
-            println!("key (give it to the client; it is shown only once):\n  {key}\n");
-            println!("add to /etc/otpgate/otpgate.toml (or a conf.d file):\n");
-            println!(
-                "[[clients]]\nname = \"{name}\"\nkey_sha256 = \"{hash}\"\n# allow_ips = [\"10.0.0.0/8\"]"
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Run { config } => {
-            let sources = Sources::from_process(&config);
-            let cfg = match config::load(&sources) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprint!("{e}");
-                    return Ok(ExitCode::FAILURE);
-                }
-            };
-            init_logging(&cfg.log.level, cfg.log.format == "json");
-            for w in &cfg.warnings {
-                tracing::warn!("{w}");
-            }
-            runtime()?.block_on(async move {
-                let clock: SharedClock = Arc::new(SystemClock);
-                let set = otpgate::daemon::build_channels(&cfg, &clock)
-                    .await
-                    .context("building channels")?;
-                let running = otpgate::daemon::start(cfg, clock, set)
-                    .await
-                    .context("starting")?;
-                otpgate::daemon::run_until_signalled(sources, running)
-                    .await
-                    .context("running")?;
-                Ok(ExitCode::SUCCESS)
-            })
-        }
+        } => Ok(new_key(&name)),
+        Command::Run { config } => run(&config),
         Command::Modem {
             command:
                 ModemCommand::Probe {
@@ -245,22 +202,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
                     baud,
                     timeout,
                 },
-        } => {
-            let timeout = config::parse_duration(&timeout).map_err(anyhow::Error::msg)?;
-            runtime()?.block_on(async move {
-                match otpgate::channel::sms::modem::probe(&device, baud, timeout).await {
-                    Ok(report) => {
-                        println!("{report}");
-                        Ok(ExitCode::SUCCESS)
-                    }
-                    Err(e) => {
-                        // Every ModemError names the device already.
-                        eprintln!("otpgate: {e}");
-                        Ok(ExitCode::FAILURE)
-                    }
-                }
-            })
-        }
+        } => modem_probe(&device, baud, &timeout),
         #[cfg(feature = "simulators")]
         Command::Demo { listen } => {
             init_logging("warn,otpgate=info", false);
@@ -273,29 +215,7 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             pid,
             status_file,
             timeout,
-        } => {
-            let path = status_file.unwrap_or_else(otpgate::daemon::reload_status_path);
-            let s = otpgate::daemon::request_reload(
-                pid,
-                &path,
-                std::time::Duration::from_secs(timeout),
-            )?;
-            let headline = match s.result.as_str() {
-                "applied" => "reloaded: configuration applied",
-                "restart" => "reloaded: applied, but some changes take effect only after a restart",
-                "rejected" => "rejected: the previous configuration stays in force",
-                _ => "reload result unknown",
-            };
-            println!("{headline}");
-            for d in &s.details {
-                println!("  {d}");
-            }
-            Ok(if s.result == "rejected" {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            })
-        }
+        } => reload(pid, status_file, timeout),
         Command::Completions { shell } => {
             use clap::CommandFactory;
             let mut cmd = Cli::command();
@@ -324,6 +244,103 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             cacert,
         } => runtime()?.block_on(send(to, code, text, url, key, wait, cacert)),
     }
+}
+
+/// `otpgate check-config`: the summary, or every problem with its origin.
+fn check_config(config: &std::path::Path) -> ExitCode {
+    match config::load(&Sources::from_process(config)) {
+        Ok(c) => {
+            print!("{}", c.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprint!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `otpgate key new`: a client key, shown once, and the config lines with its hash.
+fn new_key(name: &str) -> ExitCode {
+    let (key, hash) = otpgate::api::auth::new_key();
+    println!("key (give it to the client; it is shown only once):\n  {key}\n");
+    println!("add to /etc/otpgate/otpgate.toml (or a conf.d file):\n");
+    println!(
+        "[[clients]]\nname = \"{name}\"\nkey_sha256 = \"{hash}\"\n# allow_ips = [\"10.0.0.0/8\"]"
+    );
+    ExitCode::SUCCESS
+}
+
+/// `otpgate run`: the daemon until SIGTERM.
+fn run(config: &std::path::Path) -> Result<ExitCode> {
+    let sources = Sources::from_process(config);
+    let cfg = match config::load(&sources) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    init_logging(&cfg.log.level, cfg.log.format == "json");
+    for w in &cfg.warnings {
+        tracing::warn!("{w}");
+    }
+    runtime()?.block_on(async move {
+        let clock: SharedClock = Arc::new(SystemClock);
+        let set = otpgate::daemon::build_channels(&cfg, &clock)
+            .await
+            .context("building channels")?;
+        let running = otpgate::daemon::start(cfg, clock, set)
+            .await
+            .context("starting")?;
+        otpgate::daemon::run_until_signalled(sources, running)
+            .await
+            .context("running")?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `otpgate modem probe`: what the modem on `device` says about itself.
+fn modem_probe(device: &std::path::Path, baud: u32, timeout: &str) -> Result<ExitCode> {
+    let timeout = config::parse_duration(timeout).map_err(anyhow::Error::msg)?;
+    runtime()?.block_on(async move {
+        match otpgate::channel::sms::modem::probe(device, baud, timeout).await {
+            Ok(report) => {
+                println!("{report}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                // Every ModemError names the device already.
+                eprintln!("otpgate: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+    })
+}
+
+/// `otpgate reload`: SIGHUP to the daemon, then its verdict from the status file.
+fn reload(
+    pid: Option<i32>,
+    status_file: Option<std::path::PathBuf>,
+    timeout: u64,
+) -> Result<ExitCode> {
+    let path = status_file.unwrap_or_else(otpgate::daemon::reload_status_path);
+    let s = otpgate::daemon::request_reload(pid, &path, std::time::Duration::from_secs(timeout))?;
+    let headline = match s.result.as_str() {
+        "applied" => "reloaded: configuration applied",
+        "restart" => "reloaded: applied, but some changes take effect only after a restart",
+        "rejected" => "rejected: the previous configuration stays in force",
+        _ => "reload result unknown",
+    };
+    println!("{headline}");
+    for d in &s.details {
+        println!("  {d}");
+    }
+    Ok(if s.result == "rejected" {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 async fn send(
