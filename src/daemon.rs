@@ -144,23 +144,7 @@ pub async fn start(
     clock: SharedClock,
     set: ChannelSet,
 ) -> Result<Running, DaemonError> {
-    let store = Store::open(&cfg.store.path).map_err(|source| DaemonError::Store {
-        path: cfg.store.path.display().to_string(),
-        source,
-    })?;
-    let recovered = store
-        .recover(clock.now())
-        .await
-        .map_err(|source| DaemonError::Store {
-            path: cfg.store.path.display().to_string(),
-            source,
-        })?;
-    if recovered > 0 {
-        tracing::warn!(
-            count = recovered,
-            "resuming messages that were in flight when the daemon stopped"
-        );
-    }
+    let store = open_store(&cfg, &clock).await?;
     crate::phone::warm_up(cfg.otp.default_country);
     let settings = Arc::new(RwLock::new(ListenSettings::from_config(&cfg.server)?));
     let mut listeners = Vec::new();
@@ -225,6 +209,23 @@ pub async fn start(
         shutdown,
         tasks,
     })
+}
+
+/// Opens the store and resumes what was in flight when the daemon last stopped.
+async fn open_store(cfg: &Config, clock: &SharedClock) -> Result<Store, DaemonError> {
+    let failed = |source| DaemonError::Store {
+        path: cfg.store.path.display().to_string(),
+        source,
+    };
+    let store = Store::open(&cfg.store.path).map_err(failed)?;
+    let recovered = store.recover(clock.now()).await.map_err(failed)?;
+    if recovered > 0 {
+        tracing::warn!(
+            count = recovered,
+            "resuming messages that were in flight when the daemon stopped"
+        );
+    }
+    Ok(store)
 }
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
