@@ -91,9 +91,11 @@ fuzz_target!(|input: Input| {
                 assert_eq!(c.reference, u16::from(input.concat_ref));
             }
         }
-        // User data octets: what follows TP-UDL is bounded by 140.
+        // User data octets: what follows TP-UDL is bounded by 140. The header before it: first
+        // octet, MR, the address (at most 12), PID, DCS, the validity period (7 octets in the
+        // absolute format a short-lived code gets) and UDL.
         assert!(
-            p.tpdu_len <= 7 + 12 + MAX_UD_OCTETS,
+            p.tpdu_len <= 1 + 1 + 12 + 1 + 1 + 7 + 1 + MAX_UD_OCTETS,
             "TPDU of {} octets",
             p.tpdu_len
         );
