@@ -248,24 +248,7 @@ fn median(mut all: Vec<Result>) -> Result {
 
 /// Pages the store's writer connection has written to the WAL so far (SQLite's own counter).
 async fn wal_pages(store: &otpgate::store::Store) -> i64 {
-    store
-        .write(|c| {
-            let (mut now, mut high) = (0, 0);
-            // SAFETY: reads a counter of this connection on the thread that owns it.
-            let rc = unsafe {
-                rusqlite::ffi::sqlite3_db_status(
-                    c.handle(),
-                    rusqlite::ffi::SQLITE_DBSTATUS_CACHE_WRITE,
-                    &mut now,
-                    &mut high,
-                    0,
-                )
-            };
-            assert_eq!(rc, rusqlite::ffi::SQLITE_OK, "sqlite3_db_status");
-            Ok(i64::from(now))
-        })
-        .await
-        .expect("store")
+    store.wal_pages_written().await.expect("store")
 }
 
 /// A row as the API stores it: a time-ordered id, a full number, a code and its SMS text.
