@@ -86,16 +86,36 @@ fn parse_wait(query: Option<&str>, body: Option<f64>) -> Result<Option<Duration>
 /// the number's parse, without a store (the fuzz targets' entry point).
 #[doc(hidden)]
 pub fn check_body(cfg: &Config, body: &[u8], query: Option<&str>) -> Result<(), ApiError> {
+    let (_, s) = decode(cfg, body, query)?;
+    crate::phone::parse(&s.to, cfg.otp.default_country)
+        .map_err(|e| ApiError::field("invalid_phone_number", "to", format!("to {e}")))?;
+    Ok(())
+}
+
+/// A `POST /v1/messages` body and query, decoded and checked up to the pipeline: the wait the
+/// caller asked for and the submission. One function for the door and the fuzz target.
+fn decode(
+    cfg: &Config,
+    body: &[u8],
+    query: Option<&str>,
+) -> Result<(Option<Duration>, Submission), ApiError> {
     let r: SendRequest = parse_json(body)?;
-    parse_wait(query, r.wait_seconds)?;
+    let wait = parse_wait(query, r.wait_seconds)?;
     check_token("idempotency_key", &r.idempotency_key, 128)?;
     check_token("reference", &r.reference, 128)?;
     submit::check_locale(r.locale.as_deref())?;
     let ttl = submit::ttl_of(cfg, r.ttl_seconds)?;
-    submit::build_content(cfg, r.code, r.text, r.locale.as_deref(), ttl)?;
-    crate::phone::parse(&r.to, cfg.otp.default_country)
-        .map_err(|e| ApiError::field("invalid_phone_number", "to", format!("to {e}")))?;
-    Ok(())
+    let (content, _) = submit::build_content(cfg, r.code, r.text, r.locale.as_deref(), ttl)?;
+    let submission = Submission {
+        to: r.to,
+        content,
+        ttl,
+        locale: r.locale,
+        idempotency_key: r.idempotency_key,
+        reference: r.reference,
+        only_channel: None,
+    };
+    Ok((wait, submission))
 }
 
 /// `POST /v1/messages`
@@ -120,25 +140,9 @@ pub async fn post_message(
     }
     let query = req.uri().query().map(str::to_owned);
     let (_, body) = read_body(req, cfg.server.max_body_bytes).await?;
-    let r: SendRequest = parse_json(&body)?;
-    let wait = parse_wait(query.as_deref(), r.wait_seconds)?;
-    check_token("idempotency_key", &r.idempotency_key, 128)?;
-    check_token("reference", &r.reference, 128)?;
-    submit::check_locale(r.locale.as_deref())?;
-    let ttl = submit::ttl_of(cfg, r.ttl_seconds)?;
-    let (content, _) = submit::build_content(cfg, r.code, r.text, r.locale.as_deref(), ttl)?;
+    let (wait, submission) = decode(cfg, &body, query.as_deref())?;
     let intake = Intake { app, cfg, client };
-    let accepted = intake
-        .accept(Submission {
-            to: r.to,
-            content,
-            ttl,
-            locale: r.locale,
-            idempotency_key: r.idempotency_key,
-            reference: r.reference,
-            only_channel: None,
-        })
-        .await?;
+    let accepted = intake.accept(submission).await?;
     match accepted {
         Accepted::New(m) => {
             let mut body = AcceptedView::queued(&m);
