@@ -203,8 +203,10 @@ pub async fn fetch_json(req: reqwest::RequestBuilder) -> (u16, serde_json::Value
 
 /// A client for plain HTTP to the gateway on loopback.
 pub fn http_client() -> reqwest::Client {
+    // No request may hang a test (and CI) forever: twice the guard is far beyond any answer.
     otpgate::sim::tls::loopback_client()
         .unwrap()
+        .timeout(2 * GUARD)
         .build()
         .unwrap()
 }

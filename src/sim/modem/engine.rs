@@ -41,7 +41,7 @@ pub(super) async fn run(master: OwnedFd, shared: Arc<Shared>, stop: Arc<AtomicBo
         }
         let pending: Vec<Vec<u8>> = std::mem::take(&mut shared.lock().out);
         for chunk in pending {
-            if write_all(&fd, &chunk).await.is_err() {
+            if write_all(&fd, &chunk, &stop).await.is_err() {
                 return;
             }
         }
@@ -56,7 +56,7 @@ pub(super) async fn run(master: OwnedFd, shared: Arc<Shared>, stop: Arc<AtomicBo
             }
         });
         for chunk in due {
-            if write_all(&fd, &chunk).await.is_err() {
+            if write_all(&fd, &chunk, &stop).await.is_err() {
                 return;
             }
         }
@@ -88,10 +88,10 @@ pub(super) async fn run(master: OwnedFd, shared: Arc<Shared>, stop: Arc<AtomicBo
         for &b in &buf[..n] {
             let reply = handle_byte(b, &mut line, &mut mode, &shared, &mut scheduled);
             if let Some((delay, out)) = reply {
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
+                if !pause(delay, &stop).await {
+                    return;
                 }
-                if write_all(&fd, &out).await.is_err() {
+                if write_all(&fd, &out, &stop).await.is_err() {
                     return;
                 }
             }
@@ -99,10 +99,34 @@ pub(super) async fn run(master: OwnedFd, shared: Arc<Shared>, stop: Arc<AtomicBo
     }
 }
 
-async fn write_all(fd: &AsyncFd<OwnedFd>, mut bytes: &[u8]) -> std::io::Result<()> {
+/// Waits `delay` (a slow modem's answer time); false when the modem is stopped meanwhile.
+async fn pause(delay: Duration, stop: &AtomicBool) -> bool {
+    let until = Instant::now() + delay;
+    while Instant::now() < until {
+        if stop.load(Ordering::SeqCst) {
+            return false;
+        }
+        tokio::time::sleep_until(until.min(Instant::now() + Duration::from_millis(50))).await;
+    }
+    !stop.load(Ordering::SeqCst)
+}
+
+/// Writes everything, unless the modem is being stopped: with no reader on the other side
+/// (the daemon killed) the pty fills and would never become writable again, and the thread
+/// that closes the modem waits for this one.
+async fn write_all(
+    fd: &AsyncFd<OwnedFd>,
+    mut bytes: &[u8],
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
     while !bytes.is_empty() {
-        let mut guard = fd.writable().await?;
-        match guard.try_io(|inner| {
+        if stop.load(Ordering::SeqCst) {
+            return Err(std::io::ErrorKind::Interrupted.into());
+        }
+        let Ok(guard) = tokio::time::timeout(Duration::from_millis(50), fd.writable()).await else {
+            continue;
+        };
+        match guard?.try_io(|inner| {
             nix::unistd::write(inner.get_ref(), bytes).map_err(std::io::Error::from)
         }) {
             Ok(Ok(n)) => bytes = &bytes[n..],
