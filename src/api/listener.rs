@@ -191,31 +191,12 @@ pub async fn serve<H: Handler>(
             Ok(s) => s.clone(),
             Err(_) => break,
         };
-        let handler = handler.clone();
-        let stats = stats.clone();
-        let stop = shutdown.clone();
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         stats.open.fetch_add(1, Ordering::Relaxed);
+        let (handler, stats, stop) = (handler.clone(), stats.clone(), shutdown.clone());
         conns.spawn(async move {
             let _permit = permit;
-            match &cfg.tls {
-                Some(acceptor) => {
-                    match tokio::time::timeout(cfg.header_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            let info = ConnInfo { remote, tls: true };
-                            let io = TokioIo::new(tls);
-                            serve_conn(io, handler, info, health_only, &cfg, stop).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
-                    }
-                }
-                None => {
-                    let info = ConnInfo { remote, tls: false };
-                    let io = TokioIo::new(stream);
-                    serve_conn(io, handler, info, health_only, &cfg, stop).await;
-                }
-            }
+            connection(stream, remote, health_only, &cfg, handler, stop).await;
             stats.open.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -224,6 +205,33 @@ pub async fn serve<H: Handler>(
     if tokio::time::timeout(drain, all_done).await.is_err() {
         tracing::warn!("some connections were still busy after the drain period");
         conns.abort_all();
+    }
+}
+
+/// One accepted connection: its TLS handshake (bounded by the header timeout), then HTTP.
+async fn connection<H: Handler>(
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    health_only: bool,
+    cfg: &ListenSettings,
+    handler: Arc<H>,
+    stop: watch::Receiver<bool>,
+) {
+    match &cfg.tls {
+        Some(acceptor) => {
+            match tokio::time::timeout(cfg.header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => {
+                    let info = ConnInfo { remote, tls: true };
+                    serve_conn(TokioIo::new(tls), handler, info, health_only, cfg, stop).await;
+                }
+                Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+            }
+        }
+        None => {
+            let info = ConnInfo { remote, tls: false };
+            serve_conn(TokioIo::new(stream), handler, info, health_only, cfg, stop).await;
+        }
     }
 }
 
