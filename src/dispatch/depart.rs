@@ -208,6 +208,7 @@ mod tests {
         let settlement = Settlement {
             attempt: Some((refused.row(leave), down)),
             no_whatsapp_until: None,
+            learned: crate::domain::Learned::default(),
             movement: Move::Requeue {
                 at: Timestamp(5000),
                 reason: None,
