@@ -122,7 +122,7 @@ impl World {
 }
 
 #[tokio::test]
-async fn whatsapp_success_with_a_single_prenotice_before_the_first_code() {
+async fn whatsapp_success_with_a_single_prenotice_after_the_first_code() {
     let w = world("", "").await;
     let v = w.send("+919876543210", "482913").await;
     assert_eq!(
@@ -140,15 +140,21 @@ async fn whatsapp_success_with_a_single_prenotice_before_the_first_code() {
         j["template"]["components"][1]["parameters"][0]["text"],
         "482913"
     );
-    w.send("+919876543210", "111222").await;
-    // The pre-notice went once, by SMS, and it is not the code.
+    // Without the webhook the Cloud API's acceptance is the confirmation: the pre-notice
+    // follows it, by SMS, and it is not the code.
     wait_for("the pre-notice SMS", async || {
         !w.modem.received().is_empty()
     })
     .await;
+    // The user asks again while that code is unconfirmed: the new code goes by SMS, and no
+    // second notice comes.
+    let again = w.send("+919876543210", "111222").await;
+    assert_eq!(again["channel"], "sms", "{again}");
+    assert_eq!(w.wa_to("919876543210"), 1);
     let sms = w.modem.received();
-    assert_eq!(sms.len(), 1, "exactly one pre-notice");
+    assert_eq!(sms.len(), 2, "one pre-notice and the repeated code");
     assert!(sms[0].text.contains("WhatsApp") && !sms[0].text.contains("482913"));
+    assert!(sms[1].text.contains("111222"));
     w.stop().await;
 }
 

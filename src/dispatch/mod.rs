@@ -346,7 +346,7 @@ impl Dispatcher {
                 return;
             }
         };
-        if kind.confirms_delivery() && effect.state == MessageState::Delivered && effect.changed {
+        if effect.newly_delivered {
             self.0
                 .metrics
                 .delivered

@@ -160,6 +160,8 @@ pub struct ReceiptEffect {
     pub expires_at: Timestamp,
     /// False for a repeated or out-of-order receipt that changed nothing.
     pub changed: bool,
+    /// This receipt moved the message to delivered (a later `read` does not).
+    pub newly_delivered: bool,
 }
 
 impl Store {
@@ -387,12 +389,13 @@ impl Store {
                     params![attempt_id, kind.as_str(), at.0, code],
                 )?;
             }
+            let mut newly_delivered = false;
             if kind.confirms_delivery() && purpose == AttemptPurpose::Code {
-                exec(c,
+                newly_delivered = exec(c,
                     "UPDATE messages SET state = 'delivered', channel = ?3, finished_at = ?2, body = NULL, sms_text = NULL
                      WHERE id = ?1 AND state IN ('sent', 'sending')",
                     params![message_id, at.0, channel.as_str()],
-                )?;
+                )? == 1;
             }
             let (client, recipient, country, state, carried_by, expires): (
                 String,
@@ -417,6 +420,7 @@ impl Store {
                 carried_by: carried_by.as_deref().map(ChannelKind::read).transpose()?,
                 expires_at: Timestamp(expires),
                 changed,
+                newly_delivered,
             }))
         })
         .await
