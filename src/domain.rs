@@ -248,9 +248,9 @@ pub struct RecipientInfo {
     pub no_whatsapp_until: Option<Timestamp>,
     /// When the pre-notice went out.
     pub prenotified_at: Option<Timestamp>,
-    /// Without receipts: a WhatsApp code to this number was accepted, nothing confirmed it,
-    /// and it lives until then.
-    pub unconfirmed_until: Option<Timestamp>,
+    /// Without receipts: a WhatsApp code to this number was accepted then, nothing
+    /// confirmed it, and it lives until `.1`.
+    pub unconfirmed: Option<(Timestamp, Timestamp)>,
     /// Its user asked again while a WhatsApp code was unconfirmed: codes go by SMS until then.
     pub sms_until: Option<Timestamp>,
     /// What became of the number's first WhatsApp code.
@@ -276,8 +276,8 @@ pub struct Learned {
     /// This message's WhatsApp code is confirmed: the pre-notice is due (the store sends it
     /// once per number, never after a first code that failed).
     pub prenotice_due: bool,
-    /// An unconfirmed WhatsApp code to the number lives until then.
-    pub unconfirmed_until: Option<Timestamp>,
+    /// An unconfirmed WhatsApp code to the number was accepted at `.0` and lives until `.1`.
+    pub unconfirmed: Option<(Timestamp, Timestamp)>,
     /// Route the number to SMS until then.
     pub sms_until: Option<Timestamp>,
 }

@@ -418,9 +418,13 @@ async fn without_a_webhook_the_gateway_says_so_and_escalates_on_the_signals_it_h
             .contains("unconfirmed"),
         "{ready}"
     );
-    // The user asks again while their WhatsApp code is unconfirmed and alive: SMS.
+    // The user asks again at once (a double submit): WhatsApp again.
     let to = "+919876543214";
     assert_eq!(w.send(to, "818181").await["channel"], "whatsapp");
+    assert_eq!(w.send(to, "818182").await["channel"], "whatsapp");
+    // Asked again after the delivery deadline (2s) while that code is unconfirmed and
+    // alive: the user did not get it, so SMS.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
     let v = w.send(to, "828282").await;
     assert_eq!(v["channel"], "sms", "{v}");
     let m = w.get(v["id"].as_str().unwrap()).await;
@@ -436,7 +440,7 @@ async fn without_a_webhook_the_gateway_says_so_and_escalates_on_the_signals_it_h
     // And the number stays on SMS for a while.
     let v = w.send(to, "838383").await;
     assert_eq!(v["channel"], "sms", "{v}");
-    assert_eq!(w.wa_to("919876543214"), 1);
+    assert_eq!(w.wa_to("919876543214"), 2);
     assert!(w.metrics().await.contains("reason=\"asked_again\""));
 
     // A verification nobody checks gets the same code by SMS once, after escalate_after.

@@ -480,8 +480,8 @@ pub fn decide(rules: &Rules<'_>, i: &Input<'_>) -> Decision {
 }
 
 /// Without receipts, the user asking again is the signal: a new code for a number whose
-/// WhatsApp code is unconfirmed and alive goes by SMS, and the number stays on SMS for a
-/// while. Only when SMS can take it.
+/// WhatsApp code is unconfirmed and alive, and out for longer than the delivery deadline,
+/// goes by SMS, and the number stays on SMS for a while. Only when SMS can take it.
 fn asked_again(
     rules: &Rules<'_>,
     i: &Input<'_>,
@@ -505,7 +505,10 @@ fn asked_again(
         ));
         return None;
     }
-    r.unconfirmed_until.filter(|t| *t > i.now)?;
+    // Asking again before a delivered code would have arrived is a double submit, not a
+    // sign that WhatsApp failed: the delivery deadline is the time a code gets.
+    r.unconfirmed
+        .filter(|(since, until)| *until > i.now && since.plus(rules.delivery_deadline) <= i.now)?;
     candidates.retain(|c| *c != ChannelKind::WhatsApp);
     Some(Escalation {
         reason: "asked_again",
@@ -633,7 +636,7 @@ pub fn after_attempt(
             v.learned = Learned {
                 first_whatsapp: Some(FirstWhatsApp::Confirmed),
                 prenotice_due: a.prenotice,
-                unconfirmed_until: Some(a.expires_at),
+                unconfirmed: Some((now, a.expires_at)),
                 sms_until: None,
             };
         }

@@ -495,17 +495,20 @@ impl Store {
         let n = number.to_owned();
         self.read(move |c| {
             Ok(c.query_row(
-                "SELECT no_whatsapp_until, prenotified_at, unconfirmed_until, sms_until, first_whatsapp
+                "SELECT no_whatsapp_until, prenotified_at, unconfirmed_since, unconfirmed_until,
+                        sms_until, first_whatsapp
                  FROM recipients WHERE number = ?1",
                 params![n],
                 |r| {
-                    let first: Option<String> = r.get(4)?;
+                    let first: Option<String> = r.get(5)?;
+                    let since = r.get::<_, Option<i64>>(2)?.map(Timestamp);
+                    let until = r.get::<_, Option<i64>>(3)?.map(Timestamp);
                     Ok((
                         RecipientInfo {
                             no_whatsapp_until: r.get::<_, Option<i64>>(0)?.map(Timestamp),
                             prenotified_at: r.get::<_, Option<i64>>(1)?.map(Timestamp),
-                            unconfirmed_until: r.get::<_, Option<i64>>(2)?.map(Timestamp),
-                            sms_until: r.get::<_, Option<i64>>(3)?.map(Timestamp),
+                            unconfirmed: since.zip(until),
+                            sms_until: r.get::<_, Option<i64>>(4)?.map(Timestamp),
                             first_whatsapp: None,
                         },
                         first,

@@ -142,7 +142,8 @@ const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX messages_watch ON messages (next_attempt_at)
         WHERE state = 'sent' AND body IS NOT NULL;
-    ALTER TABLE recipients ADD COLUMN unconfirmed_until INTEGER;  -- unconfirmed WhatsApp code alive until
+    ALTER TABLE recipients ADD COLUMN unconfirmed_since INTEGER;  -- an unconfirmed WhatsApp code accepted then
+    ALTER TABLE recipients ADD COLUMN unconfirmed_until INTEGER;  -- and alive until
     ALTER TABLE recipients ADD COLUMN sms_until INTEGER;          -- asked again: SMS until
     ALTER TABLE recipients ADD COLUMN first_whatsapp TEXT;        -- 'confirmed' | 'failed'
     ALTER TABLE recipients ADD COLUMN prenotice_message TEXT;     -- the confirmed code that made the notice due

@@ -275,11 +275,11 @@ fn learn(c: &Connection, number: &str, message_id: &str, l: &Learned) -> rusqlit
             params![number, message_id],
         )? == 1;
     }
-    if let Some(until) = l.unconfirmed_until {
+    if let Some((since, until)) = l.unconfirmed {
         exec(
             c,
-            "UPDATE recipients SET unconfirmed_until = ?2 WHERE number = ?1",
-            params![number, until.0],
+            "UPDATE recipients SET unconfirmed_since = ?2, unconfirmed_until = ?3 WHERE number = ?1",
+            params![number, since.0, until.0],
         )?;
     }
     if let Some(until) = l.sms_until {

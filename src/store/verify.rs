@@ -223,7 +223,7 @@ impl Store {
                 // The user had the code: the WhatsApp code is confirmed after all, so asking
                 // again later is no sign that WhatsApp fails them.
                 exec(c,
-                    "UPDATE recipients SET unconfirmed_until = NULL
+                    "UPDATE recipients SET unconfirmed_since = NULL, unconfirmed_until = NULL
                      WHERE number = (SELECT recipient FROM verifications WHERE id = ?1)",
                     params![id],
                 )?;

@@ -654,7 +654,7 @@ fn a_confirmed_whatsapp_code_brings_the_prenotice_when_sms_may_carry_it() {
         Learned {
             first_whatsapp: Some(FirstWhatsApp::Confirmed),
             prenotice_due: true,
-            unconfirmed_until: Some(Timestamp(300_000)),
+            unconfirmed: Some((now, Timestamp(300_000))),
             sms_until: None,
         }
     );
@@ -801,10 +801,13 @@ fn an_unchecked_verification_escalates_to_sms_once() {
 fn without_receipts_a_repeated_request_for_an_unconfirmed_code_goes_by_sms() {
     use ChannelKind::*;
     let waiting = RecipientInfo {
-        unconfirmed_until: Some(Timestamp(100_000)),
+        unconfirmed: Some((Timestamp(20_000), Timestamp(100_000))),
         ..Default::default()
     };
     let mut i = input(&waiting, &[], BOTH_UP);
+    // Asked again at once (a double submit): WhatsApp still; after the deadline: SMS.
+    i.now = Timestamp(34_999);
+    assert_eq!(channels(&decide(&rules(), &i)), vec![WhatsApp, Sms]);
     i.now = Timestamp(50_000);
     let d = decide(&rules(), &i);
     assert_eq!(channels(&d), vec![Sms]);
