@@ -23,7 +23,7 @@ use crate::domain::{
     Attempt, AttemptEnd, AttemptPurpose, ChannelKind, Learned, MessageKind, MessageState,
 };
 use crate::metrics::{self, Metrics, ReasonLabel};
-use crate::store::{AttemptRow, Message, Move, Settlement, Store, StoreError};
+use crate::store::{AttemptRow, Message, Move, ReceiptEffect, Settlement, Store, StoreError};
 
 use depart::{Leave, Leaving};
 
@@ -368,12 +368,22 @@ impl Dispatcher {
             notice_allowed: rules.notice_allowed(effect.country.as_deref(), &self.configured()),
         };
         let verdict = policy::after_receipt(&rules, facts, now);
-        if verdict == ReceiptVerdict::default() {
-            return;
+        if verdict != ReceiptVerdict::default() {
+            self.carry_out_receipt(&effect, verdict, now).await;
         }
+    }
+
+    /// Carries out what a receipt means: the fallback (requeue) and what it taught about the
+    /// recipient, in one commit; then the pre-notice it made due.
+    async fn carry_out_receipt(
+        &self,
+        effect: &ReceiptEffect,
+        verdict: ReceiptVerdict,
+        now: Timestamp,
+    ) {
         let movement = match &verdict.fall_back {
             Some(reason) => {
-                tracing::info!(message = %effect.message_id, channel = %channel, "provider reported failure; falling back");
+                tracing::info!(message = %effect.message_id, "provider reported failure; falling back");
                 self.count_fallback("failed_receipt");
                 Move::Requeue {
                     at: now,
@@ -394,11 +404,8 @@ impl Dispatcher {
             .settle_message(&effect.message_id, &effect.recipient, settlement, now)
             .await
         {
-            Ok(due) => {
-                if due {
-                    self.send_due_prenotices().await;
-                }
-            }
+            Ok(true) => self.send_due_prenotices().await,
+            Ok(false) => {}
             Err(e) => tracing::error!(error = %e, "cannot record what a receipt means"),
         }
         self.wake();
@@ -531,19 +538,7 @@ impl Dispatcher {
                     }
                 }
                 if let Some(e) = escalated {
-                    tracing::info!(message = %m.id, reason = e.reason, "whatsapp passed over: {}", e.detail);
-                    self.count_fallback(e.reason);
-                    let wa = ChannelKind::WhatsApp;
-                    self.0.store.record_skip(&m.id, wa, e.detail, now).await?;
-                    if !e.learned.is_empty() {
-                        let settlement = Settlement {
-                            attempt: None,
-                            no_whatsapp_until: None,
-                            learned: e.learned,
-                            movement: Move::Stay,
-                        };
-                        self.0.store.settle(&m, settlement, now).await?;
-                    }
+                    self.escalate(&m, e, now).await?;
                 }
                 let plan = Plan {
                     steps: &steps,
@@ -553,6 +548,30 @@ impl Dispatcher {
                 self.run_steps(&m, content, plan, &rules, &attempts).await
             }
         }
+    }
+
+    /// Records why WhatsApp was passed over for this code (a skipped row, the fallback metric)
+    /// and what that taught about the recipient.
+    async fn escalate(
+        &self,
+        m: &Message,
+        e: policy::Escalation,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        tracing::info!(message = %m.id, reason = e.reason, "whatsapp passed over: {}", e.detail);
+        self.count_fallback(e.reason);
+        let wa = ChannelKind::WhatsApp;
+        self.0.store.record_skip(&m.id, wa, e.detail, now).await?;
+        if !e.learned.is_empty() {
+            let settlement = Settlement {
+                attempt: None,
+                no_whatsapp_until: None,
+                learned: e.learned,
+                movement: Move::Stay,
+            };
+            self.0.store.settle(m, settlement, now).await?;
+        }
+        Ok(())
     }
 
     /// Runs the planned steps in order until the policy says the message leaves.

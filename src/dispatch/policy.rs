@@ -615,6 +615,28 @@ fn grown(after: Duration, earlier_retries: u32) -> Duration {
     grown.min(MAX_RETRY_WAIT).max(after)
 }
 
+/// What a code attempt on WhatsApp teaches about its recipient: a fallback means its first
+/// WhatsApp code failed; without receipts the Cloud API's acceptance is all the confirmation
+/// there is (and the code stays unconfirmed for the repeat-request escalation).
+fn learned_from(rules: &Rules<'_>, a: Attempted, outcome: &Outcome, now: Timestamp) -> Learned {
+    if a.channel != ChannelKind::WhatsApp || a.kind != MessageKind::Code {
+        return Learned::default();
+    }
+    match outcome {
+        Outcome::Accepted { .. } if !rules.receipts => Learned {
+            first_whatsapp: Some(FirstWhatsApp::Confirmed),
+            prenotice_due: a.prenotice,
+            unconfirmed: Some((now, a.expires_at)),
+            sms_until: None,
+        },
+        Outcome::FallBack { .. } => Learned {
+            first_whatsapp: Some(FirstWhatsApp::Failed),
+            ..Learned::default()
+        },
+        _ => Learned::default(),
+    }
+}
+
 /// Says what the outcome of the attempt `a` means, at `now` (when it ended).
 pub fn after_attempt(
     rules: &Rules<'_>,
@@ -627,24 +649,8 @@ pub fn after_attempt(
         end: None,
         no_whatsapp_until: None,
         fallback: None,
-        learned: Learned::default(),
+        learned: learned_from(rules, a, outcome, now),
     };
-    let code_on_whatsapp = ch == ChannelKind::WhatsApp && a.kind == MessageKind::Code;
-    match outcome {
-        // Without receipts the Cloud API's acceptance is all the confirmation there is.
-        Outcome::Accepted { .. } if code_on_whatsapp && !rules.receipts => {
-            v.learned = Learned {
-                first_whatsapp: Some(FirstWhatsApp::Confirmed),
-                prenotice_due: a.prenotice,
-                unconfirmed: Some((now, a.expires_at)),
-                sms_until: None,
-            };
-        }
-        Outcome::FallBack { .. } if code_on_whatsapp => {
-            v.learned.first_whatsapp = Some(FirstWhatsApp::Failed);
-        }
-        _ => {}
-    }
     // Moving on to the next step, or, on the last one, what `last` says.
     let mut move_on = |reason: &'static str, last: End| {
         if a.more && now < a.expires_at {
