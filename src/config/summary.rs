@@ -259,4 +259,33 @@ mod tests {
         let (_d, c) = load_with(MINIMAL, &[]);
         assert!(!c.unwrap().summary().contains("does not exist"));
     }
+
+    #[test]
+    fn delivery_keys_default_and_validate_naming_the_key() {
+        let (_d, c) = load_with(MINIMAL, &[]);
+        let c = c.unwrap();
+        assert_eq!(c.policy.delivery_deadline, Duration::from_secs(15));
+        assert_eq!(c.policy.unconfirmed_sms_for, Duration::from_secs(86_400));
+        assert_eq!(c.verify.escalate_after, Some(Duration::from_secs(60)));
+        let body = format!(
+            "{MINIMAL}[policy]\ndelivery_deadline = \"5s\"\nunconfirmed_sms_for = \"2h\"\n[verify]\nescalate_after = \"off\"\n"
+        );
+        let (_d, c) = load_with(&body, &[]);
+        let c = c.unwrap();
+        assert_eq!(c.policy.delivery_deadline, Duration::from_secs(5));
+        assert_eq!(c.policy.unconfirmed_sms_for, Duration::from_secs(7200));
+        assert_eq!(c.verify.escalate_after, None);
+        for (section, key, value) in [
+            ("policy", "delivery_deadline", "500ms"),
+            ("policy", "unconfirmed_sms_for", "soon"),
+            ("verify", "escalate_after", "0s"),
+        ] {
+            let body = format!("{MINIMAL}[{section}]\n{key} = \"{value}\"\n");
+            let (_d, c) = load_with(&body, &[]);
+            let err = c.err().unwrap().to_string();
+            assert!(err.contains(&format!("{section}.{key}")), "{err}");
+        }
+        // WhatsApp off: nothing to say about its receipts.
+        assert!(!c.summary().contains("receipts"), "{}", c.summary());
+    }
 }

@@ -737,11 +737,17 @@ fn verify(v: &mut V<'_>, rv: &raw::RawVerify, warnings: &mut Vec<String>) -> Ver
         default_length: v.bounded("verify.default_length", rv.default_length, 6, 4, 10),
         escalate_after: match rv.escalate_after.as_deref() {
             Some("off") => None,
-            raw => Some(v.dur(
-                "verify.escalate_after",
-                &raw.map(str::to_owned),
-                Duration::from_secs(60),
-            )),
+            raw => {
+                let d = v.dur(
+                    "verify.escalate_after",
+                    &raw.map(str::to_owned),
+                    Duration::from_secs(60),
+                );
+                if d < Duration::from_secs(1) {
+                    v.err("verify.escalate_after", "must be at least 1s, or \"off\"");
+                }
+                Some(d)
+            }
         },
     }
 }
