@@ -607,4 +607,152 @@ mod tests {
         assert_eq!(m.state, MessageState::Sent);
         assert!(m.content.is_none());
     }
+
+    fn learned(l: Learned, movement: Move) -> Settlement {
+        Settlement {
+            learned: l,
+            ..moved(movement)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watched_code_is_claimed_again_at_its_deadline_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, ms) = claimed(&dir, &["m1", "m2"]).await;
+        let watch = Move::Watch {
+            channel: ChannelKind::WhatsApp,
+            until: Timestamp(16_000),
+        };
+        s.settle(&ms[0], moved(watch), Timestamp(1_001))
+            .await
+            .unwrap();
+        s.settle(&ms[1], moved(SENT_SMS), Timestamp(1_001))
+            .await
+            .unwrap();
+        let (m, _) = s.get("m1", "c").await.unwrap().unwrap();
+        assert_eq!(m.state, MessageState::Sent);
+        assert_eq!(m.content, ms[0].content, "kept for the fallback");
+        assert_eq!(s.next_due().await.unwrap(), Some(Timestamp(16_000)));
+        // kill -9: the deadline is a row, not a timer.
+        drop(s);
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        s.recover(Timestamp(2_000)).await.unwrap();
+        let (early, _) = s.claim_due(Timestamp(15_999), 10).await.unwrap();
+        assert!(early.is_empty());
+        let (due, _) = s.claim_due(Timestamp(16_000), 10).await.unwrap();
+        let ids: Vec<&str> = due.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["m1"],
+            "the sent SMS without its code is never claimed"
+        );
+        assert_eq!(due[0].state, MessageState::Sending);
+        assert!(due[0].content.is_some());
+        // A delivery receipt meanwhile stands against a later finish.
+        s.write(|c| {
+            c.execute_batch("UPDATE messages SET state = 'delivered' WHERE id = 'm1'")?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        s.settle(&due[0], moved(SENT_SMS), Timestamp(16_001))
+            .await
+            .unwrap();
+        let (m, _) = s.get("m1", "c").await.unwrap().unwrap();
+        assert_eq!(m.state, MessageState::Delivered);
+        assert!(m.content.is_none(), "wiped all the same");
+    }
+
+    #[tokio::test]
+    async fn the_prenotice_is_due_once_per_number_and_never_after_a_failed_first_code() {
+        use crate::domain::FirstWhatsApp::{Confirmed, Failed};
+        let dir = tempfile::tempdir().unwrap();
+        let (s, ms) = claimed(&dir, &["m1", "m2", "m3"]).await;
+        let confirmed = Learned {
+            first_whatsapp: Some(Confirmed),
+            prenotice_due: true,
+            ..Learned::default()
+        };
+        let now = Timestamp(2_000);
+        assert!(
+            s.settle(&ms[0], learned(confirmed, Move::Stay), now)
+                .await
+                .unwrap()
+        );
+        // The same number's next confirmed code: not due again.
+        let mut again = ms[0].clone();
+        again.id = ms[1].id.clone();
+        assert!(
+            !s.settle(&again, learned(confirmed, Move::Stay), now)
+                .await
+                .unwrap()
+        );
+        let due = s.due_prenotices().await.unwrap();
+        assert_eq!(
+            due.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["m1"]
+        );
+        // Once it departed it is no longer due.
+        s.start_prenotice("m1", &ms[0].recipient, now)
+            .await
+            .unwrap();
+        assert!(s.due_prenotices().await.unwrap().is_empty());
+        // A number whose first WhatsApp code failed: a later confirmed code brings nothing.
+        let failed = Learned {
+            first_whatsapp: Some(Failed),
+            ..Learned::default()
+        };
+        s.settle(&ms[2], learned(failed, Move::Stay), now)
+            .await
+            .unwrap();
+        assert!(
+            !s.settle(&ms[2], learned(confirmed, Move::Stay), now)
+                .await
+                .unwrap()
+        );
+        let r = s.recipient(&ms[2].recipient).await.unwrap();
+        assert_eq!(r.first_whatsapp, Some(Failed));
+        // The escalation's facts land with it.
+        let asked = Learned {
+            unconfirmed: Some((Timestamp(1_000), Timestamp(9_000))),
+            sms_until: Some(Timestamp(99_000)),
+            ..Learned::default()
+        };
+        s.settle(&ms[2], learned(asked, Move::Stay), now)
+            .await
+            .unwrap();
+        let r = s.recipient(&ms[2].recipient).await.unwrap();
+        assert_eq!(r.unconfirmed, Some((Timestamp(1_000), Timestamp(9_000))));
+        assert_eq!(r.sms_until, Some(Timestamp(99_000)));
+    }
+
+    #[tokio::test]
+    async fn not_requested_cancels_and_wipes_the_numbers_live_codes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, ms) = claimed(&dir, &["m1", "m2"]).await;
+        let to = ms[0].recipient.to_string();
+        // m1 watched (sent, code kept); a third, queued, to the same number; m2 elsewhere.
+        let watch = Move::Watch {
+            channel: ChannelKind::WhatsApp,
+            until: Timestamp(16_000),
+        };
+        s.settle(&ms[0], moved(watch), Timestamp(1_001))
+            .await
+            .unwrap();
+        let mut m3 = new_msg("m3", "+90", 1_500, None);
+        m3.recipient = ms[0].recipient.clone();
+        s.insert(m3, vec![]).await.unwrap();
+        let (codes, verifications) = s.cancel_not_requested(&to, Timestamp(3_000)).await.unwrap();
+        assert_eq!((codes, verifications), (2, 0));
+        for id in ["m1", "m3"] {
+            let (m, _) = s.get(id, "c").await.unwrap().unwrap();
+            assert_eq!(m.state, MessageState::Failed, "{id}");
+            assert!(m.content.is_none(), "{id}");
+        }
+        let (m, _) = s.get("m2", "c").await.unwrap().unwrap();
+        assert_eq!(m.state, MessageState::Sending);
+        assert!(m.content.is_some());
+        let (due, _) = s.claim_due(Timestamp(20_000), 10).await.unwrap();
+        assert!(due.is_empty(), "a canceled code is never claimed again");
+    }
 }
