@@ -668,3 +668,62 @@ async fn receipts_and_a_pending_deadline_survive_kill_9_and_restart() {
     assert_eq!(sim.requests().len(), 2, "nothing sent twice on WhatsApp");
     drop(d);
 }
+
+#[tokio::test]
+async fn a_receipt_that_overtakes_its_acceptance_is_applied_once_the_wamid_is_recorded() {
+    use common::TestChannel;
+    use otpgate::channel::{Channel, ChannelKind, Receipt, ReceiptStatus};
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("app-secret");
+    std::fs::write(&secret, APP_SECRET).unwrap();
+    let main = TestConfig::new(dir.path())
+        .org("ACME")
+        .whatsapp_unused()
+        .whatsapp_lines(&format!("app_secret_file = \"{}\"", secret.display()))
+        // Far past the wait below: only the receipt can move this code to SMS in time.
+        .policy("prenotify = false\ndelivery_deadline = \"5m\"")
+        .client(CLIENT, KEY)
+        .write()
+        .unwrap();
+    let cfg = common::load(&main);
+    let wa = TestChannel::new(ChannelKind::WhatsApp);
+    let sms = TestChannel::new(ChannelKind::Sms);
+    *wa.delay.lock().unwrap() = Duration::from_millis(300);
+    let set = otpgate::daemon::ChannelSet::of(vec![
+        wa.clone() as Arc<dyn Channel>,
+        sms.clone() as Arc<dyn Channel>,
+    ]);
+    let receipts = set.receipts_tx.clone();
+    let clock: SharedClock = Arc::new(SystemClock);
+    let running = otpgate::daemon::start(cfg, clock, set).await.unwrap();
+    let base = format!("http://{}", running.addrs[0]);
+    let http = common::http_client();
+    // Meta's "failed" comes in before the Cloud API's answer has been recorded.
+    receipts
+        .send(Receipt {
+            channel: ChannelKind::WhatsApp,
+            provider_id: "whatsapp-1".into(),
+            status: ReceiptStatus::Failed {
+                code: Some("131026".into()),
+            },
+            at: otpgate::clock::Timestamp(1_764_355_200_000),
+        })
+        .await
+        .unwrap();
+    let req = http
+        .post(format!("{base}/v1/messages"))
+        .bearer_auth(KEY)
+        .json(&json!({"to": "+919876543230", "code": "939393"}));
+    let (s, v) = fetch_json(req).await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let m = wait_for("the early receipt to send the code by SMS", async || {
+        let url = format!("{base}/v1/messages/{id}");
+        let (_, m) = fetch_json(http.get(url).bearer_auth(KEY)).await;
+        if m["channel"] == "sms" { Ok(m) } else { Err(m) }
+    })
+    .await;
+    assert_eq!(m["attempts"][0]["receipt"], "failed", "{m}");
+    assert_eq!(sms.codes().len(), 1);
+    running.shutdown().await;
+}

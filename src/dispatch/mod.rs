@@ -29,6 +29,15 @@ use depart::{Leave, Leaving};
 
 use policy::{Decision, End, Facts, Input, ReceiptVerdict, Rules};
 
+/// When a receipt whose provider id no attempt holds yet is looked at again: the attempt
+/// records its wamid when it settles, moments after the Cloud API answered.
+const RECEIPT_RETRIES: [Duration; 4] = [
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+];
+
 /// Messages worked on at once.
 pub const MAX_IN_FLIGHT: usize = 64;
 /// The least extra time a channel gets past its budget before the dispatcher's hang guard
@@ -308,12 +317,34 @@ impl Dispatcher {
     }
 
     async fn on_receipt(&self, r: Receipt) {
+        if let ReceiptStatus::NotRequested { from } = &r.status {
+            self.not_requested(from, &r.provider_id).await;
+            return;
+        }
+        if self.apply(&r).await {
+            return;
+        }
+        // Meta can report "sent" or even "failed" before the attempt that got the wamid has
+        // recorded it: look again a little later rather than lose the receipt (Meta does not
+        // resend what we answered 200 to).
+        let me = self.clone();
+        tokio::spawn(async move {
+            for wait in RECEIPT_RETRIES {
+                tokio::time::sleep(wait).await;
+                if me.apply(&r).await {
+                    return;
+                }
+            }
+            tracing::debug!(channel = %r.channel, "receipt for an unknown provider id");
+        });
+    }
+
+    /// Applies a status receipt and carries out what it means; false when no attempt has
+    /// its provider id (yet).
+    async fn apply(&self, r: &Receipt) -> bool {
         let (channel, provider_id) = (r.channel, r.provider_id.clone());
         let Some(kind) = r.status.kind() else {
-            if let ReceiptStatus::NotRequested { from } = &r.status {
-                self.not_requested(from, &provider_id).await;
-            }
-            return;
+            return true;
         };
         let not_on_channel = channel == ChannelKind::WhatsApp
             && r.status
@@ -333,17 +364,14 @@ impl Dispatcher {
         let effect = match self
             .0
             .store
-            .apply_receipt(channel, provider_id, r.status, r.at)
+            .apply_receipt(channel, provider_id, r.status.clone(), r.at)
             .await
         {
             Ok(Some(effect)) => effect,
-            Ok(None) => {
-                tracing::debug!(channel = %channel, "receipt for an unknown provider id");
-                return;
-            }
+            Ok(None) => return false,
             Err(e) => {
                 tracing::error!(error = %e, "cannot apply receipt");
-                return;
+                return true;
             }
         };
         if effect.newly_delivered {
@@ -371,6 +399,7 @@ impl Dispatcher {
         if verdict != ReceiptVerdict::default() {
             self.carry_out_receipt(&effect, verdict, now).await;
         }
+        true
     }
 
     /// Carries out what a receipt means: the fallback (requeue) and what it taught about the
