@@ -298,6 +298,38 @@ impl Store {
             .await
     }
 
+    /// [`Store::start_attempt`] for a code that is really leaving: refused (`None`, nothing
+    /// written) when its message ended meanwhile: a delivery receipt for the earlier channel
+    /// arrived while the fallback waited for a modem, or its user said they did not ask for it.
+    pub async fn depart_attempt(
+        &self,
+        message_id: &str,
+        channel: ChannelKind,
+        now: Timestamp,
+    ) -> Result<Option<i64>, StoreError> {
+        let id = message_id.to_owned();
+        self.write(move |c| {
+            let state: Option<String> = c
+                .query_row(
+                    "SELECT state FROM messages WHERE id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match state.as_deref().map(MessageState::read).transpose()? {
+                Some(s) if !s.is_final() => Ok(Some(insert_open_attempt(
+                    c,
+                    &id,
+                    channel,
+                    AttemptPurpose::Code,
+                    now,
+                )?)),
+                _ => Ok(None),
+            }
+        })
+        .await
+    }
+
     /// The departure of a pre-notice to `number`: marks the recipient pre-notified and opens
     /// the attempt in one commit, or answers `None` (and writes nothing) when another notice
     /// left first. A notice that never departed leaves the recipient unmarked, to be sent with
