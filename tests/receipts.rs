@@ -333,6 +333,10 @@ async fn a_delivered_number_gets_only_the_prenotice_by_sms_and_replays_change_no
     let v = w.send(to, "717171").await;
     let id = v["id"].as_str().unwrap().to_string();
     let wamid = w.wamid(&id).await;
+    let line = w.running.as_ref().unwrap().status_line().await;
+    assert!(!line.contains("unconfirmed"), "{line}");
+    let ready = w.readyz().await;
+    assert_eq!(ready["whatsapp_delivery"]["confirmed"], true, "{ready}");
     // Accepted is not delivered: no notice yet.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(w.sms_to(to).is_empty());
@@ -417,6 +421,11 @@ async fn without_a_webhook_the_gateway_says_so_and_escalates_on_the_signals_it_h
             .unwrap()
             .contains("unconfirmed"),
         "{ready}"
+    );
+    let line = w.running.as_ref().unwrap().status_line().await;
+    assert!(
+        line.contains("whatsapp delivery unconfirmed (no webhook)"),
+        "{line}"
     );
     // The user asks again at once (a double submit): WhatsApp again.
     let to = "+919876543214";
