@@ -320,6 +320,11 @@ impl Running {
         if self.channels.is_empty() {
             parts.push("no channels".into());
         }
+        let cfg = self.live.get();
+        if cfg.whatsapp.enabled && !cfg.receipts_configured() {
+            // Short: systemd shows one line; check-config and /readyz explain it.
+            parts.push("whatsapp delivery unconfirmed (no webhook)".into());
+        }
         if let Ok(d) = self.store.queue_depth().await {
             parts.push(format!("queue {d}"));
         }

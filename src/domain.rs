@@ -248,6 +248,45 @@ pub struct RecipientInfo {
     pub no_whatsapp_until: Option<Timestamp>,
     /// When the pre-notice went out.
     pub prenotified_at: Option<Timestamp>,
+    /// Without receipts: a WhatsApp code to this number was accepted then, nothing
+    /// confirmed it, and it lives until `.1`.
+    pub unconfirmed: Option<(Timestamp, Timestamp)>,
+    /// Its user asked again while a WhatsApp code was unconfirmed: codes go by SMS until then.
+    pub sms_until: Option<Timestamp>,
+    /// What became of the number's first WhatsApp code.
+    pub first_whatsapp: Option<FirstWhatsApp>,
+}
+
+/// What became of a number's first WhatsApp code: the pre-notice follows only a confirmed one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FirstWhatsApp {
+    /// Delivered or read (without receipts: accepted by the Cloud API).
+    Confirmed,
+    /// It did not reach the phone (a fallback, a `failed` receipt, no receipt in time).
+    Failed,
+}
+words!(FirstWhatsApp, "first whatsapp", { Confirmed => "confirmed", Failed => "failed" });
+
+/// What an attempt's end or a receipt taught about its recipient, besides "not on WhatsApp".
+/// The store writes it in the same commit as the attempt or the receipt's consequence.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Learned {
+    /// The fate of a WhatsApp code; recorded only when the number has none yet (its first).
+    pub first_whatsapp: Option<FirstWhatsApp>,
+    /// This message's WhatsApp code is confirmed: the pre-notice is due (the store sends it
+    /// once per number, never after a first code that failed).
+    pub prenotice_due: bool,
+    /// An unconfirmed WhatsApp code to the number was accepted at `.0` and lives until `.1`.
+    pub unconfirmed: Option<(Timestamp, Timestamp)>,
+    /// Route the number to SMS until then.
+    pub sms_until: Option<Timestamp>,
+}
+
+impl Learned {
+    /// Nothing learned.
+    pub fn is_empty(&self) -> bool {
+        *self == Learned::default()
+    }
 }
 
 /// A phone number in E.164 form with its leading '+' ("+919876543210"). Only

@@ -73,6 +73,8 @@ pub struct Metrics {
     pub modem_signal_dbm: Family<ModemLabel, Gauge>,
     /// 1 when the modem is registered and ready.
     pub modem_ready: Family<ModemLabel, Gauge>,
+    /// Taps on "I didn't request a code" (a fraud signal): codes and verifications canceled.
+    pub not_requested: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -108,6 +110,7 @@ impl Metrics {
             channel_up: Family::default(),
             modem_signal_dbm: Family::default(),
             modem_ready: Family::default(),
+            not_requested: Counter::default(),
         };
         r.register(
             "messages_accepted",
@@ -183,6 +186,11 @@ impl Metrics {
             "modem_ready",
             "1 when the modem is registered and ready",
             m.modem_ready.clone(),
+        );
+        r.register(
+            "not_requested",
+            "Recipients who tapped \"I didn't request a code\"; their pending codes were canceled",
+            m.not_requested.clone(),
         );
         if let Ok(mut reg) = m.registry.lock() {
             *reg = r;

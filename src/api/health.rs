@@ -32,7 +32,17 @@ pub async fn readyz(app: &App) -> Resp {
         problems.push("no channel can carry messages".to_string());
     }
     let ready = problems.is_empty();
+    let cfg = app.live.get();
+    // Not a readiness problem (codes still go out), but what "sent" means: without the
+    // webhook a WhatsApp code nobody received is noticed only when the user asks again.
+    let receipts = cfg.whatsapp_delivery_note().map(|note| {
+        json!({
+            "confirmed": cfg.receipts_configured(),
+            "detail": note,
+        })
+    });
     let body = json!({
+        "whatsapp_delivery": receipts,
         "status": if ready { "ready" } else { "not_ready" },
         "store": if store_ok.is_ok() { "ok" } else { "error" },
         "queue_depth": depth,

@@ -243,18 +243,26 @@ pub enum ReceiptStatus {
         /// Provider error code, if any.
         code: Option<String>,
     },
+    /// Not a status: the recipient tapped "I didn't request a code" on the message with this
+    /// provider id (a fraud signal). `from` is their number as digits, as Meta sends it.
+    NotRequested {
+        /// The tapping user's number (digits, no '+').
+        from: String,
+    },
 }
 
 impl ReceiptStatus {
-    /// The status without its error code, in receipt order.
-    pub fn kind(&self) -> ReceiptKind {
-        match self {
+    /// The status without its error code, in receipt order; `None` for a signal that is
+    /// not a delivery status.
+    pub fn kind(&self) -> Option<ReceiptKind> {
+        Some(match self {
             ReceiptStatus::Sent => ReceiptKind::Sent,
             ReceiptStatus::Delivered => ReceiptKind::Delivered,
             ReceiptStatus::Read => ReceiptKind::Read,
             ReceiptStatus::Pending => ReceiptKind::Pending,
             ReceiptStatus::Failed { .. } => ReceiptKind::Failed,
-        }
+            ReceiptStatus::NotRequested { .. } => return None,
+        })
     }
 
     /// The provider's error code, for a failure.

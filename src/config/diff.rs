@@ -316,6 +316,8 @@ impl Diff {
             no_whatsapp_memory,
             prenotify,
             prenotify_text,
+            delivery_deadline,
+            unconfirmed_sms_for,
         } = old;
         self.cmp("policy.order", order, &new.order, Applied);
         let wa = &new.whatsapp_countries;
@@ -339,6 +341,20 @@ impl Diff {
         self.cmp("policy.prenotify", prenotify, &new.prenotify, Applied);
         let text = &new.prenotify_text;
         self.cmp("policy.prenotify_text", prenotify_text, text, Applied);
+        let deadline = &new.delivery_deadline;
+        self.cmp(
+            "policy.delivery_deadline",
+            delivery_deadline,
+            deadline,
+            Applied,
+        );
+        let unconfirmed = &new.unconfirmed_sms_for;
+        self.cmp(
+            "policy.unconfirmed_sms_for",
+            unconfirmed_sms_for,
+            unconfirmed,
+            Applied,
+        );
     }
 
     /// Limits are checked per request against the configuration in force.
@@ -371,6 +387,7 @@ impl Diff {
             max_attempts,
             max_sends,
             default_length,
+            escalate_after,
         } = old;
         self.cmp("verify.key_file", key, &new.key, Applied);
         self.cmp(
@@ -382,6 +399,8 @@ impl Diff {
         self.cmp("verify.max_sends", max_sends, &new.max_sends, Applied);
         let length = &new.default_length;
         self.cmp("verify.default_length", default_length, length, Applied);
+        let escalate = &new.escalate_after;
+        self.cmp("verify.escalate_after", escalate_after, escalate, Applied);
     }
 }
 

@@ -31,6 +31,7 @@ mod summary;
 mod validate;
 
 pub use load::{Sources, drop_in_files, load};
+pub(crate) use summary::readable as summary_readable;
 
 /// The default location of the main file.
 pub const DEFAULT_PATH: &str = "/etc/otpgate/otpgate.toml";
@@ -255,6 +256,12 @@ pub struct PolicyConfig {
     pub prenotify: bool,
     /// The pre-notice text; `{org}` is replaced.
     pub prenotify_text: String,
+    /// With webhooks: the time a WhatsApp code gets to be confirmed (`delivered`/`read`)
+    /// before the same code goes by SMS; capped by the code's remaining lifetime.
+    pub delivery_deadline: Duration,
+    /// Without webhooks: how long a number whose user asked again while a WhatsApp code was
+    /// unconfirmed gets its codes by SMS.
+    pub unconfirmed_sms_for: Duration,
 }
 
 /// A rate: `count` events per `window`.
@@ -291,6 +298,9 @@ pub struct VerifyConfig {
     pub max_sends: u32,
     /// Code length when the caller gives none.
     pub default_length: u32,
+    /// No successful check this long after a WhatsApp send: the same code by SMS, once.
+    /// `None` ("off"): never.
+    pub escalate_after: Option<Duration>,
 }
 
 /// `[log]`

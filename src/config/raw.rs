@@ -28,6 +28,7 @@ pub struct RawVerify {
     pub max_attempts: Option<u64>,
     pub max_sends: Option<u64>,
     pub default_length: Option<u64>,
+    pub escalate_after: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,6 +119,8 @@ pub struct RawPolicy {
     pub no_whatsapp_memory: Option<String>,
     pub prenotify: Option<bool>,
     pub prenotify_text: Option<String>,
+    pub delivery_deadline: Option<String>,
+    pub unconfirmed_sms_for: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -140,6 +140,7 @@ impl Config {
             readable(self.policy.whatsapp_deadline),
             if self.policy.prenotify { "on" } else { "off" }
         ));
+        out.push_str(&self.delivery_line());
         let r = |r: &Option<Rate>| match r {
             Some(r) => format!("{}/{}", r.count, readable(r.window)),
             None => "none".into(),
@@ -151,6 +152,44 @@ impl Config {
             r(&self.limits.per_country),
             r(&self.limits.global)
         ));
+    }
+}
+
+impl Config {
+    /// Whether WhatsApp receipts reach the gateway: its webhook has an app secret.
+    pub fn receipts_configured(&self) -> bool {
+        self.whatsapp.enabled && self.whatsapp.app_secret.is_some()
+    }
+
+    /// What "delivered" means for WhatsApp with this configuration, in one line, for
+    /// check-config, /readyz and the systemd status (empty with WhatsApp off).
+    pub fn whatsapp_delivery_note(&self) -> Option<String> {
+        if !self.whatsapp.enabled {
+            return None;
+        }
+        Some(if self.receipts_configured() {
+            format!(
+                "whatsapp delivery confirmed by webhook receipts; no delivered/read within {} -> the code goes by SMS",
+                readable(self.policy.delivery_deadline)
+            )
+        } else {
+            format!(
+                "whatsapp delivery unconfirmed: no webhook (whatsapp.app_secret_file), so a user without WhatsApp or offline gets no SMS unless they ask again (then SMS for {}){}",
+                readable(self.policy.unconfirmed_sms_for),
+                match self.verify.escalate_after {
+                    Some(d) => format!(" or a verification stays unchecked for {}", readable(d)),
+                    None => String::new(),
+                }
+            )
+        })
+    }
+
+    fn delivery_line(&self) -> String {
+        match self.whatsapp_delivery_note() {
+            Some(n) if self.receipts_configured() => format!("  receipts    {n}\n"),
+            Some(n) => format!("  receipts    none\nwarning: {n}\n"),
+            None => String::new(),
+        }
     }
 }
 
@@ -219,5 +258,34 @@ mod tests {
         );
         let (_d, c) = load_with(MINIMAL, &[]);
         assert!(!c.unwrap().summary().contains("does not exist"));
+    }
+
+    #[test]
+    fn delivery_keys_default_and_validate_naming_the_key() {
+        let (_d, c) = load_with(MINIMAL, &[]);
+        let c = c.unwrap();
+        assert_eq!(c.policy.delivery_deadline, Duration::from_secs(15));
+        assert_eq!(c.policy.unconfirmed_sms_for, Duration::from_secs(86_400));
+        assert_eq!(c.verify.escalate_after, Some(Duration::from_secs(60)));
+        let body = format!(
+            "{MINIMAL}[policy]\ndelivery_deadline = \"5s\"\nunconfirmed_sms_for = \"2h\"\n[verify]\nescalate_after = \"off\"\n"
+        );
+        let (_d, c) = load_with(&body, &[]);
+        let c = c.unwrap();
+        assert_eq!(c.policy.delivery_deadline, Duration::from_secs(5));
+        assert_eq!(c.policy.unconfirmed_sms_for, Duration::from_secs(7200));
+        assert_eq!(c.verify.escalate_after, None);
+        for (section, key, value) in [
+            ("policy", "delivery_deadline", "500ms"),
+            ("policy", "unconfirmed_sms_for", "soon"),
+            ("verify", "escalate_after", "0s"),
+        ] {
+            let body = format!("{MINIMAL}[{section}]\n{key} = \"{value}\"\n");
+            let (_d, c) = load_with(&body, &[]);
+            let err = c.err().unwrap().to_string();
+            assert!(err.contains(&format!("{section}.{key}")), "{err}");
+        }
+        // WhatsApp off: nothing to say about its receipts.
+        assert!(!c.summary().contains("receipts"), "{}", c.summary());
     }
 }

@@ -350,6 +350,18 @@ fn code_pattern(v: &mut V<'_>, raw: &Option<String>) -> Regex {
 
 /// `[policy]`
 fn policy(v: &mut V<'_>, p: &raw::RawPolicy) -> PolicyConfig {
+    for (key, value) in [
+        ("policy.delivery_deadline", &p.delivery_deadline),
+        ("policy.unconfirmed_sms_for", &p.unconfirmed_sms_for),
+    ] {
+        if value
+            .as_deref()
+            .and_then(|s| parse_duration(s).ok())
+            .is_some_and(|d| d < Duration::from_secs(1))
+        {
+            v.err(key, "must be at least 1s");
+        }
+    }
     PolicyConfig {
         order: match &p.order {
             Some(l) => v.order("policy.order", l),
@@ -378,6 +390,16 @@ fn policy(v: &mut V<'_>, p: &raw::RawPolicy) -> PolicyConfig {
             .prenotify_text
             .clone()
             .unwrap_or_else(|| DEFAULT_PRENOTIFY_TEXT.into()),
+        delivery_deadline: v.dur(
+            "policy.delivery_deadline",
+            &p.delivery_deadline,
+            Duration::from_secs(15),
+        ),
+        unconfirmed_sms_for: v.dur(
+            "policy.unconfirmed_sms_for",
+            &p.unconfirmed_sms_for,
+            Duration::from_secs(86_400),
+        ),
     }
 }
 
@@ -713,6 +735,20 @@ fn verify(v: &mut V<'_>, rv: &raw::RawVerify, warnings: &mut Vec<String>) -> Ver
         max_attempts: v.bounded("verify.max_attempts", rv.max_attempts, 5, 1, 20),
         max_sends: v.bounded("verify.max_sends", rv.max_sends, 3, 1, 10),
         default_length: v.bounded("verify.default_length", rv.default_length, 6, 4, 10),
+        escalate_after: match rv.escalate_after.as_deref() {
+            Some("off") => None,
+            raw => {
+                let d = v.dur(
+                    "verify.escalate_after",
+                    &raw.map(str::to_owned),
+                    Duration::from_secs(60),
+                );
+                if d < Duration::from_secs(1) {
+                    v.err("verify.escalate_after", "must be at least 1s, or \"off\"");
+                }
+                Some(d)
+            }
+        },
     }
 }
 

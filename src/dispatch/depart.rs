@@ -99,16 +99,17 @@ impl Depart for Leaving {
             let write = tokio::spawn(async move {
                 let mut guard = guard;
                 let opened = match purpose {
-                    AttemptPurpose::Code => store
-                        .start_attempt(&id, channel, purpose, now)
-                        .await
-                        .map(Some),
+                    AttemptPurpose::Code => store.depart_attempt(&id, channel, now).await,
                     AttemptPurpose::Prenotice => store.start_prenotice(&id, &to, now).await,
                 };
                 match opened {
                     Ok(Some(row)) => {
                         *guard = Leave::Left(row);
                         Ok(())
+                    }
+                    // Delivered or canceled while it waited: nothing more may leave.
+                    Ok(None) if purpose == AttemptPurpose::Code => {
+                        Err(DepartError("the message ended meanwhile".into()))
                     }
                     Ok(None) => {
                         *guard = Leave::Refused;
@@ -208,6 +209,7 @@ mod tests {
         let settlement = Settlement {
             attempt: Some((refused.row(leave), down)),
             no_whatsapp_until: None,
+            learned: crate::domain::Learned::default(),
             movement: Move::Requeue {
                 at: Timestamp(5000),
                 reason: None,
@@ -273,5 +275,26 @@ mod tests {
         assert_eq!(stuck.close().await, Leave::Waiting);
         let other = s.recipient("+919800000003").await.unwrap();
         assert_eq!(other.prenotified_at, None);
+    }
+
+    #[tokio::test]
+    async fn a_code_whose_message_ended_meanwhile_may_not_depart() {
+        let dir = tempfile::tempdir().unwrap();
+        let msgs = [("m1", "+919800000001"), ("m2", "+919800000002")];
+        let (s, ms) = claimed(&dir.path().join("db"), &msgs).await;
+        // m1: a delivery receipt for WhatsApp (or a cancellation) while its SMS fallback
+        // waited for a modem.
+        let now = Timestamp(1001);
+        s.finish("m1", MessageState::Delivered, None, None, false, now)
+            .await
+            .unwrap();
+        let code = AttemptPurpose::Code;
+        let late = leaving(&s, &ms[0], code);
+        assert!(late.depart().await.is_err());
+        assert!(s.attempts("m1").await.unwrap().is_empty(), "nothing left");
+        assert_eq!(late.close().await, Leave::Waiting);
+        // A message still in the dispatcher's hands departs as before.
+        leaving(&s, &ms[1], code).depart().await.unwrap();
+        assert_eq!(s.attempts("m2").await.unwrap().len(), 1);
     }
 }

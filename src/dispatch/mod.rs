@@ -13,16 +13,30 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, Semaphore, mpsc, oneshot, watch};
 
-use crate::channel::{Channel, Content, Delivery, Departure, Health, Outcome, Receipt};
+use crate::channel::whatsapp;
+use crate::channel::{
+    Channel, Content, Delivery, Departure, Health, Outcome, Receipt, ReceiptStatus,
+};
 use crate::clock::{SharedClock, Timestamp};
 use crate::config::Live;
-use crate::domain::{Attempt, AttemptEnd, AttemptPurpose, ChannelKind, MessageState};
+use crate::domain::{
+    Attempt, AttemptEnd, AttemptPurpose, ChannelKind, Learned, MessageKind, MessageState,
+};
 use crate::metrics::{self, Metrics, ReasonLabel};
-use crate::store::{AttemptRow, Message, Move, Settlement, Store, StoreError};
+use crate::store::{AttemptRow, Message, Move, ReceiptEffect, Settlement, Store, StoreError};
 
 use depart::{Leave, Leaving};
 
 use policy::{Decision, End, Facts, Input, ReceiptVerdict, Rules};
+
+/// When a receipt whose provider id no attempt holds yet is looked at again: the attempt
+/// records its wamid when it settles, moments after the Cloud API answered.
+const RECEIPT_RETRIES: [Duration; 4] = [
+    Duration::from_millis(200),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(5),
+];
 
 /// Messages worked on at once.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -47,6 +61,14 @@ fn earlier_retries(history: &[Attempt], channel: ChannelKind) -> u32 {
         })
         .count();
     u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// The parts of a [`Decision::Send`] the attempts carry along.
+#[derive(Clone, Copy)]
+struct Plan<'a> {
+    steps: &'a [policy::Step],
+    prenotice: bool,
+    verification: Option<bool>,
 }
 
 /// What a waiting caller learns.
@@ -177,6 +199,8 @@ impl Dispatcher {
         // writer) would otherwise be asked again every millisecond while messages are due,
         // and each failure would be a log line.
         let mut failures: u32 = 0;
+        // Notices a crash interrupted between a first confirmed code and their departure.
+        self.send_due_prenotices().await;
         loop {
             self.0.progress.fetch_add(1, Ordering::Relaxed);
             let now = self.0.clock.now();
@@ -248,6 +272,8 @@ impl Dispatcher {
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "store: housekeeping failed"),
         }
+        // A notice no modem took is tried again.
+        self.send_due_prenotices().await;
         if let Ok(depth) = self.0.store.queue_depth().await {
             self.0
                 .metrics
@@ -291,53 +317,161 @@ impl Dispatcher {
     }
 
     async fn on_receipt(&self, r: Receipt) {
-        let kind = r.status.kind();
+        if let ReceiptStatus::NotRequested { from } = &r.status {
+            self.not_requested(from, &r.provider_id).await;
+            return;
+        }
+        if self.apply(&r).await {
+            return;
+        }
+        // Meta can report "sent" or even "failed" before the attempt that got the wamid has
+        // recorded it: look again a little later rather than lose the receipt (Meta does not
+        // resend what we answered 200 to).
+        let me = self.clone();
+        tokio::spawn(async move {
+            for wait in RECEIPT_RETRIES {
+                tokio::time::sleep(wait).await;
+                if me.apply(&r).await {
+                    return;
+                }
+            }
+            tracing::debug!(channel = %r.channel, "receipt for an unknown provider id");
+        });
+    }
+
+    /// Applies a status receipt and carries out what it means; false when no attempt has
+    /// its provider id (yet).
+    async fn apply(&self, r: &Receipt) -> bool {
+        let (channel, provider_id) = (r.channel, r.provider_id.clone());
+        let Some(kind) = r.status.kind() else {
+            return true;
+        };
+        let not_on_channel = channel == ChannelKind::WhatsApp
+            && r.status
+                .error_code()
+                .and_then(|c| c.parse::<i64>().ok())
+                .is_some_and(|c| {
+                    matches!(
+                        whatsapp::errors::class_of_code(c),
+                        Some((
+                            whatsapp::errors::ErrorClass::FallBack {
+                                not_on_channel: true
+                            },
+                            _
+                        ))
+                    )
+                });
         let effect = match self
             .0
             .store
-            .apply_receipt(r.channel, r.provider_id.clone(), r.status, r.at)
+            .apply_receipt(channel, provider_id, r.status.clone(), r.at)
             .await
         {
             Ok(Some(effect)) => effect,
-            Ok(None) => {
-                tracing::debug!(channel = %r.channel, "receipt for an unknown provider id");
-                return;
-            }
+            Ok(None) => return false,
             Err(e) => {
                 tracing::error!(error = %e, "cannot apply receipt");
-                return;
+                return true;
             }
         };
-        if kind.confirms_delivery() && effect.state == MessageState::Delivered && effect.changed {
+        if effect.newly_delivered {
             self.0
                 .metrics
                 .delivered
-                .get_or_create(&metrics::channel(r.channel))
+                .get_or_create(&metrics::channel(channel))
                 .inc();
         }
-        let verdict = policy::after_receipt(
-            policy::AfterReceipt {
-                channel: r.channel,
-                kind,
-                changed: effect.changed,
-                state: effect.state,
-                expires_at: effect.expires_at,
-            },
-            self.0.clock.now(),
-        );
-        if let ReceiptVerdict::FallBackNow { reason } = verdict {
-            tracing::info!(message = %effect.message_id, channel = %r.channel, "provider reported failure; falling back");
-            self.count_fallback("failed_receipt");
-            let now = self.0.clock.now();
-            if let Err(e) = self
-                .0
-                .store
-                .requeue(&effect.message_id, now, Some(reason))
-                .await
-            {
-                tracing::error!(error = %e, "cannot requeue after a failure receipt");
+        let cfg = self.0.live.get();
+        let rules = Rules::new(&cfg, &effect.client, cfg.client(&effect.client));
+        let now = self.0.clock.now();
+        let facts = policy::AfterReceipt {
+            channel,
+            kind,
+            not_on_channel,
+            purpose: effect.purpose,
+            changed: effect.changed,
+            state: effect.state,
+            carried_by: effect.carried_by,
+            expires_at: effect.expires_at,
+            notice_allowed: rules.notice_allowed(effect.country.as_deref(), &self.configured()),
+        };
+        let verdict = policy::after_receipt(&rules, facts, now);
+        if verdict != ReceiptVerdict::default() {
+            self.carry_out_receipt(&effect, verdict, now).await;
+        }
+        true
+    }
+
+    /// Carries out what a receipt means: the fallback (requeue) and what it taught about the
+    /// recipient, in one commit; then the pre-notice it made due.
+    async fn carry_out_receipt(
+        &self,
+        effect: &ReceiptEffect,
+        verdict: ReceiptVerdict,
+        now: Timestamp,
+    ) {
+        let movement = match &verdict.fall_back {
+            Some(reason) => {
+                tracing::info!(message = %effect.message_id, "provider reported failure; falling back");
+                self.count_fallback("failed_receipt");
+                Move::Requeue {
+                    at: now,
+                    reason: Some(reason.clone()),
+                }
             }
-            self.wake();
+            None => Move::Stay,
+        };
+        let settlement = Settlement {
+            attempt: None,
+            no_whatsapp_until: verdict.no_whatsapp_until,
+            learned: verdict.learned,
+            movement,
+        };
+        match self
+            .0
+            .store
+            .settle_message(&effect.message_id, &effect.recipient, settlement, now)
+            .await
+        {
+            Ok(true) => self.send_due_prenotices().await,
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "cannot record what a receipt means"),
+        }
+        self.wake();
+    }
+
+    /// "I didn't request a code": cancels the number's pending verification and undelivered
+    /// codes (wiped), counts it and warns. Neither the code nor the number is logged.
+    async fn not_requested(&self, from: &str, provider_id: &str) {
+        let number = format!("+{from}");
+        let now = self.0.clock.now();
+        match self.0.store.cancel_not_requested(&number, now).await {
+            Ok((codes, verifications)) => {
+                self.0.metrics.not_requested.inc();
+                tracing::warn!(
+                    reply_to = %provider_id, codes, verifications,
+                    "a recipient tapped \"I didn't request a code\": their pending codes and verifications are canceled"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot cancel the codes of a recipient who did not request one")
+            }
+        }
+    }
+
+    /// Sends every pre-notice that is due and has not departed (after a confirmation, and
+    /// after a restart for those a crash interrupted).
+    async fn send_due_prenotices(&self) {
+        let due = match self.0.store.due_prenotices().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the due pre-notices");
+                return;
+            }
+        };
+        let cfg = self.0.live.get();
+        for m in due {
+            self.spawn_prenotice(&m, &cfg).await;
         }
     }
 
@@ -363,6 +497,12 @@ impl Dispatcher {
             .iter()
             .map(|c| (c.kind(), c.health().usable))
             .collect();
+        // Only a code that may ride WhatsApp can be escalated for an unchecked verification.
+        let verification = if rules.escalate_after.is_some() && m.kind == MessageKind::Code {
+            self.0.store.verification_pending(&m.id).await?
+        } else {
+            None
+        };
         let now = self.0.clock.now();
         let input = Input {
             message: Facts {
@@ -371,6 +511,7 @@ impl Dispatcher {
                 country: m.country.as_deref(),
                 expires_at: m.expires_at,
                 only_channel: m.only_channel,
+                verification,
             },
             recipient: &recipient,
             attempts: &attempts,
@@ -378,21 +519,28 @@ impl Dispatcher {
             now,
         };
         match (policy::decide(&rules, &input), m.content.clone()) {
-            (Decision::End(end), _) => self.settle(&m, None, None, Some(end)).await,
+            (Decision::End(end), _) => {
+                self.settle(&m, None, None, Learned::default(), Some(end))
+                    .await
+            }
             (Decision::AlreadySent(ch), _) => {
+                // After a restart, or at the end of a watch: the code goes nowhere else.
+                let why = Some("a provider accepted it; not sent again".to_string());
                 self.0
                     .store
-                    .finish(
-                        &m.id,
-                        MessageState::Sent,
-                        Some(ch),
-                        Some("a provider accepted it before the restart; not sent again".into()),
-                        false,
-                        now,
-                    )
+                    .finish(&m.id, MessageState::Sent, Some(ch), why, false, now)
                     .await?;
                 self.announce(&m.id, MessageState::Sent, Some(ch));
                 Ok(())
+            }
+            (Decision::Watch { channel, until }, _) => {
+                let settlement = Settlement {
+                    attempt: None,
+                    no_whatsapp_until: None,
+                    learned: Learned::default(),
+                    movement: Move::Watch { channel, until },
+                };
+                self.0.store.settle(&m, settlement, now).await.map(|_| ())
             }
             (Decision::Wait { retry_at, reason }, _) => {
                 tracing::debug!(message = %m.id, %reason, "no usable channel; waiting");
@@ -401,13 +549,15 @@ impl Dispatcher {
             (Decision::Send { .. }, None) => {
                 // decide() fails a message whose content is gone; a send needs it.
                 let end = End::Fail("content missing (already wiped)".into());
-                self.settle(&m, None, None, Some(end)).await
+                self.settle(&m, None, None, Learned::default(), Some(end))
+                    .await
             }
             (
                 Decision::Send {
                     steps,
                     skipped,
                     prenotice,
+                    escalated,
                 },
                 Some(content),
             ) => {
@@ -416,13 +566,41 @@ impl Dispatcher {
                         self.0.store.record_skip(&m.id, ch, why, now).await?;
                     }
                 }
-                if prenotice {
-                    // The recipient is marked pre-notified only when a notice departs.
-                    self.spawn_prenotice(&m, &cfg).await;
+                if let Some(e) = escalated {
+                    self.escalate(&m, e, now).await?;
                 }
-                self.run_steps(&m, content, &steps, &rules, &attempts).await
+                let plan = Plan {
+                    steps: &steps,
+                    prenotice,
+                    verification,
+                };
+                self.run_steps(&m, content, plan, &rules, &attempts).await
             }
         }
+    }
+
+    /// Records why WhatsApp was passed over for this code (a skipped row, the fallback metric)
+    /// and what that taught about the recipient.
+    async fn escalate(
+        &self,
+        m: &Message,
+        e: policy::Escalation,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        tracing::info!(message = %m.id, reason = e.reason, "whatsapp passed over: {}", e.detail);
+        self.count_fallback(e.reason);
+        let wa = ChannelKind::WhatsApp;
+        self.0.store.record_skip(&m.id, wa, e.detail, now).await?;
+        if !e.learned.is_empty() {
+            let settlement = Settlement {
+                attempt: None,
+                no_whatsapp_until: None,
+                learned: e.learned,
+                movement: Move::Stay,
+            };
+            self.0.store.settle(m, settlement, now).await?;
+        }
+        Ok(())
     }
 
     /// Runs the planned steps in order until the policy says the message leaves.
@@ -430,10 +608,11 @@ impl Dispatcher {
         &self,
         m: &Message,
         content: Content,
-        steps: &[policy::Step],
+        plan: Plan<'_>,
         rules: &Rules<'_>,
         history: &[Attempt],
     ) -> Result<(), StoreError> {
+        let steps = plan.steps;
         for (idx, step) in steps.iter().enumerate() {
             let (attempt, outcome, end_at) = self.attempt(m, &content, step).await?;
             let attempted = policy::Attempted {
@@ -442,6 +621,8 @@ impl Dispatcher {
                 kind: content.kind(),
                 expires_at: m.expires_at,
                 earlier_retries: earlier_retries(history, step.channel),
+                prenotice: plan.prenotice,
+                verification: plan.verification,
             };
             let verdict = policy::after_attempt(rules, attempted, &outcome, end_at);
             if let Some(reason) = verdict.fallback {
@@ -449,7 +630,8 @@ impl Dispatcher {
             }
             let ends = verdict.end.is_some();
             let settled = Some((attempt, outcome));
-            self.settle(m, settled, verdict.no_whatsapp_until, verdict.end)
+            let learned = verdict.learned;
+            self.settle(m, settled, verdict.no_whatsapp_until, learned, verdict.end)
                 .await?;
             if ends {
                 return Ok(());
@@ -458,7 +640,8 @@ impl Dispatcher {
         // Steps are planned only for configured channels and the last one always ends the
         // message, so this is reached only with an empty plan.
         let end = End::Fail("no channel could reach the recipient".into());
-        self.settle(m, None, None, Some(end)).await
+        self.settle(m, None, None, Learned::default(), Some(end))
+            .await
     }
 
     /// Makes one attempt. Its row is opened by the channel's departure (see `depart`), so a
@@ -549,6 +732,7 @@ impl Dispatcher {
         m: &Message,
         attempt: Option<(AttemptRow, Outcome)>,
         no_whatsapp_until: Option<Timestamp>,
+        learned: Learned,
         end: Option<End>,
     ) -> Result<(), StoreError> {
         let now = self.0.clock.now();
@@ -562,8 +746,15 @@ impl Dispatcher {
             None => Move::Stay,
             Some(End::Sent {
                 channel,
-                keep_content,
-            }) => finish(MessageState::Sent, Some(*channel), None, *keep_content),
+                watch_until: Some(until),
+            }) => Move::Watch {
+                channel: *channel,
+                until: *until,
+            },
+            Some(End::Sent {
+                channel,
+                watch_until: None,
+            }) => finish(MessageState::Sent, Some(*channel), None, false),
             Some(End::Requeue { at, reason }) => Move::Requeue {
                 at: *at,
                 reason: Some(reason.clone()),
@@ -579,9 +770,12 @@ impl Dispatcher {
         let settlement = Settlement {
             attempt,
             no_whatsapp_until,
+            learned,
             movement,
         };
-        self.0.store.settle(m, settlement, now).await?;
+        if self.0.store.settle(m, settlement, now).await? {
+            self.send_due_prenotices().await;
+        }
         match end {
             Some(End::Sent { channel, .. }) => {
                 let label = metrics::channel(channel);
@@ -696,9 +890,10 @@ impl Dispatcher {
                 let settlement = Settlement {
                     attempt: Some((leaving.row(leave), outcome.clone())),
                     no_whatsapp_until: None,
+                    learned: Learned::default(),
                     movement: Move::Stay,
                 };
-                self.0.store.settle(m, settlement, now).await
+                self.0.store.settle(m, settlement, now).await.map(|_| ())
             }
         }
     }

@@ -2,15 +2,22 @@
 //! plans the channel attempts for a claimed message; [`after_attempt`] says what one attempt's
 //! outcome means (next step, requeue, expire, fail, remember "not on WhatsApp");
 //! [`after_receipt`] says what a provider's later receipt means. The dispatcher only carries
-//! these verdicts out. Nothing here does I/O or reads a clock, and the policy reads a narrow
+//! these verdicts out.
+//!
+//! Accepted is not delivered. With the webhook configured a WhatsApp code is done only on a
+//! `delivered`/`read` receipt: the message stays sent with its code and is *watched* until
+//! its delivery deadline, when [`decide`] sends the same code by SMS. Without the webhook the
+//! signals are a user asking again while a WhatsApp code is unconfirmed (SMS for that number
+//! for a while) and, for the Verify API, a code not checked in time. Nothing here does I/O or reads a clock, and the policy reads a narrow
 //! [`Rules`] that tests build in memory.
 
 use std::time::Duration;
 
 use crate::channel::Outcome;
 use crate::clock::Timestamp;
+use crate::config::summary_readable as readable;
 use crate::config::{ClientConfig, Config};
-use crate::domain::{Attempt, RecipientInfo};
+use crate::domain::{Attempt, FirstWhatsApp, Learned, RecipientInfo};
 use crate::domain::{
     AttemptEnd, AttemptPurpose, ChannelKind, MessageKind, MessageState, ReceiptKind,
 };
@@ -41,8 +48,16 @@ pub struct Rules<'a> {
     pub whatsapp_deadline: Duration,
     /// How long "not on WhatsApp" routes a number straight to SMS.
     pub no_whatsapp_memory: Duration,
-    /// Send the one-time SMS pre-notice before a number's first WhatsApp code.
+    /// Send the one-time SMS pre-notice when a number's first WhatsApp code is confirmed.
     pub prenotify: bool,
+    /// WhatsApp receipts reach us (the webhook has an app secret).
+    pub receipts: bool,
+    /// With receipts: the time a WhatsApp code gets to be delivered or read.
+    pub delivery_deadline: Duration,
+    /// Without receipts: how long a user who asked again gets their codes by SMS.
+    pub unconfirmed_sms_for: Duration,
+    /// For verifications: no successful check this long after a WhatsApp send -> SMS.
+    pub escalate_after: Option<Duration>,
 }
 
 impl<'a> Rules<'a> {
@@ -62,7 +77,43 @@ impl<'a> Rules<'a> {
             whatsapp_deadline: cfg.policy.whatsapp_deadline,
             no_whatsapp_memory: cfg.policy.no_whatsapp_memory,
             prenotify: cfg.policy.prenotify,
+            receipts: cfg.receipts_configured(),
+            delivery_deadline: cfg.policy.delivery_deadline,
+            unconfirmed_sms_for: cfg.policy.unconfirmed_sms_for,
+            escalate_after: cfg.verify.escalate_after,
         }
+    }
+
+    /// Whether a pre-notice may go to a number in `country` at all (the store adds "once"
+    /// and "never after a first WhatsApp code that failed").
+    pub fn notice_allowed(&self, country: Option<&str>, configured: &[ChannelKind]) -> bool {
+        let (ok, _) = self.allowed_channels(country, MessageKind::Text, configured);
+        self.prenotify && ok.contains(&ChannelKind::Sms)
+    }
+
+    /// When an accepted send of a code on `channel` at `at` must be looked at again: the
+    /// delivery deadline (with receipts), the verification's escalation (while it is pending),
+    /// at the latest the end of its lifetime. `None`: nothing can follow it.
+    pub fn watch_end(
+        &self,
+        channel: ChannelKind,
+        verification: Option<bool>,
+        at: Timestamp,
+        expires_at: Timestamp,
+    ) -> Option<Timestamp> {
+        if channel != ChannelKind::WhatsApp {
+            return None;
+        }
+        let deadline = self.receipts.then(|| at.plus(self.delivery_deadline));
+        let escalation = match (verification, self.escalate_after) {
+            (Some(true), Some(after)) => Some(at.plus(after)),
+            _ => None,
+        };
+        let end = match (deadline, escalation) {
+            (Some(d), Some(e)) => Some(d.min(e)),
+            (d, e) => d.or(e),
+        };
+        end.map(|t| t.min(expires_at))
     }
 
     /// Channels a message to `country` may use, in order, with the reason for each channel
@@ -190,11 +241,21 @@ pub enum Decision {
         steps: Vec<Step>,
         /// Channels passed over and why; recorded in the attempt history.
         skipped: Vec<(ChannelKind, String)>,
-        /// Send the one-time SMS pre-notice before the first WhatsApp code.
+        /// The one-time SMS pre-notice follows once this WhatsApp code is confirmed.
         prenotice: bool,
+        /// WhatsApp was passed over on a signal that it fails this user (no receipt in time,
+        /// an unchecked verification, a repeated request).
+        escalated: Option<Escalation>,
     },
-    /// A provider already took it before a restart: do not send again.
+    /// A provider already took it (before a restart, or its watch ended): do not send again.
     AlreadySent(ChannelKind),
+    /// A provider took it and it is still watched: back to sent until `until`.
+    Watch {
+        /// The channel that took it.
+        channel: ChannelKind,
+        /// When to look again.
+        until: Timestamp,
+    },
     /// No allowed channel is usable now; look again at `retry_at` (still within the lifetime).
     Wait {
         /// When to look again.
@@ -206,16 +267,28 @@ pub enum Decision {
     End(End),
 }
 
+/// Why WhatsApp is passed over for a code it may have carried, or may carry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Escalation {
+    /// The fallback metric's reason.
+    pub reason: &'static str,
+    /// For the attempt history (a skipped WhatsApp row).
+    pub detail: String,
+    /// What it teaches about the recipient.
+    pub learned: Learned,
+}
+
 /// How a message leaves the dispatcher's hands after a decision or an attempt.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum End {
-    /// A provider accepted it on `channel`. `keep_content`: a failure receipt may still send
-    /// the same code on a later channel, so the content stays until then.
+    /// A provider accepted it on `channel`. `watch_until`: a failure receipt, a missed
+    /// delivery deadline or an unchecked verification may still send the same code on a later
+    /// channel, so the content stays and the message is looked at again then.
     Sent {
         /// The channel that took it.
         channel: ChannelKind,
-        /// Keep the content for a receipt-driven fallback.
-        keep_content: bool,
+        /// Keep the content and look again then.
+        watch_until: Option<Timestamp>,
     },
     /// Back to the queue, to be looked at again at `at`.
     Requeue {
@@ -243,6 +316,8 @@ pub struct Facts<'a> {
     pub expires_at: Timestamp,
     /// The caller restricted delivery to this channel.
     pub only_channel: Option<ChannelKind>,
+    /// `Some` for a verification's code: whether it still waits for its successful check.
+    pub verification: Option<bool>,
 }
 
 /// Everything [`decide`] looks at besides the rules.
@@ -281,19 +356,80 @@ fn excluded_by_history(ch: ChannelKind, attempts: &[Attempt]) -> Option<String> 
     excluded
 }
 
+/// What an accepted, unconfirmed send calls for now.
+enum Watched {
+    /// Send the same code on another channel.
+    Due(Escalation),
+    /// Nothing yet; look again then.
+    Until(Timestamp),
+    /// Nothing will follow it.
+    Over,
+}
+
+/// Looks at the latest accepted code attempt `a` of a message that still has its code.
+fn watched(rules: &Rules<'_>, m: &Facts<'_>, a: &Attempt, now: Timestamp) -> Watched {
+    let confirmed = a.receipt.is_some_and(ReceiptKind::confirms_delivery);
+    if a.channel != ChannelKind::WhatsApp || confirmed || m.verification == Some(false) {
+        return Watched::Over;
+    }
+    let at = a.ended_at.unwrap_or(a.started_at);
+    let failed = Learned {
+        first_whatsapp: Some(FirstWhatsApp::Failed),
+        ..Learned::default()
+    };
+    if rules.receipts && now >= at.plus(rules.delivery_deadline) {
+        return Watched::Due(Escalation {
+            reason: "no_receipt",
+            detail: format!(
+                "no delivered/read receipt from whatsapp within {}; the same code goes by sms",
+                readable(rules.delivery_deadline)
+            ),
+            learned: failed,
+        });
+    }
+    if let (Some(true), Some(after)) = (m.verification, rules.escalate_after)
+        && now >= at.plus(after)
+    {
+        return Watched::Due(Escalation {
+            reason: "unchecked_verification",
+            detail: format!(
+                "the verification was not checked within {} of the whatsapp send; the same code goes by sms",
+                readable(after)
+            ),
+            learned: Learned::default(),
+        });
+    }
+    match rules.watch_end(a.channel, m.verification, at, m.expires_at) {
+        Some(t) if t > now => Watched::Until(t),
+        _ => Watched::Over,
+    }
+}
+
 /// Decides what to do with a message now.
 pub fn decide(rules: &Rules<'_>, i: &Input<'_>) -> Decision {
     let m = &i.message;
-    if i.now >= m.expires_at {
-        return Decision::End(End::Expire);
-    }
-    // A provider took it and no failure receipt followed: it is out, whatever we lost in a crash.
-    if let Some(a) = i.attempts.iter().find(|a| {
+    // A provider took it and no failure receipt followed: it is out, whatever we lost in a
+    // crash, unless its watch says the same code must go by another channel now.
+    let accepted = i.attempts.iter().rev().find(|a| {
         a.purpose == AttemptPurpose::Code
             && a.end == Some(AttemptEnd::Accepted)
             && a.receipt != Some(ReceiptKind::Failed)
-    }) {
-        return Decision::AlreadySent(a.channel);
+    });
+    let mut escalated = None;
+    if let Some(a) = accepted {
+        match watched(rules, m, a, i.now) {
+            Watched::Due(e) if i.now < m.expires_at && m.has_content => escalated = Some(e),
+            Watched::Until(until) if m.has_content => {
+                return Decision::Watch {
+                    channel: a.channel,
+                    until,
+                };
+            }
+            _ => return Decision::AlreadySent(a.channel),
+        }
+    }
+    if i.now >= m.expires_at {
+        return Decision::End(End::Expire);
     }
     if !m.has_content {
         return Decision::End(End::Fail("content missing (already wiped)".into()));
@@ -308,6 +444,9 @@ pub fn decide(rules: &Rules<'_>, i: &Input<'_>) -> Decision {
     }
     let mut candidates = Vec::new();
     for ch in allowed {
+        if ch == ChannelKind::WhatsApp && escalated.is_some() {
+            continue;
+        }
         let mut excluded = excluded_by_history(ch, i.attempts);
         if ch == ChannelKind::WhatsApp
             && excluded.is_none()
@@ -320,14 +459,68 @@ pub fn decide(rules: &Rules<'_>, i: &Input<'_>) -> Decision {
             None => candidates.push(ch),
         }
     }
+    if escalated.is_none() {
+        escalated = asked_again(rules, i, &mut candidates, &mut skipped);
+    }
     if candidates.is_empty() {
+        if let Some(a) = accepted {
+            return Decision::AlreadySent(a.channel);
+        }
         let reasons: Vec<String> = skipped.iter().map(|(_, w)| w.clone()).collect();
         return Decision::End(End::Fail(format!(
             "no channel left: {}",
             reasons.join("; ")
         )));
     }
-    plan(rules, i, candidates, skipped)
+    let mut d = plan(rules, i, candidates, skipped);
+    if let Decision::Send { escalated: e, .. } = &mut d {
+        *e = escalated;
+    }
+    d
+}
+
+/// Without receipts, the user asking again is the signal: a new code for a number whose
+/// WhatsApp code is unconfirmed and alive, and out for longer than the delivery deadline,
+/// goes by SMS, and the number stays on SMS for a while. Only when SMS can take it.
+fn asked_again(
+    rules: &Rules<'_>,
+    i: &Input<'_>,
+    candidates: &mut Vec<ChannelKind>,
+    skipped: &mut Vec<(ChannelKind, String)>,
+) -> Option<Escalation> {
+    let both =
+        candidates.contains(&ChannelKind::WhatsApp) && candidates.contains(&ChannelKind::Sms);
+    if !both || rules.receipts {
+        return None;
+    }
+    let r = i.recipient;
+    if let Some(until) = r.sms_until.filter(|t| *t > i.now) {
+        candidates.retain(|c| *c != ChannelKind::WhatsApp);
+        skipped.push((
+            ChannelKind::WhatsApp,
+            format!(
+                "this user asked again while a whatsapp code was unconfirmed; sms until {}",
+                until.to_rfc3339()
+            ),
+        ));
+        return None;
+    }
+    // Asking again before a delivered code would have arrived is a double submit, not a
+    // sign that WhatsApp failed: the delivery deadline is the time a code gets.
+    r.unconfirmed
+        .filter(|(since, until)| *until > i.now && since.plus(rules.delivery_deadline) <= i.now)?;
+    candidates.retain(|c| *c != ChannelKind::WhatsApp);
+    Some(Escalation {
+        reason: "asked_again",
+        detail: format!(
+            "the previous whatsapp code to this number is unconfirmed and the user asked again; codes go by sms for {}",
+            readable(rules.unconfirmed_sms_for)
+        ),
+        learned: Learned {
+            sms_until: Some(i.now.plus(rules.unconfirmed_sms_for)),
+            ..Learned::default()
+        },
+    })
 }
 
 /// Steps for the channels still in the running: the usable ones in order, each with its
@@ -369,11 +562,13 @@ fn plan(
     let prenotice = rules.prenotify
         && steps.first().map(|s| s.channel) == Some(ChannelKind::WhatsApp)
         && i.recipient.prenotified_at.is_none()
+        && i.recipient.first_whatsapp != Some(FirstWhatsApp::Failed)
         && sms_possible;
     Decision::Send {
         steps,
         skipped,
         prenotice,
+        escalated: None,
     }
 }
 
@@ -386,6 +581,8 @@ pub struct Verdict {
     pub no_whatsapp_until: Option<Timestamp>,
     /// Why the dispatcher moved on to another channel (the fallback metric's reason).
     pub fallback: Option<&'static str>,
+    /// What it taught about the recipient (first WhatsApp code, pre-notice, unconfirmed).
+    pub learned: Learned,
 }
 
 /// Where the attempt sat in the plan.
@@ -402,6 +599,10 @@ pub struct Attempted {
     /// Earlier attempts on this channel for this message that ended in Retry: each one
     /// doubles the wait before the next, so a failing provider is not hammered.
     pub earlier_retries: u32,
+    /// The plan's [`Decision::Send::prenotice`]: a confirmed WhatsApp code brings the notice.
+    pub prenotice: bool,
+    /// [`Facts::verification`].
+    pub verification: Option<bool>,
 }
 
 /// Longest wait a growing back-off reaches.
@@ -412,6 +613,28 @@ pub const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
 fn grown(after: Duration, earlier_retries: u32) -> Duration {
     let grown = after.saturating_mul(1u32 << earlier_retries.min(16));
     grown.min(MAX_RETRY_WAIT).max(after)
+}
+
+/// What a code attempt on WhatsApp teaches about its recipient: a fallback means its first
+/// WhatsApp code failed; without receipts the Cloud API's acceptance is all the confirmation
+/// there is (and the code stays unconfirmed for the repeat-request escalation).
+fn learned_from(rules: &Rules<'_>, a: Attempted, outcome: &Outcome, now: Timestamp) -> Learned {
+    if a.channel != ChannelKind::WhatsApp || a.kind != MessageKind::Code {
+        return Learned::default();
+    }
+    match outcome {
+        Outcome::Accepted { .. } if !rules.receipts => Learned {
+            first_whatsapp: Some(FirstWhatsApp::Confirmed),
+            prenotice_due: a.prenotice,
+            unconfirmed: Some((now, a.expires_at)),
+            sms_until: None,
+        },
+        Outcome::FallBack { .. } => Learned {
+            first_whatsapp: Some(FirstWhatsApp::Failed),
+            ..Learned::default()
+        },
+        _ => Learned::default(),
+    }
 }
 
 /// Says what the outcome of the attempt `a` means, at `now` (when it ended).
@@ -426,6 +649,7 @@ pub fn after_attempt(
         end: None,
         no_whatsapp_until: None,
         fallback: None,
+        learned: learned_from(rules, a, outcome, now),
     };
     // Moving on to the next step, or, on the last one, what `last` says.
     let mut move_on = |reason: &'static str, last: End| {
@@ -450,7 +674,9 @@ pub fn after_attempt(
     let end = match outcome {
         Outcome::Accepted { .. } => Some(End::Sent {
             channel: ch,
-            keep_content: a.more && a.kind == MessageKind::Code,
+            watch_until: (a.more && a.kind == MessageKind::Code)
+                .then(|| rules.watch_end(ch, a.verification, now, a.expires_at))
+                .flatten(),
         }),
         Outcome::FallBack { not_on_channel, .. } => {
             let not_on_whatsapp = *not_on_channel && ch == ChannelKind::WhatsApp;
@@ -490,16 +716,16 @@ pub fn after_attempt(
     v
 }
 
-/// What a receipt means for its message.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ReceiptVerdict {
-    /// Recorded; nothing else to do.
-    Nothing,
-    /// The provider gave up on a send we counted as sent: try the next channel now.
-    FallBackNow {
-        /// Why, for the message's record.
-        reason: String,
-    },
+/// What a receipt means for its message and its recipient.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReceiptVerdict {
+    /// The provider gave up on a send we counted as sent: try the next channel now, for this
+    /// reason (shown with the message).
+    pub fall_back: Option<String>,
+    /// Remember "not on WhatsApp" until then (a 131026 in a `failed` receipt).
+    pub no_whatsapp_until: Option<Timestamp>,
+    /// What it taught about the recipient.
+    pub learned: Learned,
 }
 
 /// The message as the store left it after recording a receipt.
@@ -509,27 +735,46 @@ pub struct AfterReceipt {
     pub channel: ChannelKind,
     /// What the receipt said.
     pub kind: ReceiptKind,
+    /// The provider's error code says the recipient is not on this channel (131026).
+    pub not_on_channel: bool,
+    /// What the receipted attempt carried.
+    pub purpose: AttemptPurpose,
     /// False for a repeated or out-of-order receipt that changed nothing.
     pub changed: bool,
     /// The message's state after the receipt.
     pub state: MessageState,
+    /// The channel that carried the message so far.
+    pub carried_by: Option<ChannelKind>,
     /// The message's expiry.
     pub expires_at: Timestamp,
+    /// [`Rules::notice_allowed`] for the message's recipient.
+    pub notice_allowed: bool,
 }
 
-/// Says what a receipt means, at `now`.
-pub fn after_receipt(r: AfterReceipt, now: Timestamp) -> ReceiptVerdict {
-    if r.kind == ReceiptKind::Failed
-        && r.changed
-        && r.state == MessageState::Sent
-        && now < r.expires_at
-    {
-        ReceiptVerdict::FallBackNow {
-            reason: format!("{} reported the send as failed", r.channel),
-        }
-    } else {
-        ReceiptVerdict::Nothing
+/// Says what a receipt means, at `now`. A repeated receipt changes nothing; one about a
+/// channel that no longer carries the message (the SMS fallback went out) only updates the
+/// record.
+pub fn after_receipt(rules: &Rules<'_>, r: AfterReceipt, now: Timestamp) -> ReceiptVerdict {
+    let mut v = ReceiptVerdict::default();
+    if !r.changed || r.purpose != AttemptPurpose::Code {
+        return v;
     }
+    let whatsapp = r.channel == ChannelKind::WhatsApp;
+    if r.kind == ReceiptKind::Failed {
+        if whatsapp {
+            v.learned.first_whatsapp = Some(FirstWhatsApp::Failed);
+            if r.not_on_channel {
+                v.no_whatsapp_until = Some(now.plus(rules.no_whatsapp_memory));
+            }
+        }
+        if r.state == MessageState::Sent && r.carried_by == Some(r.channel) && now < r.expires_at {
+            v.fall_back = Some(format!("{} reported the send as failed", r.channel));
+        }
+    } else if whatsapp && r.kind.confirms_delivery() {
+        v.learned.first_whatsapp = Some(FirstWhatsApp::Confirmed);
+        v.learned.prenotice_due = r.notice_allowed;
+    }
+    v
 }
 
 #[cfg(test)]

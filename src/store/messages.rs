@@ -13,8 +13,8 @@ use crate::channel::ReceiptStatus;
 use crate::clock::Timestamp;
 use crate::config::Rate;
 use crate::domain::{
-    Attempt, AttemptEnd, AttemptPurpose, ChannelKind, Content, E164, MessageId, MessageKind,
-    MessageState, ReceiptKind, RecipientInfo,
+    Attempt, AttemptEnd, AttemptPurpose, ChannelKind, Content, E164, FirstWhatsApp, MessageId,
+    MessageKind, MessageState, ReceiptKind, RecipientInfo,
 };
 
 /// A message to be accepted.
@@ -144,12 +144,24 @@ pub enum BatchResult {
 pub struct ReceiptEffect {
     /// The message the receipt belongs to.
     pub message_id: MessageId,
+    /// Its client (whose rules apply).
+    pub client: String,
+    /// Its recipient.
+    pub recipient: E164,
+    /// The recipient's country.
+    pub country: Option<String>,
+    /// What the receipted attempt carried (a code, or the pre-notice).
+    pub purpose: AttemptPurpose,
+    /// The channel that carried the message so far (after the receipt).
+    pub carried_by: Option<ChannelKind>,
     /// The message's state after the receipt.
     pub state: MessageState,
     /// The message's expiry (for fallback decisions).
     pub expires_at: Timestamp,
     /// False for a repeated or out-of-order receipt that changed nothing.
     pub changed: bool,
+    /// This receipt moved the message to delivered (a later `read` does not).
+    pub newly_delivered: bool,
 }
 
 impl Store {
@@ -223,25 +235,26 @@ impl Store {
             if max == 0 {
                 return Ok((Vec::new(), expired));
             }
-            let mut stmt = c.prepare_cached(&format!(
-                "UPDATE messages SET state = 'sending'
-                 WHERE id IN (SELECT id FROM messages WHERE state = 'queued' AND next_attempt_at <= ?1
-                              ORDER BY next_attempt_at LIMIT ?2)
-                 RETURNING {MESSAGE_COLUMNS}"
-            ))?;
-            let mut rows = stmt.query(params![now.0, i64::try_from(max).unwrap_or(i64::MAX)])?;
-            let (mut out, mut unreadable) = (Vec::new(), Vec::new());
-            while let Some(r) = rows.next()? {
-                match read_message(r) {
-                    Ok(m) => out.push(m),
-                    // One damaged row must not stop the queue (the whole claim would fail, again
-                    // and again): it fails on its own, below.
-                    Err(StoreError::Corrupt(why)) => unreadable.push((r.get::<_, String>(0)?, why)),
-                    Err(e) => return Err(e),
+            // Codes whose delivery deadline has come first: their fallback is the late one.
+            let mut out = Vec::new();
+            let mut unreadable = Vec::new();
+            for (sql, room) in [(CLAIM_WATCHED, max), (CLAIM_QUEUED, max)] {
+                let room = room.saturating_sub(out.len());
+                if room == 0 {
+                    break;
+                }
+                let mut stmt = c.prepare_cached(sql)?;
+                let mut rows = stmt.query(params![now.0, i64::try_from(room).unwrap_or(i64::MAX)])?;
+                while let Some(r) = rows.next()? {
+                    match read_message(r) {
+                        Ok(m) => out.push(m),
+                        // One damaged row must not stop the queue (the whole claim would fail,
+                        // again and again): it fails on its own, below.
+                        Err(StoreError::Corrupt(why)) => unreadable.push((r.get::<_, String>(0)?, why)),
+                        Err(e) => return Err(e),
+                    }
                 }
             }
-            drop(rows);
-            drop(stmt);
             for (id, why) in unreadable {
                 tracing::error!(message = %id, %why, "store: a claimed message cannot be read; failing it");
                 exec(c,
@@ -259,7 +272,10 @@ impl Store {
     pub async fn next_due(&self) -> Result<Option<Timestamp>, StoreError> {
         self.read(|c| {
             let t: Option<i64> = c.query_row(
-                "SELECT MIN(next_attempt_at) FROM messages WHERE state = 'queued'",
+                "SELECT MIN(t) FROM (
+                     SELECT MIN(next_attempt_at) AS t FROM messages WHERE state = 'queued'
+                     UNION ALL
+                     SELECT MIN(next_attempt_at) FROM messages WHERE state = 'sent' AND body IS NOT NULL)",
                 [],
                 |r| r.get(0),
             )?;
@@ -280,6 +296,38 @@ impl Store {
         let id = message_id.to_owned();
         self.write(move |c| insert_open_attempt(c, &id, channel, purpose, now))
             .await
+    }
+
+    /// [`Store::start_attempt`] for a code that is really leaving: refused (`None`, nothing
+    /// written) when its message ended meanwhile: a delivery receipt for the earlier channel
+    /// arrived while the fallback waited for a modem, or its user said they did not ask for it.
+    pub async fn depart_attempt(
+        &self,
+        message_id: &str,
+        channel: ChannelKind,
+        now: Timestamp,
+    ) -> Result<Option<i64>, StoreError> {
+        let id = message_id.to_owned();
+        self.write(move |c| {
+            let state: Option<String> = c
+                .query_row(
+                    "SELECT state FROM messages WHERE id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match state.as_deref().map(MessageState::read).transpose()? {
+                Some(s) if !s.is_final() => Ok(Some(insert_open_attempt(
+                    c,
+                    &id,
+                    channel,
+                    AttemptPurpose::Code,
+                    now,
+                )?)),
+                _ => Ok(None),
+            }
+        })
+        .await
     }
 
     /// The departure of a pre-notice to `number`: marks the recipient pre-notified and opens
@@ -337,6 +385,9 @@ impl Store {
 
     /// Applies a provider receipt to the attempt with that provider id (latest first).
     /// Returns what it changed; repeated and out-of-order receipts never move a message back.
+    /// A delivery receipt for a code makes its message delivered by the receipt's channel
+    /// (a late WhatsApp `delivered` after the SMS fallback says WhatsApp delivered it too);
+    /// a receipt for a pre-notice never moves the code's message.
     pub async fn apply_receipt(
         &self,
         channel: ChannelKind,
@@ -345,18 +396,21 @@ impl Store {
         at: Timestamp,
     ) -> Result<Option<ReceiptEffect>, StoreError> {
         self.write(move |c| {
-            let row: Option<(i64, String, Option<String>)> = c
+            let row: Option<(i64, String, Option<String>, String)> = c
                 .query_row(
-                    "SELECT id, message_id, receipt FROM attempts WHERE channel = ?1 AND provider_id = ?2
+                    "SELECT id, message_id, receipt, purpose FROM attempts WHERE channel = ?1 AND provider_id = ?2
                      ORDER BY started_at DESC LIMIT 1",
                     params![channel.as_str(), provider_id],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )
                 .optional()?;
-            let Some((attempt_id, message_id, previous)) = row else {
+            let Some((attempt_id, message_id, previous, purpose)) = row else {
                 return Ok(None);
             };
-            let kind = status.kind();
+            let Some(kind) = status.kind() else {
+                return Ok(None);
+            };
+            let purpose = AttemptPurpose::read(&purpose)?;
             let code = status.error_code();
             // A later "sent" must not hide an earlier "read" or "failed": receipts only rise.
             let previous = previous.as_deref().map(ReceiptKind::read).transpose()?;
@@ -367,24 +421,103 @@ impl Store {
                     params![attempt_id, kind.as_str(), at.0, code],
                 )?;
             }
-            if kind.confirms_delivery() {
-                exec(c,
-                    "UPDATE messages SET state = 'delivered', finished_at = ?2, body = NULL, sms_text = NULL
+            let mut newly_delivered = false;
+            if kind.confirms_delivery() && purpose == AttemptPurpose::Code {
+                newly_delivered = exec(c,
+                    "UPDATE messages SET state = 'delivered', channel = ?3, finished_at = ?2, body = NULL, sms_text = NULL
                      WHERE id = ?1 AND state IN ('sent', 'sending')",
-                    params![message_id, at.0],
-                )?;
+                    params![message_id, at.0, channel.as_str()],
+                )? == 1;
             }
-            let (state, expires): (String, i64) = c.query_row(
-                "SELECT state, expires_at FROM messages WHERE id = ?1",
+            let (client, recipient, country, state, carried_by, expires): (
+                String,
+                String,
+                Option<String>,
+                String,
+                Option<String>,
+                i64,
+            ) = c.query_row(
+                "SELECT client, recipient, country, state, channel, expires_at FROM messages WHERE id = ?1",
                 params![message_id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
             )?;
             Ok(Some(ReceiptEffect {
                 message_id: MessageId::new(message_id),
+                client,
+                recipient: E164::new(&recipient)
+                    .ok_or_else(|| StoreError::Corrupt("recipient is not E.164".into()))?,
+                country,
+                purpose,
                 state: MessageState::read(&state)?,
+                carried_by: carried_by.as_deref().map(ChannelKind::read).transpose()?,
                 expires_at: Timestamp(expires),
                 changed,
+                newly_delivered,
             }))
+        })
+        .await
+    }
+
+    /// The sent code messages (with their code) and the pending verifications for `number`:
+    /// its user says they did not ask for a code. Both are canceled and the codes wiped, in
+    /// one commit. Returns (codes canceled, verifications canceled).
+    pub async fn cancel_not_requested(
+        &self,
+        number: &str,
+        now: Timestamp,
+    ) -> Result<(usize, usize), StoreError> {
+        let n = number.to_owned();
+        self.write(move |c| {
+            let reason = "canceled: the recipient said they did not request a code";
+            // Codes still queued, in flight or watched: the due and watch indexes hold them.
+            let codes = exec(c,
+                "UPDATE messages SET state = 'failed', reason = ?2, finished_at = ?3, body = NULL, sms_text = NULL
+                 WHERE recipient = ?1 AND kind = 'code'
+                   AND (state IN ('queued', 'sending') OR (state = 'sent' AND body IS NOT NULL))",
+                params![n, reason, now.0],
+            )?;
+            let verifications = exec(c,
+                "UPDATE verifications SET status = 'canceled', finished_at = ?2
+                 WHERE recipient = ?1 AND status = 'pending'",
+                params![n, now.0],
+            )?;
+            Ok((codes, verifications))
+        })
+        .await
+    }
+
+    /// Whether `message_id` carries the code of a verification, and if so whether that
+    /// verification is still waiting for its successful check.
+    pub async fn verification_pending(&self, message_id: &str) -> Result<Option<bool>, StoreError> {
+        let id = message_id.to_owned();
+        self.read(move |c| {
+            let status: Option<String> = c
+                .query_row(
+                    "SELECT status FROM verifications WHERE message_id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(status.map(|s| s == "pending"))
+        })
+        .await
+    }
+
+    /// Pre-notices that are due (a first WhatsApp code was confirmed) and have not departed:
+    /// the confirmed code's message, after a restart or a notice that never left.
+    pub async fn due_prenotices(&self) -> Result<Vec<Message>, StoreError> {
+        self.read(|c| {
+            let mut q = c.prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN (
+                     SELECT prenotice_message FROM recipients
+                     WHERE prenotice_message IS NOT NULL AND prenotified_at IS NULL)"
+            ))?;
+            let rows = q.query_map([], row_to_message)?;
+            let mut out = Vec::new();
+            for r in rows {
+                out.push(r??);
+            }
+            Ok(out)
         })
         .await
     }
@@ -394,16 +527,32 @@ impl Store {
         let n = number.to_owned();
         self.read(move |c| {
             Ok(c.query_row(
-                "SELECT no_whatsapp_until, prenotified_at FROM recipients WHERE number = ?1",
+                "SELECT no_whatsapp_until, prenotified_at, unconfirmed_since, unconfirmed_until,
+                        sms_until, first_whatsapp
+                 FROM recipients WHERE number = ?1",
                 params![n],
                 |r| {
-                    Ok(RecipientInfo {
-                        no_whatsapp_until: r.get::<_, Option<i64>>(0)?.map(Timestamp),
-                        prenotified_at: r.get::<_, Option<i64>>(1)?.map(Timestamp),
-                    })
+                    let first: Option<String> = r.get(5)?;
+                    let since = r.get::<_, Option<i64>>(2)?.map(Timestamp);
+                    let until = r.get::<_, Option<i64>>(3)?.map(Timestamp);
+                    Ok((
+                        RecipientInfo {
+                            no_whatsapp_until: r.get::<_, Option<i64>>(0)?.map(Timestamp),
+                            prenotified_at: r.get::<_, Option<i64>>(1)?.map(Timestamp),
+                            unconfirmed: since.zip(until),
+                            sms_until: r.get::<_, Option<i64>>(4)?.map(Timestamp),
+                            first_whatsapp: None,
+                        },
+                        first,
+                    ))
                 },
             )
             .optional()?
+            .map(|(mut info, first)| -> Result<RecipientInfo, StoreError> {
+                info.first_whatsapp = first.as_deref().map(FirstWhatsApp::read).transpose()?;
+                Ok(info)
+            })
+            .transpose()?
             .unwrap_or_default())
         })
         .await
@@ -541,6 +690,21 @@ impl Store {
 
 /// The columns [`row_to_message`] reads, in order.
 const MESSAGE_COLUMNS: &str = "id, client, recipient, country, kind, body, sms_text, locale, reference, \
+    idempotency_key, created_at, expires_at, state, channel, reason, finished_at, only_channel";
+
+/// Claims queued messages that are due.
+const CLAIM_QUEUED: &str = "UPDATE messages SET state = 'sending'
+     WHERE id IN (SELECT id FROM messages WHERE state = 'queued' AND next_attempt_at <= ?1
+                  ORDER BY next_attempt_at LIMIT ?2)
+     RETURNING id, client, recipient, country, kind, body, sms_text, locale, reference, \
+    idempotency_key, created_at, expires_at, state, channel, reason, finished_at, only_channel";
+
+/// Claims sent messages still holding their code whose watch ended (a delivery deadline, an
+/// unchecked verification, the end of the lifetime): through the partial index `messages_watch`.
+const CLAIM_WATCHED: &str = "UPDATE messages SET state = 'sending'
+     WHERE id IN (SELECT id FROM messages WHERE state = 'sent' AND body IS NOT NULL
+                  AND next_attempt_at <= ?1 ORDER BY next_attempt_at LIMIT ?2)
+     RETURNING id, client, recipient, country, kind, body, sms_text, locale, reference, \
     idempotency_key, created_at, expires_at, state, channel, reason, finished_at, only_channel";
 
 fn insert_open_attempt(

@@ -134,6 +134,23 @@ const MIGRATIONS: &[&str] = &[
     r#"
     DROP INDEX messages_created;
     "#,
+    // 7: receipts drive the fallback (issue 15). A WhatsApp code waiting for its receipt stays
+    // 'sent' with its content and is due again at its delivery deadline: the partial index
+    // holds only those, so the claim loop finds them without walking every sent message.
+    // Recipients learn what the repeat-request escalation and the pre-notice need, and a
+    // verification is found from its message.
+    r#"
+    CREATE INDEX messages_watch ON messages (next_attempt_at)
+        WHERE state = 'sent' AND body IS NOT NULL;
+    ALTER TABLE recipients ADD COLUMN unconfirmed_since INTEGER;  -- an unconfirmed WhatsApp code accepted then
+    ALTER TABLE recipients ADD COLUMN unconfirmed_until INTEGER;  -- and alive until
+    ALTER TABLE recipients ADD COLUMN sms_until INTEGER;          -- asked again: SMS until
+    ALTER TABLE recipients ADD COLUMN first_whatsapp TEXT;        -- 'confirmed' | 'failed'
+    ALTER TABLE recipients ADD COLUMN prenotice_message TEXT;     -- the confirmed code that made the notice due
+    CREATE INDEX recipients_prenotice_due ON recipients (prenotice_message)
+        WHERE prenotice_message IS NOT NULL AND prenotified_at IS NULL;
+    CREATE INDEX verifications_message ON verifications (message_id);
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -10,7 +10,9 @@ use super::writer::exec;
 use super::{Message, Store, StoreError};
 use crate::channel::Outcome;
 use crate::clock::Timestamp;
-use crate::domain::{AttemptEnd, AttemptPurpose, ChannelKind, MessageState};
+use crate::domain::{
+    AttemptEnd, AttemptPurpose, ChannelKind, E164, Learned, MessageId, MessageState,
+};
 
 /// Where a message goes once an attempt has ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,7 +27,17 @@ pub enum Move {
         /// Why; `None` keeps the reason it has.
         reason: Option<String>,
     },
-    /// To `state` (sent, or a final state, which also stamps `finished_at`).
+    /// Sent on `channel`, its code kept and the message due again at `until` (a delivery
+    /// deadline, an unchecked verification, the end of its lifetime): the claim loop takes it
+    /// back then, so the watch survives a restart.
+    Watch {
+        /// The channel that took it.
+        channel: ChannelKind,
+        /// When to look at it again.
+        until: Timestamp,
+    },
+    /// To `state` (sent, or a final state, which also stamps `finished_at`). A message that
+    /// ended meanwhile (a delivery receipt, a cancellation) keeps its end.
     Finish {
         /// The new state.
         state: MessageState,
@@ -63,6 +75,8 @@ pub struct Settlement {
     pub attempt: Option<(AttemptRow, Outcome)>,
     /// Remember that the message's recipient is not on WhatsApp until then.
     pub no_whatsapp_until: Option<Timestamp>,
+    /// What else it taught about the recipient.
+    pub learned: Learned,
     /// Where the message goes.
     pub movement: Move,
 }
@@ -91,18 +105,31 @@ impl Ending {
 
 impl Store {
     /// Records how an attempt ended, remembers what it taught about the recipient and moves
-    /// the message: one writer job, one commit, all or nothing.
+    /// the message: one writer job, one commit, all or nothing. True when this made the
+    /// recipient's pre-notice due (the caller sends it; [`Store::due_prenotices`] finds it
+    /// again after a restart).
     pub async fn settle(
         &self,
         message: &Message,
         s: Settlement,
         now: Timestamp,
-    ) -> Result<(), StoreError> {
-        let id = message.id.clone();
-        let no_whatsapp = s
-            .no_whatsapp_until
-            .map(|until| (message.recipient.clone(), until));
+    ) -> Result<bool, StoreError> {
+        self.settle_message(&message.id, &message.recipient, s, now)
+            .await
+    }
+
+    /// [`Store::settle`] for a message known by its id and recipient (a receipt's).
+    pub async fn settle_message(
+        &self,
+        id: &MessageId,
+        recipient: &E164,
+        s: Settlement,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        let id = id.clone();
+        let no_whatsapp = s.no_whatsapp_until.map(|until| (recipient.clone(), until));
         let ending = s.attempt.map(|(attempt, o)| (attempt, Ending::of(&o)));
+        let recipient = recipient.to_string();
         self.write(move |c| {
             match &ending {
                 Some((AttemptRow::Departed(attempt), ending)) => {
@@ -123,8 +150,9 @@ impl Store {
             if let Some((number, until)) = &no_whatsapp {
                 remember_no_whatsapp(c, number, *until)?;
             }
+            let due = learn(c, &recipient, &id, &s.learned)?;
             move_message(c, &id, &s.movement, now)?;
-            Ok(())
+            Ok(due)
         })
         .await
     }
@@ -218,9 +246,62 @@ fn remember_no_whatsapp(c: &Connection, number: &str, until: Timestamp) -> rusql
     Ok(())
 }
 
+/// Writes what was learned about `number`; true when the pre-notice became due with this
+/// message's confirmed code. The SQL guards "once per number" and "never after a first
+/// WhatsApp code that failed", whatever the caller believed.
+fn learn(c: &Connection, number: &str, message_id: &str, l: &Learned) -> rusqlite::Result<bool> {
+    if l.is_empty() {
+        return Ok(false);
+    }
+    exec(
+        c,
+        "INSERT INTO recipients (number) VALUES (?1) ON CONFLICT (number) DO NOTHING",
+        params![number],
+    )?;
+    if let Some(first) = l.first_whatsapp {
+        exec(
+            c,
+            "UPDATE recipients SET first_whatsapp = ?2 WHERE number = ?1 AND first_whatsapp IS NULL",
+            params![number, first.as_str()],
+        )?;
+    }
+    let mut due = false;
+    if l.prenotice_due {
+        due = exec(
+            c,
+            "UPDATE recipients SET prenotice_message = ?2
+             WHERE number = ?1 AND prenotified_at IS NULL AND prenotice_message IS NULL
+               AND first_whatsapp = 'confirmed'",
+            params![number, message_id],
+        )? == 1;
+    }
+    if let Some((since, until)) = l.unconfirmed {
+        exec(
+            c,
+            "UPDATE recipients SET unconfirmed_since = ?2, unconfirmed_until = ?3 WHERE number = ?1",
+            params![number, since.0, until.0],
+        )?;
+    }
+    if let Some(until) = l.sms_until {
+        exec(
+            c,
+            "UPDATE recipients SET sms_until = ?2 WHERE number = ?1",
+            params![number, until.0],
+        )?;
+    }
+    Ok(due)
+}
+
 fn move_message(c: &Connection, id: &str, to: &Move, now: Timestamp) -> rusqlite::Result<()> {
     match to {
         Move::Stay => {}
+        Move::Watch { channel, until } => {
+            exec(c,
+                "UPDATE messages SET state = 'sent', channel = ?2, reason = NULL, next_attempt_at = ?3
+                 WHERE id = ?1 AND state IN ('queued', 'sending', 'sent')",
+                params![id, channel.as_str(), until.0],
+            )?;
+        }
         Move::Requeue { at, reason } => {
             exec(c,
                 "UPDATE messages SET state = 'queued', next_attempt_at = ?2, reason = COALESCE(?3, reason)
@@ -235,10 +316,17 @@ fn move_message(c: &Connection, id: &str, to: &Move, now: Timestamp) -> rusqlite
             keep_content,
         } => {
             let finished = state.is_final().then_some(now.0);
+            // An end reached meanwhile (a delivery receipt, a cancellation) stands; a code
+            // whose message ended is wiped all the same.
             let sql = if *keep_content {
-                "UPDATE messages SET state = ?2, channel = COALESCE(?3, channel), reason = ?4, finished_at = ?5 WHERE id = ?1"
+                "UPDATE messages SET state = ?2, channel = COALESCE(?3, channel), reason = ?4, finished_at = ?5
+                 WHERE id = ?1 AND state IN ('queued', 'sending', 'sent')"
             } else {
-                "UPDATE messages SET state = ?2, channel = COALESCE(?3, channel), reason = ?4, finished_at = ?5,
+                "UPDATE messages SET
+                    state = CASE WHEN state IN ('queued', 'sending', 'sent') THEN ?2 ELSE state END,
+                    channel = CASE WHEN state IN ('queued', 'sending', 'sent') THEN COALESCE(?3, channel) ELSE channel END,
+                    reason = CASE WHEN state IN ('queued', 'sending', 'sent') THEN ?4 ELSE reason END,
+                    finished_at = CASE WHEN state IN ('queued', 'sending', 'sent') THEN ?5 ELSE finished_at END,
                     body = NULL, sms_text = NULL WHERE id = ?1"
             };
             exec(
@@ -273,6 +361,7 @@ mod tests {
         Settlement {
             attempt: Some((AttemptRow::Departed(attempt), outcome)),
             no_whatsapp_until: None,
+            learned: Learned::default(),
             movement,
         }
     }
@@ -281,6 +370,7 @@ mod tests {
         Settlement {
             attempt: None,
             no_whatsapp_until: None,
+            learned: Learned::default(),
             movement,
         }
     }
@@ -516,5 +606,153 @@ mod tests {
         let (m, _) = s.get("m2", "c").await.unwrap().unwrap();
         assert_eq!(m.state, MessageState::Sent);
         assert!(m.content.is_none());
+    }
+
+    fn learned(l: Learned, movement: Move) -> Settlement {
+        Settlement {
+            learned: l,
+            ..moved(movement)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watched_code_is_claimed_again_at_its_deadline_and_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, ms) = claimed(&dir, &["m1", "m2"]).await;
+        let watch = Move::Watch {
+            channel: ChannelKind::WhatsApp,
+            until: Timestamp(16_000),
+        };
+        s.settle(&ms[0], moved(watch), Timestamp(1_001))
+            .await
+            .unwrap();
+        s.settle(&ms[1], moved(SENT_SMS), Timestamp(1_001))
+            .await
+            .unwrap();
+        let (m, _) = s.get("m1", "c").await.unwrap().unwrap();
+        assert_eq!(m.state, MessageState::Sent);
+        assert_eq!(m.content, ms[0].content, "kept for the fallback");
+        assert_eq!(s.next_due().await.unwrap(), Some(Timestamp(16_000)));
+        // kill -9: the deadline is a row, not a timer.
+        drop(s);
+        let s = Store::open(&dir.path().join("db")).unwrap();
+        s.recover(Timestamp(2_000)).await.unwrap();
+        let (early, _) = s.claim_due(Timestamp(15_999), 10).await.unwrap();
+        assert!(early.is_empty());
+        let (due, _) = s.claim_due(Timestamp(16_000), 10).await.unwrap();
+        let ids: Vec<&str> = due.iter().map(|m| m.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["m1"],
+            "the sent SMS without its code is never claimed"
+        );
+        assert_eq!(due[0].state, MessageState::Sending);
+        assert!(due[0].content.is_some());
+        // A delivery receipt meanwhile stands against a later finish.
+        s.write(|c| {
+            c.execute_batch("UPDATE messages SET state = 'delivered' WHERE id = 'm1'")?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        s.settle(&due[0], moved(SENT_SMS), Timestamp(16_001))
+            .await
+            .unwrap();
+        let (m, _) = s.get("m1", "c").await.unwrap().unwrap();
+        assert_eq!(m.state, MessageState::Delivered);
+        assert!(m.content.is_none(), "wiped all the same");
+    }
+
+    #[tokio::test]
+    async fn the_prenotice_is_due_once_per_number_and_never_after_a_failed_first_code() {
+        use crate::domain::FirstWhatsApp::{Confirmed, Failed};
+        let dir = tempfile::tempdir().unwrap();
+        let (s, ms) = claimed(&dir, &["m1", "m2", "m3"]).await;
+        let confirmed = Learned {
+            first_whatsapp: Some(Confirmed),
+            prenotice_due: true,
+            ..Learned::default()
+        };
+        let now = Timestamp(2_000);
+        assert!(
+            s.settle(&ms[0], learned(confirmed, Move::Stay), now)
+                .await
+                .unwrap()
+        );
+        // The same number's next confirmed code: not due again.
+        let mut again = ms[0].clone();
+        again.id = ms[1].id.clone();
+        assert!(
+            !s.settle(&again, learned(confirmed, Move::Stay), now)
+                .await
+                .unwrap()
+        );
+        let due = s.due_prenotices().await.unwrap();
+        assert_eq!(
+            due.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(),
+            ["m1"]
+        );
+        // Once it departed it is no longer due.
+        s.start_prenotice("m1", &ms[0].recipient, now)
+            .await
+            .unwrap();
+        assert!(s.due_prenotices().await.unwrap().is_empty());
+        // A number whose first WhatsApp code failed: a later confirmed code brings nothing.
+        let failed = Learned {
+            first_whatsapp: Some(Failed),
+            ..Learned::default()
+        };
+        s.settle(&ms[2], learned(failed, Move::Stay), now)
+            .await
+            .unwrap();
+        assert!(
+            !s.settle(&ms[2], learned(confirmed, Move::Stay), now)
+                .await
+                .unwrap()
+        );
+        let r = s.recipient(&ms[2].recipient).await.unwrap();
+        assert_eq!(r.first_whatsapp, Some(Failed));
+        // The escalation's facts land with it.
+        let asked = Learned {
+            unconfirmed: Some((Timestamp(1_000), Timestamp(9_000))),
+            sms_until: Some(Timestamp(99_000)),
+            ..Learned::default()
+        };
+        s.settle(&ms[2], learned(asked, Move::Stay), now)
+            .await
+            .unwrap();
+        let r = s.recipient(&ms[2].recipient).await.unwrap();
+        assert_eq!(r.unconfirmed, Some((Timestamp(1_000), Timestamp(9_000))));
+        assert_eq!(r.sms_until, Some(Timestamp(99_000)));
+    }
+
+    #[tokio::test]
+    async fn not_requested_cancels_and_wipes_the_numbers_live_codes_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let (s, ms) = claimed(&dir, &["m1", "m2"]).await;
+        let to = ms[0].recipient.to_string();
+        // m1 watched (sent, code kept); a third, queued, to the same number; m2 elsewhere.
+        let watch = Move::Watch {
+            channel: ChannelKind::WhatsApp,
+            until: Timestamp(16_000),
+        };
+        s.settle(&ms[0], moved(watch), Timestamp(1_001))
+            .await
+            .unwrap();
+        let mut m3 = new_msg("m3", "+90", 1_500, None);
+        m3.recipient = ms[0].recipient.clone();
+        s.insert(m3, vec![]).await.unwrap();
+        let (codes, verifications) = s.cancel_not_requested(&to, Timestamp(3_000)).await.unwrap();
+        assert_eq!((codes, verifications), (2, 0));
+        for id in ["m1", "m3"] {
+            let (m, _) = s.get(id, "c").await.unwrap().unwrap();
+            assert_eq!(m.state, MessageState::Failed, "{id}");
+            assert!(m.content.is_none(), "{id}");
+        }
+        let (m, _) = s.get("m2", "c").await.unwrap().unwrap();
+        assert_eq!(m.state, MessageState::Sending);
+        assert!(m.content.is_some());
+        let (due, _) = s.claim_due(Timestamp(20_000), 10).await.unwrap();
+        assert!(due.is_empty(), "a canceled code is never claimed again");
     }
 }

@@ -220,6 +220,13 @@ impl Store {
             if matched {
                 exec(c, "UPDATE verifications SET status = 'approved', attempts = ?2, finished_at = ?3 WHERE id = ?1", params![id, attempts, now.0])?;
                 retire_message(c, message_id.as_deref(), "verification completed", now)?;
+                // The user had the code: the WhatsApp code is confirmed after all, so asking
+                // again later is no sign that WhatsApp fails them.
+                exec(c,
+                    "UPDATE recipients SET unconfirmed_since = NULL, unconfirmed_until = NULL
+                     WHERE number = (SELECT recipient FROM verifications WHERE id = ?1)",
+                    params![id],
+                )?;
                 return Ok(CheckOutcome::Approved);
             }
             if attempts >= max_attempts {

@@ -63,7 +63,9 @@ pub struct FraudSignal {
 /// Everything of interest in one webhook body.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WebhookEvents {
-    /// Status updates, in body order.
+    /// Status updates, in body order, each `failed` with Meta's error code; then, per
+    /// change, a [`ReceiptStatus::NotRequested`] for each fraud signal with a number, so the
+    /// dispatcher that owns the outbox cancels that number's codes.
     pub receipts: Vec<Receipt>,
     /// Fraud signals, in body order.
     pub fraud: Vec<FraudSignal>,
@@ -241,20 +243,43 @@ pub fn parse_events(body: &[u8], now: Timestamp) -> Result<WebhookEvents, Webhoo
             if !fraud {
                 continue;
             }
-            out.fraud.push(FraudSignal {
+            let signal = FraudSignal {
                 from: m.from.unwrap_or_default(),
                 message_id: m.id.unwrap_or_default(),
                 context_id: m.context.and_then(|c| c.id),
                 at: at(m.timestamp.as_deref(), now),
-            });
+            };
+            // Only a plausible number can be acted on: digits, as Meta sends wa_ids.
+            let digits = !signal.from.is_empty()
+                && signal.from.len() <= 15
+                && signal.from.bytes().all(|b| b.is_ascii_digit());
+            if digits {
+                out.receipts.push(Receipt {
+                    channel: ChannelKind::WhatsApp,
+                    provider_id: signal
+                        .context_id
+                        .clone()
+                        .unwrap_or_else(|| signal.message_id.clone()),
+                    status: ReceiptStatus::NotRequested {
+                        from: signal.from.clone(),
+                    },
+                    at: signal.at,
+                });
+            }
+            out.fraud.push(signal);
         }
     }
     Ok(out)
 }
 
-/// The receipts in a webhook body (see [`parse_events`] for fraud signals too).
+/// The delivery statuses in a webhook body (see [`parse_events`] for fraud signals too).
 pub fn parse_statuses(body: &[u8], now: Timestamp) -> Result<Vec<Receipt>, WebhookError> {
-    parse_events(body, now).map(|e| e.receipts)
+    parse_events(body, now).map(|e| {
+        e.receipts
+            .into_iter()
+            .filter(|r| r.status.kind().is_some())
+            .collect()
+    })
 }
 
 #[cfg(test)]
@@ -385,6 +410,14 @@ mod tests {
                     ReceiptStatus::Failed { code: None },
                     1_700_000_300_000
                 ),
+                // The tap, as a signal for the number, about the OTP message it answered.
+                r(
+                    "wamid.E",
+                    ReceiptStatus::NotRequested {
+                        from: "919800000003".into()
+                    },
+                    1_700_000_200_000
+                ),
             ]
         );
         assert_eq!(
@@ -397,6 +430,37 @@ mod tests {
             }]
         );
         assert_eq!(parse_statuses(MULTI.as_bytes(), NOW).unwrap().len(), 6);
+    }
+
+    #[test]
+    fn a_failure_carries_its_first_error_code_and_a_tap_needs_a_number() {
+        let body = br#"{"entry":[{"changes":[{"value":{
+            "statuses":[{"id":"wamid.F","status":"failed","timestamp":"1",
+                         "errors":[{"title":"no code"},{"code":131049},{"code":131026}]}],
+            "messages":[
+              {"id":"wamid.IN3","button":{"payload":"DID_NOT_REQUEST_CODE"}},
+              {"from":"91 98","id":"wamid.IN4","button":{"payload":"DID_NOT_REQUEST_CODE"}},
+              {"from":"919800000005","id":"wamid.IN5","button":{"payload":"SOMETHING_ELSE"}},
+              {"from":"919800000006","id":"wamid.IN6","button":{"payload":"DID_NOT_REQUEST_CODE"}}
+            ]}}]}]}"#;
+        let ev = parse_events(body, NOW).unwrap();
+        let statuses: Vec<&ReceiptStatus> = ev.receipts.iter().map(|r| &r.status).collect();
+        assert_eq!(
+            statuses,
+            [
+                &ReceiptStatus::Failed {
+                    code: Some("131049".into())
+                },
+                // No context: the tap names its own message.
+                &ReceiptStatus::NotRequested {
+                    from: "919800000006".into()
+                },
+            ]
+        );
+        assert_eq!(ev.receipts[1].provider_id, "wamid.IN6");
+        // Every tap is reported to the caller; only those with a number reach the outbox.
+        assert_eq!(ev.fraud.len(), 3);
+        assert_eq!(parse_statuses(body, NOW).unwrap().len(), 1);
     }
 
     #[test]

@@ -18,6 +18,10 @@ fn rules() -> Rules<'static> {
         whatsapp_deadline: Duration::from_secs(8),
         no_whatsapp_memory: Duration::from_secs(3600),
         prenotify: true,
+        receipts: false,
+        delivery_deadline: Duration::from_secs(15),
+        unconfirmed_sms_for: Duration::from_secs(86_400),
+        escalate_after: None,
     }
 }
 
@@ -44,6 +48,7 @@ fn facts() -> Facts<'static> {
         country: Some("IN"),
         expires_at: Timestamp(300_000),
         only_channel: None,
+        verification: None,
     }
 }
 
@@ -163,6 +168,7 @@ fn history_and_memory_exclude_channels() {
     let forgotten = RecipientInfo {
         no_whatsapp_until: Some(Timestamp(0)),
         prenotified_at: Some(Timestamp(0)),
+        ..Default::default()
     };
     assert_eq!(
         channels(&decide(&rules(), &input(&forgotten, &[], BOTH_UP))).len(),
@@ -380,8 +386,11 @@ fn say(v: &Verdict) -> String {
         None => "next".to_string(),
         Some(End::Sent {
             channel,
-            keep_content,
-        }) => format!("sent {channel}{}", if *keep_content { " keep" } else { "" }),
+            watch_until,
+        }) => match watch_until {
+            Some(t) => format!("sent {channel} watch {}", t.0),
+            None => format!("sent {channel}"),
+        },
         Some(End::Requeue { at, .. }) => format!("requeue {}", at.0),
         Some(End::Expire) => "expire".into(),
         Some(End::Fail(_)) => "fail".into(),
@@ -399,7 +408,8 @@ fn every_outcome_on_every_step_has_one_meaning() {
     use ChannelKind::*;
     // (outcome, channel, another step follows) -> verdict. Now = 10 s, expiry = 300 s.
     let table: &[(&str, ChannelKind, bool, &str)] = &[
-        ("accepted", WhatsApp, true, "sent whatsapp keep -"),
+        // Without receipts or a verification nothing can follow an acceptance.
+        ("accepted", WhatsApp, true, "sent whatsapp -"),
         ("accepted", WhatsApp, false, "sent whatsapp -"),
         ("accepted", Sms, false, "sent sms -"),
         ("not_on", WhatsApp, true, "next +memo not_on_whatsapp"),
@@ -425,6 +435,8 @@ fn every_outcome_on_every_step_has_one_meaning() {
             kind: MessageKind::Code,
             expires_at: Timestamp(300_000),
             earlier_retries: 0,
+            prenotice: false,
+            verification: None,
         };
         let v = after_attempt(&rules(), a, outcome, Timestamp(10_000));
         assert_eq!(say(&v), *want, "{name} on {ch}, more = {more}");
@@ -449,6 +461,8 @@ fn the_lifetime_bounds_every_verdict() {
         kind: MessageKind::Code,
         expires_at: Timestamp(300_000),
         earlier_retries: 0,
+        prenotice: false,
+        verification: None,
     };
     let verdict = |name: &str, more, now| {
         let o = &all.iter().find(|(n, _)| *n == name).unwrap().1;
@@ -485,6 +499,8 @@ fn retries_of_one_message_wait_longer_each_time_up_to_a_ceiling() {
             kind: MessageKind::Code,
             expires_at: Timestamp(3_600_000),
             earlier_retries,
+            prenotice: false,
+            verification: None,
         };
         match after_attempt(&rules(), a, &retry, Timestamp(0)).end {
             Some(End::Requeue { at, .. }) => at.0 / 1000,
@@ -501,29 +517,336 @@ fn receipts_fall_back_only_for_a_fresh_failure_of_a_live_sent_message() {
     let r = |kind, changed, state, expires_at| AfterReceipt {
         channel: ChannelKind::WhatsApp,
         kind,
+        not_on_channel: false,
+        purpose: AttemptPurpose::Code,
         changed,
         state,
+        carried_by: Some(ChannelKind::WhatsApp),
         expires_at: Timestamp(expires_at),
+        notice_allowed: true,
     };
     let now = Timestamp(1_000);
+    let v = after_receipt(&rules(), r(K::Failed, true, S::Sent, 2_000), now);
     assert_eq!(
-        after_receipt(r(K::Failed, true, S::Sent, 2_000), now),
-        ReceiptVerdict::FallBackNow {
-            reason: "whatsapp reported the send as failed".into()
-        }
+        v.fall_back.as_deref(),
+        Some("whatsapp reported the send as failed")
     );
+    assert_eq!(v.no_whatsapp_until, None, "no 131026: nothing to remember");
     let nothing = [
         r(K::Failed, false, S::Sent, 2_000),     // a repeated receipt
         r(K::Failed, true, S::Sent, 1_000),      // the code is dead
         r(K::Failed, true, S::Delivered, 2_000), // already delivered
         r(K::Failed, true, S::Queued, 2_000),    // already falling back
         r(K::Failed, true, S::Failed, 2_000),
-        r(K::Delivered, true, S::Delivered, 2_000),
-        r(K::Read, true, S::Delivered, 2_000),
+        // The SMS fallback went out: a late failure only updates the record.
+        AfterReceipt {
+            carried_by: Some(ChannelKind::Sms),
+            ..r(K::Failed, true, S::Sent, 2_000)
+        },
+        // A receipt for the pre-notice says nothing about the code.
+        AfterReceipt {
+            purpose: AttemptPurpose::Prenotice,
+            ..r(K::Failed, true, S::Sent, 2_000)
+        },
         r(K::Sent, true, S::Sent, 2_000),
         r(K::Pending, true, S::Sent, 2_000),
     ];
     for x in nothing {
-        assert_eq!(after_receipt(x, now), ReceiptVerdict::Nothing, "{x:?}");
+        assert_eq!(after_receipt(&rules(), x, now).fall_back, None, "{x:?}");
     }
+    // A repeated receipt teaches nothing either.
+    let again = r(K::Failed, false, S::Sent, 2_000);
+    assert_eq!(
+        after_receipt(&rules(), again, now),
+        ReceiptVerdict::default()
+    );
+}
+
+#[test]
+fn a_failed_receipt_with_131026_is_remembered_like_a_synchronous_one() {
+    let failed = AfterReceipt {
+        channel: ChannelKind::WhatsApp,
+        kind: ReceiptKind::Failed,
+        not_on_channel: true,
+        purpose: AttemptPurpose::Code,
+        changed: true,
+        state: MessageState::Sent,
+        carried_by: Some(ChannelKind::WhatsApp),
+        expires_at: Timestamp(300_000),
+        notice_allowed: true,
+    };
+    let now = Timestamp(10_000);
+    let v = after_receipt(&rules(), failed, now);
+    // The same memory a synchronous 131026 leaves (see the after_attempt table).
+    let sync = Outcome::FallBack {
+        code: Some("131026".into()),
+        reason: "not on whatsapp".into(),
+        not_on_channel: true,
+    };
+    let a = Attempted {
+        channel: ChannelKind::WhatsApp,
+        more: true,
+        kind: MessageKind::Code,
+        expires_at: Timestamp(300_000),
+        earlier_retries: 0,
+        prenotice: true,
+        verification: None,
+    };
+    let by_attempt = after_attempt(&rules(), a, &sync, now);
+    assert_eq!(v.no_whatsapp_until, Some(Timestamp(3_610_000)));
+    assert_eq!(v.no_whatsapp_until, by_attempt.no_whatsapp_until);
+    assert!(v.fall_back.is_some());
+    // Either way the number's first WhatsApp code failed: no pre-notice, ever.
+    assert_eq!(v.learned.first_whatsapp, Some(FirstWhatsApp::Failed));
+    assert_eq!(
+        by_attempt.learned.first_whatsapp,
+        Some(FirstWhatsApp::Failed)
+    );
+    assert!(!v.learned.prenotice_due && !by_attempt.learned.prenotice_due);
+}
+
+#[test]
+fn a_confirmed_whatsapp_code_brings_the_prenotice_when_sms_may_carry_it() {
+    let with = Rules {
+        receipts: true,
+        ..rules()
+    };
+    let receipt = |kind, notice_allowed| AfterReceipt {
+        channel: ChannelKind::WhatsApp,
+        kind,
+        not_on_channel: false,
+        purpose: AttemptPurpose::Code,
+        changed: true,
+        state: MessageState::Delivered,
+        carried_by: Some(ChannelKind::WhatsApp),
+        expires_at: Timestamp(300_000),
+        notice_allowed,
+    };
+    let now = Timestamp(1_000);
+    for kind in [ReceiptKind::Delivered, ReceiptKind::Read] {
+        let v = after_receipt(&with, receipt(kind, true), now);
+        assert_eq!(v.learned.first_whatsapp, Some(FirstWhatsApp::Confirmed));
+        assert!(v.learned.prenotice_due, "{kind:?}");
+        assert_eq!(v.fall_back, None);
+        let v = after_receipt(&with, receipt(kind, false), now);
+        assert!(!v.learned.prenotice_due, "sms may not carry it");
+    }
+    let sent = after_receipt(&with, receipt(ReceiptKind::Sent, true), now);
+    assert_eq!(sent, ReceiptVerdict::default(), "sent is not delivered");
+    // With receipts the Cloud API's 200 confirms nothing; without them it is all there is.
+    let accepted = Outcome::Accepted {
+        provider_id: "wamid.1".into(),
+    };
+    let a = Attempted {
+        channel: ChannelKind::WhatsApp,
+        more: true,
+        kind: MessageKind::Code,
+        expires_at: Timestamp(300_000),
+        earlier_retries: 0,
+        prenotice: true,
+        verification: None,
+    };
+    let v = after_attempt(&with, a, &accepted, now);
+    assert_eq!(v.learned, Learned::default());
+    let v = after_attempt(&rules(), a, &accepted, now);
+    assert_eq!(
+        v.learned,
+        Learned {
+            first_whatsapp: Some(FirstWhatsApp::Confirmed),
+            prenotice_due: true,
+            unconfirmed: Some((now, Timestamp(300_000))),
+            sms_until: None,
+        }
+    );
+    // A number whose first WhatsApp code failed is not planned a notice.
+    let failed_first = RecipientInfo {
+        first_whatsapp: Some(FirstWhatsApp::Failed),
+        ..Default::default()
+    };
+    let d = decide(&rules(), &input(&failed_first, &[], BOTH_UP));
+    assert_eq!(channels(&d), vec![ChannelKind::WhatsApp, ChannelKind::Sms]);
+    assert!(!prenotice(&d));
+}
+
+#[test]
+fn with_receipts_an_accepted_whatsapp_code_is_watched_until_its_delivery_deadline() {
+    use ChannelKind::*;
+    let with = Rules {
+        receipts: true,
+        ..rules()
+    };
+    let accepted = Outcome::Accepted {
+        provider_id: "wamid.1".into(),
+    };
+    let a = |more, expires_at| Attempted {
+        channel: WhatsApp,
+        more,
+        kind: MessageKind::Code,
+        expires_at: Timestamp(expires_at),
+        earlier_retries: 0,
+        prenotice: false,
+        verification: None,
+    };
+    let now = Timestamp(10_000);
+    let say_at = |a| say(&after_attempt(&with, a, &accepted, now));
+    assert_eq!(say_at(a(true, 300_000)), "sent whatsapp watch 25000 -");
+    // Capped by the lifetime: the code is kept for a failure receipt until it dies.
+    assert_eq!(say_at(a(true, 20_000)), "sent whatsapp watch 20000 -");
+    // No SMS step to fall back to: nothing to watch for.
+    assert_eq!(say_at(a(false, 300_000)), "sent whatsapp -");
+
+    // The claim loop brings it back: before the deadline it is watched again, at it the
+    // same code goes by SMS and WhatsApp is recorded as passed over, once.
+    let none = RecipientInfo::default();
+    let mut sent = attempt(WhatsApp, AttemptEnd::Accepted, Some(ReceiptKind::Sent));
+    sent.ended_at = Some(Timestamp(10_000));
+    let history = [sent.clone()];
+    let mut i = input(&none, &history, BOTH_UP);
+    i.now = Timestamp(20_000);
+    assert_eq!(
+        decide(&with, &i),
+        Decision::Watch {
+            channel: WhatsApp,
+            until: Timestamp(25_000)
+        }
+    );
+    i.now = Timestamp(25_000);
+    let d = decide(&with, &i);
+    assert_eq!(channels(&d), vec![Sms]);
+    let Decision::Send {
+        escalated: Some(e), ..
+    } = &d
+    else {
+        panic!("{d:?}")
+    };
+    assert_eq!(e.reason, "no_receipt");
+    assert!(e.detail.contains("15s"), "{}", e.detail);
+    assert_eq!(e.learned.first_whatsapp, Some(FirstWhatsApp::Failed));
+    // Delivered meanwhile (a receipt), or the SMS went out: nothing more.
+    for later in [
+        vec![attempt(
+            WhatsApp,
+            AttemptEnd::Accepted,
+            Some(ReceiptKind::Read),
+        )],
+        vec![sent.clone(), attempt(Sms, AttemptEnd::Accepted, None)],
+    ] {
+        let mut j = input(&none, &later, BOTH_UP);
+        j.now = Timestamp(25_000);
+        assert!(
+            matches!(decide(&with, &j), Decision::AlreadySent(_)),
+            "{later:?}"
+        );
+    }
+    // Past its lifetime the watched code is simply sent (not expired), and wiped.
+    i.now = Timestamp(300_000);
+    assert_eq!(decide(&with, &i), Decision::AlreadySent(WhatsApp));
+    // No SMS may carry it: it stays sent on WhatsApp rather than failing.
+    let sms_down_forever = [(WhatsApp, true)];
+    let mut k = input(&none, &history, &sms_down_forever);
+    k.now = Timestamp(25_000);
+    assert_eq!(decide(&with, &k), Decision::AlreadySent(WhatsApp));
+}
+
+#[test]
+fn an_unchecked_verification_escalates_to_sms_once() {
+    use ChannelKind::*;
+    let escalating = Rules {
+        escalate_after: Some(Duration::from_secs(60)),
+        ..rules()
+    };
+    let accepted = Outcome::Accepted {
+        provider_id: "wamid.1".into(),
+    };
+    let a = |verification| Attempted {
+        channel: WhatsApp,
+        more: true,
+        kind: MessageKind::Code,
+        expires_at: Timestamp(300_000),
+        earlier_retries: 0,
+        prenotice: false,
+        verification,
+    };
+    let now = Timestamp(10_000);
+    let v = after_attempt(&escalating, a(Some(true)), &accepted, now);
+    assert_eq!(say(&v), "sent whatsapp watch 70000 -");
+    let v = after_attempt(&escalating, a(None), &accepted, now);
+    assert_eq!(say(&v), "sent whatsapp -", "not a verification");
+
+    let none = RecipientInfo::default();
+    let mut sent = attempt(WhatsApp, AttemptEnd::Accepted, None);
+    sent.ended_at = Some(now);
+    let history = [sent.clone()];
+    let mut i = input(&none, &history, BOTH_UP);
+    i.message.verification = Some(true);
+    i.now = Timestamp(70_000);
+    let d = decide(&escalating, &i);
+    assert_eq!(channels(&d), vec![Sms]);
+    assert!(matches!(
+        &d,
+        Decision::Send { escalated: Some(e), .. } if e.reason == "unchecked_verification"
+    ));
+    // Checked (approved, canceled) meanwhile: nothing.
+    i.message.verification = Some(false);
+    assert_eq!(decide(&escalating, &i), Decision::AlreadySent(WhatsApp));
+    // Once: after the SMS went, the latest acceptance is the SMS and nothing follows it.
+    let both = [sent, attempt(Sms, AttemptEnd::Accepted, None)];
+    let mut j = input(&none, &both, BOTH_UP);
+    j.message.verification = Some(true);
+    j.now = Timestamp(200_000);
+    assert_eq!(decide(&escalating, &j), Decision::AlreadySent(Sms));
+}
+
+#[test]
+fn without_receipts_a_repeated_request_for_an_unconfirmed_code_goes_by_sms() {
+    use ChannelKind::*;
+    let waiting = RecipientInfo {
+        unconfirmed: Some((Timestamp(20_000), Timestamp(100_000))),
+        ..Default::default()
+    };
+    let mut i = input(&waiting, &[], BOTH_UP);
+    // Asked again at once (a double submit): WhatsApp still; after the deadline: SMS.
+    i.now = Timestamp(34_999);
+    assert_eq!(channels(&decide(&rules(), &i)), vec![WhatsApp, Sms]);
+    i.now = Timestamp(50_000);
+    let d = decide(&rules(), &i);
+    assert_eq!(channels(&d), vec![Sms]);
+    let Decision::Send {
+        escalated: Some(e), ..
+    } = &d
+    else {
+        panic!("{d:?}")
+    };
+    assert_eq!(e.reason, "asked_again");
+    assert_eq!(e.learned.sms_until, Some(Timestamp(50_000 + 86_400_000)));
+    // The earlier code died unconfirmed: nothing to escalate.
+    i.now = Timestamp(100_000);
+    assert_eq!(channels(&decide(&rules(), &i)), vec![WhatsApp, Sms]);
+    // With receipts the delivery deadline does this job.
+    let with = Rules {
+        receipts: true,
+        ..rules()
+    };
+    i.now = Timestamp(50_000);
+    assert_eq!(channels(&decide(&with, &i)), vec![WhatsApp, Sms]);
+    // Routed to SMS for a while, then back to WhatsApp.
+    let routed = RecipientInfo {
+        sms_until: Some(Timestamp(86_450_000)),
+        ..Default::default()
+    };
+    let mut j = input(&routed, &[], BOTH_UP);
+    j.message.expires_at = Timestamp(100_000_000);
+    j.now = Timestamp(1_000_000);
+    let d = decide(&rules(), &j);
+    assert_eq!(channels(&d), vec![Sms]);
+    assert!(
+        matches!(&d, Decision::Send { escalated: None, skipped, .. } if skipped.iter().any(|(c, w)| *c == WhatsApp && w.contains("asked again")))
+    );
+    j.now = Timestamp(86_450_000);
+    assert_eq!(channels(&decide(&rules(), &j)), vec![WhatsApp, Sms]);
+    // SMS not allowed: WhatsApp keeps the code rather than nothing carrying it.
+    let wa_only = [(WhatsApp, true)];
+    let mut k = input(&waiting, &[], &wa_only);
+    k.now = Timestamp(50_000);
+    assert_eq!(channels(&decide(&rules(), &k)), vec![WhatsApp]);
 }
