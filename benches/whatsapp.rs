@@ -166,6 +166,7 @@ fn main() -> Res<()> {
             templates: vec![("otp_auth".into(), 1)],
             pki: Some(&pki),
             builtin_rules: false,
+            ..SimOptions::default()
         })
         .await?;
         let dir = tempfile::tempdir()?;

@@ -49,6 +49,9 @@ async fn env() -> Env {
         templates: vec![("otp_auth".into(), 1), ("otp_auth_v2".into(), 1)],
         pki: Some(&pki),
         builtin_rules: true,
+        // This file asserts on the synchronous 131026 (the channel's own classification).
+        sync_not_on_whatsapp: true,
+        ..SimOptions::default()
     })
     .await
     .unwrap();
