@@ -281,6 +281,8 @@ pub struct WebhookPost {
     pub recipient: String,
     /// `sent`, `delivered`, `read` or `failed`.
     pub status: String,
+    /// The error code of a `failed` status.
+    pub error_code: Option<i64>,
     /// 1 for the first try.
     pub attempt: u32,
     /// The gateway's HTTP status; `None` when no answer came (refused, reset, timeout).
@@ -353,6 +355,10 @@ async fn deliver(
             wamid: wamid.to_string(),
             recipient: to.to_string(),
             status: status.as_str().to_string(),
+            error_code: match status {
+                Status::Failed(c) => Some(c),
+                _ => None,
+            },
             attempt,
             answer,
         });
