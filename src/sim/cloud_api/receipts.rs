@@ -138,7 +138,7 @@ impl Rng {
     }
 
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -148,7 +148,7 @@ impl Rng {
 
     /// True in `percent` out of a hundred draws.
     fn chance(&mut self, percent: u8) -> bool {
-        self.next() % 100 < u64::from(percent)
+        self.next_u64() % 100 < u64::from(percent)
     }
 
     /// A duration in `0..=max`.
@@ -157,7 +157,7 @@ impl Rng {
         if ms == 0 {
             return Duration::ZERO;
         }
-        Duration::from_millis(self.next() % (ms + 1))
+        Duration::from_millis(self.next_u64() % (ms + 1))
     }
 }
 
