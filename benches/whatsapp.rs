@@ -187,6 +187,7 @@ fn main() -> Res<()> {
             circuit_cooldown: Duration::from_secs(60),
             app_secret: None,
             verify_token: None,
+            business_account_id: None,
         };
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
         let ch = Arc::new(WhatsAppChannel::new(&cfg, tx)?);

@@ -73,6 +73,7 @@ async fn env() -> Env {
         circuit_cooldown: Duration::from_secs(60),
         app_secret: Some(Secret::new("app-secret")),
         verify_token: Some(Secret::new("verify-me")),
+        business_account_id: None,
     };
     Env {
         sim,

@@ -177,6 +177,8 @@ pub struct WhatsAppChannel {
     circuit: Mutex<Circuit>,
     /// Template languages Meta refused with 132001 (owned here, like the circuit).
     languages: Mutex<Languages>,
+    /// What the last template check (at start) found wrong.
+    template_problems: Mutex<Vec<String>>,
     limiter: Mutex<RateLimiter>,
     clock: SharedClock,
     receipts: ReceiptTx,
@@ -199,7 +201,7 @@ impl fmt::Debug for WhatsAppChannel {
 }
 
 /// Builds the reqwest client: our rustls config, the proxy, connection reuse.
-fn build_http(cfg: &WhatsAppConfig) -> Result<reqwest::Client, WhatsAppError> {
+pub(crate) fn build_http(cfg: &WhatsAppConfig) -> Result<reqwest::Client, WhatsAppError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = &cfg.ca_file {
@@ -301,6 +303,7 @@ impl WhatsAppChannel {
             settings: RwLock::new(Arc::new(settings)),
             circuit: Mutex::new(Circuit::new(cfg.circuit_cooldown)),
             languages: Mutex::new(Languages::default()),
+            template_problems: Mutex::new(Vec::new()),
             limiter: Mutex::new(RateLimiter::new(cfg.max_rate)),
             clock,
             receipts,
@@ -749,8 +752,40 @@ fn retry(c: Classified) -> Outcome {
 }
 
 impl WhatsAppChannel {
-    /// "ok", or which template languages are out and where their codes go instead.
+    /// With `whatsapp.business_account_id` set, reads the template back in the background
+    /// and checks it like `otpgate whatsapp check`: every problem is logged at warn and
+    /// shown in the channel's health (and so in /readyz) until the next check. Codes are
+    /// sent meanwhile as usual: a problem is a warning, not a refusal.
+    pub fn start_template_check(self: &Arc<Self>, cfg: &crate::config::Config) {
+        if cfg.whatsapp.business_account_id.is_none() {
+            return;
+        }
+        let me = Arc::clone(self);
+        let wa = cfg.whatsapp.clone();
+        let expect = super::templates::Expectations::of(cfg);
+        tokio::spawn(async move {
+            let problems = super::templates::problems(&me.http, &wa, &expect).await;
+            *lock(&me.template_problems) = problems;
+        });
+    }
+
+    /// What the last template check found wrong, one line each (empty: nothing, or none ran).
+    pub fn template_problems(&self) -> Vec<String> {
+        lock(&self.template_problems).clone()
+    }
+
+    /// "ok", or which template languages are out and where their codes go instead, and what
+    /// the template check found.
     fn languages_summary(&self) -> String {
+        let problems = self.template_problems();
+        let mut summary = self.missing_languages();
+        if !problems.is_empty() {
+            summary = format!("{summary}; template check: {}", problems.join("; "));
+        }
+        summary
+    }
+
+    fn missing_languages(&self) -> String {
         let missing = lock(&self.languages).unusable(self.clock.now());
         if missing.is_empty() {
             return "ok".to_string();
@@ -840,6 +875,7 @@ mod tests {
             circuit_cooldown: Duration::from_secs(60),
             app_secret: None,
             verify_token: None,
+            business_account_id: None,
         }
     }
 
