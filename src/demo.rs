@@ -22,7 +22,9 @@ use tokio::sync::mpsc;
 use crate::clock::{SharedClock, SystemClock};
 use crate::config::{self, Sources};
 use crate::daemon::{self, DaemonError};
-use crate::sim::cloud_api::{CloudApiSim, Script, SimHandle, SimOptions, WebhookTarget};
+use crate::sim::cloud_api::{
+    CloudApiSim, SIM_WABA_ID, Script, SimHandle, SimOptions, SimTemplate, WebhookTarget,
+};
 use crate::sim::config::TestConfig;
 use crate::sim::modem::{Profile, SimModem};
 
@@ -85,6 +87,7 @@ pub fn write_config(
         .org("Demo Corp")
         .whatsapp_sim(sim)
         .whatsapp_webhook(app_secret, &verify_token)
+        .whatsapp_lines(&format!("business_account_id = \"{SIM_WABA_ID}\""))
         .modem("modem0", modem)
         // The store takes a delivery report of the SMS pre-notice as the message's delivery,
         // so the `failed` webhook that follows would find the message done and send no SMS.
@@ -112,7 +115,13 @@ pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
     let mut interrupt = signal(SignalKind::interrupt())?;
     let mut terminate = signal(SignalKind::terminate())?;
     let dir = tempfile::Builder::new().prefix("otpgate-demo-").tempdir()?;
-    let sim = CloudApiSim::start(SimOptions::default()).await?;
+    // The account holds the template in English, approved, with a TTL: `otpgate whatsapp
+    // check` on the demo's configuration (and the check at start) pass.
+    let sim = CloudApiSim::start(SimOptions {
+        catalog: vec![SimTemplate::good(crate::sim::config::SIM_TEMPLATE, "en_US")],
+        ..SimOptions::default()
+    })
+    .await?;
     let modem = SimModem::start(Profile::quectel())?;
     let (app_secret, _) = crate::api::auth::new_key();
     let (cfg_path, key) = write_config(dir.path(), listen, &sim, modem.path(), &app_secret)?;
@@ -120,6 +129,9 @@ pub async fn run(listen: SocketAddr) -> Result<(), DemoError> {
     let cfg = config::load(&sources)?;
     let clock: SharedClock = Arc::new(SystemClock);
     let set = daemon::build_channels(&cfg, &clock).await?;
+    if let Some(wa) = &set.whatsapp {
+        wa.start_template_check(&cfg);
+    }
     let running = daemon::start(cfg, clock, set).await?;
     let addr = running.addrs.first().copied().unwrap_or(listen);
     // Known only now (the port may have been 0): Meta's webhooks go where the daemon listens.
