@@ -140,4 +140,28 @@ async fn a_language_not_approved_fails_and_the_daemon_warns_at_start() {
             .any(|l| l.contains("WARN") && l.contains("template check") && l.contains("PENDING"))
     })
     .await;
+
+    // Hindi dropped from the configuration and reloaded: checked again, nothing left to say.
+    TestConfig::new(dir.path())
+        .listen(cfg.addr().parse().unwrap())
+        .whatsapp_sim(&sim)
+        .whatsapp_lines(&format!("business_account_id = \"{SIM_WABA_ID}\""))
+        .client(CLIENT, KEY)
+        .write()
+        .unwrap();
+    let before = sim.requests().len();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for(
+        "the check again after the reload, and a clean bill",
+        async || {
+            let (_, v) = common::fetch_json(http.get(format!("{}/readyz", d.base()))).await;
+            let s = &v["channels"]["whatsapp"]["summary"];
+            if sim.requests().len() > before && s == "ok" {
+                Ok(())
+            } else {
+                Err(format!("{v}"))
+            }
+        },
+    )
+    .await;
 }

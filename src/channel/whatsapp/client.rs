@@ -177,8 +177,11 @@ pub struct WhatsAppChannel {
     circuit: Mutex<Circuit>,
     /// Template languages Meta refused with 132001 (owned here, like the circuit).
     languages: Mutex<Languages>,
-    /// What the last template check (at start) found wrong.
-    template_problems: Mutex<Vec<String>>,
+    /// What the last template check found wrong (written by the check's task).
+    template_problems: Arc<Mutex<Vec<String>>>,
+    /// `otp.default_ttl` and `otp.max_ttl` once a template check was started, so a reload
+    /// that changes the template, languages or account checks again.
+    check_ttls: Mutex<Option<(Duration, Duration)>>,
     limiter: Mutex<RateLimiter>,
     clock: SharedClock,
     receipts: ReceiptTx,
@@ -303,7 +306,8 @@ impl WhatsAppChannel {
             settings: RwLock::new(Arc::new(settings)),
             circuit: Mutex::new(Circuit::new(cfg.circuit_cooldown)),
             languages: Mutex::new(Languages::default()),
-            template_problems: Mutex::new(Vec::new()),
+            template_problems: Arc::new(Mutex::new(Vec::new())),
+            check_ttls: Mutex::new(None),
             limiter: Mutex::new(RateLimiter::new(cfg.max_rate)),
             clock,
             receipts,
@@ -326,6 +330,11 @@ impl WhatsAppChannel {
         if new.template != self.settings().template {
             // Another template may have the translations the old one lacked.
             lock(&self.languages).clear();
+        }
+        let ttls = *lock(&self.check_ttls);
+        if let Some(ttls) = ttls {
+            // Cheap (one GET) and a reload is rare: check whatever changed.
+            self.spawn_template_check(cfg, ttls);
         }
         match self.settings.write() {
             Ok(mut s) => *s = new,
@@ -756,16 +765,34 @@ impl WhatsAppChannel {
     /// and checks it like `otpgate whatsapp check`: every problem is logged at warn and
     /// shown in the channel's health (and so in /readyz) until the next check. Codes are
     /// sent meanwhile as usual: a problem is a warning, not a refusal.
-    pub fn start_template_check(self: &Arc<Self>, cfg: &crate::config::Config) {
-        if cfg.whatsapp.business_account_id.is_none() {
-            return;
-        }
-        let me = Arc::clone(self);
-        let wa = cfg.whatsapp.clone();
-        let expect = super::templates::Expectations::of(cfg);
-        tokio::spawn(async move {
-            let problems = super::templates::problems(&me.http, &wa, &expect).await;
-            *lock(&me.template_problems) = problems;
+    pub fn start_template_check(&self, cfg: &crate::config::Config) {
+        let ttls = (cfg.otp.default_ttl, cfg.otp.max_ttl);
+        *lock(&self.check_ttls) = Some(ttls);
+        self.spawn_template_check(&cfg.whatsapp, ttls);
+    }
+
+    fn spawn_template_check(
+        &self,
+        wa: &WhatsAppConfig,
+        (default_ttl, max_ttl): (Duration, Duration),
+    ) {
+        // The last verdict stands until the new one is in, unless there is nothing to check.
+        let rt = match tokio::runtime::Handle::try_current() {
+            Ok(rt) if wa.business_account_id.is_some() => rt,
+            _ => {
+                lock(&self.template_problems).clear();
+                return;
+            }
+        };
+        let expect = super::templates::Expectations::new(wa, default_ttl, max_ttl);
+        let (http, wa, out) = (
+            self.http.clone(),
+            wa.clone(),
+            Arc::clone(&self.template_problems),
+        );
+        rt.spawn(async move {
+            let problems = super::templates::problems(&http, &wa, &expect).await;
+            *lock(&out) = problems;
         });
     }
 

@@ -15,7 +15,7 @@ use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde::Deserialize;
 
 use super::errors::parse_error_body;
-use crate::config::Config;
+use crate::config::{Config, WhatsAppConfig};
 
 /// Why the template could not be read back.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -172,17 +172,22 @@ pub struct Expectations {
 impl Expectations {
     /// From the configuration.
     pub fn of(cfg: &Config) -> Expectations {
-        let mut languages = vec![cfg.whatsapp.default_language.clone()];
-        for l in cfg.whatsapp.languages.values() {
+        Expectations::new(&cfg.whatsapp, cfg.otp.default_ttl, cfg.otp.max_ttl)
+    }
+
+    /// From the WhatsApp section and the code lifetimes.
+    pub fn new(wa: &WhatsAppConfig, default_ttl: Duration, max_ttl: Duration) -> Expectations {
+        let mut languages = vec![wa.default_language.clone()];
+        for l in wa.languages.values() {
             if !languages.contains(l) {
                 languages.push(l.clone());
             }
         }
         Expectations {
-            template: cfg.whatsapp.template.clone(),
+            template: wa.template.clone(),
             languages,
-            default_ttl: cfg.otp.default_ttl,
-            max_ttl: cfg.otp.max_ttl,
+            default_ttl,
+            max_ttl,
         }
     }
 }
@@ -334,7 +339,7 @@ pub fn check(listing: &[TemplateInfo], e: &Expectations) -> Report {
 /// like it: proxy, trust anchors).
 pub async fn fetch(
     http: &reqwest::Client,
-    cfg: &crate::config::WhatsAppConfig,
+    cfg: &WhatsAppConfig,
 ) -> Result<Vec<TemplateInfo>, TemplateError> {
     let waba = cfg
         .business_account_id
@@ -380,7 +385,7 @@ pub async fn fetch(
 /// read) as one line, each logged at warn.
 pub async fn problems(
     http: &reqwest::Client,
-    cfg: &crate::config::WhatsAppConfig,
+    cfg: &WhatsAppConfig,
     expect: &Expectations,
 ) -> Vec<String> {
     let problems = match fetch(http, cfg).await {
