@@ -792,4 +792,28 @@ mod tests {
         assert!(paths.contains(&"whatsapp.phone_number_id"));
         assert!(paths.contains(&"whatsapp.template"));
     }
+
+    #[test]
+    fn business_account_id_is_digits() {
+        let body = |id: &str| {
+            format!("[otp]\ndefault_country = \"IN\"\n[whatsapp]\nbusiness_account_id = \"{id}\"\n")
+        };
+        let (_d, r) = load_with(&body("1022901293"), &[]);
+        let c = r.unwrap();
+        assert_eq!(
+            c.whatsapp.business_account_id.as_deref(),
+            Some("1022901293")
+        );
+        for bad in ["", "waba-1"] {
+            let (_d, r) = load_with(&body(bad), &[]);
+            let e = r.unwrap_err();
+            let i =
+                e.0.iter()
+                    .find(|i| i.path == "whatsapp.business_account_id");
+            assert!(
+                i.is_some_and(|i| i.to_string().contains("digits only")),
+                "{e}"
+            );
+        }
+    }
 }
