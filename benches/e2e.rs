@@ -106,9 +106,13 @@ fn ms(d: Duration) -> String {
 
 async fn run(span: Duration) {
     let dir = tempfile::tempdir().expect("tmp");
-    let sim = CloudApiSim::start(SimOptions::default())
-        .await
-        .expect("sim");
+    // The SMS path below measures the synchronous 131026 (no webhook wired here).
+    let sim = CloudApiSim::start(SimOptions {
+        sync_not_on_whatsapp: true,
+        ..SimOptions::default()
+    })
+    .await
+    .expect("sim");
     let modem = SimModem::start(Profile::quectel()).expect("modem");
     let cfg_path = TestConfig::new(dir.path())
         .whatsapp_sim(&sim)

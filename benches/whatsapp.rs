@@ -166,6 +166,7 @@ fn main() -> Res<()> {
             templates: vec![("otp_auth".into(), 1)],
             pki: Some(&pki),
             builtin_rules: false,
+            ..SimOptions::default()
         })
         .await?;
         let dir = tempfile::tempdir()?;
@@ -186,6 +187,7 @@ fn main() -> Res<()> {
             circuit_cooldown: Duration::from_secs(60),
             app_secret: None,
             verify_token: None,
+            business_account_id: None,
         };
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
         let ch = Arc::new(WhatsAppChannel::new(&cfg, tx)?);

@@ -50,6 +50,11 @@ enum Command {
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Work with the WhatsApp Cloud API account.
+    Whatsapp {
+        #[command(subcommand)]
+        command: WhatsappCommand,
+    },
     /// Manage client keys.
     Key {
         #[command(subcommand)]
@@ -135,6 +140,18 @@ enum ModemCommand {
 }
 
 #[derive(Subcommand)]
+enum WhatsappCommand {
+    /// Read the authentication template back from Meta and check it for every configured
+    /// language (approved, AUTHENTICATION, copy-code button, TTL within otp.max_ttl, expiry
+    /// line consistent with the code lifetime); exit 1 with one line per mismatch.
+    Check {
+        /// Main configuration file.
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeyCommand {
     /// Print a fresh random client key once, and the line to paste into the config.
     New {
@@ -211,6 +228,9 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             command: KeyCommand::New { name },
         } => Ok(new_key(&name)),
         Command::Run { config } => run(&config),
+        Command::Whatsapp {
+            command: WhatsappCommand::Check { config },
+        } => whatsapp_check(&config),
         Command::Modem {
             command:
                 ModemCommand::Probe {
@@ -306,6 +326,9 @@ fn run(config: &std::path::Path) -> Result<ExitCode> {
         let set = otpgate::daemon::build_channels(&cfg, &clock)
             .await
             .context("building channels")?;
+        if let Some(wa) = &set.whatsapp {
+            wa.start_template_check(&cfg);
+        }
         let running = otpgate::daemon::start(cfg, clock, set)
             .await
             .context("starting")?;
@@ -313,6 +336,38 @@ fn run(config: &std::path::Path) -> Result<ExitCode> {
             .await
             .context("running")?;
         Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `otpgate whatsapp check`: the template's fitness per configured language.
+fn whatsapp_check(config: &std::path::Path) -> Result<ExitCode> {
+    let cfg = match config::load(&Sources::from_process(config)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprint!("{e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    runtime()?.block_on(async move {
+        match otpgate::channel::whatsapp::templates::check_config(&cfg).await {
+            Ok(report) => {
+                print!("{}", report.render());
+                let problems = report.problems();
+                if problems.is_empty() {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                eprintln!(
+                    "otpgate: {} mismatch(es) in template \"{}\"",
+                    problems.len(),
+                    report.template
+                );
+                Ok(ExitCode::FAILURE)
+            }
+            Err(e) => {
+                eprintln!("otpgate: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+        }
     })
 }
 

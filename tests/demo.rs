@@ -422,10 +422,12 @@ async fn readme_examples_run_against_the_demo() {
     let mut codes = seen.codes.clone();
     codes.extend(["482913", "777111", "482914", "482915"].map(String::from));
     for code in &codes {
-        assert!(
-            demo.out().contains(code.as_str()),
-            "the phone view shows {code}"
-        );
+        // The SMS for a number without WhatsApp follows the simulator's `failed` webhook, a
+        // second or so after its command returned.
+        demo.wait_printed(&format!("the phone view shows {code}"), |o| {
+            o.contains(code.as_str())
+        })
+        .await;
         assert!(
             !log.contains(code.as_str()),
             "a code in the daemon's log:\n{log}"
@@ -488,6 +490,14 @@ async fn two_commands_for_real_on_a_terminal() {
     .await;
     assert!(
         !demo.out().contains("[phone +919876500042] WhatsApp"),
+        "{}",
+        demo.out()
+    );
+    // The SMS came the way Meta tells: a signed `failed` status (131026) the daemon took.
+    assert!(
+        demo.out().contains(
+            "[cloud api] status \"failed\" (131026) for +919876500042 posted to the webhook (try 1): HTTP 200"
+        ),
         "{}",
         demo.out()
     );

@@ -17,7 +17,7 @@ use otpgate::channel::{Channel, Content, Delivery, Outcome, Receipt, ReceiptStat
 use otpgate::clock::{ManualClock, SharedClock, Timestamp};
 use otpgate::config::WhatsAppConfig;
 use otpgate::secret::Secret;
-use otpgate::sim::cloud_api::{CloudApiSim, Script, SimOptions};
+use otpgate::sim::cloud_api::{CloudApiSim, Script, SimOptions, SimTemplate};
 use otpgate::sim::tls::TestPki;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -49,6 +49,9 @@ async fn env() -> Env {
         templates: vec![("otp_auth".into(), 1), ("otp_auth_v2".into(), 1)],
         pki: Some(&pki),
         builtin_rules: true,
+        // This file asserts on the synchronous 131026 (the channel's own classification).
+        sync_not_on_whatsapp: true,
+        ..SimOptions::default()
     })
     .await
     .unwrap();
@@ -70,6 +73,7 @@ async fn env() -> Env {
         circuit_cooldown: Duration::from_secs(60),
         app_secret: Some(Secret::new("app-secret")),
         verify_token: Some(Secret::new("verify-me")),
+        business_account_id: None,
     };
     Env {
         sim,
@@ -368,12 +372,12 @@ async fn half_open_lets_exactly_one_probe_through() {
     let e = env().await;
     let clock = ManualClock::new(Timestamp(1_000_000));
     let mut cfg = e.cfg.clone();
-    cfg.template = "not_approved".into();
+    cfg.token = Some(Secret::new("EAAGexpired"));
     let (tx, _rx) = tokio::sync::mpsc::channel(4);
     let ch = WhatsAppChannel::with_clock(&cfg, tx, clock.clone() as SharedClock).unwrap();
     let o = send(&ch, &code("710001")).await;
     assert!(matches!(o, Outcome::ChannelDown { .. }), "{o:?}");
-    cfg.template = "otp_auth".into();
+    cfg.token = Some(Secret::new(TOKEN));
     ch.reload(&cfg).unwrap();
     clock.advance(cfg.circuit_cooldown);
     // A slow answer keeps the probe in flight while the second message asks to go.
@@ -384,7 +388,7 @@ async fn half_open_lets_exactly_one_probe_through() {
     let (a, b) = tokio::join!(send(&ch, &d1), send(&ch, &d2));
     assert!(matches!(a, Outcome::Accepted { .. }), "{a:?}");
     assert!(
-        matches!(&b, Outcome::ChannelDown { reason, .. } if reason.contains("template missing")),
+        matches!(&b, Outcome::ChannelDown { reason, .. } if reason.contains("access token")),
         "{b:?}"
     );
     assert_eq!(
@@ -396,17 +400,107 @@ async fn half_open_lets_exactly_one_probe_through() {
 }
 
 #[tokio::test]
-async fn missing_template_is_a_configuration_error() {
+async fn a_template_missing_in_every_language_is_no_outage() {
     let e = env().await;
     let mut cfg = e.cfg.clone();
     cfg.template = "not_approved".into();
     let ch = channel(&cfg);
     let o = send(&ch, &code("800001")).await;
     assert!(
-        matches!(&o, Outcome::ChannelDown { code: Some(c), reason } if c == "132001" && reason.starts_with("template missing (132001")),
+        matches!(&o, Outcome::FallBack { code: Some(c), reason, not_on_channel: false }
+            if c == "132001" && reason.starts_with("template missing or not approved in this language (132001")),
         "{o:?}"
     );
-    assert!(ch.health().summary.contains("template missing"));
+    let h = ch.health();
+    assert!(h.usable, "the circuit stays closed: {h:?}");
+    assert!(
+        h.summary.contains("missing or not approved in en_US"),
+        "{h:?}"
+    );
+    // The default language is known missing: its codes go by SMS without asking Meta again.
+    let o = send(&ch, &code("800002")).await;
+    assert!(
+        matches!(&o, Outcome::FallBack { code: Some(c), .. } if c == "132001"),
+        "{o:?}"
+    );
+    assert_eq!(e.sim.requests().len(), 1);
+}
+
+/// A delivery in `locale`.
+fn in_locale(c: &str, locale: &str) -> Delivery {
+    Delivery {
+        locale: Some(locale.into()),
+        ..code(c)
+    }
+}
+
+fn languages_asked(e: &Env) -> Vec<String> {
+    e.sim
+        .requests()
+        .iter()
+        .map(|r| {
+            r.json.as_ref().unwrap()["template"]["language"]["code"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_missing_translation_goes_in_the_default_language_and_the_circuit_stays_closed() {
+    let e = env().await;
+    e.sim
+        .handle()
+        .set_catalog(vec![SimTemplate::good("otp_auth", "en_US")]);
+    let ch = channel(&e.cfg);
+    let o = send(&ch, &in_locale("810001", "hi")).await;
+    assert!(matches!(o, Outcome::Accepted { .. }), "{o:?}");
+    assert_eq!(languages_asked(&e), ["hi", "en_US"]);
+    let h = ch.health();
+    assert!(h.usable, "{h:?}");
+    assert_eq!(
+        h.summary,
+        "ok, but template \"otp_auth\" is missing or not approved in hi (132001): those codes go in en_US or by SMS"
+    );
+    // Hindi is remembered as missing: the next Hindi code goes in English at once.
+    let o = send(&ch, &in_locale("810002", "hi")).await;
+    assert!(matches!(o, Outcome::Accepted { .. }), "{o:?}");
+    assert_eq!(languages_asked(&e), ["hi", "en_US", "en_US"]);
+    assert!(
+        log_text().contains("template missing or not approved in this language (132001)"),
+        "the administrator is told"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_default_language_sends_its_codes_by_sms_and_others_keep_whatsapp() {
+    let e = env().await;
+    e.sim
+        .handle()
+        .set_catalog(vec![SimTemplate::good("otp_auth", "hi")]);
+    let ch = channel(&e.cfg);
+    let o = send(&ch, &code("820001")).await;
+    assert!(
+        matches!(&o, Outcome::FallBack { code: Some(c), not_on_channel: false, .. } if c == "132001"),
+        "{o:?}"
+    );
+    let o = send(&ch, &code("820002")).await;
+    assert!(matches!(&o, Outcome::FallBack { .. }), "{o:?}");
+    assert_eq!(
+        languages_asked(&e),
+        ["en_US"],
+        "asked once, then remembered"
+    );
+    let o = send(&ch, &in_locale("820003", "hi")).await;
+    assert!(matches!(o, Outcome::Accepted { .. }), "{o:?}");
+    assert_eq!(languages_asked(&e), ["en_US", "hi"]);
+    assert!(ch.health().usable);
+    // A template really paused is an account-wide problem: that one opens the circuit.
+    e.sim.handle().push(Script::error(400, 132015));
+    let o = send(&ch, &in_locale("820004", "hi")).await;
+    assert!(matches!(o, Outcome::ChannelDown { .. }), "{o:?}");
+    assert!(!ch.health().usable);
 }
 
 // ---- transport failures ----

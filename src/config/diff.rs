@@ -216,6 +216,7 @@ impl Diff {
             circuit_cooldown,
             app_secret,
             verify_token,
+            business_account_id,
         } = old;
         // The policy stops choosing WhatsApp at once; starting it needs a channel that is
         // built only at start.
@@ -244,6 +245,14 @@ impl Diff {
         self.cmp("whatsapp.app_secret_file", app_secret, secret, Applied);
         let verify = &new.verify_token;
         self.cmp("whatsapp.verify_token_file", verify_token, verify, Applied);
+        // Read only by `otpgate whatsapp check` and the check at start.
+        let waba = &new.business_account_id;
+        self.cmp(
+            "whatsapp.business_account_id",
+            business_account_id,
+            waba,
+            Applied,
+        );
         // Built into the HTTP client, which is made once.
         self.cmp("whatsapp.proxy", proxy, &new.proxy, NeedsRestart);
         self.cmp("whatsapp.ca_file", ca_file, &new.ca_file, NeedsRestart);
@@ -617,6 +626,12 @@ mod tests {
                 |_| {},
                 |c| c.whatsapp.ca_file = Some("/ca.pem".into()),
                 vec![("whatsapp.ca_file", r)],
+            ),
+            (
+                "business account id",
+                |_| {},
+                |c| c.whatsapp.business_account_id = Some("1022".into()),
+                vec![("whatsapp.business_account_id", a)],
             ),
             (
                 "smsc",

@@ -214,6 +214,8 @@ pub struct WhatsAppConfig {
     pub app_secret: Option<Secret>,
     /// Token echoed in the webhook subscription handshake.
     pub verify_token: Option<Secret>,
+    /// The WhatsApp Business Account id, to read the template back (`otpgate whatsapp check`).
+    pub business_account_id: Option<String>,
 }
 
 /// One `[[modems]]` entry.

@@ -93,6 +93,7 @@ pub struct RawWhatsApp {
     pub circuit_cooldown: Option<String>,
     pub app_secret_file: Option<String>,
     pub verify_token_file: Option<String>,
+    pub business_account_id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -101,6 +101,11 @@ impl Config {
                 readable(self.whatsapp.timeout),
                 self.whatsapp.max_rate
             ));
+            if let Some(id) = &self.whatsapp.business_account_id {
+                out.push_str(&format!(
+                    "  whatsapp    template check against business account {id} (`otpgate whatsapp check`, and at start)\n"
+                ));
+            }
         } else {
             out.push_str("  whatsapp    off\n");
         }

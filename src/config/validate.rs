@@ -538,6 +538,14 @@ fn whatsapp(v: &mut V<'_>, w: &raw::RawWhatsApp, warnings: &mut Vec<String>) -> 
             ),
         );
     }
+    if let Some(id) = &w.business_account_id
+        && (id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()))
+    {
+        v.err(
+            "whatsapp.business_account_id",
+            format!("\"{id}\" is not a WhatsApp Business Account id (digits only)"),
+        );
+    }
     let max_rate = w.max_rate.unwrap_or(80);
     if !(1..=1000).contains(&max_rate) {
         v.err(
@@ -565,6 +573,7 @@ fn whatsapp(v: &mut V<'_>, w: &raw::RawWhatsApp, warnings: &mut Vec<String>) -> 
         ),
         app_secret: app_secret.map(|s| s.0),
         verify_token: verify_token.map(|s| s.0),
+        business_account_id: w.business_account_id.clone(),
     }
 }
 
@@ -818,5 +827,29 @@ mod tests {
         assert!(paths.contains(&"whatsapp.token_file"));
         assert!(paths.contains(&"whatsapp.phone_number_id"));
         assert!(paths.contains(&"whatsapp.template"));
+    }
+
+    #[test]
+    fn business_account_id_is_digits() {
+        let body = |id: &str| {
+            format!("[otp]\ndefault_country = \"IN\"\n[whatsapp]\nbusiness_account_id = \"{id}\"\n")
+        };
+        let (_d, r) = load_with(&body("1022901293"), &[]);
+        let c = r.unwrap();
+        assert_eq!(
+            c.whatsapp.business_account_id.as_deref(),
+            Some("1022901293")
+        );
+        for bad in ["", "waba-1"] {
+            let (_d, r) = load_with(&body(bad), &[]);
+            let e = r.unwrap_err();
+            let i =
+                e.0.iter()
+                    .find(|i| i.path == "whatsapp.business_account_id");
+            assert!(
+                i.is_some_and(|i| i.to_string().contains("digits only")),
+                "{e}"
+            );
+        }
     }
 }

@@ -45,6 +45,8 @@ struct WhatsApp {
     template: String,
     token: String,
     ca: Option<Ca>,
+    /// App secret and verify token for the webhook, written to files beside the config.
+    webhook: Option<(String, String)>,
     lines: String,
 }
 
@@ -148,6 +150,7 @@ impl TestConfig {
             template: SIM_TEMPLATE.into(),
             token: SIM_TOKEN.into(),
             ca: None,
+            webhook: None,
             lines: String::new(),
         });
         self
@@ -168,6 +171,7 @@ impl TestConfig {
             template: "otp".into(),
             token: UNUSED_TOKEN.into(),
             ca: None,
+            webhook: None,
             lines: String::new(),
         });
         self
@@ -185,6 +189,15 @@ impl TestConfig {
     pub fn whatsapp_ca_file(mut self, path: &Path) -> Self {
         if let Some(w) = self.whatsapp.as_mut() {
             w.ca = Some(Ca::File(path.into()));
+        }
+        self
+    }
+
+    /// Turns the status webhook on: the app secret and verify token go to owner-only files
+    /// beside the config (`whatsapp-app-secret`, `whatsapp-verify-token`).
+    pub fn whatsapp_webhook(mut self, app_secret: &str, verify_token: &str) -> Self {
+        if let Some(w) = self.whatsapp.as_mut() {
+            w.webhook = Some((app_secret.into(), verify_token.into()));
         }
         self
     }
@@ -326,6 +339,15 @@ impl TestConfig {
             if let Some(ca) = ca {
                 let _ = writeln!(s, "ca_file = {}", quoted(&ca.display().to_string()));
             }
+            if w.webhook.is_some() {
+                let (secret, verify) = self.webhook_paths();
+                let _ = write!(
+                    s,
+                    "app_secret_file = {}\nverify_token_file = {}\n",
+                    quoted(&secret.display().to_string()),
+                    quoted(&verify.display().to_string())
+                );
+            }
             s.push_str(&w.lines);
         }
         for m in &self.modems {
@@ -356,6 +378,13 @@ impl TestConfig {
         if let Some(w) = &self.whatsapp {
             std::fs::write(&token, &w.token)?;
             std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600))?;
+            if let Some((secret, verify)) = &w.webhook {
+                let (secret_path, verify_path) = self.webhook_paths();
+                for (p, text) in [(secret_path, secret), (verify_path, verify)] {
+                    std::fs::write(&p, text)?;
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+                }
+            }
             ca = match &w.ca {
                 Some(Ca::Pem(pem)) => {
                     let p = self.dir.join("cloud-api-ca.pem");
@@ -369,6 +398,16 @@ impl TestConfig {
         let path = self.path();
         std::fs::write(&path, self.render(&token, ca.as_deref()))?;
         Ok(path)
+    }
+}
+
+impl TestConfig {
+    /// Where [`whatsapp_webhook`](Self::whatsapp_webhook)'s secrets are written.
+    fn webhook_paths(&self) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join("whatsapp-app-secret"),
+            self.dir.join("whatsapp-verify-token"),
+        )
     }
 }
 

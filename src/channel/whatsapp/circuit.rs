@@ -8,7 +8,12 @@
 //! them fall within [`TRANSPORT_WINDOW`] with no success between: a dead network or a hung
 //! Cloud API is then learned once, and later codes go straight to SMS instead of each waiting
 //! out the WhatsApp timeout.
+//!
+//! A template missing in one language (132001) is no outage: [`Languages`] remembers that
+//! language as unusable for [`LANGUAGE_QUARANTINE`] while the circuit stays closed, so other
+//! languages keep using WhatsApp.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::clock::Timestamp;
@@ -242,6 +247,44 @@ impl Circuit {
     }
 }
 
+/// How long a language Meta refused with 132001 is not asked for again. Long enough not to
+/// pay a refused request per code, short enough to pick up a translation approved meanwhile.
+pub const LANGUAGE_QUARANTINE: Duration = Duration::from_secs(10 * 60);
+
+/// Template languages found missing or unapproved (132001), each until a time.
+#[derive(Clone, Debug, Default)]
+pub struct Languages {
+    unusable: BTreeMap<String, Timestamp>,
+}
+
+impl Languages {
+    /// `language` is missing at `now`: not asked for again for `d`.
+    pub fn mark(&mut self, language: &str, now: Timestamp, d: Duration) {
+        self.unusable.insert(language.to_string(), now.plus(d));
+    }
+
+    /// Whether `language` may be asked for at `now`.
+    pub fn usable(&mut self, language: &str, now: Timestamp) -> bool {
+        self.prune(now);
+        !self.unusable.contains_key(language)
+    }
+
+    /// The languages unusable at `now`, in order.
+    pub fn unusable(&mut self, now: Timestamp) -> Vec<String> {
+        self.prune(now);
+        self.unusable.keys().cloned().collect()
+    }
+
+    /// Forgets every mark (another template was configured).
+    pub fn clear(&mut self) {
+        self.unusable.clear();
+    }
+
+    fn prune(&mut self, now: Timestamp) {
+        self.unusable.retain(|_, until| now < *until);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,6 +426,22 @@ mod tests {
         clock.advance(Duration::from_secs(1));
         assert_eq!(c.admit(clock.now()), Admission::Go { probe: false });
         assert_eq!(c.status(clock.now()), CircuitStatus::Closed);
+    }
+
+    #[test]
+    fn a_missing_language_is_remembered_for_its_time_only() {
+        let mut l = Languages::default();
+        let t = |s: i64| Timestamp(s * 1000);
+        assert!(l.usable("hi", t(0)));
+        l.mark("hi", t(0), Duration::from_secs(600));
+        assert!(!l.usable("hi", t(1)));
+        assert!(l.usable("en_US", t(1)), "other languages are untouched");
+        assert_eq!(l.unusable(t(599)), ["hi"]);
+        assert!(l.usable("hi", t(600)), "the quarantine ends");
+        assert!(l.unusable(t(600)).is_empty());
+        l.mark("id", t(700), Duration::from_secs(600));
+        l.clear();
+        assert!(l.usable("id", t(701)));
     }
 
     #[test]

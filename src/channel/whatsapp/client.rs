@@ -18,7 +18,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::time::Instant;
 
-use super::circuit::{Admission, Circuit, CircuitStatus};
+use super::circuit::{Admission, Circuit, CircuitStatus, LANGUAGE_QUARANTINE, Languages};
 use super::errors::{
     Classified, ErrorClass, PAUSE, TransportFailure, classify_response, classify_transport,
 };
@@ -175,6 +175,13 @@ pub struct WhatsAppChannel {
     http: reqwest::Client,
     settings: RwLock<Arc<Settings>>,
     circuit: Mutex<Circuit>,
+    /// Template languages Meta refused with 132001 (owned here, like the circuit).
+    languages: Mutex<Languages>,
+    /// What the last template check found wrong (written by the check's task).
+    template_problems: Arc<Mutex<Vec<String>>>,
+    /// `otp.default_ttl` and `otp.max_ttl` once a template check was started, so a reload
+    /// that changes the template, languages or account checks again.
+    check_ttls: Mutex<Option<(Duration, Duration)>>,
     limiter: Mutex<RateLimiter>,
     clock: SharedClock,
     receipts: ReceiptTx,
@@ -197,7 +204,7 @@ impl fmt::Debug for WhatsAppChannel {
 }
 
 /// Builds the reqwest client: our rustls config, the proxy, connection reuse.
-fn build_http(cfg: &WhatsAppConfig) -> Result<reqwest::Client, WhatsAppError> {
+pub(crate) fn build_http(cfg: &WhatsAppConfig) -> Result<reqwest::Client, WhatsAppError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = &cfg.ca_file {
@@ -298,6 +305,9 @@ impl WhatsAppChannel {
             http: build_http(cfg)?,
             settings: RwLock::new(Arc::new(settings)),
             circuit: Mutex::new(Circuit::new(cfg.circuit_cooldown)),
+            languages: Mutex::new(Languages::default()),
+            template_problems: Arc::new(Mutex::new(Vec::new())),
+            check_ttls: Mutex::new(None),
             limiter: Mutex::new(RateLimiter::new(cfg.max_rate)),
             clock,
             receipts,
@@ -317,6 +327,15 @@ impl WhatsAppChannel {
     /// live. Proxy and trust anchors need a restart (the client is built with them).
     pub fn reload(&self, cfg: &WhatsAppConfig) -> Result<(), WhatsAppError> {
         let new = Arc::new(Settings::from_config(cfg)?);
+        if new.template != self.settings().template {
+            // Another template may have the translations the old one lacked.
+            lock(&self.languages).clear();
+        }
+        let ttls = *lock(&self.check_ttls);
+        if let Some(ttls) = ttls {
+            // Cheap (one GET) and a reload is rare: check whatever changed.
+            self.spawn_template_check(cfg, ttls);
+        }
         match self.settings.write() {
             Ok(mut s) => *s = new,
             Err(p) => *p.into_inner() = new,
@@ -330,8 +349,9 @@ impl WhatsAppChannel {
         Ok(())
     }
 
-    /// The JSON body for one code. The code goes in twice (body text and URL button).
-    fn body(s: &Settings, to: &str, code: &str, locale: Option<&str>) -> serde_json::Value {
+    /// The JSON body for one code in template language `language`. The code goes in twice
+    /// (body text and URL button).
+    fn body(s: &Settings, to: &str, code: &str, language: &str) -> serde_json::Value {
         serde_json::json!({
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
@@ -339,7 +359,7 @@ impl WhatsAppChannel {
             "type": "template",
             "template": {
                 "name": s.template,
-                "language": {"code": s.language(locale)},
+                "language": {"code": language},
                 "components": [
                     {"type": "body", "parameters": [{"type": "text", "text": code}]},
                     {"type": "button", "sub_type": "url", "index": "0",
@@ -460,6 +480,11 @@ impl WhatsAppChannel {
                 circuit.pause(self.clock.now(), PAUSE);
                 Err(fall_back(c.code, &c.reason))
             }
+            // Handled by `deliver` before it gets here; a fallback if it ever does.
+            ErrorClass::LanguageMissing => {
+                guard.armed = false;
+                Err(fall_back(c.code, &c.reason))
+            }
             ErrorClass::ChannelDown => {
                 guard.armed = false;
                 lock(&self.circuit).open(self.clock.now(), c.code.clone(), c.reason.clone());
@@ -540,10 +565,89 @@ impl WhatsAppChannel {
         })
     }
 
+    /// Waits for a slot under the global rate cap, or hands back why not.
+    async fn reserve(&self, deadline: Instant, last: &Option<Classified>) -> Result<(), Outcome> {
+        let now = Instant::now();
+        let remaining = deadline.saturating_duration_since(now);
+        let reserved = lock(&self.limiter).reserve(now, remaining.saturating_sub(MIN_ATTEMPT));
+        match reserved {
+            Ok(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
+            Ok(_) => {}
+            Err(needed) => {
+                // The probe (if any) never left: the guard hands it to the next message.
+                return Err(match last {
+                    Some(c) => retry(c.clone()),
+                    None => Outcome::Retry {
+                        after: needed,
+                        code: None,
+                        reason: "global WhatsApp rate cap reached".into(),
+                    },
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The template language for this code: the locale's, else the default when the locale's
+    /// is missing at Meta, else none (SMS).
+    fn pick_language(&self, s: &Settings, locale: Option<&str>) -> Result<String, Outcome> {
+        let wanted = s.language(locale);
+        let now = self.clock.now();
+        let mut langs = lock(&self.languages);
+        if langs.usable(wanted, now) {
+            return Ok(wanted.to_string());
+        }
+        if langs.usable(&s.default_language, now) {
+            return Ok(s.default_language.clone());
+        }
+        Err(fall_back(
+            Some("132001".into()),
+            &format!(
+                "template \"{}\" is missing or not approved in {wanted} (132001)",
+                s.template
+            ),
+        ))
+    }
+
+    /// Meta says the template is missing in `language` (132001): only that language is
+    /// broken. Remembers it, keeps the circuit closed, and names the language to try next
+    /// (the default), or hands the code to the next channel.
+    fn language_missing(
+        &self,
+        s: &Settings,
+        language: &str,
+        c: Classified,
+        retry_allowed: bool,
+    ) -> Result<String, Outcome> {
+        let now = self.clock.now();
+        let mut langs = lock(&self.languages);
+        langs.mark(language, now, LANGUAGE_QUARANTINE);
+        tracing::warn!(
+            template = %s.template,
+            language,
+            minutes = LANGUAGE_QUARANTINE.as_secs() / 60,
+            "whatsapp: template missing or not approved in this language (132001); its codes go in the default language or by SMS meanwhile, the circuit stays closed"
+        );
+        if retry_allowed && language != s.default_language && langs.usable(&s.default_language, now)
+        {
+            return Ok(s.default_language.clone());
+        }
+        Err(Outcome::FallBack {
+            code: c.code,
+            reason: c.reason,
+            not_on_channel: false,
+        })
+    }
+
     async fn deliver(&self, d: &Delivery) -> Outcome {
         let deadline = Instant::now() + d.budget;
         let (code, to) = match Self::precheck(d) {
             Ok(parts) => parts,
+            Err(o) => return o,
+        };
+        let s = self.settings();
+        let mut language = match self.pick_language(&s, d.locale.as_deref()) {
+            Ok(l) => l,
             Err(o) => return o,
         };
         let mut guard = match self.admit(d) {
@@ -553,30 +657,13 @@ impl WhatsAppChannel {
             },
             Err(o) => return o,
         };
-        let s = self.settings();
-        let body = match serde_json::to_vec(&Self::body(&s, to, code, d.locale.as_deref())) {
-            Ok(b) => b,
-            Err(_) => return fall_back(None, "cannot encode the request"),
-        };
         let mut last: Option<Classified> = None;
         for attempt in 0..2u8 {
-            let now = Instant::now();
-            let remaining = deadline.saturating_duration_since(now);
-            let reserved = lock(&self.limiter).reserve(now, remaining.saturating_sub(MIN_ATTEMPT));
-            match reserved {
-                Ok(wait) if !wait.is_zero() => tokio::time::sleep(wait).await,
-                Ok(_) => {}
-                Err(needed) => {
-                    // The probe (if any) never left: the guard hands it to the next message.
-                    return match last {
-                        Some(c) => retry(c),
-                        None => Outcome::Retry {
-                            after: needed,
-                            code: None,
-                            reason: "global WhatsApp rate cap reached".into(),
-                        },
-                    };
-                }
+            let Ok(body) = serde_json::to_vec(&Self::body(&s, to, code, &language)) else {
+                return fall_back(None, "cannot encode the request");
+            };
+            if let Err(o) = self.reserve(deadline, &last).await {
+                return o;
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining < MIN_ATTEMPT && attempt > 0 {
@@ -609,6 +696,16 @@ impl WhatsAppChannel {
                 reason = %c.reason,
                 "whatsapp: send failed"
             );
+            if c.class == ErrorClass::LanguageMissing {
+                // Meta answered about the template, so the channel itself works.
+                guard.armed = false;
+                lock(&self.circuit).success();
+                match self.language_missing(&s, &language, c, attempt == 0) {
+                    Ok(next) => language = next,
+                    Err(o) => return o,
+                }
+                continue;
+            }
             match self.after_failure(c, attempt, deadline, &mut guard).await {
                 Ok(c) => last = Some(c),
                 Err(o) => return o,
@@ -663,6 +760,73 @@ fn retry(c: Classified) -> Outcome {
     }
 }
 
+impl WhatsAppChannel {
+    /// With `whatsapp.business_account_id` set, reads the template back in the background
+    /// and checks it like `otpgate whatsapp check`: every problem is logged at warn and
+    /// shown in the channel's health (and so in /readyz) until the next check. Codes are
+    /// sent meanwhile as usual: a problem is a warning, not a refusal.
+    pub fn start_template_check(&self, cfg: &crate::config::Config) {
+        let ttls = (cfg.otp.default_ttl, cfg.otp.max_ttl);
+        *lock(&self.check_ttls) = Some(ttls);
+        self.spawn_template_check(&cfg.whatsapp, ttls);
+    }
+
+    fn spawn_template_check(
+        &self,
+        wa: &WhatsAppConfig,
+        (default_ttl, max_ttl): (Duration, Duration),
+    ) {
+        // The last verdict stands until the new one is in, unless there is nothing to check.
+        let rt = match tokio::runtime::Handle::try_current() {
+            Ok(rt) if wa.business_account_id.is_some() => rt,
+            _ => {
+                lock(&self.template_problems).clear();
+                return;
+            }
+        };
+        let expect = super::templates::Expectations::new(wa, default_ttl, max_ttl);
+        let (http, wa, out) = (
+            self.http.clone(),
+            wa.clone(),
+            Arc::clone(&self.template_problems),
+        );
+        rt.spawn(async move {
+            let problems = super::templates::problems(&http, &wa, &expect).await;
+            *lock(&out) = problems;
+        });
+    }
+
+    /// What the last template check found wrong, one line each (empty: nothing, or none ran).
+    pub fn template_problems(&self) -> Vec<String> {
+        lock(&self.template_problems).clone()
+    }
+
+    /// "ok", or which template languages are out and where their codes go instead, and what
+    /// the template check found.
+    fn languages_summary(&self) -> String {
+        let problems = self.template_problems();
+        let mut summary = self.missing_languages();
+        if !problems.is_empty() {
+            summary = format!("{summary}; template check: {}", problems.join("; "));
+        }
+        summary
+    }
+
+    fn missing_languages(&self) -> String {
+        let missing = lock(&self.languages).unusable(self.clock.now());
+        if missing.is_empty() {
+            return "ok".to_string();
+        }
+        let s = self.settings();
+        format!(
+            "ok, but template \"{}\" is missing or not approved in {} (132001): those codes go in {} or by SMS",
+            s.template,
+            missing.join(", "),
+            s.default_language
+        )
+    }
+}
+
 impl Channel for WhatsAppChannel {
     fn kind(&self) -> ChannelKind {
         ChannelKind::WhatsApp
@@ -687,7 +851,7 @@ impl Channel for WhatsAppChannel {
     fn health(&self) -> Health {
         let status = lock(&self.circuit).status(self.clock.now());
         let (usable, summary) = match status {
-            CircuitStatus::Closed => (true, "ok".to_string()),
+            CircuitStatus::Closed => (true, self.languages_summary()),
             CircuitStatus::Open { reason } => (false, format!("circuit open: {reason}")),
             // Usable so the dispatcher offers the one probe message that can close it.
             CircuitStatus::HalfOpen { reason } => (
@@ -738,6 +902,7 @@ mod tests {
             circuit_cooldown: Duration::from_secs(60),
             app_secret: None,
             verify_token: None,
+            business_account_id: None,
         }
     }
 

@@ -29,6 +29,10 @@ pub enum ErrorClass {
     Unreachable,
     /// Maintenance (131057): fall back now, leave WhatsApp alone for about a minute.
     Paused,
+    /// The template is missing or not approved in the language asked for (132001): only
+    /// that language is broken; the code goes in the default language or by SMS, and the
+    /// circuit stays closed.
+    LanguageMissing,
     /// Token, permission, account, policy or template trouble: open the circuit.
     ChannelDown,
 }
@@ -42,7 +46,9 @@ impl ErrorClass {
                 Duration::from_millis(250)
             }
             ErrorClass::Paused => PAUSE,
-            ErrorClass::FallBack { .. } | ErrorClass::ChannelDown => Duration::ZERO,
+            ErrorClass::FallBack { .. } | ErrorClass::ChannelDown | ErrorClass::LanguageMissing => {
+                Duration::ZERO
+            }
         }
     }
 }
@@ -196,7 +202,10 @@ pub fn class_of_code(code: i64) -> Option<(ErrorClass, &'static str)> {
         ),
         131048 => (ChannelDown, "spam rate limit hit"),
         132000 => (ChannelDown, "template parameter count mismatch"),
-        132001 => (ChannelDown, "template missing"),
+        132001 => (
+            LanguageMissing,
+            "template missing or not approved in this language",
+        ),
         132012 => (ChannelDown, "template parameter format mismatch"),
         132015 => (ChannelDown, "template paused"),
         132016 => (ChannelDown, "template disabled"),
@@ -325,7 +334,7 @@ mod tests {
             (400, 130497, ChannelDown),
             (400, 131048, ChannelDown),
             (400, 132000, ChannelDown),
-            (404, 132001, ChannelDown),
+            (404, 132001, LanguageMissing),
             (400, 132012, ChannelDown),
             (400, 132015, ChannelDown),
             (400, 132016, ChannelDown),
@@ -349,7 +358,7 @@ mod tests {
         assert!(
             class(404, 132001)
                 .reason
-                .starts_with("template missing (132001")
+                .starts_with("template missing or not approved in this language (132001")
         );
     }
 
@@ -358,6 +367,9 @@ mod tests {
         // Same message text, different codes: different classes.
         assert_eq!(class(400, 131026).class, class(400, 131026).class);
         assert_ne!(class(400, 131026).class, class(400, 132001).class);
+        // A missing translation is not an outage; a paused or disabled template is.
+        assert_eq!(class(404, 132001).class, ErrorClass::LanguageMissing);
+        assert_eq!(class(400, 132015).class, ErrorClass::ChannelDown);
         // A 131026 under a 500 status is still a recipient problem.
         assert_eq!(
             class(500, 131026).class,

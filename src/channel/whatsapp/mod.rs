@@ -6,10 +6,12 @@
 //! | success/error bodies and the error-code -> action table | [`errors`] |
 //! | circuit breaker (pure, time passed in) and the 131057 pause | [`circuit`] |
 //! | status webhooks: handshake, signature, statuses, fraud signals (pure) | [`webhook`] |
+//! | template preflight: read the template back, check it per language | [`templates`] |
 
 pub mod circuit;
 pub mod client;
 pub mod errors;
+pub mod templates;
 pub mod webhook;
 
 pub use client::{WhatsAppChannel, WhatsAppError};

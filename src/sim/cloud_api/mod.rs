@@ -3,21 +3,34 @@
 //!
 //! It validates like Meta: the path `/<version>/<phone_number_id>/messages`, the Bearer token
 //! (else 401, code 190), the JSON shape (messaging_product, `to` digits, type template, a known
-//! template name -> else 132001, body/button parameter counts -> else 132000, code at most 15
-//! characters -> else 131009), and answers with a fresh `wamid.`.
+//! template name -> else 132001, a language the template has approved when the account's
+//! [catalog](SimOptions::catalog) lists it -> else 132001, body/button parameter counts -> else
+//! 132000, code at most 15 characters -> else 131009), and answers with a fresh `wamid.`.
+//!
+//! Like Meta, 200 is not delivery: what happens to the message afterwards arrives as signed
+//! status webhooks ([`receipts`]) posted to the gateway's webhook URL, when one is set
+//! ([`SimOptions::webhook`], [`SimHandle::set_webhook`]).
 //!
 //! Answers can be scripted through a [`SimHandle`]: one-shot answers queued globally, a
 //! standing answer per recipient, and a global default. Precedence: queue, recipient,
 //! built-in rule, default.
 //!
-//! Built-in rule (for the demo): a recipient whose last three digits are `000`..`099` (the
-//! third digit from the end is `0`) is "not on WhatsApp" and gets 131026. Turn it off with
-//! [`SimOptions::builtin_rules`].
+//! Built-in rules (for the demo), off with [`SimOptions::builtin_rules`]:
+//! - a recipient whose last three digits are `000`..`099` is "not on WhatsApp": 200, then a
+//!   `failed` status with 131026 after [`ReceiptTiming::failed`] (or, with
+//!   [`SimOptions::sync_not_on_whatsapp`], a synchronous 400 with 131026 as before);
+//! - one whose last three digits are `900`..`999` is an offline phone: 200, then `sent` only.
 //!
-//! Every request is recorded ([`SimHandle::requests`]), and every message the simulator
-//! accepted, i.e. what the handset would show ([`SimHandle::delivered`]). [`SimHandle::outage`]
-//! plays a network loss: new connections are refused and open ones are cut. Nothing here logs
-//! the code.
+//! It also serves `GET /<version>/<waba_id>/message_templates?name=...` from its catalog
+//! ([`templates`]). Every request is recorded ([`SimHandle::requests`]), every message that
+//! reached a handset ([`SimHandle::delivered`]) and every webhook POST with the gateway's answer
+//! ([`SimHandle::webhook_posts`]). [`SimHandle::outage`] plays a network loss: new connections
+//! are refused and open ones are cut. Nothing here logs the code.
+
+pub mod receipts;
+pub mod templates;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -35,6 +48,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use super::tls::{TestPki, TlsError};
+pub use receipts::{Fate, ReceiptTiming, WebhookPost, WebhookTarget};
+pub use templates::SimTemplate;
 
 /// The API version the simulator puts in [`CloudApiSim::base_url`].
 pub const API_VERSION: &str = "v24.0";
@@ -48,6 +63,9 @@ pub enum SimError {
     /// Binding the listener.
     #[error("simulator listener: {0}")]
     Io(#[from] std::io::Error),
+    /// The HTTP client that posts webhooks.
+    #[error("simulator webhook client: {0}")]
+    Webhooks(String),
 }
 
 /// How to start the simulator.
@@ -61,8 +79,21 @@ pub struct SimOptions<'a> {
     pub templates: Vec<(String, usize)>,
     /// Certificates to serve with; the simulator makes its own when `None`.
     pub pki: Option<&'a TestPki>,
-    /// Apply the built-in "not on WhatsApp" rule (last three digits 000..099).
+    /// Apply the built-in rules: "not on WhatsApp" (last three digits 000..099) and "offline
+    /// phone" (900..999).
     pub builtin_rules: bool,
+    /// Answer the built-in "not on WhatsApp" with a synchronous 400 and 131026 instead of
+    /// 200 and a `failed` webhook (the rare case at Meta; the old behaviour of this simulator).
+    pub sync_not_on_whatsapp: bool,
+    /// Where status webhooks go (none are sent without a target; settable later).
+    pub webhook: Option<WebhookTarget>,
+    /// When statuses go out and how refused webhooks are retried.
+    pub receipts: ReceiptTiming,
+    /// The WhatsApp Business Account id (`message_templates` path, webhook `entry.id`).
+    pub business_account_id: String,
+    /// The template languages the account holds (read back by `message_templates`). A
+    /// template name listed here may only be sent in its approved languages.
+    pub catalog: Vec<SimTemplate>,
 }
 
 impl Default for SimOptions<'_> {
@@ -73,15 +104,32 @@ impl Default for SimOptions<'_> {
             templates: vec![("otp_auth".into(), 1)],
             pki: None,
             builtin_rules: true,
+            sync_not_on_whatsapp: false,
+            webhook: None,
+            receipts: ReceiptTiming::default(),
+            business_account_id: SIM_WABA_ID.into(),
+            catalog: Vec::new(),
         }
     }
 }
 
+/// The WhatsApp Business Account id the simulator answers to by default.
+pub const SIM_WABA_ID: &str = "102290129340398";
+
 /// One scripted answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Script {
-    /// The normal success answer with a fresh wamid.
+    /// The normal success answer with a fresh wamid; the phone is on WhatsApp and online
+    /// (`sent`, `delivered`, `read` follow as webhooks).
     Success,
+    /// 200 with a wamid, then a `failed` status webhook with this code (131026: the number
+    /// is not on WhatsApp), as Meta does for most recipient-side failures.
+    FailLater {
+        /// The `errors[].code` of the `failed` status.
+        code: i64,
+    },
+    /// 200 with a wamid, then `sent` and nothing more: the phone is off.
+    Offline,
     /// Meta's error JSON with this HTTP status and `error.code`.
     Error {
         /// HTTP status.
@@ -110,6 +158,11 @@ impl Script {
     /// Meta's error answer with `code` under `status`.
     pub fn error(status: u16, code: i64) -> Script {
         Script::Error { status, code }
+    }
+
+    /// Meta's usual answer for a number not on WhatsApp: 200, then `failed` with 131026.
+    pub fn undeliverable() -> Script {
+        Script::FailLater { code: 131026 }
     }
 
     /// A proxy's HTML "502 Bad Gateway".
@@ -167,6 +220,18 @@ struct Shared {
     token: String,
     templates: Vec<(String, usize)>,
     builtin_rules: bool,
+    sync_not_on_whatsapp: bool,
+    waba_id: String,
+    catalog: Mutex<Vec<SimTemplate>>,
+    account: receipts::Account,
+    webhook: Mutex<Option<WebhookTarget>>,
+    timing: Mutex<ReceiptTiming>,
+    rng: Mutex<receipts::Rng>,
+    posts: Mutex<Vec<WebhookPost>>,
+    /// Sends webhooks to the gateway.
+    poster: reqwest::Client,
+    /// Set when the simulator stops: pending webhooks are dropped.
+    stop: tokio::sync::watch::Sender<bool>,
     scripts: Mutex<ScriptState>,
     requests: Mutex<Vec<RecordedRequest>>,
     delivered: Mutex<Vec<Delivered>>,
@@ -179,6 +244,41 @@ struct Shared {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    fn new(opts: SimOptions<'_>) -> Result<Shared, SimError> {
+        let poster = super::tls::loopback_client()?
+            .build()
+            .map_err(|e| SimError::Webhooks(e.to_string()))?;
+        Ok(Shared {
+            account: receipts::Account {
+                waba_id: opts.business_account_id.clone(),
+                phone_number_id: opts.phone_number_id.clone(),
+                display_phone_number: "15550783881".into(),
+            },
+            opts_phone: opts.phone_number_id,
+            token: opts.token,
+            templates: opts.templates,
+            builtin_rules: opts.builtin_rules,
+            sync_not_on_whatsapp: opts.sync_not_on_whatsapp,
+            waba_id: opts.business_account_id,
+            catalog: Mutex::new(opts.catalog),
+            webhook: Mutex::new(opts.webhook),
+            rng: Mutex::new(receipts::Rng::new(opts.receipts.seed)),
+            timing: Mutex::new(opts.receipts),
+            posts: Mutex::new(Vec::new()),
+            poster,
+            stop: tokio::sync::watch::Sender::new(false),
+            scripts: Mutex::new(ScriptState::default()),
+            requests: Mutex::new(Vec::new()),
+            delivered: Mutex::new(Vec::new()),
+            refuse: AtomicBool::new(false),
+            cut: tokio::sync::watch::Sender::new(0),
+            connections: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+        })
+    }
 }
 
 /// A cloneable, thread-safe handle to script and inspect a running simulator.
@@ -249,6 +349,28 @@ impl SimHandle {
     pub fn connections(&self) -> u64 {
         self.0.connections.load(Ordering::SeqCst)
     }
+
+    /// Where status webhooks go from now on (`None`: nowhere). A status already scheduled
+    /// goes to the target set when it falls due.
+    pub fn set_webhook(&self, target: Option<WebhookTarget>) {
+        *lock(&self.0.webhook) = target;
+    }
+
+    /// When statuses of messages accepted from now on go out; the seed restarts the draws.
+    pub fn set_receipt_timing(&self, t: ReceiptTiming) {
+        *lock(&self.0.rng) = receipts::Rng::new(t.seed);
+        *lock(&self.0.timing) = t;
+    }
+
+    /// Every webhook POST so far, retries included, with the gateway's answer.
+    pub fn webhook_posts(&self) -> Vec<WebhookPost> {
+        lock(&self.0.posts).clone()
+    }
+
+    /// Replaces the account's template catalog.
+    pub fn set_catalog(&self, catalog: Vec<SimTemplate>) {
+        *lock(&self.0.catalog) = catalog;
+    }
 }
 
 /// A running simulator; dropping it stops it.
@@ -281,19 +403,7 @@ impl CloudApiSim {
         let acceptor = tokio_rustls::TlsAcceptor::from(pki.server_config()?);
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let shared = Arc::new(Shared {
-            opts_phone: opts.phone_number_id,
-            token: opts.token,
-            templates: opts.templates,
-            builtin_rules: opts.builtin_rules,
-            scripts: Mutex::new(ScriptState::default()),
-            requests: Mutex::new(Vec::new()),
-            delivered: Mutex::new(Vec::new()),
-            refuse: AtomicBool::new(false),
-            cut: tokio::sync::watch::Sender::new(0),
-            connections: AtomicU64::new(0),
-            next_id: AtomicU64::new(1),
-        });
+        let shared = Arc::new(Shared::new(opts)?);
         let s = Arc::clone(&shared);
         let task = tokio::spawn(async move {
             // Connection tasks live in this set so stopping the accept loop ends them too.
@@ -365,11 +475,13 @@ impl CloudApiSim {
         self.handle.requests()
     }
 
-    /// Stops listening and drops every open connection: new connections are refused.
+    /// Stops listening and drops every open connection and every pending webhook: new
+    /// connections are refused.
     pub fn stop(&self) {
         if let Some(t) = lock(&self.task).take() {
             t.abort();
         }
+        self.handle.0.stop.send_replace(true);
     }
 }
 
@@ -418,13 +530,17 @@ fn validate(s: &Shared, v: &Value) -> Result<String, (u16, i64)> {
     }
     let t = v.get("template").ok_or(bad)?;
     let name = t.get("name").and_then(Value::as_str).ok_or(bad)?;
-    t.get("language")
+    let language = t
+        .get("language")
         .and_then(|l| l.get("code"))
         .and_then(Value::as_str)
         .ok_or(bad)?;
     let Some(&(_, params)) = s.templates.iter().find(|(n, _)| n == name) else {
         return Err((404, 132001));
     };
+    if templates::missing_translation(&lock(&s.catalog), name, language) {
+        return Err((404, 132001));
+    }
     let comps = t
         .get("components")
         .and_then(Value::as_array)
@@ -476,6 +592,11 @@ fn not_on_whatsapp(to: &str) -> bool {
     b.len() >= 3 && b[b.len() - 3] == b'0'
 }
 
+fn offline_phone(to: &str) -> bool {
+    let b = to.as_bytes();
+    b.len() >= 3 && b[b.len() - 3] == b'9'
+}
+
 fn pick_script(s: &Shared, to: &str) -> Script {
     let mut st = lock(&s.scripts);
     if let Some(x) = st.queue.pop_front() {
@@ -485,12 +606,39 @@ fn pick_script(s: &Shared, to: &str) -> Script {
         return x.clone();
     }
     if s.builtin_rules && not_on_whatsapp(to) {
-        return Script::error(400, 131026);
+        return match s.sync_not_on_whatsapp {
+            true => Script::error(400, 131026),
+            false => Script::undeliverable(),
+        };
+    }
+    if s.builtin_rules && offline_phone(to) {
+        return Script::Offline;
     }
     st.default.clone().unwrap_or(Script::Success)
 }
 
-async fn answer(s: &Shared, v: &Value, to: &str, script: Script) -> Option<Response<Full<Bytes>>> {
+/// The 200 Meta gives a message it took, and the statuses that follow it.
+fn accept(s: &Arc<Shared>, v: &Value, to: &str, fate: Fate) -> Response<Full<Bytes>> {
+    let n = s.next_id.fetch_add(1, Ordering::SeqCst);
+    let wamid = format!("wamid.SIM{n:012}");
+    if fate == Fate::Delivered {
+        lock(&s.delivered).push(delivered(v, to));
+    }
+    receipts::schedule(s, &wamid, to, fate);
+    let body = json!({
+        "messaging_product": "whatsapp",
+        "contacts": [{"input": to, "wa_id": to}],
+        "messages": [{"id": wamid}]
+    });
+    respond(200, "application/json", body.to_string())
+}
+
+async fn answer(
+    s: &Arc<Shared>,
+    v: &Value,
+    to: &str,
+    script: Script,
+) -> Option<Response<Full<Bytes>>> {
     let mut script = script;
     loop {
         match script {
@@ -498,16 +646,9 @@ async fn answer(s: &Shared, v: &Value, to: &str, script: Script) -> Option<Respo
                 tokio::time::sleep(d).await;
                 script = *inner;
             }
-            Script::Success => {
-                let n = s.next_id.fetch_add(1, Ordering::SeqCst);
-                lock(&s.delivered).push(delivered(v, to));
-                let body = json!({
-                    "messaging_product": "whatsapp",
-                    "contacts": [{"input": to, "wa_id": to}],
-                    "messages": [{"id": format!("wamid.SIM{n:012}")}]
-                });
-                return Some(respond(200, "application/json", body.to_string()));
-            }
+            Script::Success => return Some(accept(s, v, to, Fate::Delivered)),
+            Script::FailLater { code } => return Some(accept(s, v, to, Fate::Failed(code))),
+            Script::Offline => return Some(accept(s, v, to, Fate::Offline)),
             Script::Error { status, code } => return Some(meta_error(status, code)),
             Script::Raw {
                 status,
@@ -520,12 +661,40 @@ async fn answer(s: &Shared, v: &Value, to: &str, script: Script) -> Option<Respo
     }
 }
 
+/// `GET /<version>/<waba_id>/message_templates?name=...`: the catalog, as Meta reads it back.
+fn message_templates(
+    s: &Shared,
+    waba: &str,
+    method: &str,
+    auth_valid: bool,
+    query: Option<&str>,
+) -> Response<Full<Bytes>> {
+    if method != "GET" {
+        return meta_error(400, 100);
+    }
+    if !auth_valid {
+        return meta_error(401, 190);
+    }
+    if waba != s.waba_id {
+        return meta_error(400, 100);
+    }
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default();
+    let name = pairs
+        .iter()
+        .find(|(k, _)| k == "name")
+        .map(|(_, v)| v.as_str());
+    let body = templates::listing(&lock(&s.catalog), name);
+    respond(200, "application/json", body)
+}
+
 async fn handle(
     s: Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
     let auth = req
         .headers()
         .get(hyper::header::AUTHORIZATION)
@@ -552,6 +721,15 @@ async fn handle(
     });
 
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if let [_, waba, "message_templates"] = segs.as_slice() {
+        return Ok(message_templates(
+            &s,
+            waba,
+            &method,
+            auth_valid,
+            query.as_deref(),
+        ));
+    }
     let [version, phone, "messages"] = segs.as_slice() else {
         return Ok(respond(404, "text/plain", "not found".into()));
     };
@@ -580,121 +758,5 @@ async fn handle(
         Some(r) => Ok(r),
         // An error from the service makes hyper close the connection without an answer.
         None => Err(std::io::Error::other("scripted drop")),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn builtin_rule_range() {
-        assert!(not_on_whatsapp("919876543000"));
-        assert!(not_on_whatsapp("919876543099"));
-        assert!(!not_on_whatsapp("919876543100"));
-        assert!(!not_on_whatsapp("919876543210"));
-        assert!(!not_on_whatsapp("12"));
-    }
-
-    fn shared() -> Shared {
-        Shared {
-            opts_phone: "1".into(),
-            token: "t".into(),
-            templates: vec![("otp".into(), 1)],
-            builtin_rules: true,
-            scripts: Mutex::new(ScriptState::default()),
-            requests: Mutex::new(Vec::new()),
-            delivered: Mutex::new(Vec::new()),
-            refuse: AtomicBool::new(false),
-            cut: tokio::sync::watch::Sender::new(0),
-            connections: AtomicU64::new(0),
-            next_id: AtomicU64::new(1),
-        }
-    }
-
-    fn req(name: &str, body_params: usize, code: &str) -> Value {
-        let p: Vec<Value> = (0..body_params)
-            .map(|_| json!({"type": "text", "text": code}))
-            .collect();
-        json!({"messaging_product": "whatsapp", "recipient_type": "individual", "to": "919876543210",
-            "type": "template", "template": {"name": name, "language": {"code": "en_US"}, "components": [
-                {"type": "body", "parameters": p},
-                {"type": "button", "sub_type": "url", "index": "0", "parameters": [{"type": "text", "text": code}]}]}})
-    }
-
-    #[test]
-    fn validation_like_meta() {
-        let s = shared();
-        assert_eq!(
-            validate(&s, &req("otp", 1, "123456")),
-            Ok("919876543210".into())
-        );
-        assert_eq!(validate(&s, &req("nope", 1, "123456")), Err((404, 132001)));
-        assert_eq!(validate(&s, &req("otp", 2, "123456")), Err((400, 132000)));
-        assert_eq!(
-            validate(&s, &req("otp", 1, "1234567890123456")),
-            Err((400, 131009))
-        );
-        let mut v = req("otp", 1, "1");
-        v["to"] = json!("+91");
-        assert_eq!(validate(&s, &v), Err((400, 100)));
-        let mut v = req("otp", 1, "1");
-        v["messaging_product"] = json!("sms");
-        assert_eq!(validate(&s, &v), Err((400, 100)));
-    }
-
-    #[tokio::test]
-    async fn an_outage_cuts_pooled_connections_and_records_no_delivery() {
-        let pki = TestPki::new().unwrap();
-        let sim = CloudApiSim::start(SimOptions {
-            pki: Some(&pki),
-            ..SimOptions::default()
-        })
-        .await
-        .unwrap();
-        let client = reqwest::Client::builder()
-            .use_preconfigured_tls(pki.client_config().unwrap())
-            .no_proxy()
-            .build()
-            .unwrap();
-        let url = format!("{}/106540352242922/messages", sim.base_url());
-        let send = async |code: &str| {
-            client
-                .post(&url)
-                .bearer_auth("sim-token")
-                .json(&req("otp_auth", 1, code))
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-        };
-        assert_eq!(send("111111").await.unwrap(), 200);
-        // Refusing new connections alone would leave this pooled one working.
-        sim.handle().outage(true);
-        assert!(send("222222").await.is_err());
-        sim.handle().outage(false);
-        assert_eq!(send("333333").await.unwrap(), 200);
-        let got: Vec<Vec<String>> = sim
-            .handle()
-            .delivered()
-            .into_iter()
-            .map(|d| d.params)
-            .collect();
-        assert_eq!(got, [["111111"], ["333333"]]);
-    }
-
-    #[test]
-    fn script_precedence() {
-        let s = shared();
-        s.scripts.lock().unwrap().default = Some(Script::html_502());
-        s.scripts
-            .lock()
-            .unwrap()
-            .per_recipient
-            .insert("919876543210".into(), Script::Hang);
-        s.scripts.lock().unwrap().queue.push_back(Script::Drop);
-        assert_eq!(pick_script(&s, "919876543210"), Script::Drop);
-        assert_eq!(pick_script(&s, "919876543210"), Script::Hang);
-        assert_eq!(pick_script(&s, "919876543050"), Script::error(400, 131026));
-        assert_eq!(pick_script(&s, "919876543111"), Script::html_502());
     }
 }
