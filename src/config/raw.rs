@@ -118,6 +118,7 @@ pub struct RawPolicy {
     pub no_whatsapp_memory: Option<String>,
     pub prenotify: Option<bool>,
     pub prenotify_text: Option<String>,
+    pub number_types: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,6 +128,14 @@ pub struct RawLimits {
     pub per_client: Option<String>,
     pub global: Option<String>,
     pub per_country: Option<String>,
+    pub per_prefix: Option<String>,
+    pub prefix_digits: Option<u64>,
+    pub per_user: Option<String>,
+    pub per_ip: Option<String>,
+    pub breaker_min_codes: Option<u64>,
+    pub breaker_min_approval_percent: Option<u64>,
+    pub breaker_window: Option<String>,
+    pub breaker_cooldown: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
