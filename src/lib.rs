@@ -40,6 +40,7 @@
 //! | wiring it all together, signals, reload, shutdown | [`daemon`] |
 //! | `otpgate demo`: the daemon on the simulators (feature `simulators`) | `demo` |
 //! | metrics counters | [`metrics`] |
+//! | `otpgate status`: the one screen from /readyz, /metrics and the outbox's last hour | [`status`] |
 //! | SMS pumping: velocity by number block, end user and address; the conversion breaker | [`abuse`] |
 //!
 //! The path of one code through these modules, and where each kind of change goes, is in
@@ -65,4 +66,5 @@ pub mod phone;
 pub mod secret;
 #[cfg(feature = "simulators")]
 pub mod sim;
+pub mod status;
 pub mod store;

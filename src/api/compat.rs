@@ -132,7 +132,10 @@ fn kannel_refusal(e: &ApiError) -> Resp {
             StatusCode::BAD_REQUEST,
             &format!("Invalid receiver number, rejected ({})", e.message),
         ),
-        "country_not_allowed" => kannel_text(StatusCode::FORBIDDEN, kannel_reply::NOT_ROUTABLE),
+        // A premium-rate or similar number will not become routable by trying again.
+        "country_not_allowed" | "number_type_not_allowed" => {
+            kannel_text(StatusCode::FORBIDDEN, kannel_reply::NOT_ROUTABLE)
+        }
         _ => kannel_text(StatusCode::SERVICE_UNAVAILABLE, kannel_reply::TEMPORAL),
     };
     if let Some(s) = e.retry_after
