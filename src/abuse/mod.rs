@@ -138,6 +138,13 @@ pub fn observe(app: &crate::api::App, m: &crate::metrics::Metrics) {
         .inc_by(b.trips().saturating_sub(m.sms_breaker_trips.get()));
 }
 
+/// The breakers open now, for `/readyz` (which also starts a refresh when one is due).
+pub fn paused(app: &crate::api::App) -> Vec<breaker::Trip> {
+    let now = app.clock.now().0;
+    app.abuse.poll(&app.store, &app.live.get(), now);
+    app.abuse.breaker.open(now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

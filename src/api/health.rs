@@ -39,7 +39,7 @@ pub async fn readyz(app: &App) -> Resp {
         "channels": channels,
         "problems": problems,
         // Issue 17: number blocks and countries the conversion breaker keeps off SMS.
-        "sms_paused": app.abuse.breaker.open(app.clock.now().0),
+        "sms_paused": crate::abuse::paused(app),
     });
     json_response(
         if ready {
