@@ -8,8 +8,9 @@
 
 mod common;
 
-use common::{CLIENT, Gateway, KEY, gateway, wait_for};
+use common::{CLIENT, Gateway, KEY, Launch, gateway, wait_for};
 use otpgate::channel::{Content, Outcome};
+use otpgate::sim::config::TestConfig;
 use serde_json::{Value, json};
 
 const PW_HASH_LINE: &str =
@@ -442,4 +443,71 @@ async fn the_breaker_pauses_sms_to_an_unchecked_range_while_another_flows_and_re
         .unwrap();
     assert!(text.contains("otpgate_sms_breaker_trips_total 2"), "{text}");
     g.stop().await;
+}
+
+/// The alert rules and the Grafana dashboard name only metrics the real binary exports, and
+/// it exports them (labelled families at zero) on its first scrape, before any event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_scrape_of_the_binary_has_every_metric_the_rules_and_dashboard_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let modem =
+        otpgate::sim::modem::SimModem::start(otpgate::sim::modem::Profile::quectel()).unwrap();
+    let cfg = TestConfig::new(dir.path())
+        .free_port()
+        .unwrap()
+        .whatsapp_unused()
+        .modem("modem0", modem.path())
+        .client(CLIENT, KEY);
+    cfg.write().unwrap();
+    let d = Launch::new(&cfg).ready().await;
+    let http = common::http_client();
+    let url = format!("{}/metrics", d.base());
+    let first = common::fetch(http.get(&url)).await.1;
+    // The families a restart used to hide until their first event.
+    for line in [
+        "otpgate_messages_delivered_total{channel=\"whatsapp\"} 0",
+        "otpgate_messages_delivered_total{channel=\"sms\"} 0",
+        "otpgate_fallbacks_total{reason=\"not_on_whatsapp\"} 0",
+        "otpgate_fallbacks_total{reason=\"failed_receipt\"} 0",
+        "otpgate_requests_rejected_total{reason=\"prefix_limited\"} 0",
+        "otpgate_modem_ready{modem=\"modem0\"}",
+        "otpgate_sms_breaker_open 0",
+    ] {
+        assert!(
+            first.contains(line),
+            "{line} missing from the first scrape:\n{first}"
+        );
+    }
+    // A modem's signal has no honest value until the modem has answered.
+    let text = wait_for("the modem's signal", async || {
+        let text = common::fetch(http.get(&url)).await.1;
+        if text.contains("otpgate_modem_signal_dbm{") {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    })
+    .await;
+    let exported: std::collections::BTreeSet<String> = otpgate::status::samples(&text)
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    let name = regex::Regex::new(r"otpgate_[a-z_]+").unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging");
+    let mut used = 0;
+    for file in ["prometheus/otpgate-rules.yml", "grafana/otpgate.json"] {
+        let body = std::fs::read_to_string(root.join(file)).unwrap();
+        for m in name.find_iter(&body) {
+            assert!(
+                exported.contains(m.as_str()),
+                "{file} uses {}, which /metrics does not export:\n{text}",
+                m.as_str()
+            );
+            used += 1;
+        }
+    }
+    assert!(
+        used > 20,
+        "only {used} metric names found: the pattern is wrong"
+    );
 }
