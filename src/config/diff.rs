@@ -715,6 +715,21 @@ mod tests {
                 vec![("limits.global", a)],
             ),
             (
+                "number types",
+                |_| {},
+                |c| c.policy.number_types = vec![crate::phone::NumberType::Mobile],
+                vec![("policy.number_types", a)],
+            ),
+            (
+                "abuse limits and breaker",
+                |_| {},
+                |c| {
+                    c.limits.prefix_digits = 4;
+                    c.limits.breaker.cooldown = Duration::from_secs(1)
+                },
+                vec![("limits.prefix_digits", a), ("limits.breaker_cooldown", a)],
+            ),
+            (
                 "log level",
                 |_| {},
                 |c| c.log.level = "debug".into(),
