@@ -511,3 +511,53 @@ async fn the_first_scrape_of_the_binary_has_every_metric_the_rules_and_dashboard
         "only {used} metric names found: the pattern is wrong"
     );
 }
+
+/// `otpgate status` reads the running daemon: its channels, modem, queue and counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_running_daemon_on_one_screen() {
+    let dir = tempfile::tempdir().unwrap();
+    let modem =
+        otpgate::sim::modem::SimModem::start(otpgate::sim::modem::Profile::quectel()).unwrap();
+    let cfg = TestConfig::new(dir.path())
+        .free_port()
+        .unwrap()
+        .modem("modem0", modem.path())
+        .policy("prenotify = false")
+        .limits("per_prefix = \"1/1h\"")
+        .client(CLIENT, KEY);
+    let main = cfg.write().unwrap();
+    let d = Launch::new(&cfg).ready().await;
+    let http = common::http_client();
+    let post = |to: &'static str| {
+        http.post(format!("{}/v1/messages", d.base()))
+            .bearer_auth(KEY)
+            .json(&json!({"to": to, "code": CODE}))
+    };
+    assert_eq!(common::fetch(post("+919876570001")).await.0, 202);
+    assert_eq!(common::fetch(post("+919876570002")).await.0, 429);
+    let screen = wait_for("status to show the SMS sent", async || {
+        let out = std::process::Command::new(common::BIN)
+            .args(["status", "--config"])
+            .arg(&main)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && text.contains("carried by sms 1") {
+            Ok(text)
+        } else {
+            Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+        }
+    })
+    .await;
+    for want in [
+        "otpgate       ready",
+        "channel       sms: up",
+        "modem       modem0: ready, signal",
+        "queue 0",
+        "limits hit    prefix_limited 1",
+        "sms paused    none",
+    ] {
+        assert!(screen.contains(want), "{want}:\n{screen}");
+    }
+    assert!(!screen.contains(CODE), "{screen}");
+}
