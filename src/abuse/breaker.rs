@@ -79,8 +79,6 @@ pub struct Settings {
     pub breaker: BreakerConfig,
     /// `limits.prefix_digits`.
     pub digits: u32,
-    /// `otp.default_country`.
-    pub home: phonenumber::country::Id,
     /// Where `otpgate breaker lift` leaves its keys.
     pub lift_file: PathBuf,
 }
@@ -91,7 +89,6 @@ impl Settings {
         Settings {
             breaker: cfg.limits.breaker.clone(),
             digits: cfg.limits.prefix_digits,
-            home: cfg.otp.default_country,
             lift_file: lift_file(&cfg.store.path),
         }
     }
@@ -244,10 +241,10 @@ impl Breaker {
             return;
         }
         let window = i64::try_from(s.breaker.window.as_millis()).unwrap_or(i64::MAX);
-        let (digits, home) = (s.digits, s.home);
+        let digits = s.digits;
         let since = now.saturating_sub(window);
         let read = store
-            .read(move |c| finished_since(c, since, now, digits, home))
+            .read(move |c| finished_since(c, since, now, digits))
             .await;
         match read {
             Ok(finished) => {
@@ -265,20 +262,20 @@ fn finished_since(
     since: i64,
     now: i64,
     digits: u32,
-    home: phonenumber::country::Id,
 ) -> Result<Vec<Finished>, StoreError> {
+    // The country comes from the verification's message, as the accept path found it.
     let mut stmt = c.prepare_cached(
-        "SELECT recipient, status, created_at FROM verifications
-         WHERE created_at > ?1 AND status <> 'canceled' AND (status <> 'pending' OR expires_at <= ?2)",
+        "SELECT v.recipient, v.status, v.created_at, m.country
+         FROM verifications v LEFT JOIN messages m ON m.id = v.message_id
+         WHERE v.created_at > ?1 AND v.status <> 'canceled'
+           AND (v.status <> 'pending' OR v.expires_at <= ?2)",
     )?;
     let mut rows = stmt.query(rusqlite::params![since, now])?;
     let mut out = Vec::new();
     while let Some(row) = rows.next()? {
         let recipient: String = row.get(0)?;
         let status: String = row.get(1)?;
-        let country = crate::phone::parse(&recipient, home)
-            .ok()
-            .and_then(|n| n.country);
+        let country: Option<String> = row.get(3)?;
         out.push(Finished {
             prefix: super::velocity::prefix_of(&recipient, digits).map(str::to_owned),
             country,
