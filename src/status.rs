@@ -114,6 +114,14 @@ pub fn render(
 ) -> String {
     let all = samples(metrics);
     let mut out = String::new();
+    health(&mut out, readyz, &all);
+    last_hour_lines(&mut out, hour);
+    counts_lines(&mut out, readyz, &all);
+    out
+}
+
+/// Readiness, store and queue, channels and modems, the circuit.
+fn health(out: &mut String, readyz: &serde_json::Value, all: &[Sample]) {
     let _ = writeln!(
         out,
         "otpgate       {}{}",
@@ -160,12 +168,16 @@ pub fn render(
             }
         }
     }
-    let circuit = one(&all, "otpgate_whatsapp_circuit_open").unwrap_or(0.0);
+    let circuit = one(all, "otpgate_whatsapp_circuit_open").unwrap_or(0.0);
     let _ = writeln!(
         out,
         "whatsapp      circuit {}",
         if circuit > 0.0 { "OPEN" } else { "closed" }
     );
+}
+
+/// What the outbox carried in the last hour.
+fn last_hour_lines(out: &mut String, hour: Result<&BTreeMap<(String, String), u64>, &str>) {
     match hour {
         Ok(h) => {
             let mut delivered: BTreeMap<String, u64> = BTreeMap::new();
@@ -193,17 +205,21 @@ pub fn render(
             let _ = writeln!(out, "last hour     (outbox not readable: {why})");
         }
     }
-    let delivered = by_label(&all, "otpgate_messages_delivered_total", "channel");
-    let sent = by_label(&all, "otpgate_messages_sent_total", "channel");
+}
+
+/// Counts since the daemon started, limits hit and paused ranges.
+fn counts_lines(out: &mut String, readyz: &serde_json::Value, all: &[Sample]) {
+    let delivered = by_label(all, "otpgate_messages_delivered_total", "channel");
+    let sent = by_label(all, "otpgate_messages_sent_total", "channel");
     let _ = writeln!(
         out,
         "since start   sent {}; delivered {}",
         counts(&sent),
         counts(&delivered)
     );
-    let fallbacks = by_label(&all, "otpgate_fallbacks_total", "reason");
+    let fallbacks = by_label(all, "otpgate_fallbacks_total", "reason");
     let _ = writeln!(out, "fallbacks     {}", counts(&fallbacks));
-    let rejected = by_label(&all, "otpgate_requests_rejected_total", "reason");
+    let rejected = by_label(all, "otpgate_requests_rejected_total", "reason");
     let limits: BTreeMap<String, f64> = rejected
         .into_iter()
         .filter(|(k, _)| {
@@ -230,7 +246,6 @@ pub fn render(
             format!("{} (lift: otpgate breaker lift KEY)", paused.join(", "))
         }
     );
-    out
 }
 
 #[cfg(test)]
