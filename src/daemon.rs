@@ -181,6 +181,7 @@ pub async fn start(
         metrics: metrics.clone(),
         whatsapp: set.whatsapp.clone(),
         ephemeral_verify_key: crate::secret::Secret::new(hex::encode(rand::random::<[u8; 32]>())),
+        abuse: Arc::default(),
     });
     let conn_stats = Arc::new(ConnStats::default());
     for l in listeners {

@@ -40,6 +40,8 @@
 //! | wiring it all together, signals, reload, shutdown | [`daemon`] |
 //! | `otpgate demo`: the daemon on the simulators (feature `simulators`) | `demo` |
 //! | metrics counters | [`metrics`] |
+//! | `otpgate status`: the one screen from /readyz, /metrics and the outbox's last hour | [`status`] |
+//! | SMS pumping: velocity by number block, end user and address; the conversion breaker | [`abuse`] |
 //!
 //! The path of one code through these modules, and where each kind of change goes, is in
 //! `docs/architecture.md`.
@@ -48,6 +50,7 @@
 //! slices apart from I/O; one owner per mutable resource (the store writer, each modem); codes
 //! never reach a log line, error, metric or panic message.
 
+pub mod abuse;
 pub mod api;
 pub mod channel;
 pub mod clock;
@@ -63,4 +66,5 @@ pub mod phone;
 pub mod secret;
 #[cfg(feature = "simulators")]
 pub mod sim;
+pub mod status;
 pub mod store;

@@ -102,6 +102,24 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout: u64,
     },
+    /// One screen for the admin: channels, circuit, modems, queue, the last hour, fallbacks,
+    /// limits hit and paused SMS ranges, read from the running daemon.
+    Status {
+        /// Main configuration file (for the listen address and the store).
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+        /// Base URL of the daemon [default: the first listen address].
+        #[arg(long)]
+        url: Option<String>,
+        /// Extra CA certificate (PEM) to trust for https URLs.
+        #[arg(long)]
+        cacert: Option<PathBuf>,
+    },
+    /// The conversion breaker (SMS paused to a number range whose codes are not used).
+    Breaker {
+        #[command(subcommand)]
+        command: BreakerCommand,
+    },
     /// Print shell completions (used by the packages).
     #[command(hide = true)]
     Completions {
@@ -146,6 +164,18 @@ enum WhatsappCommand {
     /// line consistent with the code lifetime); exit 1 with one line per mismatch.
     Check {
         /// Main configuration file.
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum BreakerCommand {
+    /// Resume SMS to a paused range now ("+9198765", or a country such as "IN").
+    Lift {
+        /// The range or country, as `otpgate status` shows it.
+        key: String,
+        /// Main configuration file (the request goes next to its store).
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
@@ -279,7 +309,132 @@ fn real_main(cli: Cli) -> Result<ExitCode> {
             wait,
             cacert,
         } => runtime()?.block_on(send(to, code, text, url, key, wait, cacert)),
+        Command::Status {
+            config,
+            url,
+            cacert,
+        } => runtime()?.block_on(status(&config, url, cacert)),
+        Command::Breaker {
+            command: BreakerCommand::Lift { key, config },
+        } => breaker_lift(&config, &key),
     }
+}
+
+/// `otpgate status`: the daemon's /readyz and /metrics and the outbox's last hour.
+async fn status(
+    config: &std::path::Path,
+    url: Option<String>,
+    cacert: Option<PathBuf>,
+) -> Result<ExitCode> {
+    let cfg = config::load(&Sources::from_process(config)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let base = match url {
+        Some(u) => u.trim_end_matches('/').to_owned(),
+        None => {
+            let addr = cfg.server.listen.first().context("no listen address")?;
+            let ip = if addr.ip().is_unspecified() {
+                std::net::IpAddr::from([127, 0, 0, 1])
+            } else {
+                addr.ip()
+            };
+            let scheme = if cfg.server.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            format!("{scheme}://{}", std::net::SocketAddr::new(ip, addr.port()))
+        }
+    };
+    let client = http_client(cacert.as_deref())?;
+    let readyz: serde_json::Value = client
+        .get(format!("{base}/readyz"))
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .with_context(|| format!("GET {base}/readyz (is the daemon running?)"))?
+        .json()
+        .await
+        .context("reading /readyz")?;
+    let metrics = client
+        .get(format!("{base}/metrics"))
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await
+        .with_context(|| format!("GET {base}/metrics"))?
+        .text()
+        .await
+        .context("reading /metrics")?;
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(0);
+    let hour = otpgate::status::last_hour(&cfg.store.path, now).map_err(|e| e.to_string());
+    print!(
+        "{}",
+        otpgate::status::render(&readyz, &metrics, hour.as_ref().map_err(String::as_str))
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `otpgate breaker lift`: leaves the key where the daemon's breaker reads it (next to the
+/// store), then waits for the daemon to take it.
+fn breaker_lift(config: &std::path::Path, key: &str) -> Result<ExitCode> {
+    let key = key.trim();
+    if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '+') {
+        bail!("give a range such as +9198765 or a country such as IN");
+    }
+    let cfg = config::load(&Sources::from_process(config)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let path = otpgate::abuse::breaker::lift_file(&cfg.store.path);
+    {
+        use std::io::Write as _;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        writeln!(f, "{key}").with_context(|| format!("writing {}", path.display()))?;
+    }
+    // The daemon takes it at its next accept or scrape, within seconds.
+    for _ in 0..50 {
+        if !path.exists() {
+            println!("lifted: SMS to {key} resumes");
+            return Ok(ExitCode::SUCCESS);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    println!(
+        "asked the daemon to lift {key} ({}); it takes it at its next request or /metrics scrape",
+        path.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An HTTP client trusting the web's roots and `cacert`.
+fn http_client(cacert: Option<&std::path::Path>) -> Result<reqwest::Client> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(p) = cacert {
+        use rustls_pki_types::{CertificateDer, pem::PemObject};
+        for c in
+            CertificateDer::pem_file_iter(p).with_context(|| format!("reading {}", p.display()))?
+        {
+            roots
+                .add(c.with_context(|| format!("parsing {}", p.display()))?)
+                .context("adding the CA")?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .build()
+        .context("building the HTTP client")
 }
 
 /// `otpgate check-config`: the summary, or every problem with its origin.
@@ -429,28 +584,7 @@ async fn send(
         (None, Some(t)) => body["text"] = t.into(),
         (None, None) => bail!("give --code or --text"),
     }
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(p) = &cacert {
-        use rustls_pki_types::{CertificateDer, pem::PemObject};
-        for c in
-            CertificateDer::pem_file_iter(p).with_context(|| format!("reading {}", p.display()))?
-        {
-            roots
-                .add(c.with_context(|| format!("parsing {}", p.display()))?)
-                .context("adding the CA")?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let client = reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
-        .build()
-        .context("building the HTTP client")?;
+    let client = http_client(cacert.as_deref())?;
     let mut endpoint = format!("{}/v1/messages", url.trim_end_matches('/'));
     if let Some(w) = wait {
         endpoint.push_str(&format!("?wait={w}"));

@@ -75,7 +75,58 @@ pub struct Metrics {
     pub modem_ready: Family<ModemLabel, Gauge>,
     /// Taps on "I didn't request a code" (a fraud signal): codes and verifications canceled.
     pub not_requested: Counter,
+    /// Number blocks and countries whose SMS the conversion breaker has paused now.
+    pub sms_breaker_open: Gauge,
+    /// Times the conversion breaker tripped.
+    pub sms_breaker_trips: Counter,
 }
+
+/// The channels every channel-labelled family starts with.
+pub const CHANNELS: [&str; 2] = ["whatsapp", "sms"];
+
+/// Attempt outcome classes (`AttemptEnd`'s words).
+pub const OUTCOMES: [&str; 8] = [
+    "accepted",
+    "fallback",
+    "retry",
+    "channel_down",
+    "failed",
+    "unknown",
+    "skipped",
+    "interrupted",
+];
+
+/// Why the dispatcher moves on to the next channel (the policy's and the receipts' words).
+pub const FALLBACK_REASONS: [&str; 6] = [
+    "not_on_whatsapp",
+    "recipient_unreachable",
+    "retry_exhausted",
+    "channel_down",
+    "unknown_outcome",
+    "failed_receipt",
+];
+
+/// Refusals an operator alerts on, present at zero from the first scrape.
+pub const REJECT_REASONS: [&str; 18] = [
+    "invalid_phone_number",
+    "number_type_not_allowed",
+    "country_not_allowed",
+    "rate_limited",
+    "prefix_limited",
+    "user_limited",
+    "ip_limited",
+    "sms_paused",
+    "unauthorized",
+    "forbidden",
+    "invalid_field",
+    "missing_field",
+    "invalid_json",
+    "invalid_code",
+    "invalid_text",
+    "invalid_ttl",
+    "idempotency_key_conflict",
+    "no_channel",
+];
 
 fn latency_histogram() -> Histogram {
     Histogram::new([
@@ -111,6 +162,8 @@ impl Metrics {
             modem_signal_dbm: Family::default(),
             modem_ready: Family::default(),
             not_requested: Counter::default(),
+            sms_breaker_open: Gauge::default(),
+            sms_breaker_trips: Counter::default(),
         };
         r.register(
             "messages_accepted",
@@ -192,10 +245,60 @@ impl Metrics {
             "Recipients who tapped \"I didn't request a code\"; their pending codes were canceled",
             m.not_requested.clone(),
         );
+        r.register(
+            "sms_breaker_open",
+            "Number blocks and countries whose SMS the conversion breaker has paused",
+            m.sms_breaker_open.clone(),
+        );
+        r.register(
+            "sms_breaker_trips",
+            "Times the conversion breaker paused SMS to a number block or country",
+            m.sms_breaker_trips.clone(),
+        );
         if let Ok(mut reg) = m.registry.lock() {
             *reg = r;
         }
+        m.init_known();
         m
+    }
+
+    /// Creates every labelled series for its known labels at zero, so a restart does not
+    /// hide a family until its first event (`rate()` and alerts need the zero).
+    fn init_known(&self) {
+        for channel in CHANNELS {
+            let label = ChannelLabel {
+                channel: channel.to_owned(),
+            };
+            drop(self.sent.get_or_create(&label));
+            drop(self.delivered.get_or_create(&label));
+            drop(self.attempt_seconds.get_or_create(&label));
+            drop(self.accept_to_sent_seconds.get_or_create(&label));
+            for outcome in OUTCOMES {
+                drop(self.attempts.get_or_create(&AttemptLabel {
+                    channel: channel.to_owned(),
+                    outcome: outcome.to_owned(),
+                }));
+            }
+        }
+        for reason in FALLBACK_REASONS {
+            drop(self.fallbacks.get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            }));
+        }
+        for reason in REJECT_REASONS {
+            drop(self.rejected.get_or_create(&ReasonLabel {
+                reason: reason.to_owned(),
+            }));
+        }
+    }
+
+    /// Creates the series of configured modems at zero (not ready until they say so).
+    pub fn init_modems<'a>(&self, names: impl IntoIterator<Item = &'a str>) {
+        for name in names {
+            drop(self.modem_ready.get_or_create(&ModemLabel {
+                modem: name.to_owned(),
+            }));
+        }
     }
 
     /// Counts a refusal.
@@ -246,5 +349,25 @@ mod tests {
             text.contains("otpgate_attempt_duration_seconds_bucket{le=\"0.25\",channel=\"sms\"} 1"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn labelled_families_are_present_at_zero_before_any_event() {
+        let m = Metrics::new();
+        m.init_modems(["modem0"]);
+        let text = m.render();
+        for line in [
+            "otpgate_messages_delivered_total{channel=\"whatsapp\"} 0",
+            "otpgate_messages_delivered_total{channel=\"sms\"} 0",
+            "otpgate_fallbacks_total{reason=\"not_on_whatsapp\"} 0",
+            "otpgate_messages_sent_total{channel=\"sms\"} 0",
+            "otpgate_requests_rejected_total{reason=\"prefix_limited\"} 0",
+            "otpgate_attempts_total{channel=\"whatsapp\",outcome=\"fallback\"} 0",
+            "otpgate_modem_ready{modem=\"modem0\"} 0",
+            "otpgate_sms_breaker_open 0",
+            "otpgate_sms_breaker_trips_total 0",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
     }
 }

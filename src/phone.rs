@@ -17,6 +17,104 @@ pub struct Number {
     pub e164: E164,
     /// ISO 3166 alpha-2 region of the number ("IN"), when libphonenumber knows it.
     pub country: Option<String>,
+    /// What kind of line it is, by libphonenumber's metadata (the pattern that made it valid).
+    pub kind: NumberType,
+}
+
+/// libphonenumber's number types, in the words `policy.number_types` uses. Premium-rate,
+/// shared-cost and the like are where SMS pumping (toll fraud) sends codes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum NumberType {
+    /// A mobile number.
+    Mobile,
+    /// A number whose country's patterns cannot tell fixed from mobile (US, Canada...).
+    FixedLineOrMobile,
+    /// A landline.
+    FixedLine,
+    /// Premium rate: the caller pays the number's owner.
+    PremiumRate,
+    /// Freephone.
+    TollFree,
+    /// Cost shared between caller and recipient.
+    SharedCost,
+    /// Voice over IP.
+    Voip,
+    /// A personal (follow-me) number.
+    Personal,
+    /// A pager.
+    Pager,
+    /// A universal access (company) number.
+    Uan,
+    /// Voicemail access.
+    Voicemail,
+}
+
+impl NumberType {
+    /// Every type, in libphonenumber's order of precedence.
+    pub const ALL: [NumberType; 11] = [
+        NumberType::PremiumRate,
+        NumberType::TollFree,
+        NumberType::SharedCost,
+        NumberType::Voip,
+        NumberType::Personal,
+        NumberType::Pager,
+        NumberType::Uan,
+        NumberType::Voicemail,
+        NumberType::FixedLine,
+        NumberType::FixedLineOrMobile,
+        NumberType::Mobile,
+    ];
+
+    /// The types SMS goes to unless `policy.number_types` says otherwise.
+    pub const DEFAULT_ALLOWED: [NumberType; 2] =
+        [NumberType::Mobile, NumberType::FixedLineOrMobile];
+
+    /// The configuration's word for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NumberType::Mobile => "mobile",
+            NumberType::FixedLineOrMobile => "fixed_line_or_mobile",
+            NumberType::FixedLine => "fixed_line",
+            NumberType::PremiumRate => "premium_rate",
+            NumberType::TollFree => "toll_free",
+            NumberType::SharedCost => "shared_cost",
+            NumberType::Voip => "voip",
+            NumberType::Personal => "personal",
+            NumberType::Pager => "pager",
+            NumberType::Uan => "uan",
+            NumberType::Voicemail => "voicemail",
+        }
+    }
+
+    /// The type a configuration word names.
+    pub fn parse(word: &str) -> Option<NumberType> {
+        NumberType::ALL.into_iter().find(|t| t.as_str() == word)
+    }
+
+    /// The crate's type, for the crate's own path.
+    fn from_crate(t: phonenumber::Type) -> Option<NumberType> {
+        use phonenumber::Type as T;
+        Some(match t {
+            T::Mobile => NumberType::Mobile,
+            T::FixedLineOrMobile => NumberType::FixedLineOrMobile,
+            T::FixedLine => NumberType::FixedLine,
+            T::PremiumRate => NumberType::PremiumRate,
+            T::TollFree => NumberType::TollFree,
+            T::SharedCost => NumberType::SharedCost,
+            T::Voip => NumberType::Voip,
+            T::PersonalNumber => NumberType::Personal,
+            T::Pager => NumberType::Pager,
+            T::Uan => NumberType::Uan,
+            T::Voicemail => NumberType::Voicemail,
+            _ => return None,
+        })
+    }
+}
+
+impl std::fmt::Display for NumberType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Number {
@@ -107,12 +205,11 @@ fn parse_plus_digits(input: &str, default_country: Id) -> Option<Number> {
     let Rules::Compiled(regions) = rules(code) else {
         return None;
     };
-    if !valid_in(regions, national) {
-        return None;
-    }
+    let kind = type_in(regions, national)?;
     Some(Number {
         e164: E164::new(&format!("+{code}{national}"))?,
         country: country_in(regions, national.trim_start_matches('0')).map(str::to_owned),
+        kind,
     })
 }
 
@@ -144,6 +241,7 @@ fn parse_with_crate(trimmed: &str, default_country: Id) -> Result<Number, PhoneE
             _ => return Err(PhoneError::Invalid),
         }
     }
+    let kind = type_of(&number).ok_or(PhoneError::Invalid)?;
     Ok(Number {
         // E.164 is "+", the country code and the national significant number (Italian
         // leading zeros included, which NationalNumber's Display keeps). The crate's formatter
@@ -151,6 +249,7 @@ fn parse_with_crate(trimmed: &str, default_country: Id) -> Result<Number, PhoneE
         e164: E164::new(&format!("+{}{}", number.code().value(), number.national()))
             .ok_or(PhoneError::Invalid)?,
         country: country_of(&number).map(str::to_owned),
+        kind,
     })
 }
 
@@ -173,10 +272,20 @@ pub fn is_valid(number: &PhoneNumber) -> bool {
     match rules(number.code().value()) {
         Rules::Compiled(regions) => {
             let national = number.national().to_string();
-            valid_in(regions, &national)
+            type_in(regions, &national).is_some()
         }
         Rules::Unknown => false,
         Rules::Crate => phonenumber::is_valid(number),
+    }
+}
+
+/// The crate's `number_type`, answered from the same compiled rules; `None` for an invalid
+/// number.
+pub fn type_of(number: &PhoneNumber) -> Option<NumberType> {
+    match rules(number.code().value()) {
+        Rules::Compiled(regions) => type_in(regions, &number.national().to_string()),
+        Rules::Unknown => None,
+        Rules::Crate => NumberType::from_crate(number.number_type(&DATABASE)),
     }
 }
 
@@ -203,11 +312,11 @@ fn country_in(regions: &[Region], national: &str) -> Option<&'static str> {
     }
 }
 
-/// Whether a number is a known type in its region (`source_for` + `number_type`).
-fn valid_in(regions: &[Region], national: &str) -> bool {
+/// A number's type in its region (`source_for` + `number_type`); `None`: not valid.
+fn type_in(regions: &[Region], national: &str) -> Option<NumberType> {
     match regions {
-        [only] => only.has_type(national),
-        _ => source_in(regions, national).is_some_and(|r| r.has_type(national)),
+        [only] => only.number_type(national),
+        _ => source_in(regions, national).and_then(|r| r.number_type(national)),
     }
 }
 
@@ -216,7 +325,7 @@ fn valid_in(regions: &[Region], national: &str) -> bool {
 fn source_in<'r>(regions: &'r [Region], national: &str) -> Option<&'r Region> {
     regions.iter().find(|region| match &region.leading_digits {
         Some(leading) => leading.is_match(national),
-        None => region.has_type(national),
+        None => region.number_type(national).is_some(),
     })
 }
 
@@ -275,8 +384,13 @@ struct Region {
     leading_digits: Option<Regex>,
     general: Pattern,
     /// Premium rate, toll free, shared cost, VoIP, personal, pager, UAN, voicemail, fixed
-    /// line, mobile: a number is valid when it matches any of them.
-    types: Vec<Pattern>,
+    /// line, mobile: a number is valid when it matches any of them, and of the first it
+    /// matches. The type check is this scan's answer, so it costs the accept path nothing.
+    types: Vec<(NumberType, Pattern)>,
+    /// The mobile pattern, for a fixed-line match (fixed line or mobile when both match).
+    mobile: Option<Pattern>,
+    /// Fixed-line and mobile patterns are the same text: every fixed line may be a mobile.
+    fixed_is_mobile: bool,
     /// What the crate takes off the front of a number parsed with this region as the
     /// default, even after a '+': its international prefix (pattern, anchored) before the
     /// country code, and its national prefix ("0") and pattern for parsing it after.
@@ -289,16 +403,16 @@ impl Region {
     fn new(meta: &'static Metadata) -> Option<Region> {
         let d = meta.descriptors();
         let types = [
-            d.premium_rate(),
-            d.toll_free(),
-            d.shared_cost(),
-            d.voip(),
-            d.personal_number(),
-            d.pager(),
-            d.uan(),
-            d.voicemail(),
-            d.fixed_line(),
-            d.mobile(),
+            (NumberType::PremiumRate, d.premium_rate()),
+            (NumberType::TollFree, d.toll_free()),
+            (NumberType::SharedCost, d.shared_cost()),
+            (NumberType::Voip, d.voip()),
+            (NumberType::Personal, d.personal_number()),
+            (NumberType::Pager, d.pager()),
+            (NumberType::Uan, d.uan()),
+            (NumberType::Voicemail, d.voicemail()),
+            (NumberType::FixedLine, d.fixed_line()),
+            (NumberType::Mobile, d.mobile()),
         ];
         Some(Region {
             country: meta.id().parse::<Id>().is_ok().then(|| meta.id()),
@@ -309,9 +423,15 @@ impl Region {
             general: Pattern::new(d.general())?,
             types: types
                 .into_iter()
-                .flatten()
-                .map(Pattern::new)
+                .filter_map(|(t, d)| Some((t, d?)))
+                .map(|(t, d)| Some((t, Pattern::new(d)?)))
                 .collect::<Option<_>>()?,
+            mobile: match d.mobile() {
+                Some(m) => Some(Pattern::new(m)?),
+                None => None,
+            },
+            fixed_is_mobile: d.fixed_line().map(|f| f.national_number().as_str())
+                == d.mobile().map(|m| m.national_number().as_str()),
             international_prefix: match meta.international_prefix() {
                 Some(r) => Some(anchored(r.as_str())?),
                 None => None,
@@ -337,8 +457,19 @@ impl Region {
                 .is_some_and(|p| national.starts_with(p))
     }
 
-    fn has_type(&self, national: &str) -> bool {
-        self.general.matches(national) && self.types.iter().any(|t| t.matches(national))
+    /// The crate's `number_type`: the first type whose pattern matches, a fixed line that is
+    /// also a mobile being "fixed line or mobile".
+    fn number_type(&self, national: &str) -> Option<NumberType> {
+        if !self.general.matches(national) {
+            return None;
+        }
+        let (kind, _) = self.types.iter().find(|(_, p)| p.matches(national))?;
+        if *kind == NumberType::FixedLine
+            && (self.fixed_is_mobile || self.mobile.as_ref().is_some_and(|m| m.matches(national)))
+        {
+            return Some(NumberType::FixedLineOrMobile);
+        }
+        Some(*kind)
     }
 }
 
@@ -448,13 +579,26 @@ mod tests {
             seed ^= seed << 17;
             seed
         };
-        let (mut checked, mut valid) = (0u32, 0u32);
+        let (mut checked, mut valid, mut typed) = (0u32, 0u32, 0u32);
         let mut check = |candidate: &str| {
             let Ok(n) = phonenumber::parse(None, candidate) else {
                 return;
             };
             let crate_says = phonenumber::is_valid(&n);
             assert_eq!(is_valid(&n), crate_says, "{candidate}");
+            // The crate's `number_type` reads the national number without its leading zeros,
+            // unlike its `is_valid`; ours is the type that made the number valid, so the two
+            // are compared where they read the same digits.
+            let national = n.national();
+            if national.to_string() == national.value().to_string() {
+                let crate_type = NumberType::from_crate(n.number_type(&DATABASE));
+                assert_eq!(
+                    type_of(&n),
+                    crate_type.filter(|_| crate_says),
+                    "{candidate}"
+                );
+                typed += u32::from(crate_type.is_some_and(|t| t != NumberType::Mobile));
+            }
             let crate_country = n.country().id().map(|id| id.as_ref().to_owned());
             assert_eq!(
                 country_of(&n).map(str::to_owned),
@@ -501,6 +645,51 @@ mod tests {
             valid > 1_000 && checked - valid > 1_000,
             "{valid} of {checked} valid"
         );
+        assert!(
+            typed > 1_000,
+            "only {typed} numbers of other types than mobile"
+        );
+    }
+
+    #[test]
+    fn number_types_are_told_apart() {
+        use phonenumber::metadata::Descriptors as D;
+        type Pick = fn(&D) -> Option<&Descriptor>;
+        // The first of these countries with an example of the type.
+        let example = |d: Pick| {
+            ["GB", "DE", "FR", "AU", "IT", "NL", "ES", "IN"]
+                .into_iter()
+                .find_map(|id| {
+                    let meta = DATABASE.by_id(id)?;
+                    let national = d(meta.descriptors()).and_then(Descriptor::example)?;
+                    Some(format!("+{}{national}", meta.country_code()))
+                })
+                .unwrap()
+        };
+        for (d, want) in [
+            (D::premium_rate as Pick, NumberType::PremiumRate),
+            (D::toll_free, NumberType::TollFree),
+            (D::shared_cost, NumberType::SharedCost),
+            (D::voip, NumberType::Voip),
+            (D::uan, NumberType::Uan),
+            (D::pager, NumberType::Pager),
+            (D::personal_number, NumberType::Personal),
+            (D::mobile, NumberType::Mobile),
+            (D::fixed_line, NumberType::FixedLine),
+        ] {
+            let number = example(d);
+            let parsed = parse(&number, Id::IN).unwrap_or_else(|e| panic!("{number}: {e}"));
+            assert_eq!(parsed.kind, want, "{number}");
+        }
+        let us = parse("+1 415 555 2671", Id::IN).unwrap();
+        assert_eq!(us.kind, NumberType::FixedLineOrMobile);
+        assert_eq!(
+            parse("+91 98765 43210", Id::IN).unwrap().kind,
+            NumberType::Mobile
+        );
+        for t in NumberType::ALL {
+            assert_eq!(NumberType::parse(t.as_str()), Some(t));
+        }
     }
 
     /// "+" and digits go around the crate's parser; wherever that path answers, the answer

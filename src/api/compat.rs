@@ -16,6 +16,7 @@ use super::error::ApiError;
 use super::listener::ConnInfo;
 use super::submit::{self, Accepted, Intake};
 use super::{App, Resp, json_response, read_body, retry_after_secs, text_response};
+use crate::abuse::Caller;
 use crate::config::Config;
 
 /// Kannel's reply strings, byte for byte.
@@ -42,8 +43,9 @@ async fn accept_each(
     numbers: Vec<String>,
     content: &crate::channel::Content,
     ttl: std::time::Duration,
+    caller: &Caller,
 ) -> Result<Vec<String>, ApiError> {
-    let accepted = intake.accept_all(numbers, content, ttl).await?;
+    let accepted = intake.accept_all_for(numbers, content, ttl, caller).await?;
     Ok(accepted
         .into_iter()
         .map(|(Accepted::New(m) | Accepted::Repeat(m))| m.id.to_string())
@@ -130,7 +132,10 @@ fn kannel_refusal(e: &ApiError) -> Resp {
             StatusCode::BAD_REQUEST,
             &format!("Invalid receiver number, rejected ({})", e.message),
         ),
-        "country_not_allowed" => kannel_text(StatusCode::FORBIDDEN, kannel_reply::NOT_ROUTABLE),
+        // A premium-rate or similar number will not become routable by trying again.
+        "country_not_allowed" | "number_type_not_allowed" => {
+            kannel_text(StatusCode::FORBIDDEN, kannel_reply::NOT_ROUTABLE)
+        }
         _ => kannel_text(StatusCode::SERVICE_UNAVAILABLE, kannel_reply::TEMPORAL),
     };
     if let Some(s) = e.retry_after
@@ -216,7 +221,7 @@ pub async fn kannel(app: &App, cfg: &Config, req: Request<Incoming>, conn: ConnI
         }
     };
     let intake = Intake { app, cfg, client };
-    let ids = match accept_each(intake, receivers, &content, ttl).await {
+    let ids = match accept_each(intake, receivers, &content, ttl, &Caller::default()).await {
         Ok(ids) => ids,
         Err(e) => {
             app.metrics.reject(e.code);
@@ -488,7 +493,23 @@ async fn generic_inner(
             )),
         );
     }
-    match accept_each(Intake { app, cfg, client }, numbers, &content, ttl).await {
+    // The end user, under names that cannot be mistaken for the caller's own credentials.
+    let caller = match Caller::new(one(&["end_user"]), one(&["end_user_ip"]).as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            let field = if e.field == "ip" {
+                "end_user_ip"
+            } else {
+                "end_user"
+            };
+            return (
+                is_json,
+                Err(ApiError::field("invalid_field", field, e.message)),
+            );
+        }
+    };
+    let intake = Intake { app, cfg, client };
+    match accept_each(intake, numbers, &content, ttl, &caller).await {
         Ok(ids) => (is_json, Ok(ids)),
         Err(mut e) => {
             if e.status == StatusCode::TOO_MANY_REQUESTS && e.retry_after.is_none() {

@@ -48,6 +48,8 @@ pub async fn readyz(app: &App) -> Resp {
         "queue_depth": depth,
         "channels": channels,
         "problems": problems,
+        // Issue 17: number blocks and countries the conversion breaker keeps off SMS.
+        "sms_paused": crate::abuse::paused(app),
     });
     json_response(
         if ready {
@@ -84,6 +86,8 @@ pub async fn metrics(app: &App) -> Resp {
             }
         }
     }
+    // Issue 17: the conversion breaker's state, refreshed by scrapes as well as by accepts.
+    crate::abuse::observe(app, m);
     let mut r = text_response(StatusCode::OK, m.render());
     r.headers_mut().insert(
         http::header::CONTENT_TYPE,

@@ -53,6 +53,8 @@ pub struct App {
     pub whatsapp: Option<Arc<crate::channel::whatsapp::WhatsAppChannel>>,
     /// The verify key used when none is configured: random per process start.
     pub ephemeral_verify_key: crate::secret::Secret,
+    /// Velocity counts and the conversion breaker (issue 17).
+    pub abuse: Arc<crate::abuse::Abuse>,
 }
 
 impl listener::Handler for App {

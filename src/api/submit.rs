@@ -10,7 +10,9 @@ use http::StatusCode;
 
 use super::error::ApiError;
 use super::{App, retry_after_secs};
+use crate::abuse::{Caller, Scope, Ticket, breaker, prefix_of};
 use crate::channel::{ChannelKind, Content};
+use crate::clock::Timestamp;
 use crate::config::{ClientConfig, Config, Rate};
 use crate::content::{self, ExtractError, MAX_CODE_LEN};
 use crate::dispatch::policy;
@@ -66,6 +68,8 @@ pub struct Prepared {
     pub message: NewMessage,
     /// The limits to check in the same transaction.
     pub limits: Vec<(LimitScope, Rate)>,
+    /// The places it took under the velocity limits; given back if the store refuses it.
+    pub ticket: Ticket,
 }
 
 /// The pipeline for one request: the gateway, the one config snapshot the request reads, and
@@ -83,12 +87,30 @@ pub struct Intake<'r> {
 impl<'r> Intake<'r> {
     /// Validates the number and applies the policy's admission; builds the row and its limits.
     pub fn prepare(&self, s: Submission) -> Result<Prepared, ApiError> {
+        self.prepare_for(s, &Caller::default())
+    }
+
+    /// [`Intake::prepare`] for a caller that named its end user: number, number type,
+    /// policy, the conversion breaker, then the velocity limits, which count it (so every
+    /// refusal before them changes nothing).
+    pub fn prepare_for(&self, mut s: Submission, caller: &Caller) -> Result<Prepared, ApiError> {
         let number = phone::parse(&s.to, self.cfg.otp.default_country)
             .map_err(|e| ApiError::field("invalid_phone_number", "to", format!("to {e}")))?;
+        self.check_type(&number)?;
         self.admit(&number, &s)?;
         let now = self.app.clock.now();
+        self.pause_sms(&number, &mut s, now)?;
+        let ticket = self
+            .app
+            .abuse
+            .admit(self.cfg, &number.e164, caller, now.0)
+            .map_err(|(scope, wait)| velocity_refusal(scope, wait))?;
         // The number's parts move into the row: it stays one typed value up to the store.
-        let Number { e164, country } = number;
+        let Number {
+            e164,
+            country,
+            kind: _,
+        } = number;
         let message = NewMessage {
             id: MessageId::new(new_id("msg", now)),
             client: self.client.name.clone(),
@@ -112,7 +134,70 @@ impl<'r> Intake<'r> {
         .into_iter()
         .filter_map(|(s, r)| r.map(|r| (s, r)))
         .collect();
-        Ok(Prepared { message, limits })
+        Ok(Prepared {
+            message,
+            limits,
+            ticket,
+        })
+    }
+
+    /// `policy.number_types`: premium-rate, shared-cost and the like are where pumped SMS go.
+    fn check_type(&self, number: &Number) -> Result<(), ApiError> {
+        let allowed = &self.cfg.policy.number_types;
+        if allowed.contains(&number.kind) {
+            return Ok(());
+        }
+        let names: Vec<&str> = allowed.iter().map(|t| t.as_str()).collect();
+        Err(ApiError::field(
+            "number_type_not_allowed",
+            "to",
+            format!(
+                "to is a {} number; this gateway sends to {} numbers only",
+                number.kind,
+                names.join(", ")
+            ),
+        ))
+    }
+
+    /// The conversion breaker: while SMS to this number's block or country is paused, the
+    /// message may go by WhatsApp only, or not at all.
+    fn pause_sms(
+        &self,
+        number: &Number,
+        s: &mut Submission,
+        now: Timestamp,
+    ) -> Result<(), ApiError> {
+        let abuse = &self.app.abuse;
+        abuse.poll(&self.app.store, self.cfg, now.0);
+        let prefix = prefix_of(&number.e164, self.cfg.limits.prefix_digits);
+        let country = number.country.as_deref();
+        let Some(left) = abuse.breaker.paused(prefix, country, now.0) else {
+            return Ok(());
+        };
+        let whatsapp = Some(ChannelKind::WhatsApp);
+        let by_whatsapp = s.only_channel != Some(ChannelKind::Sms)
+            && policy::admit(
+                self.cfg,
+                self.client,
+                country,
+                s.content.kind(),
+                &self.app.dispatcher.configured(),
+                whatsapp,
+            )
+            .is_ok();
+        if by_whatsapp {
+            s.only_channel = whatsapp;
+            return Ok(());
+        }
+        Err(ApiError {
+            field: Some("to".into()),
+            retry_after: Some(retry_after_secs(breaker::remaining(left))),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "sms_paused",
+                "SMS to this number range is paused: too few of its recent verification codes were used; WhatsApp cannot carry this message",
+            )
+        })
     }
 
     /// The policy's admission: some configured channel may carry this content to this number.
@@ -183,21 +268,45 @@ impl<'r> Intake<'r> {
         content: &Content,
         ttl: Duration,
     ) -> Result<Vec<Accepted>, ApiError> {
+        self.accept_all_for(numbers, content, ttl, &Caller::default())
+            .await
+    }
+
+    /// [`Intake::accept_all`] for a caller that named its end user.
+    pub async fn accept_all_for(
+        &self,
+        numbers: Vec<String>,
+        content: &Content,
+        ttl: Duration,
+        caller: &Caller,
+    ) -> Result<Vec<Accepted>, ApiError> {
         if numbers.len() == 1 {
             let to = numbers.into_iter().next().unwrap_or_default();
             return Ok(vec![
-                self.accept(Submission::plain(to, content.clone(), ttl))
+                self.accept_for(Submission::plain(to, content.clone(), ttl), caller)
                     .await?,
             ]);
         }
         let mut prepared: Vec<Prepared> = Vec::with_capacity(numbers.len());
+        let mut tickets = Vec::with_capacity(numbers.len());
         for to in numbers {
-            let p = self.prepare(Submission::plain(to, content.clone(), ttl))?;
-            if !prepared
+            let mut p = match self.prepare_for(Submission::plain(to, content.clone(), ttl), caller)
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    tickets.into_iter().for_each(|t| self.app.abuse.release(t));
+                    return Err(e);
+                }
+            };
+            let ticket = std::mem::take(&mut p.ticket);
+            if prepared
                 .iter()
                 .any(|q| q.message.recipient == p.message.recipient)
             {
+                self.app.abuse.release(ticket);
+            } else {
                 prepared.push(p);
+                tickets.push(ticket);
             }
         }
         let limits = prepared
@@ -211,9 +320,15 @@ impl<'r> Intake<'r> {
         let messages = prepared.into_iter().map(|p| p.message).collect();
         match self.app.store.insert_all(messages, limits).await {
             Ok(BatchResult::Stored(results)) => {
+                for (r, t) in results.iter().zip(tickets) {
+                    if !matches!(r, InsertResult::Created(_)) {
+                        self.app.abuse.release(t);
+                    }
+                }
                 results.into_iter().map(|r| self.stored(Ok(r))).collect()
             }
             Ok(BatchResult::Refused { index, why }) => {
+                tickets.into_iter().for_each(|t| self.app.abuse.release(t));
                 let mut e = match self.stored(Ok(*why)) {
                     Err(e) => e,
                     // Refusals are never a stored message; should one be, nothing was stored.
@@ -225,16 +340,46 @@ impl<'r> Intake<'r> {
                 }
                 Err(e)
             }
-            Err(e) => self.stored(Err(e)).map(|a| vec![a]),
+            Err(e) => {
+                tickets.into_iter().for_each(|t| self.app.abuse.release(t));
+                self.stored(Err(e)).map(|a| vec![a])
+            }
         }
     }
 
     /// Validates, admits, checks limits and stores: the one path every front door takes to
     /// put a message in the outbox. Resolves only after the row is committed.
     pub async fn accept(&self, s: Submission) -> Result<Accepted, ApiError> {
-        let p = self.prepare(s)?;
+        self.accept_for(s, &Caller::default()).await
+    }
+
+    /// [`Intake::accept`] for a caller that named its end user.
+    pub async fn accept_for(&self, s: Submission, caller: &Caller) -> Result<Accepted, ApiError> {
+        let p = self.prepare_for(s, caller)?;
         let r = self.app.store.insert(p.message, p.limits).await;
+        if !matches!(r, Ok(InsertResult::Created(_))) {
+            self.app.abuse.release(p.ticket);
+        }
         self.stored(r)
+    }
+}
+
+/// A velocity limit's refusal: 429 with the scope's own code, the field it counts by, and
+/// when a place frees.
+fn velocity_refusal(scope: Scope, wait: Duration) -> ApiError {
+    let field = match scope {
+        Scope::Prefix => "to",
+        Scope::User => "user",
+        Scope::Ip => "ip",
+    };
+    ApiError {
+        field: Some(field.into()),
+        retry_after: Some(retry_after_secs(wait)),
+        ..ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            scope.code(),
+            format!("the {} limit is reached; retry later", scope.key()),
+        )
     }
 }
 

@@ -14,6 +14,7 @@ use super::listener::ConnInfo;
 use super::submit::{self, Accepted, Intake, Submission};
 use super::views::{AcceptedView, MessageView};
 use super::{App, Resp, error_response, json_response, read_body};
+use crate::abuse::Caller;
 use crate::config::Config;
 
 /// Longest `wait` a caller may ask for.
@@ -31,6 +32,10 @@ struct SendRequest {
     idempotency_key: Option<String>,
     reference: Option<String>,
     wait_seconds: Option<f64>,
+    /// The end user the code is for, as the caller knows them (`limits.per_user`).
+    user: Option<String>,
+    /// That user's address (`limits.per_ip`).
+    ip: Option<String>,
 }
 
 fn check_token(field: &'static str, v: &Option<String>, max: usize) -> Result<(), ApiError> {
@@ -86,20 +91,23 @@ fn parse_wait(query: Option<&str>, body: Option<f64>) -> Result<Option<Duration>
 /// the number's parse, without a store (the fuzz targets' entry point).
 #[doc(hidden)]
 pub fn check_body(cfg: &Config, body: &[u8], query: Option<&str>) -> Result<(), ApiError> {
-    let (_, s) = decode(cfg, body, query)?;
+    let (_, s, _) = decode(cfg, body, query)?;
     crate::phone::parse(&s.to, cfg.otp.default_country)
         .map_err(|e| ApiError::field("invalid_phone_number", "to", format!("to {e}")))?;
     Ok(())
 }
 
 /// A `POST /v1/messages` body and query, decoded and checked up to the pipeline: the wait the
-/// caller asked for and the submission. One function for the door and the fuzz target.
+/// caller asked for, the submission and the end user it names. One function for the door and
+/// the fuzz target.
 fn decode(
     cfg: &Config,
     body: &[u8],
     query: Option<&str>,
-) -> Result<(Option<Duration>, Submission), ApiError> {
+) -> Result<(Option<Duration>, Submission, Caller), ApiError> {
     let r: SendRequest = parse_json(body)?;
+    let caller = Caller::new(r.user, r.ip.as_deref())
+        .map_err(|e| ApiError::field("invalid_field", e.field, e.message))?;
     let wait = parse_wait(query, r.wait_seconds)?;
     check_token("idempotency_key", &r.idempotency_key, 128)?;
     check_token("reference", &r.reference, 128)?;
@@ -115,7 +123,7 @@ fn decode(
         reference: r.reference,
         only_channel: None,
     };
-    Ok((wait, submission))
+    Ok((wait, submission, caller))
 }
 
 /// `POST /v1/messages`
@@ -140,9 +148,9 @@ pub async fn post_message(
     }
     let query = req.uri().query().map(str::to_owned);
     let (_, body) = read_body(req, cfg.server.max_body_bytes).await?;
-    let (wait, submission) = decode(cfg, &body, query.as_deref())?;
+    let (wait, submission, caller) = decode(cfg, &body, query.as_deref())?;
     let intake = Intake { app, cfg, client };
-    let accepted = intake.accept(submission).await?;
+    let accepted = intake.accept_for(submission, &caller).await?;
     match accepted {
         Accepted::New(m) => {
             let mut body = AcceptedView::queued(&m);

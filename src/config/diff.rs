@@ -5,8 +5,8 @@
 //! does not compile until it is classified here: a reload can never drop a change silently.
 
 use super::{
-    ClientConfig, Config, LimitsConfig, LogConfig, ModemConfig, OtpConfig, PolicyConfig,
-    ServerConfig, StoreConfig, TlsFiles, VerifyConfig, WhatsAppConfig,
+    BreakerConfig, ClientConfig, Config, LimitsConfig, LogConfig, ModemConfig, OtpConfig,
+    PolicyConfig, ServerConfig, StoreConfig, TlsFiles, VerifyConfig, WhatsAppConfig,
 };
 
 /// Whether a changed key takes effect on reload.
@@ -327,6 +327,7 @@ impl Diff {
             prenotify_text,
             delivery_deadline,
             unconfirmed_sms_for,
+            number_types,
         } = old;
         self.cmp("policy.order", order, &new.order, Applied);
         let wa = &new.whatsapp_countries;
@@ -364,6 +365,8 @@ impl Diff {
             unconfirmed,
             Applied,
         );
+        let types = &new.number_types;
+        self.cmp("policy.number_types", number_types, types, Applied);
     }
 
     /// Limits are checked per request against the configuration in force.
@@ -373,12 +376,39 @@ impl Diff {
             per_client,
             global,
             per_country,
+            per_prefix,
+            prefix_digits,
+            per_user,
+            per_ip,
+            breaker,
         } = old;
         let recipient = &new.per_recipient;
         self.cmp("limits.per_recipient", per_recipient, recipient, Applied);
         self.cmp("limits.per_client", per_client, &new.per_client, Applied);
         self.cmp("limits.global", global, &new.global, Applied);
         self.cmp("limits.per_country", per_country, &new.per_country, Applied);
+        self.cmp("limits.per_prefix", per_prefix, &new.per_prefix, Applied);
+        let digits = &new.prefix_digits;
+        self.cmp("limits.prefix_digits", prefix_digits, digits, Applied);
+        self.cmp("limits.per_user", per_user, &new.per_user, Applied);
+        self.cmp("limits.per_ip", per_ip, &new.per_ip, Applied);
+        let BreakerConfig {
+            min_codes,
+            min_approval_percent,
+            window,
+            cooldown,
+        } = breaker;
+        let b = &new.breaker;
+        self.cmp("limits.breaker_min_codes", min_codes, &b.min_codes, Applied);
+        let percent = &b.min_approval_percent;
+        self.cmp(
+            "limits.breaker_min_approval_percent",
+            min_approval_percent,
+            percent,
+            Applied,
+        );
+        self.cmp("limits.breaker_window", window, &b.window, Applied);
+        self.cmp("limits.breaker_cooldown", cooldown, &b.cooldown, Applied);
     }
 
     /// The subscriber is installed once at start.
@@ -704,7 +734,7 @@ mod tests {
             (
                 "sms countries",
                 |_| {},
-                |c| c.policy.sms_countries = vec!["IN".into()],
+                |c| c.policy.sms_countries = vec!["IN".into(), "ID".into()],
                 vec![("policy.sms_countries", a)],
             ),
             (
@@ -717,6 +747,21 @@ mod tests {
                     })
                 },
                 vec![("limits.global", a)],
+            ),
+            (
+                "number types",
+                |_| {},
+                |c| c.policy.number_types = vec![crate::phone::NumberType::Mobile],
+                vec![("policy.number_types", a)],
+            ),
+            (
+                "abuse limits and breaker",
+                |_| {},
+                |c| {
+                    c.limits.prefix_digits = 4;
+                    c.limits.breaker.cooldown = Duration::from_secs(1)
+                },
+                vec![("limits.prefix_digits", a), ("limits.breaker_cooldown", a)],
             ),
             (
                 "log level",

@@ -248,7 +248,8 @@ pub struct PolicyConfig {
     pub order: Vec<ChannelKind>,
     /// Countries where WhatsApp is used (empty = all).
     pub whatsapp_countries: Vec<String>,
-    /// Countries SMS may go to (empty = all): the toll-fraud allow list.
+    /// Countries SMS may go to (empty = all, written `["*"]`): the toll-fraud allow list;
+    /// `otp.default_country` alone when not set.
     pub sms_countries: Vec<String>,
     /// Time WhatsApp gets, retries included, before SMS takes over.
     pub whatsapp_deadline: Duration,
@@ -264,6 +265,8 @@ pub struct PolicyConfig {
     /// Without webhooks: how long a number whose user asked again while a WhatsApp code was
     /// unconfirmed gets its codes by SMS.
     pub unconfirmed_sms_for: Duration,
+    /// Number types any door accepts (mobile and fixed-line-or-mobile unless set).
+    pub number_types: Vec<crate::phone::NumberType>,
 }
 
 /// A rate: `count` events per `window`.
@@ -286,6 +289,42 @@ pub struct LimitsConfig {
     pub global: Option<Rate>,
     /// Per destination country.
     pub per_country: Option<Rate>,
+    /// Per number block (the number less its last `prefix_digits` digits): sequential
+    /// numbers, the shape of an SMS pumping run.
+    pub per_prefix: Option<Rate>,
+    /// Digits dropped from a number's end to make its block.
+    pub prefix_digits: u32,
+    /// Per end user the caller names (`user`).
+    pub per_user: Option<Rate>,
+    /// Per end-user address the caller names (`ip`).
+    pub per_ip: Option<Rate>,
+    /// The conversion breaker for Verify API traffic.
+    pub breaker: BreakerConfig,
+}
+
+/// The conversion breaker: SMS to a number block or country whose verification codes are
+/// rarely checked correctly pauses for a while (WhatsApp is not affected).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Finished verifications a block needs in the window before it is judged; 0 = off.
+    pub min_codes: u32,
+    /// Approval rate (percent) below which the block trips.
+    pub min_approval_percent: u32,
+    /// How far back verifications are counted.
+    pub window: Duration,
+    /// How long SMS stays paused after a trip.
+    pub cooldown: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            min_codes: 50,
+            min_approval_percent: 10,
+            window: Duration::from_secs(3600),
+            cooldown: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// `[verify]`: the Verify API, where the gateway makes and checks the code.

@@ -122,6 +122,7 @@ pub struct RawPolicy {
     pub prenotify_text: Option<String>,
     pub delivery_deadline: Option<String>,
     pub unconfirmed_sms_for: Option<String>,
+    pub number_types: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -131,6 +132,14 @@ pub struct RawLimits {
     pub per_client: Option<String>,
     pub global: Option<String>,
     pub per_country: Option<String>,
+    pub per_prefix: Option<String>,
+    pub prefix_digits: Option<u64>,
+    pub per_user: Option<String>,
+    pub per_ip: Option<String>,
+    pub breaker_min_codes: Option<u64>,
+    pub breaker_min_approval_percent: Option<u64>,
+    pub breaker_window: Option<String>,
+    pub breaker_cooldown: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -157,6 +157,32 @@ impl Config {
             r(&self.limits.per_country),
             r(&self.limits.global)
         ));
+        let types: Vec<&str> = self
+            .policy
+            .number_types
+            .iter()
+            .map(|t| t.as_str())
+            .collect();
+        out.push_str(&format!(
+            "  abuse       number types {}; per prefix {} (last {} digits dropped), per user {}, per ip {}\n",
+            types.join(","),
+            r(&self.limits.per_prefix),
+            self.limits.prefix_digits,
+            r(&self.limits.per_user),
+            r(&self.limits.per_ip)
+        ));
+        let b = &self.limits.breaker;
+        if b.min_codes == 0 {
+            out.push_str("  breaker     off\n");
+        } else {
+            out.push_str(&format!(
+                "  breaker     SMS pauses for {} when {} verified codes in {} are under {}% approved\n",
+                readable(b.cooldown),
+                b.min_codes,
+                readable(b.window),
+                b.min_approval_percent
+            ));
+        }
     }
 }
 
@@ -292,5 +318,34 @@ mod tests {
         }
         // WhatsApp off: nothing to say about its receipts.
         assert!(!c.summary().contains("receipts"), "{}", c.summary());
+    }
+
+    #[test]
+    fn sms_goes_to_the_home_country_only_until_more_are_listed() {
+        let (_d, c) = load_with(MINIMAL, &[]);
+        let s = c.unwrap().summary();
+        assert!(s.contains("sms countries IN;"), "{s}");
+        assert!(
+            s.contains("number types mobile,fixed_line_or_mobile;"),
+            "{s}"
+        );
+        let body = format!("{MINIMAL}[policy]\nsms_countries = [\"IN\", \"ID\"]\n");
+        let (_d, c) = load_with(&body, &[]);
+        assert!(c.unwrap().summary().contains("sms countries IN,ID;"));
+        let body = format!("{MINIMAL}[policy]\nsms_countries = [\"*\"]\n");
+        let (_d, c) = load_with(&body, &[]);
+        assert!(c.unwrap().summary().contains("sms countries all;"));
+        let body = format!(
+            "{MINIMAL}[policy]\nsms_countries = []\nnumber_types = [\"mobile\", \"premium\"]\n[limits]\nprefix_digits = 0\n"
+        );
+        let (_d, c) = load_with(&body, &[]);
+        let e = c.unwrap_err().to_string();
+        for key in [
+            "policy.sms_countries",
+            "policy.number_types[1]",
+            "limits.prefix_digits",
+        ] {
+            assert!(e.contains(key), "{key}: {e}");
+        }
     }
 }

@@ -143,7 +143,11 @@ pub(super) fn validate(
     let server = server(&mut v, &raw.server);
     let store = store(&mut v, &raw.store);
     let otp = otp(&mut v, &raw.otp);
-    let policy = policy(&mut v, &raw.policy);
+    let mut policy = policy(&mut v, &raw.policy);
+    // Fail closed (issue 17): SMS goes to the home country only until an admin lists more.
+    if raw.policy.sms_countries.is_none() {
+        policy.sms_countries = vec![otp.default_country.as_ref().to_owned()];
+    }
     let clients = clients(&mut v, &raw.clients);
     let whatsapp = whatsapp(&mut v, &raw.whatsapp, &mut warnings);
     let modems = modems(&mut v, &raw.modems, &mut warnings);
@@ -371,10 +375,7 @@ fn policy(v: &mut V<'_>, p: &raw::RawPolicy) -> PolicyConfig {
             "policy.whatsapp_countries",
             p.whatsapp_countries.as_deref().unwrap_or(&[]),
         ),
-        sms_countries: v.countries(
-            "policy.sms_countries",
-            p.sms_countries.as_deref().unwrap_or(&[]),
-        ),
+        sms_countries: sms_countries(v, p.sms_countries.as_deref()),
         whatsapp_deadline: v.dur(
             "policy.whatsapp_deadline",
             &p.whatsapp_deadline,
@@ -400,6 +401,54 @@ fn policy(v: &mut V<'_>, p: &raw::RawPolicy) -> PolicyConfig {
             &p.unconfirmed_sms_for,
             Duration::from_secs(86_400),
         ),
+        number_types: number_types(v, p.number_types.as_deref()),
+    }
+}
+
+/// `policy.sms_countries`: `["*"]` is every country; an empty list is a mistake (it used to
+/// mean every country, so it is refused rather than read either way).
+fn sms_countries(v: &mut V<'_>, list: Option<&[String]>) -> Vec<String> {
+    match list {
+        None => Vec::new(),
+        Some([all]) if all == "*" => Vec::new(),
+        Some([]) => {
+            v.err(
+                "policy.sms_countries",
+                "must name at least one country (or [\"*\"] for every country)",
+            );
+            Vec::new()
+        }
+        Some(l) => v.countries("policy.sms_countries", l),
+    }
+}
+
+/// `policy.number_types`: names from libphonenumber's types; `["*"]` is every type.
+fn number_types(v: &mut V<'_>, list: Option<&[String]>) -> Vec<crate::phone::NumberType> {
+    use crate::phone::NumberType;
+    match list {
+        None => NumberType::DEFAULT_ALLOWED.to_vec(),
+        Some([all]) if all == "*" => NumberType::ALL.to_vec(),
+        Some([]) => {
+            v.err("policy.number_types", "must name at least one number type");
+            NumberType::DEFAULT_ALLOWED.to_vec()
+        }
+        Some(l) => {
+            let mut out = Vec::new();
+            for (i, word) in l.iter().enumerate() {
+                match NumberType::parse(word) {
+                    Some(t) if !out.contains(&t) => out.push(t),
+                    Some(_) => {}
+                    None => v.err(
+                        format!("policy.number_types[{i}]"),
+                        format!(
+                            "\"{word}\" is not a number type (one of {})",
+                            NumberType::ALL.map(NumberType::as_str).join(", ")
+                        ),
+                    ),
+                }
+            }
+            out
+        }
     }
 }
 
@@ -698,7 +747,39 @@ fn limits(v: &mut V<'_>, l: &raw::RawLimits) -> LimitsConfig {
         per_client: v.rate("limits.per_client", &l.per_client),
         global: v.rate("limits.global", &l.global),
         per_country: v.rate("limits.per_country", &l.per_country),
+        per_prefix: v.rate("limits.per_prefix", &l.per_prefix),
+        prefix_digits: v.bounded("limits.prefix_digits", l.prefix_digits, 3, 1, 8),
+        per_user: v.rate("limits.per_user", &l.per_user),
+        per_ip: v.rate("limits.per_ip", &l.per_ip),
+        breaker: breaker(v, l),
     }
+}
+
+/// The conversion breaker's keys in `[limits]`.
+fn breaker(v: &mut V<'_>, l: &raw::RawLimits) -> BreakerConfig {
+    let d = BreakerConfig::default();
+    let b = BreakerConfig {
+        min_codes: v.bounded(
+            "limits.breaker_min_codes",
+            l.breaker_min_codes,
+            d.min_codes,
+            0,
+            1_000_000,
+        ),
+        min_approval_percent: v.bounded(
+            "limits.breaker_min_approval_percent",
+            l.breaker_min_approval_percent,
+            d.min_approval_percent,
+            1,
+            100,
+        ),
+        window: v.dur("limits.breaker_window", &l.breaker_window, d.window),
+        cooldown: v.dur("limits.breaker_cooldown", &l.breaker_cooldown, d.cooldown),
+    };
+    if b.window.is_zero() {
+        v.err("limits.breaker_window", "must be longer than 0s");
+    }
+    b
 }
 
 /// `[log]`

@@ -1,0 +1,563 @@
+//! SMS pumping protection through every front door (native v1, Verify, generic HTTP-SMS,
+//! Kannel) of a real in-process gateway (hyper on loopback, SQLite file): each refusal class
+//! is specific, stores nothing, is counted by reason and never echoes a code; the conversion
+//! breaker trips on a wave of unchecked verifications to one range while another flows, and
+//! recovers after its cool-down or when the admin lifts it.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop loudly
+#![cfg(feature = "simulators")]
+
+mod common;
+
+use common::{CLIENT, Gateway, KEY, Launch, gateway, wait_for};
+use otpgate::channel::{Content, Outcome};
+use otpgate::sim::config::TestConfig;
+use serde_json::{Value, json};
+
+const PW_HASH_LINE: &str =
+    "password_sha256 = \"b5a2c96250612366ea272ffac6d9744aaf4b45aacd96aa7cfcb931ee3b558259\"\n"; // sha256("dummy")
+
+/// The code every refused request carries; no answer may contain it.
+const CODE: &str = "482913";
+
+/// Messages and verifications in the store.
+async fn rows(g: &Gateway) -> (i64, i64) {
+    let store = &g.running.as_ref().unwrap().store;
+    store
+        .read(|c| {
+            let n = |t: &str| -> i64 {
+                c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
+                    .unwrap()
+            };
+            Ok((n("messages"), n("verifications")))
+        })
+        .await
+        .unwrap()
+}
+
+/// One request through one door: its status, error code (or Kannel reply), Retry-After and
+/// the whole answer as text.
+struct Answer {
+    status: u16,
+    code: String,
+    retry_after: Option<u64>,
+    text: String,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Door {
+    V1,
+    Verify,
+    Generic,
+    Kannel,
+}
+
+async fn send(g: &Gateway, door: Door, to: &str, user: Option<&str>, ip: Option<&str>) -> Answer {
+    let text = format!("Your code is {CODE}");
+    let req = match door {
+        Door::V1 => {
+            let mut body = json!({"to": to, "code": CODE});
+            if let Some(u) = user {
+                body["user"] = u.into();
+            }
+            if let Some(i) = ip {
+                body["ip"] = i.into();
+            }
+            g.http
+                .post(format!("{}/v1/messages", g.base))
+                .bearer_auth(KEY)
+                .json(&body)
+        }
+        Door::Verify => g
+            .http
+            .post(format!("{}/v1/verifications", g.base))
+            .bearer_auth(KEY)
+            .json(&json!({"to": to})),
+        Door::Generic => {
+            let mut body = json!({"to": to, "text": text});
+            if let Some(u) = user {
+                body["end_user"] = u.into();
+            }
+            if let Some(i) = ip {
+                body["end_user_ip"] = i.into();
+            }
+            g.http
+                .post(format!("{}/v1/sms", g.base))
+                .bearer_auth(KEY)
+                .json(&body)
+        }
+        Door::Kannel => g.http.get(format!("{}/cgi-bin/sendsms", g.base)).query(&[
+            ("username", CLIENT),
+            ("password", "dummy"),
+            ("to", to),
+            ("text", &text),
+        ]),
+    };
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let text = r.text().await.unwrap();
+    let code = match serde_json::from_str::<Value>(&text) {
+        Ok(v) => v["error"]["code"].as_str().unwrap_or("").to_owned(),
+        Err(_) => text.clone(),
+    };
+    Answer {
+        status,
+        code,
+        retry_after,
+        text,
+    }
+}
+
+/// Sends one request that must be refused with `status` and `code`, and proves it stored
+/// nothing and echoed no code.
+async fn refused(
+    g: &Gateway,
+    door: Door,
+    to: &str,
+    caller: (Option<&str>, Option<&str>),
+    status: u16,
+    code: &str,
+) -> Answer {
+    let before = rows(g).await;
+    let a = send(g, door, to, caller.0, caller.1).await;
+    assert_eq!(
+        (a.status, a.code.as_str()),
+        (status, code),
+        "{door:?} {to}: {}",
+        a.text
+    );
+    assert!(
+        !a.text.contains(CODE),
+        "{door:?} echoed the code: {}",
+        a.text
+    );
+    assert_eq!(
+        rows(g).await,
+        before,
+        "{door:?} {to}: a refusal stored something"
+    );
+    a
+}
+
+async fn accepted(g: &Gateway, door: Door, to: &str, caller: (Option<&str>, Option<&str>)) {
+    let a = send(g, door, to, caller.0, caller.1).await;
+    assert!(
+        (200..300).contains(&a.status),
+        "{door:?} {to}: {} {}",
+        a.status,
+        a.text
+    );
+}
+
+/// `otpgate_requests_rejected_total` by reason, from the live /metrics.
+async fn rejected(g: &Gateway) -> std::collections::BTreeMap<String, f64> {
+    let text = g
+        .http
+        .get(format!("{}/metrics", g.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    otpgate::status::samples(&text)
+        .into_iter()
+        .filter(|s| s.name == "otpgate_requests_rejected_total")
+        .map(|s| (s.labels["reason"].clone(), s.value))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_refusal_class_at_every_door_is_specific_counted_and_stores_nothing() {
+    let g = gateway(&format!(
+        "{PW_HASH_LINE}[policy]\nwhatsapp_countries = [\"IN\"]\nprenotify = false\n\
+         [limits]\nper_prefix = \"2/1h\"\nper_user = \"1/1h\"\nper_ip = \"1/1h\"\n"
+    ))
+    .await;
+    let none = (None, None);
+    let doors = [Door::V1, Door::Verify, Door::Generic, Door::Kannel];
+    let kannel = |door: Door, json_code: &'static str, kannel_reply: &'static str| match door {
+        Door::Kannel => kannel_reply,
+        _ => json_code,
+    };
+    for (i, door) in doors.into_iter().enumerate() {
+        // Abroad: SMS goes to the home country only unless listed (and WhatsApp to IN only).
+        let (s, c) = match door {
+            Door::Kannel => (403, "Not routable. Do not try again."),
+            _ => (403, "country_not_allowed"),
+        };
+        refused(&g, door, "+4915123456789", none, s, c).await;
+        // A premium-rate number: refused for its type before its country is looked at.
+        let s = if matches!(door, Door::Kannel) {
+            403
+        } else {
+            400
+        };
+        let c = kannel(
+            door,
+            "number_type_not_allowed",
+            "Not routable. Do not try again.",
+        );
+        refused(&g, door, "+449098765432", none, s, c).await;
+        // Sequential numbers in one block: two pass, the third waits.
+        let block = format!("+91987650{i}00");
+        accepted(&g, door, &format!("{block}1"), none).await;
+        accepted(&g, door, &format!("{block}2"), none).await;
+        let (s, c) = match door {
+            Door::Kannel => (503, "Temporal failure, try again later."),
+            _ => (429, "prefix_limited"),
+        };
+        let a = refused(&g, door, &format!("{block}3"), none, s, c).await;
+        let wait = a.retry_after.expect("Retry-After");
+        assert!(
+            (3500..=3600).contains(&wait),
+            "{door:?}: Retry-After {wait}"
+        );
+        // Another block flows meanwhile.
+        accepted(&g, door, &format!("+91987651{i}001"), none).await;
+    }
+    // End user and address, where a door carries them.
+    for (i, door) in [Door::V1, Door::Generic].into_iter().enumerate() {
+        let (user, ip) = (format!("user{i}"), format!("192.0.2.{i}"));
+        accepted(&g, door, &format!("+91987652{i}001"), (Some(&user), None)).await;
+        let to = format!("+91987653{i}001");
+        refused(&g, door, &to, (Some(&user), None), 429, "user_limited").await;
+        accepted(&g, door, &format!("+91987654{i}001"), (None, Some(&ip))).await;
+        refused(&g, door, &to, (None, Some(&ip)), 429, "ip_limited").await;
+        // A bad address is a field error, not a guess.
+        let a = send(&g, door, &to, None, Some("not-an-ip")).await;
+        assert_eq!(
+            (a.status, a.code.as_str()),
+            (400, "invalid_field"),
+            "{}",
+            a.text
+        );
+    }
+    let counted = rejected(&g).await;
+    for (reason, n) in [
+        ("country_not_allowed", 4.0),
+        ("number_type_not_allowed", 4.0),
+        ("prefix_limited", 4.0),
+        ("user_limited", 2.0),
+        ("ip_limited", 2.0),
+    ] {
+        assert_eq!(counted.get(reason), Some(&n), "{reason}: {counted:?}");
+    }
+    g.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_request_gives_its_place_back() {
+    // The store's own per-recipient limit refuses the second message to one number: that
+    // refusal must not use up the block's places.
+    let g = gateway(
+        "[policy]\nprenotify = false\n[limits]\nper_prefix = \"2/1h\"\nper_recipient = \"1/1h\"\n",
+    )
+    .await;
+    let none = (None, None);
+    accepted(&g, Door::V1, "+919876560001", none).await;
+    refused(&g, Door::V1, "+919876560001", none, 429, "rate_limited").await;
+    accepted(&g, Door::V1, "+919876560002", none).await;
+    refused(&g, Door::V1, "+919876560003", none, 429, "prefix_limited").await;
+    g.stop().await;
+}
+
+/// Starts a verification to `to` with the shortest lifetime; its id.
+async fn start_verification(g: &Gateway, to: &str) -> String {
+    let (s, v) = g
+        .post_path("/v1/verifications", json!({"to": to, "ttl_seconds": 10}))
+        .await;
+    assert_eq!(s, 201, "{v}");
+    v["id"].as_str().unwrap().to_owned()
+}
+
+/// The keys the conversion breaker holds open, from /readyz.
+async fn paused(g: &Gateway) -> Vec<String> {
+    let (_, v) = common::fetch_json(g.http.get(format!("{}/readyz", g.base))).await;
+    v["sms_paused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["key"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Whether the last SMS the gateway handed to its SMS channel went to `to`.
+async fn reaches_sms(g: &Gateway, to: &str) -> bool {
+    let (s, v) = g.post(json!({"to": to, "code": CODE})).await;
+    assert_eq!(s, 202, "{v}");
+    let id = v["id"].as_str().unwrap().to_owned();
+    let m = g
+        .wait_until(&id, |m| {
+            ["sent", "failed"].contains(&m["status"].as_str().unwrap_or(""))
+        })
+        .await;
+    let by_sms = m["channel"] == "sms";
+    assert_eq!(by_sms, g.sms.sent().iter().any(|d| d.to == to), "{m}");
+    by_sms
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_breaker_pauses_sms_to_an_unchecked_range_while_another_flows_and_recovers() {
+    let g = gateway(
+        "[policy]\nprenotify = false\n\
+         [limits]\nprefix_digits = 3\nbreaker_min_codes = 3\nbreaker_min_approval_percent = 20\n\
+         breaker_window = \"1h\"\nbreaker_cooldown = \"4s\"\n",
+    )
+    .await;
+    // Nobody has WhatsApp: every code falls back to SMS, unless SMS is paused for its range.
+    g.wa.set_default(Outcome::FallBack {
+        code: Some("131026".into()),
+        reason: "not on WhatsApp".into(),
+        not_on_channel: true,
+    });
+    // The wave: codes to one range (+919877000...) that are never checked. Another range's
+    // (+919877090...) are. The country as a whole (3 of 6, later 3 of 9 approved) stays
+    // above 20 %.
+    for n in 0..3 {
+        start_verification(&g, &format!("+91987700010{n}")).await;
+    }
+    for n in 0..3 {
+        let to = format!("+91987709090{n}");
+        let id = start_verification(&g, &to).await;
+        let code = wait_for(format!("the code to {to}"), async || {
+            let code = g
+                .sms
+                .sent()
+                .into_iter()
+                .rev()
+                .find_map(|d| match d.content {
+                    Content::Code { code, .. } if d.to == to => Some(code),
+                    _ => None,
+                });
+            code.ok_or("not sent yet")
+        })
+        .await;
+        let (s, v) = g
+            .post_path(
+                &format!("/v1/verifications/{id}/check"),
+                json!({"code": code}),
+            )
+            .await;
+        assert_eq!((s, &v["status"]), (200, &json!("approved")), "{v}");
+    }
+    assert!(
+        reaches_sms(&g, "+919877000150").await,
+        "before the wave is judged"
+    );
+    // The wave's codes expire unchecked (10 s): the range trips; the checked one does not.
+    let open = wait_for("the breaker to trip", async || {
+        let p = paused(&g).await;
+        if p.is_empty() {
+            Err("none open".to_string())
+        } else {
+            Ok(p)
+        }
+    })
+    .await;
+    assert_eq!(open, ["+919877000"]);
+    assert!(
+        !reaches_sms(&g, "+919877000160").await,
+        "paused range went by SMS"
+    );
+    assert!(
+        reaches_sms(&g, "+919877090960").await,
+        "the other range must flow"
+    );
+    // SMS-only to the paused range is refused outright, with the cool-down as Retry-After.
+    let before = rows(&g).await;
+    let (s, v) = g
+        .post_path(
+            "/v1/verifications",
+            json!({"to": "+919877000170", "channel": "sms"}),
+        )
+        .await;
+    assert_eq!((s, &v["error"]["code"]), (429, &json!("sms_paused")), "{v}");
+    assert_eq!(rows(&g).await, before);
+    let metrics = rejected(&g).await;
+    assert_eq!(metrics.get("sms_paused"), Some(&1.0));
+    // The cool-down ends; the old wave no longer counts.
+    wait_for("the cool-down to end", async || {
+        let p = paused(&g).await;
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{p:?}"))
+        }
+    })
+    .await;
+    assert!(
+        reaches_sms(&g, "+919877000180").await,
+        "SMS resumes after the cool-down"
+    );
+    // A second wave trips it again; the admin lifts it at once.
+    for n in 0..3 {
+        start_verification(&g, &format!("+91987700020{n}")).await;
+    }
+    wait_for("the breaker to trip again", async || {
+        let p = paused(&g).await;
+        if p.is_empty() {
+            Err("none open".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    // `otpgate breaker lift` waits for the daemon to take the request, which it does at its
+    // next request: /readyz here.
+    let main = g.dir.path().join("otpgate.toml");
+    let cli = std::thread::spawn(move || {
+        std::process::Command::new(common::BIN)
+            .args(["breaker", "lift", "+919877000", "--config"])
+            .arg(&main)
+            .output()
+            .unwrap()
+    });
+    wait_for("the lift to be taken", async || {
+        let p = paused(&g).await;
+        if p.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{p:?}"))
+        }
+    })
+    .await;
+    let out = cli.join().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && said.contains("lifted"), "{said}");
+    assert!(
+        reaches_sms(&g, "+919877000190").await,
+        "SMS resumes after the lift"
+    );
+    let text = g
+        .http
+        .get(format!("{}/metrics", g.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("otpgate_sms_breaker_trips_total 2"), "{text}");
+    g.stop().await;
+}
+
+/// The alert rules and the Grafana dashboard name only metrics the real binary exports, and
+/// it exports them (labelled families at zero) on its first scrape, before any event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_scrape_of_the_binary_has_every_metric_the_rules_and_dashboard_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let modem =
+        otpgate::sim::modem::SimModem::start(otpgate::sim::modem::Profile::quectel()).unwrap();
+    let cfg = TestConfig::new(dir.path())
+        .free_port()
+        .unwrap()
+        .whatsapp_unused()
+        .modem("modem0", modem.path())
+        .client(CLIENT, KEY);
+    cfg.write().unwrap();
+    let d = Launch::new(&cfg).ready().await;
+    let http = common::http_client();
+    let url = format!("{}/metrics", d.base());
+    let first = common::fetch(http.get(&url)).await.1;
+    // The families a restart used to hide until their first event.
+    for line in [
+        "otpgate_messages_delivered_total{channel=\"whatsapp\"} 0",
+        "otpgate_messages_delivered_total{channel=\"sms\"} 0",
+        "otpgate_fallbacks_total{reason=\"not_on_whatsapp\"} 0",
+        "otpgate_fallbacks_total{reason=\"failed_receipt\"} 0",
+        "otpgate_requests_rejected_total{reason=\"prefix_limited\"} 0",
+        "otpgate_modem_ready{modem=\"modem0\"}",
+        "otpgate_sms_breaker_open 0",
+    ] {
+        assert!(
+            first.contains(line),
+            "{line} missing from the first scrape:\n{first}"
+        );
+    }
+    // A modem's signal has no honest value until the modem has answered.
+    let text = wait_for("the modem's signal", async || {
+        let text = common::fetch(http.get(&url)).await.1;
+        if text.contains("otpgate_modem_signal_dbm{") {
+            Ok(text)
+        } else {
+            Err(text)
+        }
+    })
+    .await;
+    let exported: std::collections::BTreeSet<String> = otpgate::status::samples(&text)
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    let name = regex::Regex::new(r"otpgate_[a-z_]+").unwrap();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging");
+    let mut used = 0;
+    for file in ["prometheus/otpgate-rules.yml", "grafana/otpgate.json"] {
+        let body = std::fs::read_to_string(root.join(file)).unwrap();
+        for m in name.find_iter(&body) {
+            assert!(
+                exported.contains(m.as_str()),
+                "{file} uses {}, which /metrics does not export:\n{text}",
+                m.as_str()
+            );
+            used += 1;
+        }
+    }
+    assert!(
+        used > 20,
+        "only {used} metric names found: the pattern is wrong"
+    );
+}
+
+/// `otpgate status` reads the running daemon: its channels, modem, queue and counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_running_daemon_on_one_screen() {
+    let dir = tempfile::tempdir().unwrap();
+    let modem =
+        otpgate::sim::modem::SimModem::start(otpgate::sim::modem::Profile::quectel()).unwrap();
+    let cfg = TestConfig::new(dir.path())
+        .free_port()
+        .unwrap()
+        .modem("modem0", modem.path())
+        .policy("prenotify = false")
+        .limits("per_prefix = \"1/1h\"")
+        .client(CLIENT, KEY);
+    let main = cfg.write().unwrap();
+    let d = Launch::new(&cfg).ready().await;
+    let http = common::http_client();
+    let post = |to: &'static str| {
+        http.post(format!("{}/v1/messages", d.base()))
+            .bearer_auth(KEY)
+            .json(&json!({"to": to, "code": CODE}))
+    };
+    assert_eq!(common::fetch(post("+919876570001")).await.0, 202);
+    assert_eq!(common::fetch(post("+919876570002")).await.0, 429);
+    let screen = wait_for("status to show the SMS sent", async || {
+        let out = std::process::Command::new(common::BIN)
+            .args(["status", "--config"])
+            .arg(&main)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if out.status.success() && text.contains("carried by sms 1") {
+            Ok(text)
+        } else {
+            Err(format!("{text}{}", String::from_utf8_lossy(&out.stderr)))
+        }
+    })
+    .await;
+    for want in [
+        "otpgate       ready",
+        "channel       sms: up",
+        "modem       modem0: ready, signal",
+        "queue 0",
+        "limits hit    prefix_limited 1",
+        "sms paused    none",
+    ] {
+        assert!(screen.contains(want), "{want}:\n{screen}");
+    }
+    assert!(!screen.contains(CODE), "{screen}");
+}
