@@ -40,6 +40,9 @@
 //! | wiring it all together, signals, reload, shutdown | [`daemon`] |
 //! | `otpgate demo`: the daemon on the simulators (feature `simulators`) | `demo` |
 //! | metrics counters | [`metrics`] |
+//! | verification core shared by the Verify API and RADIUS: make, store as HMAC, check, resend | [`verify`] |
+//! | RADIUS packets on bytes (RFC 2865/2869), the UDP server, challenge state | [`radius`] |
+//! | the directory (LDAP over rustls): user search, password bind, phone attribute | [`ldap`] |
 //!
 //! The path of one code through these modules, and where each kind of change goes, is in
 //! `docs/architecture.md`.
@@ -58,9 +61,12 @@ pub mod daemon;
 pub mod demo;
 pub mod dispatch;
 pub mod domain;
+pub mod ldap;
 pub mod metrics;
 pub mod phone;
+pub mod radius;
 pub mod secret;
 #[cfg(feature = "simulators")]
 pub mod sim;
 pub mod store;
+pub mod verify;

@@ -40,6 +40,13 @@ pub struct ModemLabel {
     pub modem: String,
 }
 
+/// The result of one RADIUS request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// accept, reject, challenge, dropped, retransmit.
+    pub result: String,
+}
+
 /// Every metric otpgate exports.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -73,6 +80,12 @@ pub struct Metrics {
     pub modem_signal_dbm: Family<ModemLabel, Gauge>,
     /// 1 when the modem is registered and ready.
     pub modem_ready: Family<ModemLabel, Gauge>,
+    /// RADIUS requests by result.
+    pub radius_requests: Family<ResultLabel, Counter>,
+    /// 1 when the directory answered the last call, 0 when it did not (RADIUS on only).
+    pub ldap_up: Gauge,
+    /// Why the directory is unreachable, for /readyz and STATUS; None while it answers.
+    ldap_problem: Mutex<Option<String>>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -108,6 +121,9 @@ impl Metrics {
             channel_up: Family::default(),
             modem_signal_dbm: Family::default(),
             modem_ready: Family::default(),
+            radius_requests: Family::default(),
+            ldap_up: Gauge::default(),
+            ldap_problem: Mutex::new(None),
         };
         r.register(
             "messages_accepted",
@@ -184,6 +200,16 @@ impl Metrics {
             "1 when the modem is registered and ready",
             m.modem_ready.clone(),
         );
+        r.register(
+            "radius_requests",
+            "RADIUS requests by result",
+            m.radius_requests.clone(),
+        );
+        r.register(
+            "ldap_up",
+            "1 when the directory answered the last call",
+            m.ldap_up.clone(),
+        );
         if let Ok(mut reg) = m.registry.lock() {
             *reg = r;
         }
@@ -197,6 +223,28 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts a RADIUS request by its result.
+    pub fn radius(&self, result: &str) {
+        self.radius_requests
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records whether the directory answers (`None`) or why not.
+    pub fn set_ldap_status(&self, problem: Option<String>) {
+        self.ldap_up.set(i64::from(problem.is_none()));
+        if let Ok(mut p) = self.ldap_problem.lock() {
+            *p = problem;
+        }
+    }
+
+    /// Why the directory is unreachable, when it is (RADIUS configured only).
+    pub fn ldap_problem(&self) -> Option<String> {
+        self.ldap_problem.lock().ok().and_then(|p| p.clone())
     }
 
     /// The Prometheus text exposition.
