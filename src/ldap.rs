@@ -201,6 +201,17 @@ impl Directory {
         Ok(ldap)
     }
 
+    /// A new connection bound as the service account.
+    async fn fresh(&self) -> Result<ldap3::Ldap, DirectoryError> {
+        let r = async {
+            let mut l = self.connect().await?;
+            self.service_bind(&mut l).await?;
+            Ok(l)
+        }
+        .await;
+        r.inspect_err(|e| self.observe(Err(e)))
+    }
+
     /// Binds `ldap` as the service account (or anonymously).
     async fn service_bind(&self, ldap: &mut ldap3::Ldap) -> Result<(), DirectoryError> {
         let (dn, pw) = match &self.bind {
@@ -231,13 +242,14 @@ impl Directory {
             .map_err(|_| DirectoryError::Unreachable("shutting down".into()))?;
         let pooled = self.idle.lock().await.pop();
         let mut ldap = match pooled {
-            Some(l) => l,
-            None => self.connect().await.inspect_err(|e| self.observe(Err(e)))?,
+            Some(mut l) => match self.service_bind(&mut l).await {
+                Ok(()) => l,
+                // The server closed an idle connection (restart, idle timeout): one fresh try.
+                Err(_) => self.fresh().await?,
+            },
+            None => self.fresh().await?,
         };
-        let r = match self.service_bind(&mut ldap).await {
-            Ok(()) => f(&mut ldap).await,
-            Err(e) => Err(e),
-        };
+        let r = f(&mut ldap).await;
         let keep = match &r {
             Ok(_) => true,
             Err(e) => !matches!(

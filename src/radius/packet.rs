@@ -400,6 +400,30 @@ mod tests {
         ));
     }
 
+    /// An Access-Request FreeRADIUS 3.2.1's radclient sent (secret "testing123testing"),
+    /// its Message-Authenticator last: another implementation's HMAC-MD5 and hiding.
+    #[test]
+    fn radclient_request_verifies() {
+        let raw = unhex(
+            "016b003f42b4232e7f4f5267814a0e86eea5bd120107616c69636502123ad9669f1a61c1be9f8291
+             e5ade967da501288164ac149c2e219f02e4b6ead0d8522",
+        );
+        let p = Packet::decode(&raw).unwrap();
+        assert_eq!(p.user_name(), Some("alice"));
+        assert_eq!(p.message_authenticator_at, Some(47));
+        let secret = b"testing123testing";
+        assert_eq!(
+            check_request_authenticator(&raw, &p, secret),
+            Authenticity::Valid
+        );
+        assert_eq!(
+            check_request_authenticator(&raw, &p, b"testing123"),
+            Authenticity::Invalid
+        );
+        let pw = unhide_password(p.attr(USER_PASSWORD).unwrap(), secret, &p.authenticator);
+        assert_eq!(pw.as_deref(), Some(&b"alicepw"[..]));
+    }
+
     #[test]
     fn long_passwords_chain_blocks_and_round_trip() {
         let auth = [7u8; 16];
