@@ -32,6 +32,12 @@ const PEOPLE: &[(&str, &str, &str)] = &[
     ("eve", "", "mobile: +919876543212"),
 ];
 
+/// A Debian daemon's path: /usr/sbin is not on every PATH.
+fn sbin(name: &str) -> std::path::PathBuf {
+    let p = Path::new("/usr/sbin").join(name);
+    if p.exists() { p } else { name.into() }
+}
+
 /// `slapd` on a loopback port with a config and database in a temporary directory.
 struct Slapd {
     child: Child,
@@ -76,7 +82,7 @@ impl Slapd {
             ldif.push('\n');
         }
         std::fs::write(d.join("data.ldif"), ldif).unwrap();
-        let st = Command::new("slapadd")
+        let st = Command::new(sbin("slapadd"))
             .arg("-f")
             .arg(d.join("slapd.conf"))
             .arg("-l")
@@ -85,7 +91,7 @@ impl Slapd {
             .expect("slapadd (Debian package slapd; .ci/run installs it)");
         assert!(st.status.success(), "slapadd: {st:?}");
         let port = free_port().unwrap();
-        let child = Command::new("slapd")
+        let child = Command::new(sbin("slapd"))
             .arg("-h")
             .arg(format!("ldap://127.0.0.1:{port}/"))
             .arg("-f")
