@@ -242,3 +242,95 @@ fn radius_client(
         secret,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::testkit::{MINIMAL, load_with, write};
+    use crate::config::{FailMode, RadiusMode};
+
+    fn errors(body: &str) -> Vec<String> {
+        let (_d, r) = load_with(&format!("{MINIMAL}{body}"), &[]);
+        match r {
+            Ok(_) => Vec::new(),
+            Err(e) => {
+                e.0.iter()
+                    .map(|i| format!("{}: {}", i.path, i.message))
+                    .collect()
+            }
+        }
+    }
+
+    #[test]
+    fn radius_is_off_by_default_with_safe_defaults() {
+        let (_d, c) = load_with(MINIMAL, &[]);
+        let c = c.unwrap();
+        assert!(!c.radius.enabled);
+        assert_eq!(c.radius.mode, RadiusMode::Challenge);
+        assert_eq!(c.radius.failmode, FailMode::Secure);
+        assert!(c.radius.require_message_authenticator);
+        assert_eq!(c.radius.listen, vec!["0.0.0.0:1812".parse().unwrap()]);
+        assert_eq!(c.ldap.phone_attributes, ["mobile", "telephoneNumber"]);
+        assert!(c.ldap.user_filter.contains("sAMAccountName={user}"));
+        assert!(c.summary().contains("radius      off"));
+    }
+
+    #[test]
+    fn enabled_radius_needs_clients_and_a_directory() {
+        let e = errors("[radius]\nenabled = true\n");
+        assert!(e.iter().any(|m| m.starts_with("radius.clients:")), "{e:?}");
+        assert!(e.iter().any(|m| m.starts_with("ldap.url:")), "{e:?}");
+    }
+
+    #[test]
+    fn bad_values_are_named_by_key() {
+        let e = errors(
+            "[radius]\nmode = \"pap\"\nfailmode = \"open\"\nlisten = [\"1812\"]\n\
+             [[radius.clients]]\nname = \"vpn\"\naddress = \"10.0.0.0/33\"\n\
+             [ldap]\nurl = \"http://dc1\"\nuser_filter = \"(uid=alice)\"\nbind_dn = \"cn=x\"\n",
+        );
+        for key in [
+            "radius.mode",
+            "radius.failmode",
+            "radius.listen[0]",
+            "radius.clients[0].address",
+            "ldap.url",
+            "ldap.user_filter",
+            "ldap.bind_dn",
+            "ldap.base_dn",
+        ] {
+            assert!(
+                e.iter().any(|m| m.starts_with(&format!("{key}:"))),
+                "{key}: {e:?}"
+            );
+        }
+        let e = errors("[ldap]\nurl = \"ldap://dc1\"\nbase_dn = \"dc=x\"\nstarttls = false\n");
+        assert!(e.iter().any(|m| m.starts_with("ldap.starttls:")), "{e:?}");
+    }
+
+    #[test]
+    fn a_complete_section_loads_and_summarises() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = write(dir.path(), "s", "a-long-radius-shared-secret");
+        let body = format!(
+            "{MINIMAL}[radius]\nenabled = true\nmode = \"otp_only\"\n\
+             [[radius.clients]]\nname = \"fw\"\naddress = \"192.0.2.10\"\nsecret_file = \"{}\"\n\
+             [ldap]\nurl = \"ldaps://dc1.example.org\"\nbase_dn = \"DC=example,DC=org\"\n",
+            secret.display()
+        );
+        let (_d, c) = load_with(&body, &[]);
+        let c = c.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(c.radius.mode, RadiusMode::OtpOnly);
+        assert_eq!(
+            c.radius.clients[0].network,
+            "192.0.2.10/32".parse().unwrap()
+        );
+        assert_eq!(
+            c.radius.clients[0].secret.expose(),
+            "a-long-radius-shared-secret"
+        );
+        let s = c.summary();
+        assert!(s.contains("nas         fw from 192.0.2.10/32"), "{s}");
+        assert!(s.contains("ldaps://dc1.example.org (TLS)"), "{s}");
+        assert!(!s.contains("a-long-radius-shared-secret"));
+    }
+}
