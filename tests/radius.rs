@@ -151,11 +151,11 @@ async fn gateway(sim: &CloudApiSim, slapd: &Slapd, modem: Option<&Path>, extra: 
     }
     let cfg = cfg.extra(&format!(
         "[verify]\nmax_attempts = 3\n\
-         [radius]\nenabled = true\nlisten = [\"127.0.0.1:{radius}\"]\n{extra}\n\
+         [radius]\nenabled = true\nlisten = [\"127.0.0.1:{radius}\"]\n\
          [[radius.clients]]\nname = \"vpn\"\naddress = \"127.0.0.1/32\"\nsecret_file = \"{dir}/radius-secret\"\n\
          [ldap]\nurl = \"ldap://127.0.0.1:{ldap}\"\nstarttls = false\nallow_plain = true\n\
          bind_dn = \"cn=admin,dc=example,dc=org\"\nbind_password_file = \"{dir}/ldap-pw\"\n\
-         base_dn = \"{BASE}\"\nuser_filter = \"(uid={{user}})\"\n",
+         base_dn = \"{BASE}\"\nuser_filter = \"(uid={{user}})\"\n{extra}",
         dir = p.display(),
         ldap = slapd.port,
     ));
@@ -473,11 +473,30 @@ async fn refusals_drops_and_retransmissions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn directory_down_rejects_and_readyz_says_why() {
+async fn expired_code_then_directory_down_rejects_and_readyz_says_why() {
     let mut slapd = Slapd::start().await;
     let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
-    let g = gateway(&sim, &slapd, None, "").await;
+    let g = gateway(&sim, &slapd, None, "[otp]\ndefault_ttl = \"10s\"").await;
     let http = common::http_client();
+
+    // A code used after its lifetime (the shortest allowed, 10 s) is refused.
+    let r = radclient(g.radius, request("alice", "alice-pw", None), 10)
+        .await
+        .unwrap();
+    assert_eq!(r.code, "Access-Challenge", "{r:?}");
+    let state = r.get("State").unwrap().to_string();
+    let code = code_for(&sim, "919876543210", 1).await;
+    let end = tokio::time::Instant::now() + Duration::from_millis(10_500);
+    wait_for("the code's lifetime to pass", async || {
+        tokio::time::Instant::now() >= end
+    })
+    .await;
+    let r = radclient(g.radius, request("alice", &code, Some(&state)), 10)
+        .await
+        .unwrap();
+    assert_eq!(r.code, "Access-Reject", "{r:?}");
+    assert!(r.get("Reply-Message").unwrap().contains("expired"), "{r:?}");
+
     let (s, _) = common::fetch_json(http.get(format!("{}/readyz", g.d.base()))).await;
     assert_eq!(s, 200);
     slapd.stop();
@@ -497,5 +516,9 @@ async fn directory_down_rejects_and_readyz_says_why() {
             .contains("ldap: directory unreachable"),
         "{v}"
     );
-    assert!(sim.handle().delivered().is_empty());
+    assert_eq!(
+        sim.handle().delivered().len(),
+        1,
+        "no code without the directory"
+    );
 }
