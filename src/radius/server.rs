@@ -17,8 +17,9 @@ use tokio::task::JoinHandle;
 use super::packet::{self, Authenticity, Packet};
 use super::state::{Challenges, Pending, Replies, Seen};
 use crate::api::App;
+use crate::channel::ChannelKind;
 use crate::config::{ClientConfig, Config, FailMode, RadiusClient, RadiusMode};
-use crate::ldap::{Directory, DirectoryError, Search};
+use crate::ldap::{Directory, DirectoryError, Search, UserEntry};
 use crate::store::CheckOutcome;
 use crate::verify;
 
@@ -248,33 +249,9 @@ impl Radius {
         user: &str,
         password: Option<&[u8]>,
     ) -> Answer {
-        let Some(dir) = &self.directory else {
-            return Answer::reject("The directory is not available");
-        };
-        let search = Search {
-            base_dn: &cfg.ldap.base_dn,
-            user_filter: &cfg.ldap.user_filter,
-            phone_attributes: &cfg.ldap.phone_attributes,
-        };
-        let found = match cfg.radius.mode {
-            RadiusMode::Challenge => match password {
-                Some(pw) => dir.authenticate(&search, user, pw).await,
-                None => {
-                    return Answer::reject("User-Password is required");
-                }
-            },
-            RadiusMode::OtpOnly => dir.find(&search, user).await,
-        };
-        let entry = match found {
+        let entry = match self.lookup(cfg, nas, user, password).await {
             Ok(e) => e,
-            Err(e @ (DirectoryError::BadCredentials { .. } | DirectoryError::NoSuchUser(_))) => {
-                tracing::info!(user, nas = %nas.name, reason = %e, "radius: rejected");
-                return Answer::reject("Invalid user name or password");
-            }
-            Err(e) => {
-                tracing::error!(user, nas = %nas.name, error = %e, "radius: directory failed; rejected");
-                return Answer::reject("Sign-in is not possible right now (directory unavailable)");
-            }
+            Err(refusal) => return refusal,
         };
         let Some(phone) = entry.phone else {
             tracing::warn!(user, dn = %entry.dn, attributes = ?cfg.ldap.phone_attributes, "radius: no phone number in the directory for this user; rejected");
@@ -282,7 +259,7 @@ impl Radius {
                 "No phone number is on file for your account; ask your administrator",
             );
         };
-        let usable: Vec<_> = self
+        let usable: Vec<ChannelKind> = self
             .app
             .dispatcher
             .health()
@@ -293,11 +270,10 @@ impl Radius {
         if usable.is_empty() {
             return self.no_channel(cfg, nas, user);
         }
-        let client = radius_client(nas);
         let started = verify::start(
             &self.app,
             cfg,
-            &client,
+            &radius_client(nas),
             verify::StartRequest {
                 to: phone,
                 channel: None,
@@ -325,31 +301,49 @@ impl Radius {
                 return Answer::reject("A code cannot be sent to your phone");
             }
         };
-        let channel =
-            cfg.policy
-                .order
-                .iter()
-                .find(|k| usable.contains(k))
-                .map_or("SMS", |k| match k {
-                    crate::channel::ChannelKind::WhatsApp => "WhatsApp",
-                    _ => "SMS",
-                });
-        let digits: String = s
-            .recipient
-            .chars()
-            .rev()
-            .take(4)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
         let prompt = cfg
             .radius
             .prompt
-            .replace("{channel}", channel)
-            .replace("{last_digits}", &digits);
+            .replace("{channel}", first_channel(&cfg.policy.order, &usable))
+            .replace("{last_digits}", last_digits(&s.recipient));
         tracing::info!(user, nas = %nas.name, verification = %s.id, "radius: code sent; challenge");
         self.open_challenge(nas, user, &s.id, s.expires_at, prompt)
+    }
+
+    /// The user's entry: found with the service account, and in mode `challenge` its
+    /// password checked by a bind. A refusal comes back as the Reject to send.
+    async fn lookup(
+        &self,
+        cfg: &Config,
+        nas: &RadiusClient,
+        user: &str,
+        password: Option<&[u8]>,
+    ) -> Result<UserEntry, Answer> {
+        let Some(dir) = &self.directory else {
+            return Err(Answer::reject("The directory is not available"));
+        };
+        let search = Search {
+            base_dn: &cfg.ldap.base_dn,
+            user_filter: &cfg.ldap.user_filter,
+            phone_attributes: &cfg.ldap.phone_attributes,
+        };
+        let found = match (cfg.radius.mode, password) {
+            (RadiusMode::Challenge, Some(pw)) => dir.authenticate(&search, user, pw).await,
+            (RadiusMode::Challenge, None) => {
+                return Err(Answer::reject("User-Password is required"));
+            }
+            (RadiusMode::OtpOnly, _) => dir.find(&search, user).await,
+        };
+        found.map_err(|e| match e {
+            DirectoryError::BadCredentials { .. } | DirectoryError::NoSuchUser(_) => {
+                tracing::info!(user, nas = %nas.name, reason = %e, "radius: rejected");
+                Answer::reject("Invalid user name or password")
+            }
+            e => {
+                tracing::error!(user, nas = %nas.name, error = %e, "radius: directory failed; rejected");
+                Answer::reject("Sign-in is not possible right now (directory unavailable)")
+            }
+        })
     }
 
     fn no_channel(&self, cfg: &Config, nas: &RadiusClient, user: &str) -> Answer {
@@ -466,6 +460,20 @@ impl Radius {
     }
 }
 
+/// The channel the prompt names: the first in the policy's order that can carry a code now
+/// (the code may still fall back to the next; the prompt is a hint, not a promise).
+fn first_channel(order: &[ChannelKind], usable: &[ChannelKind]) -> &'static str {
+    match order.iter().find(|k| usable.contains(k)) {
+        Some(ChannelKind::WhatsApp) => "WhatsApp",
+        _ => "SMS",
+    }
+}
+
+/// The last four characters of an E.164 number, for the prompt.
+fn last_digits(e164: &str) -> &str {
+    e164.get(e164.len().saturating_sub(4)..).unwrap_or("")
+}
+
 /// The API client a NAS acts as: its verifications, limits and messages are its own.
 fn radius_client(nas: &RadiusClient) -> ClientConfig {
     ClientConfig {
@@ -477,5 +485,49 @@ fn radius_client(nas: &RadiusClient) -> ClientConfig {
         whatsapp: true,
         order: None,
         countries: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prompt_names_the_first_usable_channel_and_the_number_end() {
+        let order = [ChannelKind::WhatsApp, ChannelKind::Sms];
+        assert_eq!(first_channel(&order, &order), "WhatsApp");
+        assert_eq!(first_channel(&order, &[ChannelKind::Sms]), "SMS");
+        assert_eq!(
+            first_channel(&[ChannelKind::Sms, ChannelKind::WhatsApp], &order),
+            "SMS"
+        );
+        assert_eq!(last_digits("+919876543210"), "3210");
+        assert_eq!(last_digits("+12"), "+12");
+    }
+
+    #[test]
+    fn a_nas_acts_as_its_own_client() {
+        let nas = RadiusClient {
+            name: "vpn".into(),
+            network: "10.0.0.0/24".parse().unwrap(),
+            secret: crate::secret::Secret::new("s"),
+        };
+        let c = radius_client(&nas);
+        assert_eq!(c.name, "radius:vpn");
+        assert!(c.whatsapp && c.order.is_none() && c.countries.is_none());
+    }
+
+    #[test]
+    fn answers_name_their_result() {
+        assert_eq!(Answer::accept().result(), "accept");
+        assert_eq!(Answer::reject("no").result(), "reject");
+        let r = Answer::reject("Invalid user name or password");
+        assert_eq!(
+            r.attributes,
+            vec![(
+                packet::REPLY_MESSAGE,
+                b"Invalid user name or password".to_vec()
+            )]
+        );
     }
 }
