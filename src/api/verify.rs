@@ -1,7 +1,8 @@
-//! The Verify API, for callers that do not make and check codes themselves (RADIUS setups,
-//! VPN concentrators): the gateway draws a code from the OS CSPRNG, stores only
-//! HMAC-SHA256(key, id ":" code), delivers it through the normal policy, and checks a
-//! candidate in constant time, once, within an attempt limit.
+//! The Verify API over HTTP, for callers that do not make and check codes themselves: start
+//! (`POST /v1/verifications`), status, check and resend. This module only translates JSON to
+//! and from the transport-free core in [`crate::verify`] (which RADIUS shares): the code drawn
+//! from the OS CSPRNG, stored only as HMAC-SHA256(key, id ":" code), delivered through the
+//! normal policy, and checked in constant time, once, within an attempt limit.
 
 use http::{Request, StatusCode};
 use hyper::body::Incoming;

@@ -23,6 +23,10 @@ use crate::ldap::{Directory, DirectoryError, Search, UserEntry};
 use crate::store::CheckOutcome;
 use crate::verify;
 
+/// Requests answered at once; beyond this a datagram is dropped (the NAS retries), so a
+/// flood cannot pile up tasks waiting on the directory.
+const MAX_IN_FLIGHT: usize = 256;
+
 /// How often the directory is probed for /readyz when no request has touched it.
 const PROBE_EVERY: Duration = Duration::from_secs(15);
 
@@ -32,6 +36,7 @@ pub struct Radius {
     directory: Option<Arc<Directory>>,
     challenges: Mutex<Challenges>,
     replies: Mutex<Replies>,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// What a request is answered with, before encoding.
@@ -101,6 +106,7 @@ pub async fn start(
         directory,
         challenges: Mutex::new(Challenges::default()),
         replies: Mutex::new(Replies::default()),
+        in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
     });
     let mut tasks = Vec::new();
     for s in sockets {
@@ -127,11 +133,16 @@ impl Radius {
                     }
                 },
             };
+            let Ok(permit) = self.in_flight.clone().try_acquire_owned() else {
+                self.drop_it(from, "too many requests in flight");
+                continue;
+            };
             let datagram = buf[..n].to_vec();
             let me = self.clone();
             let socket = socket.clone();
             // A request may wait on the directory for seconds: each runs on its own.
             tokio::spawn(async move {
+                let _permit = permit;
                 if let Some(reply) = me.handle(&datagram, from).await
                     && let Err(e) = socket.send_to(&reply, from).await
                 {
