@@ -6,19 +6,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "support/slapd.rs"]
+mod slapd;
 
 use std::net::UdpSocket;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{Daemon, Launch, TestConfig, free_port, wait_for};
 use otpgate::radius::packet::{self, Packet};
 use otpgate::sim::cloud_api::{CloudApiSim, SimOptions};
 use otpgate::sim::modem::{Profile, SimModem};
+use slapd::{ADMIN_DN, ADMIN_PW, BASE, Slapd};
 
 const SECRET: &str = "radius-shared-secret-for-tests";
-const BASE: &str = "ou=people,dc=example,dc=org";
 
 /// The directory's people. eve has no password at all: every bind as her fails, as a
 /// disabled account's does.
@@ -32,97 +34,11 @@ const PEOPLE: &[(&str, &str, &str)] = &[
     ("eve", "", "mobile: +919876543212"),
 ];
 
-/// A Debian daemon's path: /usr/sbin is not on every PATH.
-fn sbin(name: &str) -> std::path::PathBuf {
-    let p = Path::new("/usr/sbin").join(name);
-    if p.exists() { p } else { name.into() }
-}
-
-/// `slapd` on a loopback port with a config and database in a temporary directory.
-struct Slapd {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Slapd {
-    async fn start() -> Slapd {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        std::fs::create_dir(d.join("db")).unwrap();
-        let conf = format!(
-            "include /etc/ldap/schema/core.schema\n\
-             include /etc/ldap/schema/cosine.schema\n\
-             include /etc/ldap/schema/inetorgperson.schema\n\
-             modulepath /usr/lib/ldap\nmoduleload back_mdb\n\
-             pidfile {d}/slapd.pid\n\
-             database mdb\nmaxsize 10485760\n\
-             suffix \"dc=example,dc=org\"\n\
-             rootdn \"cn=admin,dc=example,dc=org\"\nrootpw admin-pw\n\
-             directory {d}/db\n\
-             access to attrs=userPassword by anonymous auth by self write by * none\n\
-             access to * by * read\n",
-            d = d.display()
-        );
-        std::fs::write(d.join("slapd.conf"), conf).unwrap();
-        let mut ldif = String::from(
-            "dn: dc=example,dc=org\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n\n\
-             dn: ou=people,dc=example,dc=org\nobjectClass: organizationalUnit\nou: people\n\n",
-        );
-        for (uid, pw, extra) in PEOPLE {
-            ldif.push_str(&format!(
-                "dn: uid={uid},{BASE}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\n"
-            ));
-            if !pw.is_empty() {
-                ldif.push_str(&format!("userPassword: {pw}\n"));
-            }
-            if !extra.is_empty() {
-                ldif.push_str(&format!("{extra}\n"));
-            }
-            ldif.push('\n');
-        }
-        std::fs::write(d.join("data.ldif"), ldif).unwrap();
-        let st = Command::new(sbin("slapadd"))
-            .arg("-f")
-            .arg(d.join("slapd.conf"))
-            .arg("-l")
-            .arg(d.join("data.ldif"))
-            .output()
-            .expect("slapadd (Debian package slapd; .ci/run installs it)");
-        assert!(st.status.success(), "slapadd: {st:?}");
-        let port = free_port().unwrap();
-        let child = Command::new(sbin("slapd"))
-            .arg("-h")
-            .arg(format!("ldap://127.0.0.1:{port}/"))
-            .arg("-f")
-            .arg(d.join("slapd.conf"))
-            // Stays in the foreground (so it dies with the test), logging nothing.
-            .args(["-d", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("slapd (Debian package slapd; .ci/run installs it)");
-        wait_for("slapd to listen", async || {
-            std::net::TcpStream::connect(("127.0.0.1", port))
-        })
-        .await;
-        Slapd {
-            child,
-            port,
-            _dir: dir,
-        }
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Slapd {
-    fn drop(&mut self) {
-        self.stop();
-    }
+/// slapd with [`PEOPLE`], listening.
+async fn directory() -> Slapd {
+    let slapd = Slapd::spawn(PEOPLE);
+    wait_for("slapd to listen", async || slapd.listening()).await;
+    slapd
 }
 
 struct Gate {
@@ -134,7 +50,7 @@ struct Gate {
 async fn gateway(sim: &CloudApiSim, slapd: &Slapd, modem: Option<&Path>, extra: &str) -> Gate {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
-    for (f, v) in [("radius-secret", SECRET), ("ldap-pw", "admin-pw")] {
+    for (f, v) in [("radius-secret", SECRET), ("ldap-pw", ADMIN_PW)] {
         std::fs::write(p.join(f), v).unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(p.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
@@ -154,7 +70,7 @@ async fn gateway(sim: &CloudApiSim, slapd: &Slapd, modem: Option<&Path>, extra: 
          [radius]\nenabled = true\nlisten = [\"127.0.0.1:{radius}\"]\n\
          [[radius.clients]]\nname = \"vpn\"\naddress = \"127.0.0.1/32\"\nsecret_file = \"{dir}/radius-secret\"\n\
          [ldap]\nurl = \"ldap://127.0.0.1:{ldap}\"\nstarttls = false\nallow_plain = true\n\
-         bind_dn = \"cn=admin,dc=example,dc=org\"\nbind_password_file = \"{dir}/ldap-pw\"\n\
+         bind_dn = \"{ADMIN_DN}\"\nbind_password_file = \"{dir}/ldap-pw\"\n\
          base_dn = \"{BASE}\"\nuser_filter = \"(uid={{user}})\"\n{extra}",
         dir = p.display(),
         ldap = slapd.port,
@@ -252,7 +168,7 @@ async fn code_for(sim: &CloudApiSim, digits: &str, n: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_then_whatsapp_code_then_accept_and_wrong_codes_run_out() {
-    let slapd = Slapd::start().await;
+    let slapd = directory().await;
     let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
     let modem = SimModem::start(Profile::quectel()).unwrap();
     let g = gateway(&sim, &slapd, Some(modem.path()), "").await;
@@ -383,7 +299,7 @@ fn raw_request(id: u8, user: &str, password: &str, with_ma: bool) -> (Vec<u8>, [
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_drops_and_retransmissions() {
-    let slapd = Slapd::start().await;
+    let slapd = directory().await;
     let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
     let g = gateway(&sim, &slapd, None, "").await;
 
@@ -474,7 +390,7 @@ async fn refusals_drops_and_retransmissions() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_code_then_directory_down_rejects_and_readyz_says_why() {
-    let mut slapd = Slapd::start().await;
+    let mut slapd = directory().await;
     let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
     let g = gateway(&sim, &slapd, None, "[otp]\ndefault_ttl = \"10s\"").await;
     let http = common::http_client();
