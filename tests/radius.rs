@@ -360,6 +360,33 @@ async fn refusals_drops_and_retransmissions() {
         None
     );
 
+    // Status-Server (RFC 5997), as radclient sends it: Access-Accept.
+    let port = g.radius;
+    let status = tokio::task::spawn_blocking(move || {
+        let mut c = Command::new("radclient")
+            .args(["-x", "-r", "1", "-t", "5"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["status", SECRET])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(b"Message-Authenticator = 0x00")
+            .unwrap();
+        c.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&status.stdout).contains("Received Access-Accept"),
+        "{status:?}"
+    );
+
     // The same request twice: the same reply bytes, and one code.
     let (bytes, auth) = raw_request(42, "alice", "alice-pw", true);
     let first = exchange(&nas, g.radius, &bytes, Duration::from_secs(10)).unwrap();

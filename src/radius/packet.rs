@@ -18,6 +18,8 @@ pub const ACCESS_ACCEPT: u8 = 2;
 pub const ACCESS_REJECT: u8 = 3;
 /// Access-Challenge.
 pub const ACCESS_CHALLENGE: u8 = 11;
+/// Status-Server (RFC 5997): a NAS asking whether the server is alive.
+pub const STATUS_SERVER: u8 = 12;
 
 /// User-Name.
 pub const USER_NAME: u8 = 1;

@@ -188,18 +188,32 @@ impl Radius {
             Ok(p) => p,
             Err(e) => return self.drop_it(from, &e.to_string()),
         };
-        if p.code != packet::ACCESS_REQUEST {
-            return self.drop_it(from, "not an Access-Request");
+        if p.code != packet::ACCESS_REQUEST && p.code != packet::STATUS_SERVER {
+            return self.drop_it(from, "neither Access-Request nor Status-Server");
         }
         let secret = nas.secret.expose().as_bytes();
         match packet::check_request_authenticator(raw, &p, secret) {
             Authenticity::Invalid => {
                 return self.drop_it(from, "bad Message-Authenticator (wrong shared secret?)");
             }
-            Authenticity::Absent if cfg.radius.require_message_authenticator => {
+            // RFC 5997 makes it mandatory on Status-Server whatever the setting.
+            Authenticity::Absent
+                if cfg.radius.require_message_authenticator || p.code == packet::STATUS_SERVER =>
+            {
                 return self.drop_it(from, "no Message-Authenticator (BlastRADIUS protection)");
             }
             _ => {}
+        }
+        if p.code == packet::STATUS_SERVER {
+            // A NAS's health check (RFC 5997): alive, with nothing cached or counted.
+            return packet::encode_reply(
+                packet::ACCESS_ACCEPT,
+                p.identifier,
+                &p.authenticator,
+                &[],
+                secret,
+            )
+            .ok();
         }
         let key = (from, p.identifier, p.authenticator);
         let now = self.app.clock.now();
