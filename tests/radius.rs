@@ -48,6 +48,15 @@ struct Gate {
 }
 
 async fn gateway(sim: &CloudApiSim, slapd: &Slapd, modem: Option<&Path>, extra: &str) -> Gate {
+    let ldap = format!(
+        "url = \"ldap://127.0.0.1:{}\"\nstarttls = false\nallow_plain = true\n",
+        slapd.port
+    );
+    gateway_with(sim, &ldap, modem, extra).await
+}
+
+/// A gateway whose `[ldap]` section starts with `ldap` (URL and TLS settings).
+async fn gateway_with(sim: &CloudApiSim, ldap: &str, modem: Option<&Path>, extra: &str) -> Gate {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     for (f, v) in [("radius-secret", SECRET), ("ldap-pw", ADMIN_PW)] {
@@ -69,11 +78,10 @@ async fn gateway(sim: &CloudApiSim, slapd: &Slapd, modem: Option<&Path>, extra: 
         "[verify]\nmax_attempts = 3\n\
          [radius]\nenabled = true\nlisten = [\"127.0.0.1:{radius}\"]\n\
          [[radius.clients]]\nname = \"vpn\"\naddress = \"127.0.0.1/32\"\nsecret_file = \"{dir}/radius-secret\"\n\
-         [ldap]\nurl = \"ldap://127.0.0.1:{ldap}\"\nstarttls = false\nallow_plain = true\n\
+         [ldap]\n{ldap}\
          bind_dn = \"{ADMIN_DN}\"\nbind_password_file = \"{dir}/ldap-pw\"\n\
          base_dn = \"{BASE}\"\nuser_filter = \"(uid={{user}})\"\n{extra}",
         dir = p.display(),
-        ldap = slapd.port,
     ));
     cfg.write().unwrap();
     let d = Launch::new(&cfg).rust_log("otpgate=debug").ready().await;
@@ -464,4 +472,43 @@ async fn expired_code_then_directory_down_rejects_and_readyz_says_why() {
         1,
         "no code without the directory"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_directory_over_ldaps_and_starttls_with_its_certificate_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = otpgate::sim::tls::TestPki::new().unwrap();
+    let files = pki.write_files(dir.path()).unwrap();
+    let slapd = Slapd::spawn_with(PEOPLE, Some((&files.cert, &files.key)));
+    wait_for("slapd to listen", async || slapd.listening()).await;
+    let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
+    let ca = format!("ca_file = \"{}\"\n", files.ca.display());
+    let ldaps = format!("url = \"ldaps://127.0.0.1:{}\"\n", slapd.tls_port.unwrap());
+    let starttls = format!("url = \"ldap://127.0.0.1:{}\"\n", slapd.port);
+    for (n, (name, ldap)) in [
+        ("ldaps", format!("{ldaps}{ca}")),
+        ("StartTLS", format!("{starttls}{ca}")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let n = n + 1;
+        let g = gateway_with(&sim, &ldap, None, "").await;
+        let r = radclient(g.radius, request("alice", "alice-pw", None), 10)
+            .await
+            .unwrap();
+        assert_eq!(r.code, "Access-Challenge", "{name}: {r:?}");
+        code_for(&sim, "919876543210", n).await;
+    }
+    // Without the directory's CA its certificate is refused: no sign-in, and /readyz says so.
+    let g = gateway_with(&sim, &ldaps, None, "").await;
+    let r = radclient(g.radius, request("alice", "alice-pw", None), 10)
+        .await
+        .unwrap();
+    assert_eq!(r.code, "Access-Reject", "{r:?}");
+    let (s, v) =
+        common::fetch_json(common::http_client().get(format!("{}/readyz", g.d.base()))).await;
+    assert_eq!(s, 503, "{v}");
+    assert!(v["problems"].to_string().contains("certificate"), "{v}");
+    assert_eq!(codes_to(&sim, "919876543210").len(), 2);
 }

@@ -22,8 +22,10 @@ pub fn sbin(name: &str) -> std::path::PathBuf {
 /// A running slapd; killed when dropped.
 pub struct Slapd {
     child: Child,
-    /// Its loopback port.
+    /// Its loopback port (ldap://, StartTLS offered when TLS is on).
     pub port: u16,
+    /// Its ldaps:// port, when started with TLS.
+    pub tls_port: Option<u16>,
     _dir: tempfile::TempDir,
 }
 
@@ -31,6 +33,12 @@ impl Slapd {
     /// Loads `people` (uid, password or "" for none, one extra LDIF line or "") and starts
     /// slapd on a free loopback port.
     pub fn spawn(people: &[(&str, &str, &str)]) -> Slapd {
+        Slapd::spawn_with(people, None)
+    }
+
+    /// [`Slapd::spawn`] with TLS: `tls` is the certificate chain and key (PEM); it then also
+    /// listens for ldaps:// and offers StartTLS on ldap://.
+    pub fn spawn_with(people: &[(&str, &str, &str)], tls: Option<(&Path, &Path)>) -> Slapd {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::create_dir(d.join("db")).unwrap();
@@ -48,6 +56,14 @@ impl Slapd {
              access to * by * read\n",
             d = d.display()
         );
+        let conf = match tls {
+            Some((cert, key)) => format!(
+                "TLSCertificateFile {}\nTLSCertificateKeyFile {}\n{conf}",
+                cert.display(),
+                key.display()
+            ),
+            None => conf,
+        };
         std::fs::write(d.join("slapd.conf"), conf).unwrap();
         let mut ldif = String::from(
             "dn: dc=example,dc=org\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n\n\
@@ -75,9 +91,14 @@ impl Slapd {
             .expect("slapadd (Debian package slapd; .ci/run installs it)");
         assert!(st.status.success(), "slapadd: {st:?}");
         let port = otpgate::sim::config::free_port().unwrap();
+        let tls_port = tls.map(|_| otpgate::sim::config::free_port().unwrap());
+        let mut urls = format!("ldap://127.0.0.1:{port}/");
+        if let Some(p) = tls_port {
+            urls.push_str(&format!(" ldaps://127.0.0.1:{p}/"));
+        }
         let child = Command::new(sbin("slapd"))
             .arg("-h")
-            .arg(format!("ldap://127.0.0.1:{port}/"))
+            .arg(urls)
             .arg("-f")
             .arg(d.join("slapd.conf"))
             // Stays in the foreground (so it dies with its owner), logging nothing.
@@ -89,13 +110,17 @@ impl Slapd {
         Slapd {
             child,
             port,
+            tls_port,
             _dir: dir,
         }
     }
 
     /// Whether it accepts connections yet.
     pub fn listening(&self) -> std::io::Result<()> {
-        std::net::TcpStream::connect(("127.0.0.1", self.port)).map(|_| ())
+        for p in std::iter::once(self.port).chain(self.tls_port) {
+            std::net::TcpStream::connect(("127.0.0.1", p))?;
+        }
+        Ok(())
     }
 
     /// Kills it.
