@@ -52,11 +52,27 @@ async fn gateway(sim: &CloudApiSim, slapd: &Slapd, modem: Option<&Path>, extra: 
         "url = \"ldap://127.0.0.1:{}\"\nstarttls = false\nallow_plain = true\n",
         slapd.port
     );
-    gateway_with(sim, &ldap, modem, extra).await
+    gateway_with(Some(sim), &ldap, modem, extra, &[]).await
+}
+
+/// A plain-LDAP gateway for `slapd`, without channels (no WhatsApp, no modem), with these
+/// `OTPGATE__` environment overrides.
+async fn gateway_env(slapd: &Slapd, env: &[(&str, &str)]) -> Gate {
+    let ldap = format!(
+        "url = \"ldap://127.0.0.1:{}\"\nstarttls = false\nallow_plain = true\n",
+        slapd.port
+    );
+    gateway_with(None, &ldap, None, "", env).await
 }
 
 /// A gateway whose `[ldap]` section starts with `ldap` (URL and TLS settings).
-async fn gateway_with(sim: &CloudApiSim, ldap: &str, modem: Option<&Path>, extra: &str) -> Gate {
+async fn gateway_with(
+    sim: Option<&CloudApiSim>,
+    ldap: &str,
+    modem: Option<&Path>,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> Gate {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path();
     for (f, v) in [("radius-secret", SECRET), ("ldap-pw", ADMIN_PW)] {
@@ -65,10 +81,11 @@ async fn gateway_with(sim: &CloudApiSim, ldap: &str, modem: Option<&Path>, extra
         std::fs::set_permissions(p.join(f), std::fs::Permissions::from_mode(0o600)).unwrap();
     }
     let radius = free_port().unwrap();
-    let mut cfg = TestConfig::new(p)
-        .free_port()
-        .unwrap()
-        .whatsapp_sim(sim)
+    let mut cfg = TestConfig::new(p).free_port().unwrap();
+    if let Some(sim) = sim {
+        cfg = cfg.whatsapp_sim(sim);
+    }
+    let mut cfg = cfg
         .policy("prenotify = false\nwhatsapp_deadline = \"30s\"")
         .log_level("debug");
     if let Some(m) = modem {
@@ -84,7 +101,11 @@ async fn gateway_with(sim: &CloudApiSim, ldap: &str, modem: Option<&Path>, extra
         dir = p.display(),
     ));
     cfg.write().unwrap();
-    let d = Launch::new(&cfg).rust_log("otpgate=debug").ready().await;
+    let mut launch = Launch::new(&cfg).rust_log("otpgate=debug");
+    for (k, v) in env {
+        launch = launch.env(k, *v);
+    }
+    let d = launch.ready().await;
     Gate {
         d,
         radius,
@@ -493,7 +514,7 @@ async fn the_directory_over_ldaps_and_starttls_with_its_certificate_checked() {
     .enumerate()
     {
         let n = n + 1;
-        let g = gateway_with(&sim, &ldap, None, "").await;
+        let g = gateway_with(Some(&sim), &ldap, None, "", &[]).await;
         let r = radclient(g.radius, request("alice", "alice-pw", None), 10)
             .await
             .unwrap();
@@ -501,7 +522,7 @@ async fn the_directory_over_ldaps_and_starttls_with_its_certificate_checked() {
         code_for(&sim, "919876543210", n).await;
     }
     // Without the directory's CA its certificate is refused: no sign-in, and /readyz says so.
-    let g = gateway_with(&sim, &ldaps, None, "").await;
+    let g = gateway_with(Some(&sim), &ldaps, None, "", &[]).await;
     let r = radclient(g.radius, request("alice", "alice-pw", None), 10)
         .await
         .unwrap();
@@ -511,4 +532,53 @@ async fn the_directory_over_ldaps_and_starttls_with_its_certificate_checked() {
     assert_eq!(s, 503, "{v}");
     assert!(v["problems"].to_string().contains("certificate"), "{v}");
     assert_eq!(codes_to(&sim, "919876543210").len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn otp_only_skips_the_password_and_failmode_decides_without_a_channel() {
+    let slapd = directory().await;
+    let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
+    let ldap = format!(
+        "url = \"ldap://127.0.0.1:{}\"\nstarttls = false\nallow_plain = true\n",
+        slapd.port
+    );
+    // otp_only: the password was checked in front of us; the user alone is looked up.
+    let g = gateway_with(
+        Some(&sim),
+        &ldap,
+        None,
+        "",
+        &[("OTPGATE__RADIUS__MODE", "otp_only")],
+    )
+    .await;
+    let r = radclient(g.radius, request("alice", "not-checked", None), 10)
+        .await
+        .unwrap();
+    assert_eq!(r.code, "Access-Challenge", "{r:?}");
+    let r = radclient(g.radius, request("nobody", "x", None), 10)
+        .await
+        .unwrap();
+    assert_eq!(r.code, "Access-Reject", "{r:?}");
+    drop(g);
+
+    // No channel can deliver: secure (the default) rejects, safe accepts on the password.
+    let g = gateway_env(&slapd, &[]).await;
+    let r = radclient(g.radius, request("alice", "alice-pw", None), 10)
+        .await
+        .unwrap();
+    assert_eq!(r.code, "Access-Reject", "{r:?}");
+    drop(g);
+    let g = gateway_env(&slapd, &[("OTPGATE__RADIUS__FAILMODE", "safe")]).await;
+    let r = radclient(g.radius, request("alice", "wrong", None), 10)
+        .await
+        .unwrap();
+    assert_eq!(r.code, "Access-Reject", "the password still counts: {r:?}");
+    let r = radclient(g.radius, request("alice", "alice-pw", None), 10)
+        .await
+        .unwrap();
+    assert_eq!(r.code, "Access-Accept", "{r:?}");
+    g.d.wait_logged("the loud failmode line", |l| {
+        l.contains("accepted on the password alone")
+    })
+    .await;
 }
