@@ -195,6 +195,10 @@ pub async fn start(
             DRAIN,
         )));
     }
+    // --- RADIUS front door (issue 16): UDP listeners when [radius] is enabled. ---
+    let radius = crate::radius::start(app.clone(), shutdown_rx.clone()).await;
+    tasks.extend(radius.map_err(|(addr, cause)| DaemonError::Bind { addr, cause })?);
+    // --- end RADIUS ---
     Ok(Running {
         whatsapp: set.whatsapp,
         sms: set.sms,
@@ -328,6 +332,10 @@ impl Running {
         }
         if let Ok(d) = self.store.queue_depth().await {
             parts.push(format!("queue {d}"));
+        }
+        // RADIUS (issue 16): the directory's reachability.
+        if let Some(p) = self.metrics.ldap_problem() {
+            parts.push(format!("ldap: {p}"));
         }
         parts.join("; ")
     }

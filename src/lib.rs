@@ -42,6 +42,9 @@
 //! | metrics counters | [`metrics`] |
 //! | `otpgate status`: the one screen from /readyz, /metrics and the outbox's last hour | [`status`] |
 //! | SMS pumping: velocity by number block, end user and address; the conversion breaker | [`abuse`] |
+//! | verification core shared by the Verify API and RADIUS: make, store as HMAC, check, resend | [`verify`] |
+//! | RADIUS packets on bytes (RFC 2865/2869), the UDP server, challenge state | [`radius`] |
+//! | the directory (LDAP over rustls): user search, password bind, phone attribute | [`ldap`] |
 //!
 //! The path of one code through these modules, and where each kind of change goes, is in
 //! `docs/architecture.md`.
@@ -61,10 +64,13 @@ pub mod daemon;
 pub mod demo;
 pub mod dispatch;
 pub mod domain;
+pub mod ldap;
 pub mod metrics;
 pub mod phone;
+pub mod radius;
 pub mod secret;
 #[cfg(feature = "simulators")]
 pub mod sim;
 pub mod status;
 pub mod store;
+pub mod verify;

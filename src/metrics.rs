@@ -40,6 +40,13 @@ pub struct ModemLabel {
     pub modem: String,
 }
 
+/// The result of one RADIUS request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    /// accept, reject, challenge, dropped, retransmit.
+    pub result: String,
+}
+
 /// Every metric otpgate exports.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -79,6 +86,12 @@ pub struct Metrics {
     pub sms_breaker_open: Gauge,
     /// Times the conversion breaker tripped.
     pub sms_breaker_trips: Counter,
+    /// RADIUS requests by result.
+    pub radius_requests: Family<ResultLabel, Counter>,
+    /// 1 when the directory answered the last call, 0 when it did not (RADIUS on only).
+    pub ldap_up: Gauge,
+    /// Why the directory is unreachable, for /readyz and STATUS; None while it answers.
+    ldap_problem: Mutex<Option<String>>,
 }
 
 /// The channels every channel-labelled family starts with.
@@ -164,6 +177,9 @@ impl Metrics {
             not_requested: Counter::default(),
             sms_breaker_open: Gauge::default(),
             sms_breaker_trips: Counter::default(),
+            radius_requests: Family::default(),
+            ldap_up: Gauge::default(),
+            ldap_problem: Mutex::new(None),
         };
         r.register(
             "messages_accepted",
@@ -255,6 +271,16 @@ impl Metrics {
             "Times the conversion breaker paused SMS to a number block or country",
             m.sms_breaker_trips.clone(),
         );
+        r.register(
+            "radius_requests",
+            "RADIUS requests by result",
+            m.radius_requests.clone(),
+        );
+        r.register(
+            "ldap_up",
+            "1 when the directory answered the last call",
+            m.ldap_up.clone(),
+        );
         if let Ok(mut reg) = m.registry.lock() {
             *reg = r;
         }
@@ -308,6 +334,28 @@ impl Metrics {
                 reason: reason.to_owned(),
             })
             .inc();
+    }
+
+    /// Counts a RADIUS request by its result.
+    pub fn radius(&self, result: &str) {
+        self.radius_requests
+            .get_or_create(&ResultLabel {
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Records whether the directory answers (`None`) or why not.
+    pub fn set_ldap_status(&self, problem: Option<String>) {
+        self.ldap_up.set(i64::from(problem.is_none()));
+        if let Ok(mut p) = self.ldap_problem.lock() {
+            *p = problem;
+        }
+    }
+
+    /// Why the directory is unreachable, when it is (RADIUS configured only).
+    pub fn ldap_problem(&self) -> Option<String> {
+        self.ldap_problem.lock().ok().and_then(|p| p.clone())
     }
 
     /// The Prometheus text exposition.

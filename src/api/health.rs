@@ -31,6 +31,9 @@ pub async fn readyz(app: &App) -> Resp {
     } else if !any_usable {
         problems.push("no channel can carry messages".to_string());
     }
+    if let Some(p) = app.metrics.ldap_problem() {
+        problems.push(format!("ldap: {p}"));
+    }
     let ready = problems.is_empty();
     let cfg = app.live.get();
     // Not a readiness problem (codes still go out), but what "sent" means: without the

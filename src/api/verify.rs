@@ -1,11 +1,9 @@
-//! The Verify API, for callers that do not make and check codes themselves (RADIUS setups,
-//! VPN concentrators): the gateway draws a code from the OS CSPRNG, stores only
-//! HMAC-SHA256(key, id ":" code), delivers it through the normal policy, and checks a
-//! candidate in constant time, once, within an attempt limit.
+//! The Verify API over HTTP, for callers that do not make and check codes themselves: start
+//! (`POST /v1/verifications`), status, check and resend. This module only translates JSON to
+//! and from the transport-free core in [`crate::verify`] (which RADIUS shares): the code drawn
+//! from the OS CSPRNG, stored only as HMAC-SHA256(key, id ":" code), delivered through the
+//! normal policy, and checked in constant time, once, within an attempt limit.
 
-use std::time::Duration;
-
-use hmac::{KeyInit, Mac};
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use serde::Deserialize;
@@ -14,34 +12,13 @@ use serde_json::json;
 use super::decode::parse_json;
 use super::error::ApiError;
 use super::listener::ConnInfo;
-use super::submit::{self, Accepted, Intake, Submission};
 use super::{App, Resp, json_response, read_body};
-use crate::channel::ChannelKind;
 use crate::config::Config;
-use crate::secret::Secret;
-use crate::store::{CheckOutcome, InsertResult, NewVerification, Resend, Verification};
+use crate::store::{CheckOutcome, Verification};
+use crate::verify::{self as core, Resent};
 
-type HmacSha256 = hmac::Hmac<sha2::Sha256>;
-
-/// The stored form of a code: HMAC-SHA256 keyed with the verify key over "id:code".
-pub fn code_hash(key: &Secret, id: &str, code: &str) -> [u8; 32] {
-    let mut mac = match HmacSha256::new_from_slice(key.expose().as_bytes()) {
-        Ok(m) => m,
-        // HMAC takes keys of any length; this arm cannot run.
-        Err(_) => return [0; 32],
-    };
-    mac.update(id.as_bytes());
-    mac.update(b":");
-    mac.update(code.as_bytes());
-    mac.finalize().into_bytes().into()
-}
-
-/// `length` uniformly random decimal digits from the OS CSPRNG (no modulo bias).
-pub fn new_code(length: u32) -> String {
-    (0..length)
-        .map(|_| char::from(b'0' + rand::random_range(0..10u8)))
-        .collect()
-}
+/// Re-exported from the transport-free core, where they live.
+pub use crate::verify::{code_hash, new_code};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -99,19 +76,6 @@ pub async fn route(
     }
 }
 
-fn parse_channel(c: Option<&str>) -> Result<Option<ChannelKind>, ApiError> {
-    match c {
-        None | Some("auto") => Ok(None),
-        Some(s) => ChannelKind::parse(s).map(Some).ok_or_else(|| {
-            ApiError::field(
-                "invalid_field",
-                "channel",
-                "channel must be \"whatsapp\", \"sms\" or \"auto\"",
-            )
-        }),
-    }
-}
-
 async fn start(
     app: &App,
     cfg: &Config,
@@ -121,48 +85,25 @@ async fn start(
     let client = app.authenticate(cfg, req.headers(), conn)?;
     let (_, body) = read_body(req, cfg.server.max_body_bytes).await?;
     let r: StartRequest = parse_json(&body)?;
-    let only_channel = parse_channel(r.channel.as_deref())?;
-    submit::check_locale(r.locale.as_deref())?;
-    let length = r.length.unwrap_or(cfg.verify.default_length);
-    if !(4..=10).contains(&length) {
-        return Err(ApiError::field(
-            "invalid_field",
-            "length",
-            "length must be between 4 and 10",
-        ));
-    }
-    let ttl = submit::ttl_of(cfg, r.ttl_seconds)?;
-    let id = submit::new_id("ver", app.clock.now());
-    let code = new_code(length);
-    let key = app.verify_key(cfg);
-    let hash = code_hash(&key, &id, &code);
-    let (content, _) = submit::build_content(cfg, Some(code), None, r.locale.as_deref(), ttl)?;
-    let intake = Intake { app, cfg, client };
-    let p = intake.prepare(Submission {
-        to: r.to,
-        content,
-        ttl,
-        locale: r.locale,
-        idempotency_key: None,
-        reference: Some(id.clone()),
-        only_channel,
-    })?;
-    let expires = p.message.expires_at;
-    let new = NewVerification {
-        id: id.clone(),
-        code_hash: hash,
-        length,
-        channel: r.channel.clone(),
-        message: p.message,
-    };
-    let result = app.store.create_verification(new, p.limits).await;
-    match intake.stored(result)? {
-        Accepted::New(m) => Ok(json_response(
-            StatusCode::CREATED,
-            &json!({"id": id, "status": "pending", "to": m.recipient, "channel": r.channel.unwrap_or_else(|| "auto".into()), "expires_at": expires.to_rfc3339(), "message_id": m.id}),
-        )),
-        Accepted::Repeat(_) => Err(ApiError::unavailable()),
-    }
+    let ttl = super::submit::ttl_of(cfg, r.ttl_seconds)?;
+    let channel = r.channel.clone();
+    let s = core::start(
+        app,
+        cfg,
+        client,
+        core::StartRequest {
+            to: r.to,
+            channel: r.channel,
+            locale: r.locale,
+            length: r.length,
+            ttl,
+        },
+    )
+    .await?;
+    Ok(json_response(
+        StatusCode::CREATED,
+        &json!({"id": s.id, "status": "pending", "to": s.recipient, "channel": channel.unwrap_or_else(|| "auto".into()), "expires_at": s.expires_at.to_rfc3339(), "message_id": s.message_id}),
+    ))
 }
 
 async fn get(
@@ -204,26 +145,7 @@ async fn check(
         return Err(ApiError::not_found());
     }
     let r: CheckRequest = parse_json(&body)?;
-    let candidate = r.code.trim();
-    if candidate.is_empty() || candidate.len() > 16 {
-        return Err(ApiError::field(
-            "invalid_code",
-            "code",
-            "code must be 1 to 16 characters",
-        ));
-    }
-    let hash = code_hash(&app.verify_key(cfg), id, candidate);
-    let outcome = app
-        .store
-        .check_verification(
-            id,
-            &client.name,
-            hash,
-            cfg.verify.max_attempts,
-            app.clock.now(),
-        )
-        .await
-        .map_err(|_| ApiError::unavailable())?;
+    let outcome = core::check(app, cfg, &client.name, id, &r.code).await?;
     let (status, extra) = match outcome {
         CheckOutcome::NotFound => return Err(ApiError::not_found()),
         CheckOutcome::Approved => ("approved", json!(null)),
@@ -256,78 +178,28 @@ async fn resend(
     if !valid_id(id) {
         return Err(ApiError::not_found());
     }
-    let Some(v) = app
-        .store
-        .verification(id, &client.name)
-        .await
-        .map_err(|_| ApiError::unavailable())?
-    else {
-        return Err(ApiError::not_found());
-    };
-    let now = app.clock.now();
-    let remaining = now.until(v.expires_at);
-    if remaining < Duration::from_secs(10) || v.status != "pending" {
-        return Err(ApiError {
-            status: StatusCode::CONFLICT,
-            ..ApiError::new(
-                StatusCode::CONFLICT,
-                "not_pending",
-                "this verification can no longer be resent",
-            )
-        });
-    }
-    let code = new_code(v.length);
-    let hash = code_hash(&app.verify_key(cfg), id, &code);
-    let (content, _) = submit::build_content(cfg, Some(code), None, None, remaining)?;
-    let only_channel = parse_channel(v.channel.as_deref())?;
-    let intake = Intake { app, cfg, client };
-    let mut p = intake.prepare(Submission {
-        to: v.recipient.clone(),
-        content,
-        ttl: remaining,
-        locale: None,
-        idempotency_key: None,
-        reference: Some(id.to_owned()),
-        only_channel,
-    })?;
-    // The code lives as long as the verification, not longer.
-    p.message.expires_at = v.expires_at;
-    match app
-        .store
-        .resend_verification(
-            id,
-            &client.name,
-            hash,
-            p.message,
-            cfg.verify.max_sends,
-            p.limits,
-        )
-        .await
-    {
-        Ok(Resend::Stored(r @ InsertResult::Created(_))) => {
-            intake.stored(Ok(r))?;
-            Ok(json_response(
-                StatusCode::OK,
-                &json!({"id": id, "status": "pending", "sends": v.sends + 1}),
-            ))
-        }
-        Ok(Resend::Stored(other)) => intake
-            .stored(Ok(other))
-            .map(|_| json_response(StatusCode::OK, &json!({"id": id, "status": "pending"}))),
-        Ok(Resend::MaxSends) => Err(ApiError {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            ..ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "max_sends",
-                format!("at most {} codes per verification", cfg.verify.max_sends),
-            )
-        }),
-        Ok(Resend::NotFound) => Err(ApiError::not_found()),
-        Ok(Resend::NotPending) => Err(ApiError::new(
+    let not_pending = || {
+        ApiError::new(
             StatusCode::CONFLICT,
             "not_pending",
             "this verification can no longer be resent",
+        )
+    };
+    match core::resend(app, cfg, client, id).await? {
+        Resent::New { sends } => Ok(json_response(
+            StatusCode::OK,
+            &json!({"id": id, "status": "pending", "sends": sends}),
         )),
-        Err(_) => Err(ApiError::unavailable()),
+        Resent::Existing => Ok(json_response(
+            StatusCode::OK,
+            &json!({"id": id, "status": "pending"}),
+        )),
+        Resent::MaxSends => Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "max_sends",
+            format!("at most {} codes per verification", cfg.verify.max_sends),
+        )),
+        Resent::NotFound => Err(ApiError::not_found()),
+        Resent::NotPending => Err(not_pending()),
     }
 }

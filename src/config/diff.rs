@@ -5,8 +5,9 @@
 //! does not compile until it is classified here: a reload can never drop a change silently.
 
 use super::{
-    BreakerConfig, ClientConfig, Config, LimitsConfig, LogConfig, ModemConfig, OtpConfig,
-    PolicyConfig, ServerConfig, StoreConfig, TlsFiles, VerifyConfig, WhatsAppConfig,
+    BreakerConfig, ClientConfig, Config, LdapConfig, LimitsConfig, LogConfig, ModemConfig,
+    OtpConfig, PolicyConfig, RadiusClient, RadiusConfig, ServerConfig, StoreConfig, TlsFiles,
+    VerifyConfig, WhatsAppConfig,
 };
 
 /// Whether a changed key takes effect on reload.
@@ -45,6 +46,8 @@ pub fn changes(old: &Config, new: &Config) -> Vec<Change> {
         limits,
         log,
         verify,
+        radius,
+        ldap,
         // Derived from the rest (a world-readable secret, no channel): not settings.
         warnings: _,
     } = old;
@@ -59,6 +62,8 @@ pub fn changes(old: &Config, new: &Config) -> Vec<Change> {
     d.limits(limits, &new.limits);
     d.log(log, &new.log);
     d.verify(verify, &new.verify);
+    d.radius(radius, &new.radius);
+    d.ldap(ldap, &new.ldap);
     d.out
 }
 
@@ -441,6 +446,84 @@ impl Diff {
         let escalate = &new.escalate_after;
         self.cmp("verify.escalate_after", escalate_after, escalate, Applied);
     }
+
+    /// The RADIUS server reads the configuration in force per datagram; only its sockets
+    /// are bound once, at start.
+    fn radius(&mut self, old: &RadiusConfig, new: &RadiusConfig) {
+        let RadiusConfig {
+            enabled,
+            listen,
+            mode,
+            failmode,
+            prompt,
+            require_message_authenticator,
+            clients,
+        } = old;
+        self.cmp("radius.enabled", enabled, &new.enabled, NeedsRestart);
+        self.cmp("radius.listen", listen, &new.listen, NeedsRestart);
+        self.cmp("radius.mode", mode, &new.mode, Applied);
+        self.cmp("radius.failmode", failmode, &new.failmode, Applied);
+        self.cmp("radius.prompt", prompt, &new.prompt, Applied);
+        let rma = &new.require_message_authenticator;
+        let key = "radius.require_message_authenticator";
+        self.cmp(key, require_message_authenticator, rma, Applied);
+        for c in clients {
+            let RadiusClient {
+                name,
+                network,
+                secret,
+            } = c;
+            match new.clients.iter().find(|n| &n.name == name) {
+                None => self.push(format!("radius.clients.{name}"), Applied),
+                Some(n) => {
+                    let at = |k: &str| format!("radius.clients.{name}.{k}");
+                    self.cmp(&at("address"), network, &n.network, Applied);
+                    self.cmp(&at("secret_file"), secret, &n.secret, Applied);
+                }
+            }
+        }
+        for n in &new.clients {
+            if !clients.iter().any(|c| c.name == n.name) {
+                self.push(format!("radius.clients.{}", n.name), Applied);
+            }
+        }
+    }
+
+    /// The directory's connections (URL, TLS, service account, pool) are made once, at
+    /// start; what a search asks for is read per request.
+    fn ldap(&mut self, old: &LdapConfig, new: &LdapConfig) {
+        let LdapConfig {
+            url,
+            starttls,
+            allow_plain,
+            bind_dn,
+            bind_password,
+            base_dn,
+            user_filter,
+            phone_attributes,
+            ca_file,
+            timeout,
+            pool_size,
+        } = old;
+        self.cmp("ldap.url", url, &new.url, NeedsRestart);
+        self.cmp("ldap.starttls", starttls, &new.starttls, NeedsRestart);
+        self.cmp(
+            "ldap.allow_plain",
+            allow_plain,
+            &new.allow_plain,
+            NeedsRestart,
+        );
+        self.cmp("ldap.bind_dn", bind_dn, &new.bind_dn, NeedsRestart);
+        let pw = &new.bind_password;
+        self.cmp("ldap.bind_password_file", bind_password, pw, NeedsRestart);
+        self.cmp("ldap.base_dn", base_dn, &new.base_dn, Applied);
+        self.cmp("ldap.user_filter", user_filter, &new.user_filter, Applied);
+        let attrs = &new.phone_attributes;
+        self.cmp("ldap.phone_attributes", phone_attributes, attrs, Applied);
+        self.cmp("ldap.ca_file", ca_file, &new.ca_file, NeedsRestart);
+        self.cmp("ldap.timeout", timeout, &new.timeout, NeedsRestart);
+        self.cmp("ldap.pool_size", pool_size, &new.pool_size, NeedsRestart);
+    }
 }
 
 #[cfg(test)]
@@ -786,6 +869,30 @@ mod tests {
                 |_| {},
                 |c| c.verify.key = Some(Secret::new("k".repeat(32))),
                 vec![("verify.key_file", a)],
+            ),
+            (
+                "radius listen and a client's secret",
+                |c| {
+                    c.radius.clients.push(crate::config::RadiusClient {
+                        name: "vpn".into(),
+                        network: "10.0.0.0/24".parse().unwrap(),
+                        secret: Secret::new("s1"),
+                    })
+                },
+                |c| {
+                    c.radius.listen.clear();
+                    c.radius.clients[0].secret = Secret::new("s2")
+                },
+                vec![("radius.listen", r), ("radius.clients.vpn.secret_file", a)],
+            ),
+            (
+                "ldap url and filter",
+                |_| {},
+                |c| {
+                    c.ldap.url = Some("ldaps://dc1".into());
+                    c.ldap.user_filter = "(uid={user})".into()
+                },
+                vec![("ldap.url", r), ("ldap.user_filter", a)],
             ),
             (
                 "several sections",

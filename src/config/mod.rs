@@ -100,6 +100,10 @@ pub struct Config {
     pub log: LogConfig,
     /// `[verify]`
     pub verify: VerifyConfig,
+    /// `[radius]`
+    pub radius: RadiusConfig,
+    /// `[ldap]`
+    pub ldap: LdapConfig,
     /// Non-fatal findings (world-readable secrets, ...), shown by check-config and logged at start.
     pub warnings: Vec<String>,
 }
@@ -343,6 +347,88 @@ pub struct VerifyConfig {
     /// `None` ("off"): never.
     pub escalate_after: Option<Duration>,
 }
+
+/// `[radius]`: the RADIUS front door (UDP), off by default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RadiusConfig {
+    /// Master switch.
+    pub enabled: bool,
+    /// UDP addresses to listen on.
+    pub listen: Vec<SocketAddr>,
+    /// `challenge` (password by LDAP bind, then a code) or `otp_only` (a code alone).
+    pub mode: RadiusMode,
+    /// What happens when no channel can take the code.
+    pub failmode: FailMode,
+    /// The Access-Challenge's Reply-Message; `{channel}` and `{last_digits}` are replaced.
+    pub prompt: String,
+    /// Drop requests without a Message-Authenticator (BlastRADIUS); on by default.
+    pub require_message_authenticator: bool,
+    /// The NASes allowed to ask.
+    pub clients: Vec<RadiusClient>,
+}
+
+/// `radius.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RadiusMode {
+    /// User-Password is the directory password; the code follows in a challenge.
+    Challenge,
+    /// The password was checked in front of us (NPS, a gateway); only the code is asked.
+    OtpOnly,
+}
+
+/// `radius.failmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Reject when no channel can deliver the code (the default).
+    Secure,
+    /// Accept on the password alone when no channel can deliver, logged loudly.
+    Safe,
+}
+
+/// One `[[radius.clients]]` entry: a NAS and its shared secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RadiusClient {
+    /// Name for logs and metrics.
+    pub name: String,
+    /// Source address or network.
+    pub network: IpNet,
+    /// The shared secret (from `secret_file` or credential `radius-<name>-secret`).
+    pub secret: Secret,
+}
+
+/// `[ldap]`: the directory RADIUS asks for passwords and phone numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LdapConfig {
+    /// `ldaps://host:636` or `ldap://host:389`; None = no directory.
+    pub url: Option<String>,
+    /// StartTLS on an `ldap://` URL (default on).
+    pub starttls: bool,
+    /// Allows `ldap://` without StartTLS (passwords in the clear on the wire).
+    pub allow_plain: bool,
+    /// Service account for the search; None = anonymous search.
+    pub bind_dn: Option<String>,
+    /// Its password (from `bind_password_file` or credential `ldap-bind-password`).
+    pub bind_password: Option<Secret>,
+    /// Where users are searched.
+    pub base_dn: String,
+    /// Search filter; `{user}` is replaced by the RFC 4515-escaped user name.
+    pub user_filter: String,
+    /// Attributes tried in order for the phone number.
+    pub phone_attributes: Vec<String>,
+    /// Extra PEM trust anchors for the directory's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Connect, bind and search timeout.
+    pub timeout: Duration,
+    /// Service connections kept open.
+    pub pool_size: u32,
+}
+
+/// The default filter: Active Directory's logon name or UPN.
+pub const DEFAULT_LDAP_FILTER: &str =
+    "(&(objectClass=user)(|(sAMAccountName={user})(userPrincipalName={user})))";
+/// The default Access-Challenge text.
+pub const DEFAULT_RADIUS_PROMPT: &str =
+    "Enter the code sent by {channel} to the number ending in {last_digits}";
 
 /// `[log]`
 #[derive(Debug, Clone)]

@@ -19,6 +19,44 @@ pub struct RawConfig {
     pub limits: RawLimits,
     pub log: RawLog,
     pub verify: RawVerify,
+    pub radius: RawRadius,
+    pub ldap: RawLdap,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRadius {
+    pub enabled: Option<bool>,
+    pub listen: Option<Vec<String>>,
+    pub mode: Option<String>,
+    pub failmode: Option<String>,
+    pub prompt: Option<String>,
+    pub require_message_authenticator: Option<bool>,
+    pub clients: Vec<RawRadiusClient>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawRadiusClient {
+    pub name: Option<String>,
+    pub address: Option<String>,
+    pub secret_file: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawLdap {
+    pub url: Option<String>,
+    pub starttls: Option<bool>,
+    pub allow_plain: Option<bool>,
+    pub bind_dn: Option<String>,
+    pub bind_password_file: Option<String>,
+    pub base_dn: Option<String>,
+    pub user_filter: Option<String>,
+    pub phone_attributes: Option<Vec<String>>,
+    pub ca_file: Option<String>,
+    pub timeout: Option<String>,
+    pub pool_size: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -19,6 +19,7 @@ impl Config {
         self.summarise_clients(&mut out);
         self.summarise_channels(&mut out);
         self.summarise_policy(&mut out);
+        self.summarise_radius(&mut out);
         for w in self.warnings.iter().chain(&self.missing_devices()) {
             out.push_str(&format!("warning: {w}\n"));
         }
@@ -67,6 +68,54 @@ impl Config {
             readable(self.otp.max_ttl),
             self.otp.default_country.as_ref()
         ));
+    }
+
+    fn summarise_radius(&self, out: &mut String) {
+        let r = &self.radius;
+        if !r.enabled {
+            out.push_str("  radius      off\n");
+            return;
+        }
+        let listen = r
+            .listen
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push_str(&format!(
+            "  radius      udp {listen}, mode {}, failmode {}, Message-Authenticator {}\n",
+            match r.mode {
+                RadiusMode::Challenge => "challenge (password by LDAP bind, then a code)",
+                RadiusMode::OtpOnly => "otp_only",
+            },
+            match r.failmode {
+                FailMode::Secure => "secure",
+                FailMode::Safe => "safe (password alone when no channel delivers)",
+            },
+            if r.require_message_authenticator {
+                "required"
+            } else {
+                "optional"
+            }
+        ));
+        for c in &r.clients {
+            out.push_str(&format!("  nas         {} from {}\n", c.name, c.network));
+        }
+        let l = &self.ldap;
+        if let Some(url) = &l.url {
+            let tls = if url.starts_with("ldaps://") {
+                "TLS"
+            } else if l.starttls {
+                "StartTLS"
+            } else {
+                "PLAIN (passwords in the clear)"
+            };
+            out.push_str(&format!(
+                "  ldap        {url} ({tls}), base {}, phone from {}\n",
+                l.base_dn,
+                l.phone_attributes.join(" then ")
+            ));
+        }
     }
 
     fn summarise_clients(&self, out: &mut String) {

@@ -15,6 +15,9 @@ use super::*;
 use crate::channel::ChannelKind;
 use crate::secret::{LoadedSecret, Secret, credential_path, read_secret_file};
 
+/// `[radius]` and `[ldap]`.
+mod directory;
+
 fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
     let bytes = hex::decode(s.trim())
         .map_err(|_| "expected 64 hexadecimal characters (see `otpgate key new`)".to_string())?;
@@ -154,6 +157,8 @@ pub(super) fn validate(
     let limits = limits(&mut v, &raw.limits);
     let log = log(&mut v, &raw.log);
     let verify = verify(&mut v, &raw.verify, &mut warnings);
+    let ldap = directory::ldap(&mut v, &raw.ldap, &mut warnings);
+    let radius = directory::radius(&mut v, &raw.radius, &ldap, &mut warnings);
     if !whatsapp.enabled && modems.is_empty() {
         warnings.push("no channel is configured: enable [whatsapp] or add a [[modems]] entry; the API will answer 503 no_channel".into());
     }
@@ -169,6 +174,8 @@ pub(super) fn validate(
         limits,
         log,
         verify,
+        radius,
+        ldap,
         warnings,
     }
 }

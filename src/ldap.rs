@@ -1,0 +1,403 @@
+//! The directory RADIUS asks (Active Directory or any LDAP server), through `ldap3` on rustls:
+//! find a user with the service account, check a password by binding as the user, read the
+//! phone attribute. A small pool keeps service connections open; a connection that errs is
+//! dropped, not reused. Passwords go from the caller to the bind and nowhere else: they are
+//! never logged, stored, or kept past the call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ldap3::{LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+
+use crate::config::LdapConfig;
+use crate::metrics::Metrics;
+use crate::secret::Secret;
+
+/// Why a directory call failed. Messages name the user, never a password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DirectoryError {
+    /// No directory is configured.
+    #[error("no directory is configured (ldap.url)")]
+    NotConfigured,
+    /// The server could not be reached, or the connection broke.
+    #[error("directory unreachable: {0}")]
+    Unreachable(String),
+    /// The service account's bind was refused.
+    #[error(
+        "the service account's bind was refused (result {0}); check ldap.bind_dn and its password"
+    )]
+    ServiceBind(u32),
+    /// The search failed.
+    #[error("search failed: {0}")]
+    Search(String),
+    /// No entry matches the user.
+    #[error("no directory entry for user {0:?}")]
+    NoSuchUser(String),
+    /// More than one entry matches: refused rather than guessing.
+    #[error("{1} directory entries match user {0:?}")]
+    Ambiguous(String, usize),
+    /// Wrong password (or an account the server refuses: disabled, locked, expired).
+    #[error("the directory refused the password of {user:?}{}", reason.map(|r| format!(" ({r})")).unwrap_or_default())]
+    BadCredentials {
+        /// The user name.
+        user: String,
+        /// AD's reason, when its diagnostic says (account disabled, locked, ...).
+        reason: Option<&'static str>,
+    },
+    /// The TLS setup (ca_file) is unusable.
+    #[error("TLS setup: {0}")]
+    Tls(String),
+}
+
+/// A user found in the directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserEntry {
+    /// Its DN (the bind name).
+    pub dn: String,
+    /// The first non-empty phone attribute value, in the configured order.
+    pub phone: Option<String>,
+}
+
+/// Escapes a value for an LDAP filter (RFC 4515 3: `*`, `(`, `)`, `\` and NUL as `\XX`).
+pub fn escape_filter_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '*' => out.push_str("\\2a"),
+            '(' => out.push_str("\\28"),
+            ')' => out.push_str("\\29"),
+            '\\' => out.push_str("\\5c"),
+            '\0' => out.push_str("\\00"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The user filter with `{user}` replaced by the escaped name.
+pub fn user_filter(template: &str, user: &str) -> String {
+    template.replace("{user}", &escape_filter_value(user))
+}
+
+/// AD's reason for a refused bind, from the "data NNN" in its diagnostic text.
+pub fn ad_reason(diagnostic: &str) -> Option<&'static str> {
+    let code = diagnostic.split("data ").nth(1)?.get(..3)?;
+    Some(match code {
+        "525" => "no such user",
+        "52e" => "wrong password",
+        "530" => "logon not permitted at this time",
+        "531" => "logon not permitted from this workstation",
+        "532" => "password expired",
+        "533" => "account disabled",
+        "701" => "account expired",
+        "773" => "password must be changed",
+        "775" => "account locked",
+        _ => return None,
+    })
+}
+
+/// Picks the phone number: the first attribute in `order` with a non-blank value.
+pub fn pick_phone(
+    attrs: &std::collections::HashMap<String, Vec<String>>,
+    order: &[String],
+) -> Option<String> {
+    order.iter().find_map(|name| {
+        // Attribute names are case-insensitive; servers answer in their own spelling.
+        attrs
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.iter().find(|s| !s.trim().is_empty()))
+            .map(|s| s.trim().to_owned())
+    })
+}
+
+/// What the directory looks like per request (the settings a reload may change).
+#[derive(Debug, Clone)]
+pub struct Search<'a> {
+    /// Base DN.
+    pub base_dn: &'a str,
+    /// Filter template with `{user}`.
+    pub user_filter: &'a str,
+    /// Phone attributes in order.
+    pub phone_attributes: &'a [String],
+}
+
+/// The connection to the directory: settings fixed at start, a pool of open connections.
+pub struct Directory {
+    url: String,
+    settings: LdapConnSettings,
+    bind: Option<(String, Secret)>,
+    timeout: Duration,
+    idle: tokio::sync::Mutex<Vec<ldap3::Ldap>>,
+    slots: tokio::sync::Semaphore,
+    pool_size: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for Directory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Directory")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn tls_config(cfg: &LdapConfig) -> Result<Arc<rustls::ClientConfig>, DirectoryError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = &cfg.ca_file {
+        let bad = |e: String| DirectoryError::Tls(format!("ldap.ca_file {}: {e}", path.display()));
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| bad(e.to_string()))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bad(e.to_string()))?;
+        for c in certs {
+            roots.add(c).map_err(|e| bad(e.to_string()))?;
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| DirectoryError::Tls(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(tls))
+}
+
+impl Directory {
+    /// Prepares the directory from `[ldap]`; connects lazily.
+    pub fn new(cfg: &LdapConfig, metrics: Arc<Metrics>) -> Result<Directory, DirectoryError> {
+        let url = cfg.url.clone().ok_or(DirectoryError::NotConfigured)?;
+        let starttls = url.starts_with("ldap://") && cfg.starttls;
+        let settings = LdapConnSettings::new()
+            .set_conn_timeout(cfg.timeout)
+            .set_starttls(starttls)
+            .set_config(tls_config(cfg)?);
+        let pool_size = usize::try_from(cfg.pool_size).unwrap_or(4).max(1);
+        Ok(Directory {
+            url,
+            settings,
+            bind: cfg.bind_dn.clone().zip(cfg.bind_password.clone()),
+            timeout: cfg.timeout,
+            idle: tokio::sync::Mutex::new(Vec::new()),
+            slots: tokio::sync::Semaphore::new(pool_size),
+            pool_size,
+            metrics,
+        })
+    }
+
+    async fn connect(&self) -> Result<ldap3::Ldap, DirectoryError> {
+        let (conn, ldap) = LdapConnAsync::with_settings(self.settings.clone(), &self.url)
+            .await
+            .map_err(|e| DirectoryError::Unreachable(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.drive().await {
+                tracing::debug!(error = %e, "ldap connection ended");
+            }
+        });
+        Ok(ldap)
+    }
+
+    /// A new connection bound as the service account.
+    async fn fresh(&self) -> Result<ldap3::Ldap, DirectoryError> {
+        let r = async {
+            let mut l = self.connect().await?;
+            self.service_bind(&mut l).await?;
+            Ok(l)
+        }
+        .await;
+        r.inspect_err(|e| self.observe(Err(e)))
+    }
+
+    /// Binds `ldap` as the service account (or anonymously).
+    async fn service_bind(&self, ldap: &mut ldap3::Ldap) -> Result<(), DirectoryError> {
+        let (dn, pw) = match &self.bind {
+            Some((dn, pw)) => (dn.as_str(), pw.expose()),
+            None => ("", ""),
+        };
+        let r = ldap
+            .with_timeout(self.timeout)
+            .simple_bind(dn, pw)
+            .await
+            .map_err(|e| DirectoryError::Unreachable(e.to_string()))?;
+        if r.rc != 0 {
+            return Err(DirectoryError::ServiceBind(r.rc));
+        }
+        Ok(())
+    }
+
+    /// Runs `f` on a pooled connection bound as the service account. The connection goes
+    /// back to the pool only when `f` succeeded or failed for the user's reasons.
+    async fn with_conn<T>(
+        &self,
+        f: impl AsyncFnOnce(&mut ldap3::Ldap) -> Result<T, DirectoryError>,
+    ) -> Result<T, DirectoryError> {
+        let _slot = self
+            .slots
+            .acquire()
+            .await
+            .map_err(|_| DirectoryError::Unreachable("shutting down".into()))?;
+        let pooled = self.idle.lock().await.pop();
+        let mut ldap = match pooled {
+            Some(mut l) => match self.service_bind(&mut l).await {
+                Ok(()) => l,
+                // The server closed an idle connection (restart, idle timeout): one fresh try.
+                Err(_) => self.fresh().await?,
+            },
+            None => self.fresh().await?,
+        };
+        let r = f(&mut ldap).await;
+        let keep = match &r {
+            Ok(_) => true,
+            Err(e) => !matches!(
+                e,
+                DirectoryError::Unreachable(_) | DirectoryError::ServiceBind(_)
+            ),
+        };
+        self.observe(r.as_ref().map(|_| ()));
+        if keep {
+            let mut idle = self.idle.lock().await;
+            if idle.len() < self.pool_size {
+                idle.push(ldap);
+            }
+        }
+        r
+    }
+
+    /// Records reachability for /readyz, STATUS and the `ldap_up` gauge.
+    fn observe(&self, r: Result<(), &DirectoryError>) {
+        match r {
+            Ok(()) => self.metrics.set_ldap_status(None),
+            Err(e @ (DirectoryError::Unreachable(_) | DirectoryError::ServiceBind(_))) => {
+                self.metrics.set_ldap_status(Some(e.to_string()))
+            }
+            // The directory answered: a user's problem is not the directory's.
+            Err(_) => self.metrics.set_ldap_status(None),
+        }
+    }
+
+    /// Finds `user` with the service account and reads its phone attribute.
+    pub async fn find(&self, s: &Search<'_>, user: &str) -> Result<UserEntry, DirectoryError> {
+        self.with_conn(async |ldap| find_on(ldap, self.timeout, s, user).await)
+            .await
+    }
+
+    /// Finds `user` and checks `password` by binding as it. An empty password is refused
+    /// without a bind: LDAP treats it as an anonymous bind, which succeeds.
+    pub async fn authenticate(
+        &self,
+        s: &Search<'_>,
+        user: &str,
+        password: &[u8],
+    ) -> Result<UserEntry, DirectoryError> {
+        let refused = |reason| DirectoryError::BadCredentials {
+            user: user.to_owned(),
+            reason,
+        };
+        let Ok(password) = std::str::from_utf8(password) else {
+            return Err(refused(None));
+        };
+        if password.is_empty() {
+            return Err(refused(Some("empty password")));
+        }
+        self.with_conn(async |ldap| {
+            let entry = find_on(ldap, self.timeout, s, user).await?;
+            let r = ldap
+                .with_timeout(self.timeout)
+                .simple_bind(&entry.dn, password)
+                .await
+                .map_err(|e| DirectoryError::Unreachable(e.to_string()))?;
+            match r.rc {
+                0 => Ok(entry),
+                _ => Err(refused(ad_reason(&r.text))),
+            }
+        })
+        .await
+    }
+
+    /// Checks that the directory answers and the service account binds (for a probe).
+    pub async fn probe(&self) -> Result<(), DirectoryError> {
+        self.with_conn(async |_| Ok(())).await
+    }
+}
+
+async fn find_on(
+    ldap: &mut ldap3::Ldap,
+    timeout: Duration,
+    s: &Search<'_>,
+    user: &str,
+) -> Result<UserEntry, DirectoryError> {
+    let filter = user_filter(s.user_filter, user);
+    let (entries, _) = ldap
+        .with_timeout(timeout)
+        .search(s.base_dn, Scope::Subtree, &filter, s.phone_attributes)
+        .await
+        .map_err(|e| DirectoryError::Unreachable(e.to_string()))?
+        .success()
+        .map_err(|e| DirectoryError::Search(e.to_string()))?;
+    match entries.len() {
+        0 => Err(DirectoryError::NoSuchUser(user.to_owned())),
+        1 => {
+            let e = entries
+                .into_iter()
+                .next()
+                .map(SearchEntry::construct)
+                .ok_or_else(|| DirectoryError::NoSuchUser(user.to_owned()))?;
+            Ok(UserEntry {
+                phone: pick_phone(&e.attrs, s.phone_attributes),
+                dn: e.dn,
+            })
+        }
+        n => Err(DirectoryError::Ambiguous(user.to_owned(), n)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    #[test]
+    fn filter_values_are_escaped_per_rfc4515() {
+        assert_eq!(escape_filter_value("alice"), "alice");
+        assert_eq!(escape_filter_value("a*)(uid=*"), "a\\2a\\29\\28uid=\\2a");
+        assert_eq!(escape_filter_value("back\\slash\0"), "back\\5cslash\\00");
+        assert_eq!(escape_filter_value("Jörg"), "Jörg");
+        assert_eq!(
+            user_filter("(&(objectClass=user)(sAMAccountName={user}))", "x)(|(a=*"),
+            "(&(objectClass=user)(sAMAccountName=x\\29\\28|\\28a=\\2a))"
+        );
+        assert_eq!(
+            user_filter("(|(uid={user})(mail={user}))", "b"),
+            "(|(uid=b)(mail=b))"
+        );
+    }
+
+    #[test]
+    fn ad_bind_diagnostics_name_the_reason() {
+        let t = "80090308: LdapErr: DSID-0C09042A, comment: AcceptSecurityContext error, data 533, v3839";
+        assert_eq!(ad_reason(t), Some("account disabled"));
+        assert_eq!(ad_reason(&t.replace("533", "775")), Some("account locked"));
+        assert_eq!(ad_reason(&t.replace("533", "52e")), Some("wrong password"));
+        assert_eq!(ad_reason(&t.replace("533", "999")), None);
+        assert_eq!(ad_reason("invalid credentials"), None);
+        assert_eq!(ad_reason("data 5"), None);
+    }
+
+    #[test]
+    fn the_phone_is_the_first_configured_attribute_with_a_value() {
+        let order = vec!["mobile".to_string(), "telephoneNumber".to_string()];
+        let mut a: HashMap<String, Vec<String>> = HashMap::new();
+        assert_eq!(pick_phone(&a, &order), None);
+        a.insert("telephonenumber".into(), vec!["+49 30 1234".into()]);
+        assert_eq!(pick_phone(&a, &order).as_deref(), Some("+49 30 1234"));
+        a.insert(
+            "mobile".into(),
+            vec!["  ".into(), " +91 98765 43210 ".into()],
+        );
+        assert_eq!(pick_phone(&a, &order).as_deref(), Some("+91 98765 43210"));
+    }
+}

@@ -1,0 +1,137 @@
+//! OpenLDAP's `slapd` on a loopback port, its config and database in a temporary directory:
+//! the real directory for `tests/radius.rs` and `benches/radius.rs`. Starting returns at once;
+//! the caller waits for [`Slapd::listening`] with its own bounded wait.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// Where the people live.
+pub const BASE: &str = "ou=people,dc=example,dc=org";
+/// The root DN, also the service account.
+pub const ADMIN_DN: &str = "cn=admin,dc=example,dc=org";
+/// Its password.
+pub const ADMIN_PW: &str = "admin-pw";
+
+/// A Debian daemon's path: /usr/sbin is not on every PATH.
+pub fn sbin(name: &str) -> std::path::PathBuf {
+    let p = Path::new("/usr/sbin").join(name);
+    if p.exists() { p } else { name.into() }
+}
+
+/// A running slapd; killed when dropped.
+pub struct Slapd {
+    child: Child,
+    /// Its loopback port (ldap://, StartTLS offered when TLS is on).
+    pub port: u16,
+    /// Its ldaps:// port, when started with TLS.
+    pub tls_port: Option<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl Slapd {
+    /// Loads `people` (uid, password or "" for none, one extra LDIF line or "") and starts
+    /// slapd on a free loopback port.
+    pub fn spawn(people: &[(&str, &str, &str)]) -> Slapd {
+        Slapd::spawn_with(people, None)
+    }
+
+    /// [`Slapd::spawn`] with TLS: `tls` is the certificate chain and key (PEM); it then also
+    /// listens for ldaps:// and offers StartTLS on ldap://.
+    pub fn spawn_with(people: &[(&str, &str, &str)], tls: Option<(&Path, &Path)>) -> Slapd {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        std::fs::create_dir(d.join("db")).unwrap();
+        let conf = format!(
+            "include /etc/ldap/schema/core.schema\n\
+             include /etc/ldap/schema/cosine.schema\n\
+             include /etc/ldap/schema/inetorgperson.schema\n\
+             modulepath /usr/lib/ldap\nmoduleload back_mdb\n\
+             pidfile {d}/slapd.pid\n\
+             database mdb\nmaxsize 10485760\n\
+             suffix \"dc=example,dc=org\"\n\
+             rootdn \"{ADMIN_DN}\"\nrootpw {ADMIN_PW}\n\
+             directory {d}/db\n\
+             access to attrs=userPassword by anonymous auth by self write by * none\n\
+             access to * by * read\n",
+            d = d.display()
+        );
+        let conf = match tls {
+            Some((cert, key)) => format!(
+                "TLSCertificateFile {}\nTLSCertificateKeyFile {}\n{conf}",
+                cert.display(),
+                key.display()
+            ),
+            None => conf,
+        };
+        std::fs::write(d.join("slapd.conf"), conf).unwrap();
+        let mut ldif = String::from(
+            "dn: dc=example,dc=org\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n\n\
+             dn: ou=people,dc=example,dc=org\nobjectClass: organizationalUnit\nou: people\n\n",
+        );
+        for (uid, pw, extra) in people {
+            ldif.push_str(&format!(
+                "dn: uid={uid},{BASE}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\n"
+            ));
+            if !pw.is_empty() {
+                ldif.push_str(&format!("userPassword: {pw}\n"));
+            }
+            if !extra.is_empty() {
+                ldif.push_str(&format!("{extra}\n"));
+            }
+            ldif.push('\n');
+        }
+        std::fs::write(d.join("data.ldif"), ldif).unwrap();
+        let st = Command::new(sbin("slapadd"))
+            .arg("-f")
+            .arg(d.join("slapd.conf"))
+            .arg("-l")
+            .arg(d.join("data.ldif"))
+            .output()
+            .expect("slapadd (Debian package slapd; .ci/run installs it)");
+        assert!(st.status.success(), "slapadd: {st:?}");
+        let port = otpgate::sim::config::free_port().unwrap();
+        let tls_port = tls.map(|_| otpgate::sim::config::free_port().unwrap());
+        let mut urls = format!("ldap://127.0.0.1:{port}/");
+        if let Some(p) = tls_port {
+            urls.push_str(&format!(" ldaps://127.0.0.1:{p}/"));
+        }
+        let child = Command::new(sbin("slapd"))
+            .arg("-h")
+            .arg(urls)
+            .arg("-f")
+            .arg(d.join("slapd.conf"))
+            // Stays in the foreground (so it dies with its owner), logging nothing.
+            .args(["-d", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("slapd (Debian package slapd; .ci/run installs it)");
+        Slapd {
+            child,
+            port,
+            tls_port,
+            _dir: dir,
+        }
+    }
+
+    /// Whether it accepts connections yet.
+    pub fn listening(&self) -> std::io::Result<()> {
+        for p in std::iter::once(self.port).chain(self.tls_port) {
+            std::net::TcpStream::connect(("127.0.0.1", p))?;
+        }
+        Ok(())
+    }
+
+    /// Kills it.
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Slapd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
