@@ -89,10 +89,6 @@ pub fn write_config(
         .whatsapp_webhook(app_secret, &verify_token)
         .whatsapp_lines(&format!("business_account_id = \"{SIM_WABA_ID}\""))
         .modem("modem0", modem)
-        // The store takes a delivery report of the SMS pre-notice as the message's delivery,
-        // so the `failed` webhook that follows would find the message done and send no SMS.
-        // Until receipts count for code attempts only, the demo's modem asks for no reports.
-        .modem_lines("status_reports = false")
         .policy("whatsapp_deadline = \"4s\"")
         .limits("per_recipient = \"20/15m\"")
         .client(CLIENT, &key)

@@ -198,7 +198,13 @@ async fn code_for(sim: &CloudApiSim, digits: &str, n: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_then_whatsapp_code_then_accept_and_wrong_codes_run_out() {
     let slapd = directory().await;
-    let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
+    let sim = CloudApiSim::start(SimOptions {
+        // No webhook in these configs: "not on WhatsApp" must come back synchronously.
+        sync_not_on_whatsapp: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let modem = SimModem::start(Profile::quectel()).unwrap();
     let g = gateway(&sim, &slapd, Some(modem.path()), "").await;
 
@@ -329,7 +335,13 @@ fn raw_request(id: u8, user: &str, password: &str, with_ma: bool) -> (Vec<u8>, [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_drops_and_retransmissions() {
     let slapd = directory().await;
-    let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
+    let sim = CloudApiSim::start(SimOptions {
+        // No webhook in these configs: "not on WhatsApp" must come back synchronously.
+        sync_not_on_whatsapp: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let g = gateway(&sim, &slapd, None, "").await;
 
     // Wrong password -> Reject, and no code is sent.
@@ -447,7 +459,13 @@ async fn refusals_drops_and_retransmissions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_code_then_directory_down_rejects_and_readyz_says_why() {
     let mut slapd = directory().await;
-    let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
+    let sim = CloudApiSim::start(SimOptions {
+        // No webhook in these configs: "not on WhatsApp" must come back synchronously.
+        sync_not_on_whatsapp: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let g = gateway(&sim, &slapd, None, "[otp]\ndefault_ttl = \"10s\"").await;
     let http = common::http_client();
 
@@ -502,7 +520,13 @@ async fn the_directory_over_ldaps_and_starttls_with_its_certificate_checked() {
     let files = pki.write_files(dir.path()).unwrap();
     let slapd = Slapd::spawn_with(PEOPLE, Some((&files.cert, &files.key)));
     wait_for("slapd to listen", async || slapd.listening()).await;
-    let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
+    let sim = CloudApiSim::start(SimOptions {
+        // No webhook in these configs: "not on WhatsApp" must come back synchronously.
+        sync_not_on_whatsapp: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let ca = format!("ca_file = \"{}\"\n", files.ca.display());
     let ldaps = format!("url = \"ldaps://127.0.0.1:{}\"\n", slapd.tls_port.unwrap());
     let starttls = format!("url = \"ldap://127.0.0.1:{}\"\n", slapd.port);
@@ -537,7 +561,13 @@ async fn the_directory_over_ldaps_and_starttls_with_its_certificate_checked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otp_only_skips_the_password_and_failmode_decides_without_a_channel() {
     let slapd = directory().await;
-    let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
+    let sim = CloudApiSim::start(SimOptions {
+        // No webhook in these configs: "not on WhatsApp" must come back synchronously.
+        sync_not_on_whatsapp: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
     let ldap = format!(
         "url = \"ldap://127.0.0.1:{}\"\nstarttls = false\nallow_plain = true\n",
         slapd.port
