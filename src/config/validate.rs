@@ -478,29 +478,35 @@ fn clients(v: &mut V<'_>, raw: &[raw::RawClient]) -> Vec<ClientConfig> {
     clients
 }
 
-/// One `[[clients]]` entry, the `i`th.
-fn client(v: &mut V<'_>, i: usize, c: &raw::RawClient) -> Option<ClientConfig> {
-    let at = |k: &str| format!("clients[{i}].{k}");
-    let name = match &c.name {
+/// A name that ends up in logs, metrics labels and file names: required, and only letters,
+/// digits, '-', '_' or '.'.
+fn name_field(v: &mut V<'_>, key: String, name: Option<&str>) -> Option<String> {
+    match name {
         Some(n)
             if !n.is_empty()
                 && n.chars()
                     .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) =>
         {
-            n.clone()
+            Some(n.to_owned())
         }
         Some(n) => {
             v.err(
-                at("name"),
+                key,
                 format!("\"{n}\" must be non-empty letters, digits, '-', '_' or '.'"),
             );
-            return None;
+            None
         }
         None => {
-            v.err(at("name"), "is required");
-            return None;
+            v.err(key, "is required");
+            None
         }
-    };
+    }
+}
+
+/// One `[[clients]]` entry, the `i`th.
+fn client(v: &mut V<'_>, i: usize, c: &raw::RawClient) -> Option<ClientConfig> {
+    let at = |k: &str| format!("clients[{i}].{k}");
+    let name = name_field(v, at("name"), c.name.as_deref())?;
     let key_sha256 = match &c.key_sha256 {
         Some(k) => parse_sha256(k).unwrap_or_else(|m| {
             v.err(at("key_sha256"), m);

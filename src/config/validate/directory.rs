@@ -181,26 +181,7 @@ fn radius_client(
     warnings: &mut Vec<String>,
 ) -> Option<RadiusClient> {
     let at = |k: &str| format!("radius.clients[{i}].{k}");
-    let name = match &c.name {
-        Some(n)
-            if !n.is_empty()
-                && n.chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) =>
-        {
-            n.clone()
-        }
-        Some(n) => {
-            v.err(
-                at("name"),
-                format!("\"{n}\" must be non-empty letters, digits, '-', '_' or '.'"),
-            );
-            return None;
-        }
-        None => {
-            v.err(at("name"), "is required");
-            return None;
-        }
-    };
+    let name = name_field(v, at("name"), c.name.as_deref())?;
     let network = match &c.address {
         Some(a) => match a
             .parse::<IpNet>()
