@@ -35,6 +35,17 @@ const PEOPLE: &[(&str, &str, &str)] = &[
 ];
 
 /// slapd with [`PEOPLE`], listening.
+/// The Cloud API simulator. No webhook in these configs, so "not on WhatsApp" must come back
+/// synchronously.
+async fn cloud_api() -> CloudApiSim {
+    CloudApiSim::start(SimOptions {
+        sync_not_on_whatsapp: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
 async fn directory() -> Slapd {
     let slapd = Slapd::spawn(PEOPLE);
     wait_for("slapd to listen", async || slapd.listening()).await;
@@ -198,13 +209,7 @@ async fn code_for(sim: &CloudApiSim, digits: &str, n: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_then_whatsapp_code_then_accept_and_wrong_codes_run_out() {
     let slapd = directory().await;
-    let sim = CloudApiSim::start(SimOptions {
-        // No webhook in these configs: "not on WhatsApp" must come back synchronously.
-        sync_not_on_whatsapp: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = cloud_api().await;
     let modem = SimModem::start(Profile::quectel()).unwrap();
     let g = gateway(&sim, &slapd, Some(modem.path()), "").await;
 
@@ -335,13 +340,7 @@ fn raw_request(id: u8, user: &str, password: &str, with_ma: bool) -> (Vec<u8>, [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refusals_drops_and_retransmissions() {
     let slapd = directory().await;
-    let sim = CloudApiSim::start(SimOptions {
-        // No webhook in these configs: "not on WhatsApp" must come back synchronously.
-        sync_not_on_whatsapp: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = cloud_api().await;
     let g = gateway(&sim, &slapd, None, "").await;
 
     // Wrong password -> Reject, and no code is sent.
@@ -459,13 +458,7 @@ async fn refusals_drops_and_retransmissions() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_code_then_directory_down_rejects_and_readyz_says_why() {
     let mut slapd = directory().await;
-    let sim = CloudApiSim::start(SimOptions {
-        // No webhook in these configs: "not on WhatsApp" must come back synchronously.
-        sync_not_on_whatsapp: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = cloud_api().await;
     let g = gateway(&sim, &slapd, None, "[otp]\ndefault_ttl = \"10s\"").await;
     let http = common::http_client();
 
@@ -520,13 +513,7 @@ async fn the_directory_over_ldaps_and_starttls_with_its_certificate_checked() {
     let files = pki.write_files(dir.path()).unwrap();
     let slapd = Slapd::spawn_with(PEOPLE, Some((&files.cert, &files.key)));
     wait_for("slapd to listen", async || slapd.listening()).await;
-    let sim = CloudApiSim::start(SimOptions {
-        // No webhook in these configs: "not on WhatsApp" must come back synchronously.
-        sync_not_on_whatsapp: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = cloud_api().await;
     let ca = format!("ca_file = \"{}\"\n", files.ca.display());
     let ldaps = format!("url = \"ldaps://127.0.0.1:{}\"\n", slapd.tls_port.unwrap());
     let starttls = format!("url = \"ldap://127.0.0.1:{}\"\n", slapd.port);
@@ -561,13 +548,7 @@ async fn the_directory_over_ldaps_and_starttls_with_its_certificate_checked() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn otp_only_skips_the_password_and_failmode_decides_without_a_channel() {
     let slapd = directory().await;
-    let sim = CloudApiSim::start(SimOptions {
-        // No webhook in these configs: "not on WhatsApp" must come back synchronously.
-        sync_not_on_whatsapp: true,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let sim = cloud_api().await;
     let ldap = format!(
         "url = \"ldap://127.0.0.1:{}\"\nstarttls = false\nallow_plain = true\n",
         slapd.port
