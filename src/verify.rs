@@ -52,6 +52,8 @@ pub struct StartRequest {
     pub length: Option<u32>,
     /// Code lifetime.
     pub ttl: Duration,
+    /// The end user and address, for `limits.per_user` and `limits.per_ip`.
+    pub caller: crate::abuse::Caller,
 }
 
 /// A started verification.
@@ -104,15 +106,18 @@ pub async fn start(
     let hash = code_hash(&app.verify_key(cfg), &id, &code);
     let (content, _) = submit::build_content(cfg, Some(code), None, r.locale.as_deref(), r.ttl)?;
     let intake = Intake { app, cfg, client };
-    let p = intake.prepare(Submission {
-        to: r.to,
-        content,
-        ttl: r.ttl,
-        locale: r.locale,
-        idempotency_key: None,
-        reference: Some(id.clone()),
-        only_channel,
-    })?;
+    let p = intake.prepare_for(
+        Submission {
+            to: r.to,
+            content,
+            ttl: r.ttl,
+            locale: r.locale,
+            idempotency_key: None,
+            reference: Some(id.clone()),
+            only_channel,
+        },
+        &r.caller,
+    )?;
     let expires_at = p.message.expires_at;
     let new = NewVerification {
         id: id.clone(),
@@ -122,6 +127,10 @@ pub async fn start(
         message: p.message,
     };
     let result = app.store.create_verification(new, p.limits).await;
+    if !matches!(result, Ok(InsertResult::Created(_))) {
+        // Nothing was stored: the velocity place this request took is given back.
+        app.abuse.release(p.ticket);
+    }
     match intake.stored(result)? {
         Accepted::New(m) => Ok(Started {
             id,

@@ -67,11 +67,19 @@ async fn send(g: &Gateway, door: Door, to: &str, user: Option<&str>, ip: Option<
                 .bearer_auth(KEY)
                 .json(&body)
         }
-        Door::Verify => g
-            .http
-            .post(format!("{}/v1/verifications", g.base))
-            .bearer_auth(KEY)
-            .json(&json!({"to": to})),
+        Door::Verify => {
+            let mut body = json!({"to": to});
+            if let Some(u) = user {
+                body["user"] = u.into();
+            }
+            if let Some(i) = ip {
+                body["ip"] = i.into();
+            }
+            g.http
+                .post(format!("{}/v1/verifications", g.base))
+                .bearer_auth(KEY)
+                .json(&body)
+        }
         Door::Generic => {
             let mut body = json!({"to": to, "text": text});
             if let Some(u) = user {
@@ -220,7 +228,10 @@ async fn every_refusal_class_at_every_door_is_specific_counted_and_stores_nothin
         accepted(&g, door, &format!("+91987651{i}001"), none).await;
     }
     // End user and address, where a door carries them.
-    for (i, door) in [Door::V1, Door::Generic].into_iter().enumerate() {
+    for (i, door) in [Door::V1, Door::Generic, Door::Verify]
+        .into_iter()
+        .enumerate()
+    {
         let (user, ip) = (format!("user{i}"), format!("192.0.2.{i}"));
         accepted(&g, door, &format!("+91987652{i}001"), (Some(&user), None)).await;
         let to = format!("+91987653{i}001");
@@ -241,8 +252,8 @@ async fn every_refusal_class_at_every_door_is_specific_counted_and_stores_nothin
         ("country_not_allowed", 4.0),
         ("number_type_not_allowed", 4.0),
         ("prefix_limited", 4.0),
-        ("user_limited", 2.0),
-        ("ip_limited", 2.0),
+        ("user_limited", 3.0),
+        ("ip_limited", 3.0),
     ] {
         assert_eq!(counted.get(reason), Some(&n), "{reason}: {counted:?}");
     }

@@ -28,6 +28,10 @@ struct StartRequest {
     locale: Option<String>,
     length: Option<u32>,
     ttl_seconds: Option<u64>,
+    /// The end user the code is for, as the caller knows them (`limits.per_user`).
+    user: Option<String>,
+    /// The end user's address (`limits.per_ip`).
+    ip: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -85,6 +89,8 @@ async fn start(
     let client = app.authenticate(cfg, req.headers(), conn)?;
     let (_, body) = read_body(req, cfg.server.max_body_bytes).await?;
     let r: StartRequest = parse_json(&body)?;
+    let caller = crate::abuse::Caller::new(r.user, r.ip.as_deref())
+        .map_err(|e| ApiError::field("invalid_field", e.field, e.message))?;
     let ttl = super::submit::ttl_of(cfg, r.ttl_seconds)?;
     let channel = r.channel.clone();
     let s = core::start(
@@ -97,6 +103,7 @@ async fn start(
             locale: r.locale,
             length: r.length,
             ttl,
+            caller,
         },
     )
     .await?;

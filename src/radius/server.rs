@@ -305,6 +305,11 @@ impl Radius {
                 locale: None,
                 length: None,
                 ttl: cfg.otp.default_ttl,
+                // The RADIUS user is the end user: `limits.per_user` counts sign-ins per name.
+                caller: crate::abuse::Caller {
+                    user: Some(user.to_owned()),
+                    ip: None,
+                },
             },
         )
         .await;
