@@ -3,7 +3,9 @@
 //! server that answers 202 without storing, under the same load, in the same run.
 //!
 //! `cargo bench --bench accept` (add `-- --seconds 5 --rounds 5` for longer or more rounds;
-//! `-- --wal-pages` prints only the WAL pages each accept writes).
+//! `-- --wal-pages` prints only the WAL pages each accept writes). Each mode also prints the
+//! CPU time per answered message of the server and of the load generator, read from /proc:
+//! a cost that, unlike the rates, does not move with the disk or the neighbours.
 //! Each row alternates bare and otpgate rounds and reports the medians, because a shared
 //! two-core machine drifts by a third from one minute to the next. The daemon runs with the
 //! shipped per-recipient limit ("5/15m"). The bare server and the simulator run as separate
@@ -171,6 +173,54 @@ struct Result {
     p50: Duration,
     p99: Duration,
     errors: u64,
+    /// Messages answered 202.
+    n: u64,
+}
+
+/// CPU time (user + system, all threads) a process has used so far, from /proc.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces; the fields after its closing parenthesis do not.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<u64>().ok()))
+        .sum();
+    // SAFETY: sysconf only reads a constant of the system.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Duration::from_micros(ticks * 1_000_000 / hz)
+}
+
+/// CPU spent per answered message in the server and in the load generator over some rounds.
+#[derive(Default, Clone, Copy)]
+struct Cpu {
+    server: Duration,
+    generator: Duration,
+    n: u64,
+}
+
+impl Cpu {
+    /// Runs one round against `addr` (served by process `pid`) and adds its CPU time.
+    async fn round(&mut self, pid: u32, addr: &str, conns: usize, dur: Duration) -> Result {
+        let me = std::process::id();
+        let (s0, g0) = (cpu_time(pid), cpu_time(me));
+        let r = load(addr, conns, dur).await;
+        self.server += cpu_time(pid).saturating_sub(s0);
+        self.generator += cpu_time(me).saturating_sub(g0);
+        self.n += r.n;
+        r
+    }
+
+    /// Microseconds per message: (server, generator).
+    fn per_msg(&self) -> (f64, f64) {
+        let n = self.n.max(1) as f64;
+        (
+            self.server.as_secs_f64() * 1e6 / n,
+            self.generator.as_secs_f64() * 1e6 / n,
+        )
+    }
 }
 
 /// `conns` workers, each on its own keep-alive connection, POSTing for `dur`.
@@ -231,6 +281,7 @@ async fn load(addr: &str, conns: usize, dur: Duration) -> Result {
             .unwrap_or_default()
     };
     Result {
+        n: all.len() as u64,
         rate: all.len() as f64 / dur.as_secs_f64(),
         p50: pct(0.50),
         p99: pct(0.99),
@@ -316,7 +367,8 @@ async fn print_wal_pages() {
 
 async fn run(dur: Duration, rounds: usize) {
     print_wal_pages().await;
-    let (_bare, bare_addr) = spawn_self(&["--bare-server"]);
+    let (bare, bare_addr) = spawn_self(&["--bare-server"]);
+    let bare_pid = bare.0.id();
     println!(
         "accept benchmark, median of {rounds} alternating {}s rounds: the real otpgate binary (SQLite WAL, synchronous=FULL, group commit) vs a bare hyper server answering 202 without storing",
         dur.as_secs()
@@ -348,12 +400,19 @@ async fn run(dur: Duration, rounds: usize) {
         let _ = load(&addr, 4, Duration::from_millis(500)).await; // warm-up
         let _ = load(&bare_addr, 4, Duration::from_millis(500)).await;
         let ms = |d: Duration| format!("{:.2}ms", d.as_secs_f64() * 1000.0);
+        let mut cpu_lines = Vec::new();
         for conns in [1usize, 16, 64] {
             let (mut bare, mut ours) = (Vec::new(), Vec::new());
+            let (mut bare_cpu, mut our_cpu) = (Cpu::default(), Cpu::default());
             for _ in 0..rounds {
-                bare.push(load(&bare_addr, conns, dur).await);
-                ours.push(load(&addr, conns, dur).await);
+                bare.push(bare_cpu.round(bare_pid, &bare_addr, conns, dur).await);
+                ours.push(our_cpu.round(daemon.pid() as u32, &addr, conns, dur).await);
             }
+            let ((bs, bg), (os, og)) = (bare_cpu.per_msg(), our_cpu.per_msg());
+            cpu_lines.push(format!(
+                "{conns:>5} | {bs:>9.1} {bg:>9.1} | {os:>9.1} {og:>9.1} | {:>6.2}",
+                (bs + bg) / (os + og)
+            ));
             let (b, o) = (median(bare), median(ours));
             println!(
                 "{conns:>5} | {:>12.0} {:>9} {:>9} | {:>12.0} {:>9} {:>9} | {:>6.2}{}",
@@ -370,6 +429,17 @@ async fn run(dur: Duration, rounds: usize) {
                     String::new()
                 }
             );
+        }
+        // Where the cores go, per answered message: on a machine whose two cores are
+        // saturated, the rates' ratio tends to the ratio of these sums, whatever the disk
+        // and the neighbours (which only add idle time or steal from both alike).
+        println!("CPU µs per answered message (user + system, all threads, all rounds):");
+        println!(
+            "{:>5} | {:>9} {:>9} | {:>9} {:>9} | {:>6}",
+            "conns", "bare", "load gen", "otpgate", "load gen", "ratio"
+        );
+        for l in cpu_lines {
+            println!("{l}");
         }
     }
 }
