@@ -345,9 +345,7 @@ async fn deadline_precision(w: &World) -> Vec<String> {
             cmgs_late.push(w.wall_ms(*at) - deadline);
         }
     }
-    println!(
-        "delivery_deadline {DELIVERY_DEADLINE_S}s, {n} codes at once to offline phones:"
-    );
+    println!("delivery_deadline {DELIVERY_DEADLINE_S}s, {n} codes at once to offline phones:");
     println!(
         "  SMS attempt start - deadline          {}",
         lateness(&mut start_late)

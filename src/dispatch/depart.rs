@@ -344,7 +344,9 @@ mod tests {
         };
         let sms_rows = async |id: &str| {
             let atts = s.attempts(id).await.unwrap();
-            atts.iter().filter(|a| a.channel == ChannelKind::Sms).count()
+            atts.iter()
+                .filter(|a| a.channel == ChannelKind::Sms)
+                .count()
         };
         // The deadline: the claim loop takes all four back for their SMS.
         let (due, _) = s.claim_due(Timestamp(16_000), 10).await.unwrap();
