@@ -300,10 +300,10 @@ impl Store {
 
     /// [`Store::start_attempt`] for a code that is really leaving: refused (`None`, nothing
     /// written) when its message ended meanwhile (delivered, or canceled by a user who did not
-    /// ask for it) or an earlier attempt of it is confirmed delivered or read. The receipt is read in the
-    /// same commit that opens the row, so a receipt committed first always stops the send (the
-    /// delivery deadline's SMS waiting for a modem), and one committed after it is a late
-    /// receipt that only updates the record.
+    /// ask for it) or an earlier attempt of it is confirmed delivered or read. The receipts
+    /// are read in the same commit that opens the row, so a receipt committed first always
+    /// stops the send (the delivery deadline's SMS waiting for a modem), and one committed
+    /// after it is a late receipt that only updates the record.
     pub async fn depart_attempt(
         &self,
         message_id: &str,
