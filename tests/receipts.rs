@@ -13,7 +13,7 @@ use std::time::Duration;
 use common::{CLIENT, KEY, TestConfig, fetch, fetch_json, wait_for};
 use otpgate::clock::{SharedClock, SystemClock};
 use otpgate::secret::Secret;
-use otpgate::sim::cloud_api::{CloudApiSim, SimOptions};
+use otpgate::sim::cloud_api::{CloudApiSim, Script, SimOptions};
 use otpgate::sim::modem::{Profile, SimModem};
 use serde_json::json;
 
@@ -735,4 +735,60 @@ async fn a_receipt_that_overtakes_its_acceptance_is_applied_once_the_wamid_is_re
     assert_eq!(m["attempts"][0]["receipt"], "failed", "{m}");
     assert_eq!(sms.codes().len(), 1);
     running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_delivered_receipt_while_the_deadline_sms_waits_for_a_modem_stops_that_sms() {
+    // No pre-notice: every SMS to the number would be the code's.
+    let w = world(true, "prenotify = false", "").await;
+    let to = "+919876543212";
+    let v = w.send(to, "717171").await;
+    assert_eq!(v["channel"], "whatsapp", "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let wamid = w.wamid(&id).await;
+    // The modem loses the network before the delivery deadline (2 s) comes.
+    w.modem.set_registration(3);
+    wait_for("the modem to be unusable", async || {
+        let v = w.readyz().await;
+        if v["channels"]["sms"]["usable"] == false {
+            Ok(())
+        } else {
+            Err(v)
+        }
+    })
+    .await;
+    // At the deadline the SMS finds no modem and waits in the queue for its retry.
+    w.wait_message("the deadline's SMS to wait for a modem", &id, |m| {
+        m["status"] == "queued"
+    })
+    .await;
+    // The phone comes back online meanwhile: the code is delivered, by WhatsApp.
+    w.webhook(&status(&wamid, "delivered", None)).await;
+    let m = w
+        .wait_message("the receipt to end the message", &id, |m| {
+            m["status"] == "delivered"
+        })
+        .await;
+    assert_eq!(m["channel"], "whatsapp", "{m}");
+    // The modem returns and carries the next code; the delivered one never follows it.
+    w.modem.set_registration(1);
+    let other = "+919876543213";
+    w.sim
+        .handle()
+        .set_for("919876543213", Script::error(400, 131026));
+    let v = w.send(other, "727272").await;
+    assert_eq!(v["channel"], "sms", "{v}");
+    wait_for("the next code at the modem", async || {
+        w.sms_to(other).len() == 1
+    })
+    .await;
+    assert!(w.sms_to(to).is_empty(), "{:?}", w.modem.received());
+    let m = w.get(&id).await;
+    assert!(
+        attempts(&m)
+            .iter()
+            .all(|a| (a.0.as_str(), a.1.as_str()) != ("sms", "code")),
+        "no SMS attempt for the delivered code: {m}"
+    );
+    w.stop().await;
 }

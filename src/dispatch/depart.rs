@@ -129,6 +129,8 @@ impl Depart for Leaving {
 mod tests {
     use super::*;
     use crate::channel::Outcome;
+    use std::time::Duration;
+
     use crate::clock::{ManualClock, Timestamp};
     use crate::domain::{AttemptEnd, Content, E164, MessageId, MessageState};
     use crate::store::{Message, Move, NewMessage, Settlement};
@@ -296,5 +298,161 @@ mod tests {
         // A message still in the dispatcher's hands departs as before.
         leaving(&s, &ms[1], code).depart().await.unwrap();
         assert_eq!(s.attempts("m2").await.unwrap().len(), 1);
+    }
+
+    /// The delivery deadline's SMS against a `delivered` that lands at each point of its way
+    /// out, in the order the dispatcher and the webhook would interleave them.
+    #[tokio::test]
+    async fn a_delivered_receipt_stops_the_deadline_sms_until_the_sms_departs() {
+        use crate::channel::ReceiptStatus;
+        use crate::domain::{Learned, ReceiptKind};
+        use crate::store::AttemptRow;
+        let dir = tempfile::tempdir().unwrap();
+        let msgs = [
+            ("m1", "+919800000001"),
+            ("m2", "+919800000002"),
+            ("m3", "+919800000003"),
+            ("m4", "+919800000004"),
+        ];
+        let (s, ms) = claimed(&dir.path().join("db"), &msgs).await;
+        let wa = ChannelKind::WhatsApp;
+        // Each code accepted by WhatsApp at 1.001 s and watched until its deadline at 16 s.
+        for (i, m) in ms.iter().enumerate() {
+            let row = AttemptRow::Stayed {
+                channel: wa,
+                purpose: AttemptPurpose::Code,
+                started_at: Timestamp(1001),
+            };
+            let accepted = Outcome::Accepted {
+                provider_id: format!("wamid.{}", i + 1),
+            };
+            let settlement = Settlement {
+                attempt: Some((row, accepted)),
+                no_whatsapp_until: None,
+                learned: Learned::default(),
+                movement: Move::Watch {
+                    channel: wa,
+                    until: Timestamp(16_000),
+                },
+            };
+            s.settle(m, settlement, Timestamp(1001)).await.unwrap();
+        }
+        let delivered = async |wamid: &str| {
+            let at = Timestamp(16_500);
+            let status = ReceiptStatus::Delivered;
+            s.apply_receipt(wa, wamid.into(), status, at).await.unwrap()
+        };
+        let sms_rows = async |id: &str| {
+            let atts = s.attempts(id).await.unwrap();
+            atts.iter()
+                .filter(|a| a.channel == ChannelKind::Sms)
+                .count()
+        };
+        // The deadline: the claim loop takes all four back for their SMS.
+        let (due, _) = s.claim_due(Timestamp(16_000), 10).await.unwrap();
+        assert_eq!(due.len(), 4);
+        let sms = |m: &Message| {
+            let clock: SharedClock = ManualClock::new(Timestamp(16_001));
+            Leaving::new(
+                s.clone(),
+                clock,
+                &m.id,
+                &m.recipient,
+                ChannelKind::Sms,
+                AttemptPurpose::Code,
+            )
+        };
+
+        // m1: the receipt commits while the SMS waits for a modem: it never departs.
+        let effect = delivered("wamid.1").await.unwrap();
+        assert!(effect.newly_delivered);
+        let m1 = sms(&due[0]);
+        assert!(m1.depart().await.is_err());
+        assert_eq!(m1.close().await, Leave::Waiting);
+        assert_eq!(sms_rows("m1").await, 0, "nothing left the box");
+
+        // m2: no modem was free; the SMS went back to the queue for its retry, and the
+        // receipt lands there. The code is delivered; the retry never comes.
+        let m2 = sms(&due[1]);
+        assert_eq!(m2.close().await, Leave::Waiting);
+        let busy = Outcome::Retry {
+            after: Duration::from_secs(5),
+            code: None,
+            reason: "modem0 busy".into(),
+        };
+        let retry = Settlement {
+            attempt: Some((m2.row(Leave::Waiting), busy)),
+            no_whatsapp_until: None,
+            learned: Learned::default(),
+            movement: Move::Requeue {
+                at: Timestamp(21_000),
+                reason: None,
+            },
+        };
+        s.settle(&due[1], retry, Timestamp(16_002)).await.unwrap();
+        assert_eq!(
+            s.state("m2").await.unwrap().map(|x| x.0),
+            Some(MessageState::Queued)
+        );
+        assert!(delivered("wamid.2").await.unwrap().newly_delivered);
+        assert_eq!(
+            s.state("m2").await.unwrap(),
+            Some((MessageState::Delivered, Some(wa)))
+        );
+        let (again, _) = s.claim_due(Timestamp(21_000), 10).await.unwrap();
+        assert!(again.is_empty(), "a delivered code is not claimed again");
+        assert!(sms(&due[1]).depart().await.is_err());
+
+        // m3: the departure reads the receipt itself, in its own commit: a confirmed attempt
+        // stops it even with the message row still open (as a store written before the
+        // receipt moved messages could leave it).
+        delivered("wamid.3").await.unwrap();
+        s.write(|c| {
+            c.execute_batch("UPDATE messages SET state = 'sending' WHERE id = 'm3'")?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+        assert!(sms(&due[2]).depart().await.is_err());
+        assert_eq!(sms_rows("m3").await, 0);
+
+        // m4: the SMS departed first; the receipt is late. It updates the record (WhatsApp
+        // delivered it too) and the SMS's own end does not move the message back.
+        let m4 = sms(&due[3]);
+        m4.depart().await.unwrap();
+        let late = delivered("wamid.4").await.unwrap();
+        assert_eq!(late.state, MessageState::Delivered);
+        let leave = m4.close().await;
+        assert!(matches!(leave, Leave::Left(_)));
+        let sent = Outcome::Accepted {
+            provider_id: "modem0/9".into(),
+        };
+        let settlement = Settlement {
+            attempt: Some((m4.row(leave), sent)),
+            no_whatsapp_until: None,
+            learned: Learned::default(),
+            movement: Move::Finish {
+                state: MessageState::Sent,
+                channel: Some(ChannelKind::Sms),
+                reason: None,
+                keep_content: false,
+            },
+        };
+        s.settle(&due[3], settlement, Timestamp(16_600))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.state("m4").await.unwrap(),
+            Some((MessageState::Delivered, Some(wa)))
+        );
+        let atts = s.attempts("m4").await.unwrap();
+        let rows: Vec<_> = atts.iter().map(|a| (a.channel, a.end, a.receipt)).collect();
+        assert_eq!(
+            rows,
+            [
+                (wa, Some(AttemptEnd::Accepted), Some(ReceiptKind::Delivered)),
+                (ChannelKind::Sms, Some(AttemptEnd::Accepted), None),
+            ]
+        );
     }
 }

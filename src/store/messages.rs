@@ -299,8 +299,11 @@ impl Store {
     }
 
     /// [`Store::start_attempt`] for a code that is really leaving: refused (`None`, nothing
-    /// written) when its message ended meanwhile: a delivery receipt for the earlier channel
-    /// arrived while the fallback waited for a modem, or its user said they did not ask for it.
+    /// written) when its message ended meanwhile (delivered, or canceled by a user who did not
+    /// ask for it) or an earlier attempt of it is confirmed delivered or read. The receipts
+    /// are read in the same commit that opens the row, so a receipt committed first always
+    /// stops the send (the delivery deadline's SMS waiting for a modem), and one committed
+    /// after it is a late receipt that only updates the record.
     pub async fn depart_attempt(
         &self,
         message_id: &str,
@@ -309,15 +312,20 @@ impl Store {
     ) -> Result<Option<i64>, StoreError> {
         let id = message_id.to_owned();
         self.write(move |c| {
-            let state: Option<String> = c
+            let row: Option<(String, bool)> = c
                 .query_row(
-                    "SELECT state FROM messages WHERE id = ?1",
+                    "SELECT state, EXISTS (SELECT 1 FROM attempts WHERE message_id = ?1
+                         AND purpose = 'code' AND receipt IN ('delivered', 'read'))
+                     FROM messages WHERE id = ?1",
                     params![id],
-                    |r| r.get(0),
+                    |r| Ok((r.get(0)?, r.get(1)?)),
                 )
                 .optional()?;
-            match state.as_deref().map(MessageState::read).transpose()? {
-                Some(s) if !s.is_final() => Ok(Some(insert_open_attempt(
+            let Some((state, confirmed)) = row else {
+                return Ok(None);
+            };
+            match MessageState::read(&state)? {
+                s if !s.is_final() && !confirmed => Ok(Some(insert_open_attempt(
                     c,
                     &id,
                     channel,
@@ -422,10 +430,12 @@ impl Store {
                 )?;
             }
             let mut newly_delivered = false;
+            // Queued too: a deadline SMS that found no modem free waits there for its retry,
+            // and the phone having the code ends it.
             if kind.confirms_delivery() && purpose == AttemptPurpose::Code {
                 newly_delivered = exec(c,
                     "UPDATE messages SET state = 'delivered', channel = ?3, finished_at = ?2, body = NULL, sms_text = NULL
-                     WHERE id = ?1 AND state IN ('sent', 'sending')",
+                     WHERE id = ?1 AND state IN ('queued', 'sent', 'sending')",
                     params![message_id, at.0, channel.as_str()],
                 )? == 1;
             }

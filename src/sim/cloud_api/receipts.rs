@@ -287,6 +287,8 @@ pub struct WebhookPost {
     pub attempt: u32,
     /// The gateway's HTTP status; `None` when no answer came (refused, reset, timeout).
     pub answer: Option<u16>,
+    /// When this try's POST started, for latency benchmarks.
+    pub sent_at: Instant,
 }
 
 /// The wait before try `attempt + 1` after try `attempt` failed.
@@ -340,6 +342,7 @@ async fn deliver(
     let body = status_body(&s.account, wamid, to, status, unix_now());
     let signature = sign(body.as_bytes(), &Secret::new(target.app_secret.as_str()));
     for attempt in 1..=t.max_attempts.max(1) {
+        let sent_at = Instant::now();
         let answer = s
             .poster
             .post(&target.url)
@@ -361,6 +364,7 @@ async fn deliver(
             },
             attempt,
             answer,
+            sent_at,
         });
         if answer.is_some_and(|c| (200..300).contains(&c)) {
             return;

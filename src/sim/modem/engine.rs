@@ -492,6 +492,7 @@ fn submit(
         smsc: d.smsc.clone(),
         mr,
         ucs2,
+        at: std::time::Instant::now(),
     };
     st.parts.push(part.clone());
     match &d.concat {

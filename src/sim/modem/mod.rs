@@ -152,6 +152,9 @@ pub struct Received {
     pub mr: u8,
     /// Whether the submit used UCS-2.
     pub ucs2: bool,
+    /// When the simulator took the PDU (the last part's, for a logical message): the moment
+    /// the SMS left the gateway, for latency benchmarks.
+    pub at: std::time::Instant,
 }
 
 /// How the simulator stops answering.
