@@ -856,6 +856,36 @@ async fn webhooks_are_signature_checked_and_become_receipts() {
     );
 }
 
+/// Meta never posts again what was answered 200, so receipts that cannot be queued must be
+/// refused (503, Meta retries), never dropped after a 200.
+#[tokio::test]
+async fn a_full_receipt_queue_refuses_the_post_so_meta_sends_it_again() {
+    let e = env().await;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let ch = WhatsAppChannel::new(&e.cfg, tx).unwrap();
+    let body = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{
+        "statuses":[{"id":"wamid.X","status":"delivered","timestamp":"1700000000","recipient_id":"919876543210"},
+                    {"id":"wamid.Y","status":"read","timestamp":"1700000001","recipient_id":"919876543210"}]}}]}]}"#;
+    let sig = webhook::sign(body, &Secret::new("app-secret"));
+    assert_eq!(
+        ch.handle_webhook(body, Some(&sig)),
+        Err(WebhookError::Busy),
+        "two receipts, room for one"
+    );
+    assert!(rx.try_recv().is_err(), "nothing half-forwarded");
+    let one = br#"{"object":"whatsapp_business_account","entry":[{"id":"1","changes":[{"field":"messages","value":{
+        "statuses":[{"id":"wamid.X","status":"delivered","timestamp":"1700000000","recipient_id":"919876543210"}]}}]}]}"#;
+    let sig1 = webhook::sign(one, &Secret::new("app-secret"));
+    assert_eq!(
+        ch.handle_webhook(one, Some(&sig1)).unwrap().receipts.len(),
+        1
+    );
+    // The queue is full now: the same POST again is refused until the dispatcher takes one.
+    assert_eq!(ch.handle_webhook(one, Some(&sig1)), Err(WebhookError::Busy));
+    assert_eq!(rx.try_recv().unwrap().provider_id, "wamid.X");
+    assert!(ch.handle_webhook(one, Some(&sig1)).is_ok());
+}
+
 // ---- secrets ----
 
 #[tokio::test]

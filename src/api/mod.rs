@@ -135,6 +135,7 @@ impl App {
                 WebhookError::BadVerifyToken | WebhookError::WrongMode => {
                     (StatusCode::FORBIDDEN, "forbidden")
                 }
+                WebhookError::Busy => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
                 _ => (StatusCode::BAD_REQUEST, "bad_webhook"),
             };
             tracing::warn!(error = %e, "whatsapp webhook refused");

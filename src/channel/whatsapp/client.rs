@@ -735,9 +735,16 @@ impl WhatsAppChannel {
         let secret = s.app_secret.as_ref().ok_or(WebhookError::Disabled)?;
         webhook::verify_signature(body, signature, secret)?;
         let events = webhook::parse_events(body, self.clock.now())?;
+        // A 200 is final for Meta: a receipt dropped after it would leave the delivery
+        // deadline to guess (an SMS nobody needed, or a late one). So a POST whose receipts do
+        // not all fit is refused with 503 and comes again; any already queued from it are
+        // applied twice, which a replayed receipt never changes.
+        if self.receipts.capacity() < events.receipts.len() {
+            return Err(WebhookError::Busy);
+        }
         for r in &events.receipts {
             if self.receipts.try_send(r.clone()).is_err() {
-                tracing::warn!(wamid = %r.provider_id, "whatsapp: receipt queue full, receipt dropped");
+                return Err(WebhookError::Busy);
             }
         }
         Ok(events)

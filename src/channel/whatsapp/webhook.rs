@@ -45,6 +45,10 @@ pub enum WebhookError {
     /// The body is not the JSON Meta sends.
     #[error("webhook body is not valid JSON: {0}")]
     BadJson(String),
+    /// The receipts could not all be queued for the dispatcher: answered 503 so that Meta
+    /// posts them again (it does not resend what was answered 200).
+    #[error("receipt queue full; Meta will post these statuses again")]
+    Busy,
 }
 
 /// A tap on "I didn't request a code": someone may be trying to log in as this user.
