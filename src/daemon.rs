@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::api::App;
@@ -81,6 +81,8 @@ pub struct Running {
     channels: Vec<Arc<dyn Channel>>,
     whatsapp: Option<Arc<WhatsAppChannel>>,
     sms: Option<Arc<SmsPool>>,
+    /// Wakes the token-expiry watcher when a reload changes the WhatsApp token.
+    token_recheck: Arc<Notify>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -157,6 +159,7 @@ pub async fn start(
         .filter_map(|l| l.local_addr().ok())
         .collect();
     let metrics = Arc::new(Metrics::new());
+    crate::expiry::record(&metrics, &crate::expiry::files(&cfg, &cfg));
     let max_connections = cfg.server.max_connections;
     let live = Live::new(cfg);
     let dispatcher = Dispatcher::new(
@@ -173,6 +176,17 @@ pub async fn start(
         shutdown_rx.clone(),
         DRAIN,
     )));
+    let token_recheck = Arc::new(Notify::new());
+    if let Some(wa) = &set.whatsapp {
+        tasks.push(tokio::spawn(crate::channel::whatsapp::token::watch(
+            wa.http(),
+            live.clone(),
+            metrics.clone(),
+            clock.clone(),
+            token_recheck.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
     let app = Arc::new(App {
         live: live.clone(),
         store: store.clone(),
@@ -202,6 +216,7 @@ pub async fn start(
     Ok(Running {
         whatsapp: set.whatsapp,
         sms: set.sms,
+        token_recheck,
         addrs,
         boot: live.get(),
         live,
@@ -307,6 +322,13 @@ impl Running {
         let settings = ListenSettings::from_config(&new.server)?;
         if let Ok(mut s) = self.settings.write() {
             *s = settings;
+        }
+        crate::expiry::record(&self.metrics, &crate::expiry::files(&new, &self.boot));
+        if now
+            .iter()
+            .any(|c| c.key == "whatsapp.token_file" || c.key == "whatsapp.api_base")
+        {
+            self.token_recheck.notify_one();
         }
         if new.server.tls.is_some() && !r.applied.iter().any(|k| k.starts_with("server.tls")) {
             r.applied

@@ -572,3 +572,157 @@ async fn status_shows_the_running_daemon_on_one_screen() {
     }
     assert!(!screen.contains(CODE), "{screen}");
 }
+
+/// A CA valid until 1 January of `year`, with its key (for signing leaves).
+fn ca(year: i32) -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    p.not_after = rcgen::date_time_ymd(year, 1, 1);
+    let key = KeyPair::generate().unwrap();
+    let pem = p.self_signed(&key).unwrap().pem();
+    (rcgen::Issuer::new(p, key), pem)
+}
+
+/// A leaf for localhost valid until 1 January of `year`: certificate and key PEM.
+fn leaf(
+    issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    year: i32,
+    eku: rcgen::ExtendedKeyUsagePurpose,
+) -> (String, String) {
+    let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    p.extended_key_usages = vec![eku];
+    p.not_after = rcgen::date_time_ymd(year, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// 00:00:00 UTC on 1 January of `year`.
+fn jan1(year: i64) -> f64 {
+    let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days: i64 = (1970..year).map(|y| if leap(y) { 366 } else { 365 }).sum();
+    (days * 86_400) as f64
+}
+
+/// The certificates the binary loads (its listener, the client CA, the Cloud API's trust
+/// anchor) and the WhatsApp token, as Meta's token debugger dates it, are exported as expiry
+/// timestamps; a renewed certificate shows on reload; the token never reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_and_token_expiry_are_exported_and_follow_a_renewal() {
+    use otpgate::sim::cloud_api::{CloudApiSim, SimOptions};
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    let dir = tempfile::tempdir().unwrap();
+    let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
+    let token_expiry = 1_900_000_000;
+    sim.handle().set_token_expiry(token_expiry);
+    let (issuer, ca_pem) = ca(2031);
+    let (cert, key) = leaf(&issuer, 2030, ServerAuth);
+    let path = |f: &str| dir.path().join(f);
+    std::fs::write(path("ca.pem"), &ca_pem).unwrap();
+    std::fs::write(path("cert.pem"), &cert).unwrap();
+    std::fs::write(path("key.pem"), &key).unwrap();
+    let tls = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"",
+        path("cert.pem").display(),
+        path("key.pem").display(),
+        path("ca.pem").display()
+    );
+    let cfg = TestConfig::new(dir.path())
+        .free_port()
+        .unwrap()
+        .whatsapp_sim(&sim)
+        .server(&tls)
+        .client(CLIENT, KEY);
+    cfg.write().unwrap();
+    let d = Launch::new(&cfg).ready().await;
+    // Scraped over mTLS, with a client certificate from the same CA.
+    use rustls_pki_types::pem::PemObject;
+    let (client_cert, client_key) = leaf(&issuer, 2030, ClientAuth);
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(otpgate::sim::tls::ring_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![
+                rustls_pki_types::CertificateDer::from_pem_slice(client_cert.as_bytes()).unwrap(),
+            ],
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(client_key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .resolve("localhost", d.addr.parse().unwrap())
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/metrics", d.port());
+    let expiry = async || {
+        let text = common::fetch(http.get(&url)).await.1;
+        let mut v: std::collections::BTreeMap<String, f64> = otpgate::status::samples(&text)
+            .into_iter()
+            .filter_map(|s| match s.name.as_str() {
+                "otpgate_certificate_expiry_timestamp_seconds" => {
+                    Some((s.labels["certificate"].clone(), s.value))
+                }
+                "otpgate_whatsapp_token_expiry_timestamp_seconds" => {
+                    Some(("token".to_string(), s.value))
+                }
+                _ => None,
+            })
+            .collect();
+        // The simulator's own CA: rcgen's default validity, far beyond ours.
+        let sim_ca = v.remove("whatsapp_ca");
+        (v, sim_ca)
+    };
+    let want = |listener: i64| {
+        std::collections::BTreeMap::from([
+            ("listener".to_string(), jan1(listener)),
+            ("client_ca".to_string(), jan1(2031)),
+            ("token".to_string(), token_expiry as f64),
+        ])
+    };
+    // The token is asked about at start, in the background.
+    let (_, sim_ca) = wait_for("the token's expiry", async || {
+        let (v, sim_ca) = expiry().await;
+        if v == want(2030) {
+            Ok((v, sim_ca))
+        } else {
+            Err(format!("{v:?}"))
+        }
+    })
+    .await;
+    assert!(sim_ca.unwrap() > jan1(2100), "{sim_ca:?}");
+    let asked = sim
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/debug_token"))
+        .collect::<Vec<_>>();
+    assert!(
+        asked.len() == 1 && asked[0].method == "GET" && asked[0].auth_valid,
+        "{asked:?}"
+    );
+    // A renewed certificate: the file is replaced and the daemon told to reload.
+    let (cert, key) = leaf(&issuer, 2032, ServerAuth);
+    std::fs::write(path("cert.pem"), &cert).unwrap();
+    std::fs::write(path("key.pem"), &key).unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("the renewed certificate's expiry", async || {
+        let (v, _) = expiry().await;
+        if v == want(2032) {
+            Ok(())
+        } else {
+            Err(format!("{v:?}"))
+        }
+    })
+    .await;
+    let log = d.log();
+    assert!(
+        !log.contains(otpgate::sim::config::SIM_TOKEN),
+        "the token reached the log:\n{log}"
+    );
+}

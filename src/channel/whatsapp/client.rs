@@ -250,6 +250,11 @@ pub(crate) fn build_http(cfg: &WhatsAppConfig) -> Result<reqwest::Client, WhatsA
     b.build().map_err(|e| WhatsAppError::Client(e.to_string()))
 }
 
+/// A transport failure in words that hold no URL, header or body (see [`transport_failure`]).
+pub(crate) fn describe(e: &reqwest::Error) -> String {
+    transport_failure(e).1
+}
+
 /// Names a transport failure without echoing anything that could hold a secret:
 /// only rustls and I/O errors are described.
 fn transport_failure(e: &reqwest::Error) -> (TransportFailure, String) {
@@ -314,6 +319,12 @@ impl WhatsAppChannel {
             proxy: cfg.proxy.clone(),
             ca_file: cfg.ca_file.clone(),
         })
+    }
+
+    /// The channel's HTTP client (proxy, trust anchors, pooled connections), for the other
+    /// questions the daemon asks Meta (the token's expiry).
+    pub fn http(&self) -> reqwest::Client {
+        self.http.clone()
     }
 
     fn settings(&self) -> Arc<Settings> {
