@@ -1,8 +1,19 @@
 //! SMS pumping protection through every front door (native v1, Verify, generic HTTP-SMS,
 //! Kannel) of a real in-process gateway (hyper on loopback, SQLite file): each refusal class
 //! is specific, stores nothing, is counted by reason and never echoes a code; the conversion
-//! breaker trips on a wave of unchecked verifications to one range while another flows, and
-//! recovers after its cool-down or when the admin lifts it.
+//! breaker trips on a wave of unchecked verifications to one range while another flows, refuses
+//! what only SMS could carry to it at every door, and recovers after its cool-down or when the
+//! admin lifts it. Also: the expiry gauges of the certificates and the WhatsApp token, and the
+//! metric names the packaged alert rules and dashboard use.
+//!
+//! Refusal classes by door (Kannel's callers carry no end user or address, so `per_user` and
+//! `per_ip` do not apply there; RADIUS has its own tests in tests/radius.rs):
+//!
+//! | class | v1 | Verify | generic | Kannel |
+//! |---|---|---|---|---|
+//! | country, number type, per_prefix | yes | yes | yes | yes |
+//! | per_user, per_ip | yes | yes | yes | - |
+//! | breaker (`sms_paused`) | yes | yes | yes | yes |
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop loudly
 #![cfg(feature = "simulators")]
 
@@ -332,28 +343,7 @@ async fn the_breaker_pauses_sms_to_an_unchecked_range_while_another_flows_and_re
         start_verification(&g, &format!("+91987700010{n}")).await;
     }
     for n in 0..3 {
-        let to = format!("+91987709090{n}");
-        let id = start_verification(&g, &to).await;
-        let code = wait_for(format!("the code to {to}"), async || {
-            let code = g
-                .sms
-                .sent()
-                .into_iter()
-                .rev()
-                .find_map(|d| match d.content {
-                    Content::Code { code, .. } if d.to == to => Some(code),
-                    _ => None,
-                });
-            code.ok_or("not sent yet")
-        })
-        .await;
-        let (s, v) = g
-            .post_path(
-                &format!("/v1/verifications/{id}/check"),
-                json!({"code": code}),
-            )
-            .await;
-        assert_eq!((s, &v["status"]), (200, &json!("approved")), "{v}");
+        check_one(&g, &format!("+91987709090{n}")).await;
     }
     assert!(
         reaches_sms(&g, "+919877000150").await,
@@ -593,7 +583,10 @@ fn ca(year: i32) -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
     use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::DigitalSignature];
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     p.not_after = rcgen::date_time_ymd(year, 1, 1);
     let key = KeyPair::generate().unwrap();
     let pem = p.self_signed(&key).unwrap().pem();
@@ -664,9 +657,7 @@ async fn certificate_and_token_expiry_are_exported_and_follow_a_renewal() {
         .unwrap()
         .with_root_certificates(roots)
         .with_client_auth_cert(
-            vec![
-                rustls_pki_types::CertificateDer::from_pem_slice(client_cert.as_bytes()).unwrap(),
-            ],
+            vec![rustls_pki_types::CertificateDer::from_pem_slice(client_cert.as_bytes()).unwrap()],
             rustls_pki_types::PrivateKeyDer::from_pem_slice(client_key.as_bytes()).unwrap(),
         )
         .unwrap();
@@ -740,4 +731,186 @@ async fn certificate_and_token_expiry_are_exported_and_follow_a_renewal() {
         !log.contains(otpgate::sim::config::SIM_TOKEN),
         "the token reached the log:\n{log}"
     );
+}
+
+/// Starts a verification to `to` and checks it with the code its SMS carried.
+async fn check_one(g: &Gateway, to: &str) {
+    let id = start_verification(g, to).await;
+    let code = wait_for(format!("the code to {to}"), async || {
+        let code = g
+            .sms
+            .sent()
+            .into_iter()
+            .rev()
+            .find_map(|d| match d.content {
+                Content::Code { code, .. } if d.to == to => Some(code),
+                _ => None,
+            });
+        code.ok_or("not sent yet")
+    })
+    .await;
+    let (s, v) = g
+        .post_path(
+            &format!("/v1/verifications/{id}/check"),
+            json!({"code": code}),
+        )
+        .await;
+    assert_eq!((s, &v["status"]), (200, &json!("approved")), "{v}");
+}
+
+/// A free text (no code in it): WhatsApp cannot carry it, so only SMS could.
+const FREE_TEXT: &str = "Your sign-in was approved. Not you? Call the service desk.";
+
+/// Sends `FREE_TEXT` through a door that takes texts.
+async fn send_text(g: &Gateway, door: Door, to: &str) -> Answer {
+    let req = match door {
+        Door::V1 => g
+            .http
+            .post(format!("{}/v1/messages", g.base))
+            .bearer_auth(KEY)
+            .json(&json!({"to": to, "text": FREE_TEXT})),
+        Door::Generic => g
+            .http
+            .post(format!("{}/v1/sms", g.base))
+            .bearer_auth(KEY)
+            .json(&json!({"to": to, "text": FREE_TEXT})),
+        Door::Kannel => g.http.get(format!("{}/cgi-bin/sendsms", g.base)).query(&[
+            ("username", CLIENT),
+            ("password", "dummy"),
+            ("to", to),
+            ("text", FREE_TEXT),
+        ]),
+        Door::Verify => unreachable!("the Verify API makes its own codes"),
+    };
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let text = r.text().await.unwrap();
+    let code = match serde_json::from_str::<Value>(&text) {
+        Ok(v) => v["error"]["code"].as_str().unwrap_or("").to_owned(),
+        Err(_) => text.clone(),
+    };
+    Answer {
+        status,
+        code,
+        retry_after,
+        text,
+    }
+}
+
+/// The breaker's refusal at every door: while SMS to a range is paused, what WhatsApp cannot
+/// carry (a free text; an SMS-only verification) is refused with `sms_paused` and the
+/// cool-down as Retry-After, stores nothing and is counted; a code through the same doors is
+/// taken for WhatsApp only; another range flows through each door meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_range_refuses_what_only_sms_could_carry_at_every_door() {
+    let g = gateway(&format!(
+        "{PW_HASH_LINE}[policy]\nprenotify = false\n\
+         [limits]\nprefix_digits = 3\nbreaker_min_codes = 3\nbreaker_min_approval_percent = 20\n\
+         breaker_window = \"1h\"\nbreaker_cooldown = \"1h\"\n"
+    ))
+    .await;
+    // Nobody has WhatsApp: without the pause every code would fall back to SMS.
+    g.wa.set_default(Outcome::FallBack {
+        code: Some("131026".into()),
+        reason: "not on WhatsApp".into(),
+        not_on_channel: true,
+    });
+    // A wave of verifications to one range, never checked: the range trips once they expire.
+    // Another range's are checked, which keeps the country as a whole flowing.
+    for n in 0..3 {
+        start_verification(&g, &format!("+91987700010{n}")).await;
+    }
+    for n in 0..3 {
+        check_one(&g, &format!("+91987709090{n}")).await;
+    }
+    wait_for("the breaker to trip", async || {
+        let p = paused(&g).await;
+        if p == ["+919877000"] {
+            Ok(())
+        } else {
+            Err(format!("{p:?}"))
+        }
+    })
+    .await;
+    let cool_down = 3500..=3600;
+    for (i, door) in [Door::V1, Door::Generic, Door::Kannel]
+        .into_iter()
+        .enumerate()
+    {
+        let before = rows(&g).await;
+        let a = send_text(&g, door, &format!("+91987700020{i}")).await;
+        let want = match door {
+            Door::Kannel => (503, "Temporal failure, try again later."),
+            _ => (429, "sms_paused"),
+        };
+        assert_eq!((a.status, a.code.as_str()), want, "{door:?}: {}", a.text);
+        let wait = a.retry_after.expect("Retry-After");
+        assert!(cool_down.contains(&wait), "{door:?}: Retry-After {wait}");
+        assert_eq!(
+            rows(&g).await,
+            before,
+            "{door:?}: a refusal stored something"
+        );
+        // The other range takes the same text by SMS.
+        let a = send_text(&g, door, &format!("+91987709020{i}")).await;
+        assert!((200..300).contains(&a.status), "{door:?}: {}", a.text);
+        // A code to the paused range is taken, for WhatsApp only (`send` carries one).
+        let a = send(&g, door, &format!("+91987700030{i}"), None, None).await;
+        assert!((200..300).contains(&a.status), "{door:?}: {}", a.text);
+        assert!(
+            !a.text.contains(CODE),
+            "{door:?} echoed the code: {}",
+            a.text
+        );
+    }
+    // An SMS-only verification to the paused range.
+    let before = rows(&g).await;
+    let (s, v) = g
+        .post_path(
+            "/v1/verifications",
+            json!({"to": "+919877000400", "channel": "sms"}),
+        )
+        .await;
+    assert_eq!((s, &v["error"]["code"]), (429, &json!("sms_paused")), "{v}");
+    assert_eq!(rows(&g).await, before, "Verify: a refusal stored something");
+    assert_eq!(rejected(&g).await.get("sms_paused"), Some(&4.0));
+    // The codes taken for WhatsApp only end there (it answers "not on WhatsApp"), never by
+    // SMS, while the other range's texts went by SMS.
+    let ends = wait_for("the codes to the paused range to end", async || {
+        let store = &g.running.as_ref().unwrap().store;
+        let ends: Vec<(String, Option<String>)> = store
+            .read(|c| {
+                let mut q = c.prepare(
+                    "SELECT state, channel FROM messages WHERE recipient LIKE '+9198770003%'",
+                )?;
+                let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+            .unwrap();
+        if ends.len() == 3 && ends.iter().all(|(s, _)| s == "failed") {
+            Ok(ends)
+        } else {
+            Err(format!("{ends:?}"))
+        }
+    })
+    .await;
+    assert!(
+        ends.iter().all(|(_, c)| c.as_deref() != Some("sms")),
+        "{ends:?}"
+    );
+    let by_sms: Vec<String> = g.sms.sent().into_iter().map(|d| d.to).collect();
+    assert!(
+        !by_sms.iter().any(|to| to.starts_with("+9198770003")),
+        "{by_sms:?}"
+    );
+    for i in 0..3 {
+        let to = format!("+91987709020{i}");
+        assert!(by_sms.contains(&to), "{to} not sent by SMS: {by_sms:?}");
+    }
+    g.stop().await;
 }

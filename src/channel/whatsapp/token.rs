@@ -224,6 +224,9 @@ mod tests {
             })
         );
         assert!(matches!(parse(b"<html>"), Err(TokenError::Body(_))));
-        assert!(matches!(parse(br#"{"error":{}}"#), Err(TokenError::Body(_))));
+        assert!(matches!(
+            parse(br#"{"error":{}}"#),
+            Err(TokenError::Body(_))
+        ));
     }
 }
