@@ -197,6 +197,21 @@ pub async fn start(
         ephemeral_verify_key: crate::secret::Secret::new(hex::encode(rand::random::<[u8; 32]>())),
         abuse: Arc::default(),
     });
+    // Before the first request: a restart must not reset the number-block counts.
+    match app
+        .abuse
+        .rebuild(&store, &live.get(), app.clock.now().0)
+        .await
+    {
+        Ok(n) if n > 0 => tracing::info!(
+            sends = n,
+            "limits.per_prefix: counts rebuilt from the outbox"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "limits.per_prefix: cannot rebuild the counts; they start empty")
+        }
+    }
     let conn_stats = Arc::new(ConnStats::default());
     for l in listeners {
         tasks.push(tokio::spawn(listener::serve(

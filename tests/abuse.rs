@@ -914,3 +914,45 @@ async fn a_paused_range_refuses_what_only_sms_could_carry_at_every_door() {
     }
     g.stop().await;
 }
+
+/// `limits.per_prefix` counts survive a crash: the daemon rebuilds them from the outbox at
+/// start, so a pumping run gets no fresh allowance from a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_counts_survive_a_kill_9() {
+    use otpgate::sim::cloud_api::{CloudApiSim, SimOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
+    let cfg = TestConfig::new(dir.path())
+        .free_port()
+        .unwrap()
+        .whatsapp_sim(&sim)
+        .policy("prenotify = false")
+        .limits("per_prefix = \"2/1h\"")
+        .client(CLIENT, KEY);
+    cfg.write().unwrap();
+    let http = common::http_client();
+    let post = async |d: &common::Daemon, to: &str| {
+        let req = http
+            .post(format!("{}/v1/messages", d.base()))
+            .bearer_auth(KEY)
+            .json(&json!({"to": to, "code": CODE}));
+        let (s, v) = common::fetch_json(req).await;
+        (s, v["error"]["code"].as_str().unwrap_or("").to_owned())
+    };
+    let mut d = Launch::new(&cfg).ready().await;
+    assert_eq!(post(&d, "+919876580001").await.0, 202);
+    d.kill_9();
+    let d = Launch::new(&cfg).ready().await;
+    assert_eq!(post(&d, "+919876580002").await.0, 202);
+    assert_eq!(
+        post(&d, "+919876580003").await,
+        (429, "prefix_limited".to_string()),
+        "the count before the crash was forgotten"
+    );
+    assert_eq!(post(&d, "+919876581001").await.0, 202, "another block");
+    assert!(
+        d.log().contains("counts rebuilt from the outbox"),
+        "{}",
+        d.log()
+    );
+}
