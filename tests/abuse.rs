@@ -956,3 +956,34 @@ async fn prefix_counts_survive_a_kill_9() {
         d.log()
     );
 }
+
+/// A token Meta will not let inspect itself (a system user's): the expiry stays unknown (0,
+/// which the rules skip), the log says why once, and the token is in no log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_meta_will_not_date_exports_zero_and_says_so_once() {
+    use otpgate::sim::cloud_api::{CloudApiSim, SimOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
+    sim.handle().set_token_expiry(1_900_000_000);
+    sim.handle().refuse_self_inspection(true);
+    let cfg = TestConfig::new(dir.path())
+        .free_port()
+        .unwrap()
+        .whatsapp_sim(&sim)
+        .client(CLIENT, KEY);
+    cfg.write().unwrap();
+    let d = Launch::new(&cfg).ready().await;
+    let said = "does not let this access token inspect itself";
+    d.wait_logged("the refusal to be logged", |l| l.contains(said))
+        .await;
+    let text = common::fetch(common::http_client().get(format!("{}/metrics", d.base())))
+        .await
+        .1;
+    assert!(
+        text.contains("otpgate_whatsapp_token_expiry_timestamp_seconds 0"),
+        "{text}"
+    );
+    let log = d.log();
+    assert_eq!(log.matches(said).count(), 1, "{log}");
+    assert!(!log.contains(otpgate::sim::config::SIM_TOKEN), "{log}");
+}

@@ -24,7 +24,8 @@
 //! It also serves `GET /<version>/<waba_id>/message_templates?name=...` from its catalog
 //! ([`templates`]), and `GET /<version>/debug_token?input_token=...` like Meta's token debugger:
 //! the configured token is valid and expires at [`SimHandle::set_token_expiry`] (0, the
-//! default: never), any other is `is_valid: false`. Every request is recorded ([`SimHandle::requests`]), every message that
+//! default: never), any other is `is_valid: false`; [`SimHandle::refuse_self_inspection`]
+//! answers as Meta does a system-user token asking about itself (400, code 100). Every request is recorded ([`SimHandle::requests`]), every message that
 //! reached a handset ([`SimHandle::delivered`]) and every webhook POST with the gateway's answer
 //! ([`SimHandle::webhook_posts`]). [`SimHandle::outage`] plays a network loss: new connections
 //! are refused and open ones are cut. Nothing here logs the code.
@@ -244,6 +245,8 @@ struct Shared {
     next_id: AtomicU64,
     /// What `debug_token` says of the configured token: unix seconds, 0 = never.
     token_expires_at: AtomicI64,
+    /// `debug_token` refuses a token the right to inspect itself.
+    refuse_self_inspection: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -282,6 +285,7 @@ impl Shared {
             connections: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             token_expires_at: AtomicI64::new(0),
+            refuse_self_inspection: AtomicBool::new(false),
         })
     }
 }
@@ -375,6 +379,12 @@ impl SimHandle {
     /// When `debug_token` says the access token expires (unix seconds; 0: never).
     pub fn set_token_expiry(&self, expires_at: i64) {
         self.0.token_expires_at.store(expires_at, Ordering::SeqCst);
+    }
+
+    /// Makes `debug_token` refuse a token the right to inspect itself, as Meta does for a
+    /// token that is neither an app token nor an app developer's (400, code 100).
+    pub fn refuse_self_inspection(&self, on: bool) {
+        self.0.refuse_self_inspection.store(on, Ordering::SeqCst);
     }
 
     /// Replaces the account's template catalog.
@@ -713,6 +723,9 @@ fn debug_token(
     }
     if !auth_valid {
         return meta_error(401, 190);
+    }
+    if s.refuse_self_inspection.load(Ordering::SeqCst) {
+        return meta_error(400, 100);
     }
     let pairs: Vec<(String, String)> =
         serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default();
