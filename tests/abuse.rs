@@ -703,11 +703,7 @@ async fn certificate_and_token_expiry_are_exported_and_follow_a_renewal() {
     })
     .await;
     assert!(sim_ca.unwrap() > jan1(2100), "{sim_ca:?}");
-    let asked = sim
-        .requests()
-        .into_iter()
-        .filter(|r| r.path.ends_with("/debug_token"))
-        .collect::<Vec<_>>();
+    let asked = sim.handle().token_inspections();
     assert!(
         asked.len() == 1 && asked[0].method == "GET" && asked[0].auth_valid,
         "{asked:?}"
