@@ -321,12 +321,6 @@ impl WhatsAppChannel {
         })
     }
 
-    /// The channel's HTTP client (proxy, trust anchors, pooled connections), for the other
-    /// questions the daemon asks Meta (the token's expiry).
-    pub fn http(&self) -> reqwest::Client {
-        self.http.clone()
-    }
-
     fn settings(&self) -> Arc<Settings> {
         match self.settings.read() {
             Ok(s) => Arc::clone(&s),

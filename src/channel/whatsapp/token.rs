@@ -84,8 +84,8 @@ pub fn parse(body: &[u8]) -> Result<TokenInfo, TokenError> {
     })
 }
 
-/// Asks Meta about the configured token with `http` (the channel's client: proxy, trust
-/// anchors).
+/// Asks Meta about the configured token with `http` (built like the channel's: proxy, trust
+/// anchors; but its own, so the send path's connections are not touched).
 pub async fn inspect(
     http: &reqwest::Client,
     cfg: &WhatsAppConfig,
