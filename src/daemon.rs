@@ -349,17 +349,23 @@ impl Running {
             *s = settings;
         }
         crate::expiry::record(&self.metrics, &crate::expiry::files(&new, &self.boot));
-        if now
-            .iter()
-            .any(|c| c.key == "whatsapp.token_file" || c.key == "whatsapp.api_base")
-        {
-            self.token_recheck.notify_one();
-        }
+        // The watcher reads the configuration in force: it is woken once that is the new one.
+        let recheck = now.iter().any(|c| {
+            [
+                "whatsapp.token_file",
+                "whatsapp.api_base",
+                "whatsapp.enabled",
+            ]
+            .contains(&c.key.as_str())
+        });
         if new.server.tls.is_some() && !r.applied.iter().any(|k| k.starts_with("server.tls")) {
             r.applied
                 .push("server.tls (certificate files read again)".into());
         }
         self.live.set(new);
+        if recheck {
+            self.token_recheck.notify_one();
+        }
         Ok(r)
     }
 
