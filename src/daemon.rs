@@ -177,25 +177,15 @@ pub async fn start(
         DRAIN,
     )));
     let token_recheck = Arc::new(Notify::new());
-    // Its own client (same proxy and trust anchors): the question never takes or leaves a
-    // pooled connection on the send path.
-    let token_http = set
-        .whatsapp
-        .as_ref()
-        .map(|_| crate::channel::whatsapp::client::build_http(&live.get().whatsapp));
-    match token_http {
-        Some(Err(e)) => {
-            tracing::warn!(error = %e, "whatsapp: the token's expiry will not be asked")
-        }
-        Some(Ok(http)) => tasks.push(tokio::spawn(crate::channel::whatsapp::token::watch(
-            http,
+    if set.whatsapp.is_some() {
+        tasks.push(tokio::spawn(crate::channel::whatsapp::token::watch(
+            live.get().whatsapp.clone(),
             live.clone(),
             metrics.clone(),
             clock.clone(),
             token_recheck.clone(),
             shutdown_rx.clone(),
-        ))),
-        None => {}
+        )));
     }
     let app = Arc::new(App {
         live: live.clone(),

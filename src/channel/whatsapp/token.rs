@@ -85,7 +85,7 @@ pub fn parse(body: &[u8]) -> Result<TokenInfo, TokenError> {
 }
 
 /// Asks Meta about the configured token with `http` (built like the channel's: proxy, trust
-/// anchors; but its own, so the send path's connections are not touched).
+/// anchors).
 pub async fn inspect(
     http: &reqwest::Client,
     cfg: &WhatsAppConfig,
@@ -114,9 +114,13 @@ pub async fn inspect(
 }
 
 /// Asks about the token now, after `recheck` is notified (a reload), and every [`EVERY`];
-/// until `shutdown`. Each answer sets `metrics.whatsapp_token_expiry`.
+/// until `shutdown`. Each answer sets `metrics.whatsapp_token_expiry`. `boot` is the
+/// WhatsApp configuration the process started with: its proxy and trust anchors build a
+/// client for each question (its own, so the send path's connections are not touched),
+/// dropped after it, so an idle daemon does not hold a second set of roots for a question
+/// asked four times a day.
 pub async fn watch(
-    http: reqwest::Client,
+    boot: WhatsAppConfig,
     live: Arc<Live>,
     metrics: Arc<Metrics>,
     clock: SharedClock,
@@ -129,9 +133,12 @@ pub async fn watch(
         let cfg = live.get();
         let wait = if cfg.whatsapp.enabled {
             // A question in flight does not hold up the shutdown.
-            let answer = tokio::select! {
-                a = inspect(&http, &cfg.whatsapp) => a,
-                _ = shutdown.changed() => return,
+            let answer = match super::client::build_http(&boot) {
+                Ok(http) => tokio::select! {
+                    a = inspect(&http, &cfg.whatsapp) => a,
+                    _ = shutdown.changed() => return,
+                },
+                Err(e) => Err(TokenError::Transport(e.to_string())),
             };
             match answer {
                 Ok(info) => {
