@@ -48,6 +48,10 @@ deb_file -rw-r--r-- /usr/share/doc/otpgate/LICENSE-MIT
 deb_file -rw-r--r-- /usr/share/doc/otpgate/LICENSE-APACHE
 deb_file -rw-r--r-- /usr/share/doc/otpgate/README.systemd.md
 deb_file -rw-r--r-- /usr/share/doc/otpgate/copyright
+# Monitoring: the alert rules (with their promtool tests) and the Grafana dashboard.
+deb_file -rw-r--r-- /usr/share/otpgate/prometheus/otpgate-rules.yml
+deb_file -rw-r--r-- /usr/share/otpgate/prometheus/otpgate-rules.test.yml
+deb_file -rw-r--r-- /usr/share/otpgate/grafana/otpgate.json
 
 info="$(dpkg-deb -I "$deb")"
 check "deb: Package: otpgate" has "$info" "Package: otpgate"
@@ -91,6 +95,9 @@ rpm_file -rw-r--r-- root root '' /usr/share/zsh/site-functions/_otpgate
 rpm_file -rw-r--r-- root root '' /usr/share/fish/vendor_completions.d/otpgate.fish
 rpm_file -rw-r--r-- root root d /usr/share/doc/otpgate/LICENSE-MIT
 rpm_file -rw-r--r-- root root d /usr/share/doc/otpgate/LICENSE-APACHE
+rpm_file -rw-r--r-- root root '' /usr/share/otpgate/prometheus/otpgate-rules.yml
+rpm_file -rw-r--r-- root root '' /usr/share/otpgate/prometheus/otpgate-rules.test.yml
+rpm_file -rw-r--r-- root root '' /usr/share/otpgate/grafana/otpgate.json
 # Unpacked (scriptlets need /bin/sh inside the root, so they are only asserted as text) into
 # a throwaway rpm root where the otpgate group exists, as %pre would have made it.
 RR="$work/rpmroot"
@@ -101,6 +108,12 @@ if rpm --root "$RR" --initdb && rpm --root "$RR" --noscripts --nodeps -i "$rpmf"
 check "rpm root: config 640 root:otpgate" test "$(stat -c '%a %u %g' "$RR/etc/otpgate/otpgate.toml")" = "640 0 990"
 check "rpm root: sysusers.d creates the user" grep -q '^u otpgate ' "$RR/usr/lib/sysusers.d/otpgate.conf"
 check "rpm root: binary runs" "$RR/usr/bin/otpgate" --version
+# The installed rules pass promtool where they land (the test file names them beside it).
+if command -v promtool >/dev/null; then
+    check "rpm root: installed alert rules pass their tests" \
+        sh -c "cd '$RR/usr/share/otpgate/prometheus' && promtool test rules otpgate-rules.test.yml"
+fi
+check "rpm root: installed dashboard is the repository's" cmp "$RR/usr/share/otpgate/grafana/otpgate.json" packaging/grafana/otpgate.json
 check "rpm -e" rpm --root "$RR" --noscripts -e otpgate
 check "rpm -e: binary gone" test ! -e "$RR/usr/bin/otpgate"
 check "rpm: --dump lists the config" has "$(rpm -qp --dump "$rpmf")" "/etc/otpgate/otpgate.toml"

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::api::App;
@@ -81,6 +81,8 @@ pub struct Running {
     channels: Vec<Arc<dyn Channel>>,
     whatsapp: Option<Arc<WhatsAppChannel>>,
     sms: Option<Arc<SmsPool>>,
+    /// Wakes the token-expiry watcher when a reload changes the WhatsApp token.
+    token_recheck: Arc<Notify>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -157,6 +159,7 @@ pub async fn start(
         .filter_map(|l| l.local_addr().ok())
         .collect();
     let metrics = Arc::new(Metrics::new());
+    crate::expiry::record(&metrics, &crate::expiry::files(&cfg, &cfg));
     let max_connections = cfg.server.max_connections;
     let live = Live::new(cfg);
     let dispatcher = Dispatcher::new(
@@ -173,6 +176,17 @@ pub async fn start(
         shutdown_rx.clone(),
         DRAIN,
     )));
+    let token_recheck = Arc::new(Notify::new());
+    if set.whatsapp.is_some() {
+        tasks.push(tokio::spawn(crate::channel::whatsapp::token::watch(
+            live.get().whatsapp.clone(),
+            live.clone(),
+            metrics.clone(),
+            clock.clone(),
+            token_recheck.clone(),
+            shutdown_rx.clone(),
+        )));
+    }
     let app = Arc::new(App {
         live: live.clone(),
         store: store.clone(),
@@ -183,6 +197,21 @@ pub async fn start(
         ephemeral_verify_key: crate::secret::Secret::new(hex::encode(rand::random::<[u8; 32]>())),
         abuse: Arc::default(),
     });
+    // Before the first request: a restart must not reset the number-block counts.
+    match app
+        .abuse
+        .rebuild(&store, &live.get(), app.clock.now().0)
+        .await
+    {
+        Ok(n) if n > 0 => tracing::info!(
+            sends = n,
+            "limits.per_prefix: counts rebuilt from the outbox"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "limits.per_prefix: cannot rebuild the counts; they start empty")
+        }
+    }
     let conn_stats = Arc::new(ConnStats::default());
     for l in listeners {
         tasks.push(tokio::spawn(listener::serve(
@@ -202,6 +231,7 @@ pub async fn start(
     Ok(Running {
         whatsapp: set.whatsapp,
         sms: set.sms,
+        token_recheck,
         addrs,
         boot: live.get(),
         live,
@@ -308,11 +338,24 @@ impl Running {
         if let Ok(mut s) = self.settings.write() {
             *s = settings;
         }
+        crate::expiry::record(&self.metrics, &crate::expiry::files(&new, &self.boot));
+        // The watcher reads the configuration in force: it is woken once that is the new one.
+        let recheck = now.iter().any(|c| {
+            [
+                "whatsapp.token_file",
+                "whatsapp.api_base",
+                "whatsapp.enabled",
+            ]
+            .contains(&c.key.as_str())
+        });
         if new.server.tls.is_some() && !r.applied.iter().any(|k| k.starts_with("server.tls")) {
             r.applied
                 .push("server.tls (certificate files read again)".into());
         }
         self.live.set(new);
+        if recheck {
+            self.token_recheck.notify_one();
+        }
         Ok(r)
     }
 

@@ -40,6 +40,7 @@
 //! | wiring it all together, signals, reload, shutdown | [`daemon`] |
 //! | `otpgate demo`: the daemon on the simulators (feature `simulators`) | `demo` |
 //! | metrics counters | [`metrics`] |
+//! | when the loaded certificates expire (the WhatsApp token's: `channel::whatsapp::token`) | [`expiry`] |
 //! | `otpgate status`: the one screen from /readyz, /metrics and the outbox's last hour | [`status`] |
 //! | SMS pumping: velocity by number block, end user and address; the conversion breaker | [`abuse`] |
 //! | verification core shared by the Verify API and RADIUS: make, store as HMAC, check, resend | [`verify`] |
@@ -64,6 +65,7 @@ pub mod daemon;
 pub mod demo;
 pub mod dispatch;
 pub mod domain;
+pub mod expiry;
 pub mod ldap;
 pub mod metrics;
 pub mod phone;

@@ -47,6 +47,13 @@ pub struct ResultLabel {
     pub result: String,
 }
 
+/// One certificate the daemon loads ([`crate::expiry::CERTIFICATES`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabel {
+    /// listener, client_ca, ldap_ca, whatsapp_ca.
+    pub certificate: String,
+}
+
 /// Every metric otpgate exports.
 pub struct Metrics {
     registry: Mutex<Registry>,
@@ -92,6 +99,11 @@ pub struct Metrics {
     pub ldap_up: Gauge,
     /// Why the directory is unreachable, for /readyz and STATUS; None while it answers.
     ldap_problem: Mutex<Option<String>>,
+    /// notAfter (unix seconds) of each certificate the daemon loads; no series when not loaded.
+    pub certificate_expiry: Family<CertificateLabel, Gauge>,
+    /// When Meta says the WhatsApp access token expires (unix seconds); 0 while that is not
+    /// known or the token never expires.
+    pub whatsapp_token_expiry: Gauge,
 }
 
 /// The channels every channel-labelled family starts with.
@@ -180,6 +192,8 @@ impl Metrics {
             radius_requests: Family::default(),
             ldap_up: Gauge::default(),
             ldap_problem: Mutex::new(None),
+            certificate_expiry: Family::default(),
+            whatsapp_token_expiry: Gauge::default(),
         };
         r.register(
             "messages_accepted",
@@ -281,6 +295,16 @@ impl Metrics {
             "1 when the directory answered the last call",
             m.ldap_up.clone(),
         );
+        r.register(
+            "certificate_expiry_timestamp_seconds",
+            "When each certificate the daemon loads expires (notAfter, unix seconds)",
+            m.certificate_expiry.clone(),
+        );
+        r.register(
+            "whatsapp_token_expiry_timestamp_seconds",
+            "When Meta says the WhatsApp access token expires (unix seconds); 0: never, or not known",
+            m.whatsapp_token_expiry.clone(),
+        );
         if let Ok(mut reg) = m.registry.lock() {
             *reg = r;
         }
@@ -356,6 +380,21 @@ impl Metrics {
     /// Why the directory is unreachable, when it is (RADIUS configured only).
     pub fn ldap_problem(&self) -> Option<String> {
         self.ldap_problem.lock().ok().and_then(|p| p.clone())
+    }
+
+    /// Sets a certificate's notAfter, or drops its series (`None`: not loaded, or unreadable).
+    pub fn set_certificate_expiry(&self, certificate: &str, not_after: Option<i64>) {
+        let label = CertificateLabel {
+            certificate: certificate.to_owned(),
+        };
+        match not_after {
+            Some(t) => {
+                self.certificate_expiry.get_or_create(&label).set(t);
+            }
+            None => {
+                self.certificate_expiry.remove(&label);
+            }
+        }
     }
 
     /// The Prometheus text exposition.

@@ -1,8 +1,19 @@
 //! SMS pumping protection through every front door (native v1, Verify, generic HTTP-SMS,
 //! Kannel) of a real in-process gateway (hyper on loopback, SQLite file): each refusal class
 //! is specific, stores nothing, is counted by reason and never echoes a code; the conversion
-//! breaker trips on a wave of unchecked verifications to one range while another flows, and
-//! recovers after its cool-down or when the admin lifts it.
+//! breaker trips on a wave of unchecked verifications to one range while another flows, refuses
+//! what only SMS could carry to it at every door, and recovers after its cool-down or when the
+//! admin lifts it. Also: the expiry gauges of the certificates and the WhatsApp token, and the
+//! metric names the packaged alert rules and dashboard use.
+//!
+//! Refusal classes by door (Kannel's callers carry no end user or address, so `per_user` and
+//! `per_ip` do not apply there; RADIUS has its own tests in tests/radius.rs):
+//!
+//! | class | v1 | Verify | generic | Kannel |
+//! |---|---|---|---|---|
+//! | country, number type, per_prefix | yes | yes | yes | yes |
+//! | per_user, per_ip | yes | yes | yes | - |
+//! | breaker (`sms_paused`) | yes | yes | yes | yes |
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop loudly
 #![cfg(feature = "simulators")]
 
@@ -332,28 +343,7 @@ async fn the_breaker_pauses_sms_to_an_unchecked_range_while_another_flows_and_re
         start_verification(&g, &format!("+91987700010{n}")).await;
     }
     for n in 0..3 {
-        let to = format!("+91987709090{n}");
-        let id = start_verification(&g, &to).await;
-        let code = wait_for(format!("the code to {to}"), async || {
-            let code = g
-                .sms
-                .sent()
-                .into_iter()
-                .rev()
-                .find_map(|d| match d.content {
-                    Content::Code { code, .. } if d.to == to => Some(code),
-                    _ => None,
-                });
-            code.ok_or("not sent yet")
-        })
-        .await;
-        let (s, v) = g
-            .post_path(
-                &format!("/v1/verifications/{id}/check"),
-                json!({"code": code}),
-            )
-            .await;
-        assert_eq!((s, &v["status"]), (200, &json!("approved")), "{v}");
+        check_one(&g, &format!("+91987709090{n}")).await;
     }
     assert!(
         reaches_sms(&g, "+919877000150").await,
@@ -463,16 +453,28 @@ async fn the_first_scrape_of_the_binary_has_every_metric_the_rules_and_dashboard
     let dir = tempfile::tempdir().unwrap();
     let modem =
         otpgate::sim::modem::SimModem::start(otpgate::sim::modem::Profile::quectel()).unwrap();
+    // Over TLS, so the listener's certificate has its expiry series.
+    let pki = otpgate::sim::tls::TestPki::new().unwrap();
+    let files = pki.write_files(dir.path()).unwrap();
     let cfg = TestConfig::new(dir.path())
         .free_port()
         .unwrap()
+        .server(&format!(
+            "tls_cert = \"{}\"\ntls_key = \"{}\"",
+            files.cert.display(),
+            files.key.display()
+        ))
         .whatsapp_unused()
         .modem("modem0", modem.path())
         .client(CLIENT, KEY);
     cfg.write().unwrap();
     let d = Launch::new(&cfg).ready().await;
-    let http = common::http_client();
-    let url = format!("{}/metrics", d.base());
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(pki.client_config().unwrap())
+        .resolve("localhost", d.addr.parse().unwrap())
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/metrics", d.port());
     let first = common::fetch(http.get(&url)).await.1;
     // The families a restart used to hide until their first event.
     for line in [
@@ -483,6 +485,9 @@ async fn the_first_scrape_of_the_binary_has_every_metric_the_rules_and_dashboard
         "otpgate_requests_rejected_total{reason=\"prefix_limited\"} 0",
         "otpgate_modem_ready{modem=\"modem0\"}",
         "otpgate_sms_breaker_open 0",
+        "otpgate_certificate_expiry_timestamp_seconds{certificate=\"listener\"}",
+        // Meta's placeholder account never answers here: the expiry is not known.
+        "otpgate_whatsapp_token_expiry_timestamp_seconds 0",
     ] {
         assert!(
             first.contains(line),
@@ -571,4 +576,427 @@ async fn status_shows_the_running_daemon_on_one_screen() {
         assert!(screen.contains(want), "{want}:\n{screen}");
     }
     assert!(!screen.contains(CODE), "{screen}");
+}
+
+/// A CA valid until 1 January of `year`, with its key (for signing leaves).
+fn ca(year: i32) -> (rcgen::Issuer<'static, rcgen::KeyPair>, String) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair, KeyUsagePurpose};
+    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p.not_after = rcgen::date_time_ymd(year, 1, 1);
+    let key = KeyPair::generate().unwrap();
+    let pem = p.self_signed(&key).unwrap().pem();
+    (rcgen::Issuer::new(p, key), pem)
+}
+
+/// A leaf for localhost valid until 1 January of `year`: certificate and key PEM.
+fn leaf(
+    issuer: &rcgen::Issuer<'static, rcgen::KeyPair>,
+    year: i32,
+    eku: rcgen::ExtendedKeyUsagePurpose,
+) -> (String, String) {
+    let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    p.extended_key_usages = vec![eku];
+    p.not_after = rcgen::date_time_ymd(year, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// 00:00:00 UTC on 1 January of `year`.
+fn jan1(year: i64) -> f64 {
+    let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days: i64 = (1970..year).map(|y| if leap(y) { 366 } else { 365 }).sum();
+    (days * 86_400) as f64
+}
+
+/// The certificates the binary loads (its listener, the client CA, the Cloud API's trust
+/// anchor) and the WhatsApp token, as Meta's token debugger dates it, are exported as expiry
+/// timestamps; a renewed certificate shows on reload; the token never reaches the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_and_token_expiry_are_exported_and_follow_a_renewal() {
+    use otpgate::sim::cloud_api::{CloudApiSim, SimOptions};
+    use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+    let dir = tempfile::tempdir().unwrap();
+    let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
+    let token_expiry = 1_900_000_000;
+    sim.handle().set_token_expiry(token_expiry);
+    let (issuer, ca_pem) = ca(2031);
+    let (cert, key) = leaf(&issuer, 2030, ServerAuth);
+    let path = |f: &str| dir.path().join(f);
+    std::fs::write(path("ca.pem"), &ca_pem).unwrap();
+    std::fs::write(path("cert.pem"), &cert).unwrap();
+    std::fs::write(path("key.pem"), &key).unwrap();
+    let tls = format!(
+        "tls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"",
+        path("cert.pem").display(),
+        path("key.pem").display(),
+        path("ca.pem").display()
+    );
+    let cfg = TestConfig::new(dir.path())
+        .free_port()
+        .unwrap()
+        .whatsapp_sim(&sim)
+        .server(&tls)
+        .client(CLIENT, KEY);
+    cfg.write().unwrap();
+    let d = Launch::new(&cfg).ready().await;
+    // Scraped over mTLS, with a client certificate from the same CA.
+    use rustls_pki_types::pem::PemObject;
+    let (client_cert, client_key) = leaf(&issuer, 2030, ClientAuth);
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let tls = rustls::ClientConfig::builder_with_provider(otpgate::sim::tls::ring_provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![rustls_pki_types::CertificateDer::from_pem_slice(client_cert.as_bytes()).unwrap()],
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(client_key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .resolve("localhost", d.addr.parse().unwrap())
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/metrics", d.port());
+    let expiry = async || {
+        let text = common::fetch(http.get(&url)).await.1;
+        let mut v: std::collections::BTreeMap<String, f64> = otpgate::status::samples(&text)
+            .into_iter()
+            .filter_map(|s| match s.name.as_str() {
+                "otpgate_certificate_expiry_timestamp_seconds" => {
+                    Some((s.labels["certificate"].clone(), s.value))
+                }
+                "otpgate_whatsapp_token_expiry_timestamp_seconds" => {
+                    Some(("token".to_string(), s.value))
+                }
+                _ => None,
+            })
+            .collect();
+        // The simulator's own CA: rcgen's default validity, far beyond ours.
+        let sim_ca = v.remove("whatsapp_ca");
+        (v, sim_ca)
+    };
+    let want = |listener: i64| {
+        std::collections::BTreeMap::from([
+            ("listener".to_string(), jan1(listener)),
+            ("client_ca".to_string(), jan1(2031)),
+            ("token".to_string(), token_expiry as f64),
+        ])
+    };
+    // The token is asked about at start, in the background.
+    let (_, sim_ca) = wait_for("the token's expiry", async || {
+        let (v, sim_ca) = expiry().await;
+        if v == want(2030) {
+            Ok((v, sim_ca))
+        } else {
+            Err(format!("{v:?}"))
+        }
+    })
+    .await;
+    assert!(sim_ca.unwrap() > jan1(2100), "{sim_ca:?}");
+    let asked = sim.handle().token_inspections();
+    assert!(
+        asked.len() == 1 && asked[0].method == "GET" && asked[0].auth_valid,
+        "{asked:?}"
+    );
+    // A renewed certificate: the file is replaced and the daemon told to reload.
+    let (cert, key) = leaf(&issuer, 2032, ServerAuth);
+    std::fs::write(path("cert.pem"), &cert).unwrap();
+    std::fs::write(path("key.pem"), &key).unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("the renewed certificate's expiry", async || {
+        let (v, _) = expiry().await;
+        if v == want(2032) {
+            Ok(())
+        } else {
+            Err(format!("{v:?}"))
+        }
+    })
+    .await;
+    // A new token: the old one's expiry no longer holds, and the new one is asked about at
+    // once (this simulator knows only the old token, so Meta's answer is a refusal: unknown).
+    std::fs::write(path("whatsapp-token"), "EAAnew-token-not-for-logs").unwrap();
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_for("the new token to be asked about", async || {
+        let n = sim.handle().token_inspections().len();
+        if n == 2 { Ok(()) } else { Err(n) }
+    })
+    .await;
+    wait_for("the old expiry to be dropped", async || {
+        let (v, _) = expiry().await;
+        if v.get("token") == Some(&0.0) {
+            Ok(())
+        } else {
+            Err(format!("{v:?}"))
+        }
+    })
+    .await;
+    let log = d.log();
+    for secret in [otpgate::sim::config::SIM_TOKEN, "EAAnew-token-not-for-logs"] {
+        assert!(!log.contains(secret), "a token reached the log:\n{log}");
+    }
+}
+
+/// Starts a verification to `to` and checks it with the code its SMS carried.
+async fn check_one(g: &Gateway, to: &str) {
+    let id = start_verification(g, to).await;
+    let code = wait_for(format!("the code to {to}"), async || {
+        let code = g
+            .sms
+            .sent()
+            .into_iter()
+            .rev()
+            .find_map(|d| match d.content {
+                Content::Code { code, .. } if d.to == to => Some(code),
+                _ => None,
+            });
+        code.ok_or("not sent yet")
+    })
+    .await;
+    let (s, v) = g
+        .post_path(
+            &format!("/v1/verifications/{id}/check"),
+            json!({"code": code}),
+        )
+        .await;
+    assert_eq!((s, &v["status"]), (200, &json!("approved")), "{v}");
+}
+
+/// A free text (no code in it): WhatsApp cannot carry it, so only SMS could.
+const FREE_TEXT: &str = "Your sign-in was approved. Not you? Call the service desk.";
+
+/// Sends `FREE_TEXT` through a door that takes texts.
+async fn send_text(g: &Gateway, door: Door, to: &str) -> Answer {
+    let req = match door {
+        Door::V1 => g
+            .http
+            .post(format!("{}/v1/messages", g.base))
+            .bearer_auth(KEY)
+            .json(&json!({"to": to, "text": FREE_TEXT})),
+        Door::Generic => g
+            .http
+            .post(format!("{}/v1/sms", g.base))
+            .bearer_auth(KEY)
+            .json(&json!({"to": to, "text": FREE_TEXT})),
+        Door::Kannel => g.http.get(format!("{}/cgi-bin/sendsms", g.base)).query(&[
+            ("username", CLIENT),
+            ("password", "dummy"),
+            ("to", to),
+            ("text", FREE_TEXT),
+        ]),
+        Door::Verify => unreachable!("the Verify API makes its own codes"),
+    };
+    let r = req.send().await.unwrap();
+    let status = r.status().as_u16();
+    let retry_after = r
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok()?.parse().ok());
+    let text = r.text().await.unwrap();
+    let code = match serde_json::from_str::<Value>(&text) {
+        Ok(v) => v["error"]["code"].as_str().unwrap_or("").to_owned(),
+        Err(_) => text.clone(),
+    };
+    Answer {
+        status,
+        code,
+        retry_after,
+        text,
+    }
+}
+
+/// The breaker's refusal at every door: while SMS to a range is paused, what WhatsApp cannot
+/// carry (a free text; an SMS-only verification) is refused with `sms_paused` and the
+/// cool-down as Retry-After, stores nothing and is counted; a code through the same doors is
+/// taken for WhatsApp only; another range flows through each door meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_range_refuses_what_only_sms_could_carry_at_every_door() {
+    let g = gateway(&format!(
+        "{PW_HASH_LINE}[policy]\nprenotify = false\n\
+         [limits]\nprefix_digits = 3\nbreaker_min_codes = 3\nbreaker_min_approval_percent = 20\n\
+         breaker_window = \"1h\"\nbreaker_cooldown = \"1h\"\n"
+    ))
+    .await;
+    // Nobody has WhatsApp: without the pause every code would fall back to SMS.
+    g.wa.set_default(Outcome::FallBack {
+        code: Some("131026".into()),
+        reason: "not on WhatsApp".into(),
+        not_on_channel: true,
+    });
+    // A wave of verifications to one range, never checked: the range trips once they expire.
+    // Another range's are checked, which keeps the country as a whole flowing.
+    for n in 0..3 {
+        start_verification(&g, &format!("+91987700010{n}")).await;
+    }
+    for n in 0..3 {
+        check_one(&g, &format!("+91987709090{n}")).await;
+    }
+    wait_for("the breaker to trip", async || {
+        let p = paused(&g).await;
+        if p == ["+919877000"] {
+            Ok(())
+        } else {
+            Err(format!("{p:?}"))
+        }
+    })
+    .await;
+    let cool_down = 3500..=3600;
+    for (i, door) in [Door::V1, Door::Generic, Door::Kannel]
+        .into_iter()
+        .enumerate()
+    {
+        let before = rows(&g).await;
+        let a = send_text(&g, door, &format!("+91987700020{i}")).await;
+        let want = match door {
+            Door::Kannel => (503, "Temporal failure, try again later."),
+            _ => (429, "sms_paused"),
+        };
+        assert_eq!((a.status, a.code.as_str()), want, "{door:?}: {}", a.text);
+        let wait = a.retry_after.expect("Retry-After");
+        assert!(cool_down.contains(&wait), "{door:?}: Retry-After {wait}");
+        assert_eq!(
+            rows(&g).await,
+            before,
+            "{door:?}: a refusal stored something"
+        );
+        // The other range takes the same text by SMS.
+        let a = send_text(&g, door, &format!("+91987709020{i}")).await;
+        assert!((200..300).contains(&a.status), "{door:?}: {}", a.text);
+        // A code to the paused range is taken, for WhatsApp only (`send` carries one).
+        let a = send(&g, door, &format!("+91987700030{i}"), None, None).await;
+        assert!((200..300).contains(&a.status), "{door:?}: {}", a.text);
+        assert!(
+            !a.text.contains(CODE),
+            "{door:?} echoed the code: {}",
+            a.text
+        );
+    }
+    // An SMS-only verification to the paused range.
+    let before = rows(&g).await;
+    let (s, v) = g
+        .post_path(
+            "/v1/verifications",
+            json!({"to": "+919877000400", "channel": "sms"}),
+        )
+        .await;
+    assert_eq!((s, &v["error"]["code"]), (429, &json!("sms_paused")), "{v}");
+    assert_eq!(rows(&g).await, before, "Verify: a refusal stored something");
+    assert_eq!(rejected(&g).await.get("sms_paused"), Some(&4.0));
+    // The codes taken for WhatsApp only end there (it answers "not on WhatsApp"), never by
+    // SMS, while the other range's texts went by SMS.
+    let ends = wait_for("the codes to the paused range to end", async || {
+        let store = &g.running.as_ref().unwrap().store;
+        let ends: Vec<(String, Option<String>)> = store
+            .read(|c| {
+                let mut q = c.prepare(
+                    "SELECT state, channel FROM messages WHERE recipient LIKE '+9198770003%'",
+                )?;
+                let rows = q.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            })
+            .await
+            .unwrap();
+        if ends.len() == 3 && ends.iter().all(|(s, _)| s == "failed") {
+            Ok(ends)
+        } else {
+            Err(format!("{ends:?}"))
+        }
+    })
+    .await;
+    assert!(
+        ends.iter().all(|(_, c)| c.as_deref() != Some("sms")),
+        "{ends:?}"
+    );
+    let by_sms: Vec<String> = g.sms.sent().into_iter().map(|d| d.to).collect();
+    assert!(
+        !by_sms.iter().any(|to| to.starts_with("+9198770003")),
+        "{by_sms:?}"
+    );
+    for i in 0..3 {
+        let to = format!("+91987709020{i}");
+        assert!(by_sms.contains(&to), "{to} not sent by SMS: {by_sms:?}");
+    }
+    g.stop().await;
+}
+
+/// `limits.per_prefix` counts survive a crash: the daemon rebuilds them from the outbox at
+/// start, so a pumping run gets no fresh allowance from a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefix_counts_survive_a_kill_9() {
+    use otpgate::sim::cloud_api::{CloudApiSim, SimOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
+    let cfg = TestConfig::new(dir.path())
+        .free_port()
+        .unwrap()
+        .whatsapp_sim(&sim)
+        .policy("prenotify = false")
+        .limits("per_prefix = \"2/1h\"")
+        .client(CLIENT, KEY);
+    cfg.write().unwrap();
+    let http = common::http_client();
+    let post = async |d: &common::Daemon, to: &str| {
+        let req = http
+            .post(format!("{}/v1/messages", d.base()))
+            .bearer_auth(KEY)
+            .json(&json!({"to": to, "code": CODE}));
+        let (s, v) = common::fetch_json(req).await;
+        (s, v["error"]["code"].as_str().unwrap_or("").to_owned())
+    };
+    let mut d = Launch::new(&cfg).ready().await;
+    assert_eq!(post(&d, "+919876580001").await.0, 202);
+    d.kill_9();
+    let d = Launch::new(&cfg).ready().await;
+    assert_eq!(post(&d, "+919876580002").await.0, 202);
+    assert_eq!(
+        post(&d, "+919876580003").await,
+        (429, "prefix_limited".to_string()),
+        "the count before the crash was forgotten"
+    );
+    assert_eq!(post(&d, "+919876581001").await.0, 202, "another block");
+    assert!(
+        d.log().contains("counts rebuilt from the outbox"),
+        "{}",
+        d.log()
+    );
+}
+
+/// A token Meta will not let inspect itself (a system user's): the expiry stays unknown (0,
+/// which the rules skip), the log says why once, and the token is in no log line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_meta_will_not_date_exports_zero_and_says_so_once() {
+    use otpgate::sim::cloud_api::{CloudApiSim, SimOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
+    sim.handle().set_token_expiry(1_900_000_000);
+    sim.handle().refuse_self_inspection(true);
+    let cfg = TestConfig::new(dir.path())
+        .free_port()
+        .unwrap()
+        .whatsapp_sim(&sim)
+        .client(CLIENT, KEY);
+    cfg.write().unwrap();
+    let d = Launch::new(&cfg).ready().await;
+    let said = "does not let this access token inspect itself";
+    d.wait_logged("the refusal to be logged", |l| l.contains(said))
+        .await;
+    let text = common::fetch(common::http_client().get(format!("{}/metrics", d.base())))
+        .await
+        .1;
+    assert!(
+        text.contains("otpgate_whatsapp_token_expiry_timestamp_seconds 0"),
+        "{text}"
+    );
+    let log = d.log();
+    assert_eq!(log.matches(said).count(), 1, "{log}");
+    assert!(!log.contains(otpgate::sim::config::SIM_TOKEN), "{log}");
 }

@@ -108,6 +108,31 @@ impl Abuse {
         }
     }
 
+    /// Rebuilds the number-block counts (`limits.per_prefix`) from the outbox's sends inside
+    /// the window, so a restart does not hand a pumping run a fresh allowance.
+    pub async fn rebuild(
+        &self,
+        store: &crate::store::Store,
+        cfg: &Config,
+        now: i64,
+    ) -> Result<usize, crate::store::StoreError> {
+        let Some(rate) = cfg.limits.per_prefix else {
+            return Ok(0);
+        };
+        let window = i64::try_from(rate.window.as_millis()).unwrap_or(i64::MAX);
+        let sends: Vec<(String, i64)> = store
+            .recipients_since(now.saturating_sub(window))
+            .await?
+            .into_iter()
+            .filter_map(|(to, at)| Some((prefix_of(&to, cfg.limits.prefix_digits)?.to_owned(), at)))
+            .collect();
+        let n = sends.len();
+        if let Ok(mut v) = self.velocity.lock() {
+            v.seed(Scope::Prefix, &rate, sends);
+        }
+        Ok(n)
+    }
+
     /// Gives back what [`Abuse::admit`] took for a request the store refused.
     pub fn release(&self, ticket: Ticket) {
         if let Ok(mut v) = self.velocity.lock() {

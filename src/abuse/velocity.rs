@@ -4,7 +4,9 @@
 //!
 //! A check and its count happen under one lock, so concurrent requests cannot both take the
 //! last place; a request the store then refuses gives its places back ([`Ticket`]). The counts
-//! live in memory: a restart forgets them (the store's own limits still hold).
+//! live in memory. The outbox holds every accepted number, so the block counts are rebuilt
+//! from it at start ([`Velocity::seed`]); the end user and address are not stored, so those
+//! counts start empty after a restart.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -107,6 +109,20 @@ impl Velocity {
         Ok(ticket)
     }
 
+    /// Counts sends made before this process started (`(key, unix ms)`, any order) under
+    /// `scope`, keeping the newest `rate.count` of each key as [`Velocity::admit`] does.
+    pub fn seed(&mut self, scope: Scope, rate: &Rate, mut sends: Vec<(String, i64)>) {
+        self.windows[scope.slot()] = window_ms(rate);
+        sends.sort_by_key(|(_, at)| *at);
+        for (key, at) in sends {
+            let times = self.sends.entry((scope, key)).or_default();
+            times.push_back(at);
+            while times.len() > rate.count as usize {
+                times.pop_front();
+            }
+        }
+    }
+
     /// Gives back the places a request took (the store refused it after all).
     pub fn release(&mut self, ticket: Ticket) {
         for (scope, key, at) in ticket.taken {
@@ -190,6 +206,30 @@ mod tests {
         assert_eq!(v.admit(&both("carol"), 3).unwrap_err().0, Scope::Ip);
         v.release(t);
         assert!(v.admit(&both("alice"), 4).is_ok());
+    }
+
+    #[test]
+    fn seeded_sends_count_like_admitted_ones() {
+        let r = rate(2, 60);
+        let mut v = Velocity::default();
+        // Out of order, one outside the window, more than the count for one block.
+        v.seed(
+            Scope::Prefix,
+            &r,
+            vec![
+                ("+919876543".into(), 30_000),
+                ("+919876543".into(), 10_000),
+                ("+919876543".into(), 20_000),
+                ("+919876544".into(), 1_000),
+            ],
+        );
+        let (scope, wait) = v.admit(&prefix("+919876543", r), 65_000).unwrap_err();
+        // The two newest (20 s, 30 s) fill it; the first leaves at 80 s.
+        assert_eq!(
+            (scope, wait),
+            (Scope::Prefix, Duration::from_millis(15_000))
+        );
+        assert!(v.admit(&prefix("+919876544", r), 65_000).is_ok());
     }
 
     #[test]

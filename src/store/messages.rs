@@ -284,6 +284,31 @@ impl Store {
         .await
     }
 
+    /// Every message stored after `since` (unix ms): its recipient and when it was accepted,
+    /// newest first. For counts kept outside the store that must survive a restart (the
+    /// velocity by number block). Reads back in rowid order and stops a minute past `since`,
+    /// as the limit tallies do, so it needs no index on `created_at`.
+    pub async fn recipients_since(&self, since: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        self.read(move |c| {
+            let mut stmt =
+                c.prepare("SELECT recipient, created_at FROM messages ORDER BY rowid DESC")?;
+            let mut rows = stmt.query([])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let at: i64 = row.get(1)?;
+                // Sends stored just after the clock stepped back sit behind older ones.
+                if at <= since.saturating_sub(60_000) {
+                    break;
+                }
+                if at > since {
+                    out.push((row.get(0)?, at));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Records an attempt at the moment it departs (the channel's last step before the
     /// irreversible write): an attempt left open by a crash may have been delivered.
     pub async fn start_attempt(

@@ -250,6 +250,11 @@ pub(crate) fn build_http(cfg: &WhatsAppConfig) -> Result<reqwest::Client, WhatsA
     b.build().map_err(|e| WhatsAppError::Client(e.to_string()))
 }
 
+/// A transport failure in words that hold no URL, header or body (see [`transport_failure`]).
+pub(crate) fn describe(e: &reqwest::Error) -> String {
+    transport_failure(e).1
+}
+
 /// Names a transport failure without echoing anything that could hold a secret:
 /// only rustls and I/O errors are described.
 fn transport_failure(e: &reqwest::Error) -> (TransportFailure, String) {

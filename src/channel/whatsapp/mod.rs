@@ -7,11 +7,13 @@
 //! | circuit breaker (pure, time passed in) and the 131057 pause | [`circuit`] |
 //! | status webhooks: handshake, signature, statuses, fraud signals (pure) | [`webhook`] |
 //! | template preflight: read the template back, check it per language | [`templates`] |
+//! | when the access token expires (Meta's token debugger), for the alert | [`token`] |
 
 pub mod circuit;
 pub mod client;
 pub mod errors;
 pub mod templates;
+pub mod token;
 pub mod webhook;
 
 pub use client::{WhatsAppChannel, WhatsAppError};

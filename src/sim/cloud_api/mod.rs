@@ -22,8 +22,12 @@
 //! - one whose last three digits are `900`..`999` is an offline phone: 200, then `sent` only.
 //!
 //! It also serves `GET /<version>/<waba_id>/message_templates?name=...` from its catalog
-//! ([`templates`]). Every request is recorded ([`SimHandle::requests`]), every message that
-//! reached a handset ([`SimHandle::delivered`]) and every webhook POST with the gateway's answer
+//! ([`templates`]), and `GET /<version>/debug_token?input_token=...` like Meta's token
+//! debugger: the configured token is valid and expires at [`SimHandle::set_token_expiry`] (0,
+//! the default: never), any other is `is_valid: false`; [`SimHandle::refuse_self_inspection`]
+//! answers as Meta does a system-user token asking about itself (400, code 100). Those
+//! questions are recorded apart ([`SimHandle::token_inspections`]); every other request is
+//! recorded ([`SimHandle::requests`]), every message that reached a handset ([`SimHandle::delivered`]) and every webhook POST with the gateway's answer
 //! ([`SimHandle::webhook_posts`]). [`SimHandle::outage`] plays a network loss: new connections
 //! are refused and open ones are cut. Nothing here logs the code.
 
@@ -34,7 +38,7 @@ mod tests;
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -234,12 +238,18 @@ struct Shared {
     stop: tokio::sync::watch::Sender<bool>,
     scripts: Mutex<ScriptState>,
     requests: Mutex<Vec<RecordedRequest>>,
+    /// `debug_token` requests, apart from the others.
+    inspections: Mutex<Vec<RecordedRequest>>,
     delivered: Mutex<Vec<Delivered>>,
     refuse: AtomicBool,
     /// Bumped to cut every open connection; each connection task watches it.
     cut: tokio::sync::watch::Sender<u64>,
     connections: AtomicU64,
     next_id: AtomicU64,
+    /// What `debug_token` says of the configured token: unix seconds, 0 = never.
+    token_expires_at: AtomicI64,
+    /// `debug_token` refuses a token the right to inspect itself.
+    refuse_self_inspection: AtomicBool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -272,11 +282,14 @@ impl Shared {
             stop: tokio::sync::watch::Sender::new(false),
             scripts: Mutex::new(ScriptState::default()),
             requests: Mutex::new(Vec::new()),
+            inspections: Mutex::new(Vec::new()),
             delivered: Mutex::new(Vec::new()),
             refuse: AtomicBool::new(false),
             cut: tokio::sync::watch::Sender::new(0),
             connections: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
+            token_expires_at: AtomicI64::new(0),
+            refuse_self_inspection: AtomicBool::new(false),
         })
     }
 }
@@ -340,6 +353,11 @@ impl SimHandle {
         lock(&self.0.delivered).clone()
     }
 
+    /// Every `debug_token` request so far (they are not in [`SimHandle::requests`]).
+    pub fn token_inspections(&self) -> Vec<RecordedRequest> {
+        lock(&self.0.inspections).clone()
+    }
+
     /// Forgets recorded requests.
     pub fn clear_requests(&self) {
         lock(&self.0.requests).clear();
@@ -365,6 +383,17 @@ impl SimHandle {
     /// Every webhook POST so far, retries included, with the gateway's answer.
     pub fn webhook_posts(&self) -> Vec<WebhookPost> {
         lock(&self.0.posts).clone()
+    }
+
+    /// When `debug_token` says the access token expires (unix seconds; 0: never).
+    pub fn set_token_expiry(&self, expires_at: i64) {
+        self.0.token_expires_at.store(expires_at, Ordering::SeqCst);
+    }
+
+    /// Makes `debug_token` refuse a token the right to inspect itself, as Meta does for a
+    /// token that is neither an app token nor an app developer's (400, code 100).
+    pub fn refuse_self_inspection(&self, on: bool) {
+        self.0.refuse_self_inspection.store(on, Ordering::SeqCst);
     }
 
     /// Replaces the account's template catalog.
@@ -688,6 +717,49 @@ fn message_templates(
     respond(200, "application/json", body)
 }
 
+/// `GET /<version>/debug_token?input_token=...`: what Meta's token debugger says of a token.
+/// The caller authenticates with the configured token; the token asked about is valid only
+/// when it is that token too.
+fn debug_token(
+    s: &Shared,
+    method: &str,
+    auth_valid: bool,
+    query: Option<&str>,
+) -> Response<Full<Bytes>> {
+    if method != "GET" {
+        // Meta: "Unsupported post request", code 100 subcode 33.
+        return meta_error(400, 100);
+    }
+    if !auth_valid {
+        return meta_error(401, 190);
+    }
+    if s.refuse_self_inspection.load(Ordering::SeqCst) {
+        return meta_error(400, 100);
+    }
+    let pairs: Vec<(String, String)> =
+        serde_urlencoded::from_str(query.unwrap_or("")).unwrap_or_default();
+    let Some((_, input)) = pairs.iter().find(|(k, _)| k == "input_token") else {
+        return meta_error(400, 100);
+    };
+    let data = if *input == s.token {
+        json!({
+            "app_id": "1234567890", "type": "SYSTEM_USER", "application": "otpgate sim",
+            "data_access_expires_at": 0,
+            "expires_at": s.token_expires_at.load(Ordering::SeqCst),
+            "is_valid": true,
+            "scopes": ["whatsapp_business_management", "whatsapp_business_messaging"],
+            "user_id": "100000000000001"
+        })
+    } else {
+        json!({
+            "error": {"code": 190, "message": "Invalid OAuth access token."},
+            "is_valid": false,
+            "scopes": []
+        })
+    };
+    respond(200, "application/json", json!({ "data": data }).to_string())
+}
+
 async fn handle(
     s: Arc<Shared>,
     req: Request<Incoming>,
@@ -711,16 +783,22 @@ async fn handle(
         .as_deref()
         .and_then(|a| a.strip_prefix("Bearer "))
         .is_some_and(|t| t == s.token);
-    lock(&s.requests).push(RecordedRequest {
+    let recorded = RecordedRequest {
         method: method.clone(),
         path: path.clone(),
         auth_present: auth.is_some(),
         auth_valid,
         json: json.clone(),
         at: Instant::now(),
-    });
-
+    };
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // Kept apart: a daemon asks at start, and tests and benches count `requests()` as the
+    // calls the send path made.
+    if let [_, "debug_token"] = segs.as_slice() {
+        lock(&s.inspections).push(recorded);
+        return Ok(debug_token(&s, &method, auth_valid, query.as_deref()));
+    }
+    lock(&s.requests).push(recorded);
     if let [_, waba, "message_templates"] = segs.as_slice() {
         return Ok(message_templates(
             &s,
