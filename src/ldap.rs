@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ldap3::controls::RawControl;
 use ldap3::{LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -43,7 +44,8 @@ pub enum DirectoryError {
     BadCredentials {
         /// The user name.
         user: String,
-        /// AD's reason, when its diagnostic says (account disabled, locked, ...).
+        /// The server's reason, when it gives one: AD's diagnostic (account disabled,
+        /// locked, ...) or OpenLDAP's password policy control (account locked, ...).
         reason: Option<&'static str>,
     },
     /// The TLS setup (ca_file) is unusable.
@@ -96,6 +98,74 @@ pub fn ad_reason(diagnostic: &str) -> Option<&'static str> {
         "775" => "account locked",
         _ => return None,
     })
+}
+
+/// Whether a refused bind's reason is the account's state (locked, disabled, expired), which
+/// a door may tell the user so they call the help desk instead of retrying; a wrong password
+/// and an unknown user stay one answer that says neither.
+pub fn is_account_state(reason: &str) -> bool {
+    !matches!(reason, "wrong password" | "no such user" | "empty password")
+}
+
+/// The password policy request control (draft-behera-ldap-password-policy): OpenLDAP's
+/// ppolicy overlay says why it refused a bind (locked, expired) only to a client that sends
+/// it. Not critical, so a server without it (AD) ignores it.
+const PPOLICY_OID: &str = "1.3.6.1.4.1.42.2.27.8.5.1";
+
+/// One BER element: its tag, its value and the bytes after it (definite lengths only, as
+/// LDAP's BER allows).
+fn ber_element(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, b) = b.split_first()?;
+    let (&first, b) = b.split_first()?;
+    let (len, b) = if first < 0x80 {
+        (usize::from(first), b)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || b.len() < n {
+            return None;
+        }
+        let (digits, rest) = b.split_at(n);
+        let len = digits
+            .iter()
+            .fold(0usize, |acc, &d| (acc << 8) | usize::from(d));
+        (len, rest)
+    };
+    if b.len() < len {
+        return None;
+    }
+    let (value, rest) = b.split_at(len);
+    Some((tag, value, rest))
+}
+
+/// The reason in a password policy response control's value (a SEQUENCE of an optional
+/// `[0]` warning and an optional `[1]` error ENUMERATED), when it names one.
+pub fn ppolicy_reason(value: &[u8]) -> Option<&'static str> {
+    let (0x30, mut fields, _) = ber_element(value)? else {
+        return None;
+    };
+    while !fields.is_empty() {
+        let (tag, v, rest) = ber_element(fields)?;
+        if tag == 0x81 {
+            return match v {
+                [0] => Some("password expired"),
+                [1] => Some("account locked"),
+                [2] => Some("password must be changed"),
+                _ => None,
+            };
+        }
+        fields = rest;
+    }
+    None
+}
+
+/// Why a user bind was refused: the password policy control if the server sent one, else
+/// AD's "data NNN" in the diagnostic text.
+fn bind_reason(r: &ldap3::LdapResult) -> Option<&'static str> {
+    r.ctrls
+        .iter()
+        .filter(|c| c.1.ctype == PPOLICY_OID)
+        .find_map(|c| c.1.val.as_deref().and_then(ppolicy_reason))
+        .or_else(|| ad_reason(&r.text))
 }
 
 /// Picks the phone number: the first attribute in `order` with a non-blank value.
@@ -305,14 +375,20 @@ impl Directory {
         }
         self.with_conn(async |ldap| {
             let entry = find_on(ldap, self.timeout, s, user).await?;
+            let ppolicy = RawControl {
+                ctype: PPOLICY_OID.to_owned(),
+                crit: false,
+                val: None,
+            };
             let r = ldap
                 .with_timeout(self.timeout)
+                .with_controls(ppolicy)
                 .simple_bind(&entry.dn, password)
                 .await
                 .map_err(|e| DirectoryError::Unreachable(e.to_string()))?;
             match r.rc {
                 0 => Ok(entry),
-                _ => Err(refused(ad_reason(&r.text))),
+                _ => Err(refused(bind_reason(&r))),
             }
         })
         .await
@@ -385,6 +461,64 @@ mod tests {
         assert_eq!(ad_reason(&t.replace("533", "999")), None);
         assert_eq!(ad_reason("invalid credentials"), None);
         assert_eq!(ad_reason("data 5"), None);
+    }
+
+    #[test]
+    fn only_an_accounts_state_is_for_the_user() {
+        let t = "AcceptSecurityContext error, data ";
+        for code in ["533", "775", "532", "701", "773", "530", "531"] {
+            let r = ad_reason(&format!("{t}{code}, v3839")).unwrap();
+            assert!(is_account_state(r), "{r}");
+        }
+        for code in ["525", "52e"] {
+            let r = ad_reason(&format!("{t}{code}, v3839")).unwrap();
+            assert!(!is_account_state(r), "{r}");
+        }
+        assert!(!is_account_state("empty password"));
+        assert!(is_account_state(
+            ppolicy_reason(&[0x30, 0x03, 0x81, 0x01, 0x01]).unwrap()
+        ));
+    }
+
+    #[test]
+    fn password_policy_controls_name_the_reason() {
+        // OpenLDAP's answer for a locked account: SEQUENCE { [1] accountLocked }.
+        assert_eq!(
+            ppolicy_reason(&[0x30, 0x03, 0x81, 0x01, 0x01]),
+            Some("account locked")
+        );
+        assert_eq!(
+            ppolicy_reason(&[0x30, 0x03, 0x81, 0x01, 0x00]),
+            Some("password expired")
+        );
+        // A warning first (grace logins left: [0] { [1] 2 }), then the error.
+        assert_eq!(
+            ppolicy_reason(&[0x30, 0x08, 0xa0, 0x03, 0x81, 0x01, 0x02, 0x81, 0x01, 0x02]),
+            Some("password must be changed")
+        );
+        // The long length form.
+        assert_eq!(
+            ppolicy_reason(&[0x30, 0x81, 0x03, 0x81, 0x01, 0x01]),
+            Some("account locked")
+        );
+        // A warning alone, an empty sequence, an error the gateway does not name.
+        assert_eq!(
+            ppolicy_reason(&[0x30, 0x05, 0xa0, 0x03, 0x80, 0x01, 0x10]),
+            None
+        );
+        assert_eq!(ppolicy_reason(&[0x30, 0x00]), None);
+        assert_eq!(ppolicy_reason(&[0x30, 0x03, 0x81, 0x01, 0x05]), None);
+        // Truncated, overlong or not a sequence: nothing, and no panic.
+        for bad in [
+            &[][..],
+            &[0x30],
+            &[0x30, 0x05, 0x81, 0x01],
+            &[0x30, 0x84, 0xff, 0xff, 0xff, 0xff, 0x81],
+            &[0x30, 0x80, 0x81, 0x01, 0x01],
+            &[0x04, 0x03, 0x81, 0x01, 0x01],
+        ] {
+            assert_eq!(ppolicy_reason(bad), None, "{bad:?}");
+        }
     }
 
     #[test]
