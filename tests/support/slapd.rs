@@ -29,34 +29,55 @@ pub struct Slapd {
     _dir: tempfile::TempDir,
 }
 
+/// How the directory is set up beyond its people.
+#[derive(Default, Clone, Copy)]
+pub struct Setup<'a> {
+    /// The certificate chain and key (PEM): it then also listens for ldaps:// and offers
+    /// StartTLS on ldap://.
+    pub tls: Option<(&'a Path, &'a Path)>,
+    /// The ppolicy overlay with lockout after this many failed binds (until an administrator
+    /// clears it), as AD's lockout policy does. A person with `pwdAccountLockedTime:
+    /// 000001010000Z` is locked from the start: OpenLDAP's way to disable an account.
+    pub lockout_after: Option<u32>,
+}
+
 impl Slapd {
-    /// Loads `people` (uid, password or "" for none, one extra LDIF line or "") and starts
+    /// Loads `people` (uid, password or "" for none, extra LDIF lines or "") and starts
     /// slapd on a free loopback port.
     pub fn spawn(people: &[(&str, &str, &str)]) -> Slapd {
-        Slapd::spawn_with(people, None)
+        Slapd::spawn_with(people, Setup::default())
     }
 
-    /// [`Slapd::spawn`] with TLS: `tls` is the certificate chain and key (PEM); it then also
-    /// listens for ldaps:// and offers StartTLS on ldap://.
-    pub fn spawn_with(people: &[(&str, &str, &str)], tls: Option<(&Path, &Path)>) -> Slapd {
+    /// [`Slapd::spawn`] with TLS or a password policy.
+    pub fn spawn_with(people: &[(&str, &str, &str)], setup: Setup) -> Slapd {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
         std::fs::create_dir(d.join("db")).unwrap();
+        let (module, overlay) = match setup.lockout_after {
+            // slapd 2.5 and later carry the ppolicy schema in the module itself.
+            Some(_) => (
+                "moduleload ppolicy\n",
+                "overlay ppolicy\n\
+                 ppolicy_default \"cn=default,ou=policies,dc=example,dc=org\"\n\
+                 ppolicy_use_lockout\n",
+            ),
+            None => ("", ""),
+        };
         let conf = format!(
             "include /etc/ldap/schema/core.schema\n\
              include /etc/ldap/schema/cosine.schema\n\
              include /etc/ldap/schema/inetorgperson.schema\n\
-             modulepath /usr/lib/ldap\nmoduleload back_mdb\n\
+             modulepath /usr/lib/ldap\nmoduleload back_mdb\n{module}\
              pidfile {d}/slapd.pid\n\
              database mdb\nmaxsize 10485760\n\
              suffix \"dc=example,dc=org\"\n\
              rootdn \"{ADMIN_DN}\"\nrootpw {ADMIN_PW}\n\
              directory {d}/db\n\
              access to attrs=userPassword by anonymous auth by self write by * none\n\
-             access to * by * read\n",
+             access to * by * read\n{overlay}",
             d = d.display()
         );
-        let conf = match tls {
+        let conf = match setup.tls {
             Some((cert, key)) => format!(
                 "TLSCertificateFile {}\nTLSCertificateKeyFile {}\n{conf}",
                 cert.display(),
@@ -69,6 +90,14 @@ impl Slapd {
             "dn: dc=example,dc=org\nobjectClass: dcObject\nobjectClass: organization\no: Example\ndc: example\n\n\
              dn: ou=people,dc=example,dc=org\nobjectClass: organizationalUnit\nou: people\n\n",
         );
+        if let Some(n) = setup.lockout_after {
+            ldif.push_str(&format!(
+                "dn: ou=policies,dc=example,dc=org\nobjectClass: organizationalUnit\nou: policies\n\n\
+                 dn: cn=default,ou=policies,dc=example,dc=org\nobjectClass: organizationalRole\n\
+                 objectClass: pwdPolicy\ncn: default\npwdAttribute: userPassword\n\
+                 pwdLockout: TRUE\npwdMaxFailure: {n}\npwdLockoutDuration: 0\n\n"
+            ));
+        }
         for (uid, pw, extra) in people {
             ldif.push_str(&format!(
                 "dn: uid={uid},{BASE}\nobjectClass: inetOrgPerson\nuid: {uid}\ncn: {uid}\nsn: {uid}\n"
@@ -91,7 +120,9 @@ impl Slapd {
             .expect("slapadd (Debian package slapd; .ci/run installs it)");
         assert!(st.status.success(), "slapadd: {st:?}");
         let port = otpgate::sim::config::free_port().unwrap();
-        let tls_port = tls.map(|_| otpgate::sim::config::free_port().unwrap());
+        let tls_port = setup
+            .tls
+            .map(|_| otpgate::sim::config::free_port().unwrap());
         let mut urls = format!("ldap://127.0.0.1:{port}/");
         if let Some(p) = tls_port {
             urls.push_str(&format!(" ldaps://127.0.0.1:{p}/"));
@@ -121,6 +152,11 @@ impl Slapd {
             std::net::TcpStream::connect(("127.0.0.1", p))?;
         }
         Ok(())
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// Kills it.
