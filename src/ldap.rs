@@ -194,14 +194,49 @@ pub struct Search<'a> {
     pub phone_attributes: &'a [String],
 }
 
-/// The connection to the directory: settings fixed at start, a pool of open connections.
+/// One directory operation, on whichever connection [`Directory::with_conn`] hands it (an
+/// enum rather than a closure: a pooled connection found dead means running it twice).
+enum Op<'a> {
+    /// Find a user and read its phone attribute.
+    Find(&'a Search<'a>, &'a str),
+    /// Bind as a user: their DN and password.
+    Bind(&'a str, &'a str),
+    /// Bind as the service account again: a round trip that proves the connection alive.
+    Probe,
+}
+
+/// What an [`Op`] gave back.
+enum Done {
+    Found(UserEntry),
+    Bound,
+}
+
+/// Open connections of one kind, and how many may be in use at once.
+struct Pool {
+    idle: tokio::sync::Mutex<Vec<ldap3::Ldap>>,
+    slots: tokio::sync::Semaphore,
+}
+
+impl Pool {
+    fn new(size: usize) -> Pool {
+        Pool {
+            idle: tokio::sync::Mutex::new(Vec::new()),
+            slots: tokio::sync::Semaphore::new(size),
+        }
+    }
+}
+
+/// The connection to the directory: settings fixed at start, two pools of open connections.
+/// Searches run on connections bound as the service account and users' binds on others, so
+/// neither kind is ever re-bound: a sign-in costs the directory one search and one bind, as
+/// FreeRADIUS's does, instead of a third operation to restore the service identity.
 pub struct Directory {
     url: String,
     settings: LdapConnSettings,
     bind: Option<(String, Secret)>,
     timeout: Duration,
-    idle: tokio::sync::Mutex<Vec<ldap3::Ldap>>,
-    slots: tokio::sync::Semaphore,
+    searches: Pool,
+    binds: Pool,
     pool_size: usize,
     metrics: Arc<Metrics>,
 }
@@ -252,8 +287,8 @@ impl Directory {
             settings,
             bind: cfg.bind_dn.clone().zip(cfg.bind_password.clone()),
             timeout: cfg.timeout,
-            idle: tokio::sync::Mutex::new(Vec::new()),
-            slots: tokio::sync::Semaphore::new(pool_size),
+            searches: Pool::new(pool_size),
+            binds: Pool::new(pool_size),
             pool_size,
             metrics,
         })
@@ -271,11 +306,13 @@ impl Directory {
         Ok(ldap)
     }
 
-    /// A new connection bound as the service account.
-    async fn fresh(&self) -> Result<ldap3::Ldap, DirectoryError> {
+    /// A new connection, bound as the service account for the search pool.
+    async fn fresh(&self, searches: bool) -> Result<ldap3::Ldap, DirectoryError> {
         let r = async {
             let mut l = self.connect().await?;
-            self.service_bind(&mut l).await?;
+            if searches {
+                self.service_bind(&mut l).await?;
+            }
             Ok(l)
         }
         .await;
@@ -299,27 +336,38 @@ impl Directory {
         Ok(())
     }
 
-    /// Runs `f` on a pooled connection bound as the service account. The connection goes
-    /// back to the pool only when `f` succeeded or failed for the user's reasons.
-    async fn with_conn<T>(
-        &self,
-        f: impl AsyncFnOnce(&mut ldap3::Ldap) -> Result<T, DirectoryError>,
-    ) -> Result<T, DirectoryError> {
-        let _slot = self
+    /// Runs `op` on a connection from the search pool (bound as the service account) or the
+    /// bind pool. A connection goes back to its pool only when `op` succeeded or failed for
+    /// the user's reasons.
+    async fn with_conn(&self, searches: bool, op: Op<'_>) -> Result<Done, DirectoryError> {
+        let pool = if searches {
+            &self.searches
+        } else {
+            &self.binds
+        };
+        let _slot = pool
             .slots
             .acquire()
             .await
             .map_err(|_| DirectoryError::Unreachable("shutting down".into()))?;
-        let pooled = self.idle.lock().await.pop();
-        let mut ldap = match pooled {
-            Some(mut l) => match self.service_bind(&mut l).await {
-                Ok(()) => l,
-                // The server closed an idle connection (restart, idle timeout): one fresh try.
-                Err(_) => self.fresh().await?,
+        let pooled = pool.idle.lock().await.pop();
+        let (ldap, r) = match pooled {
+            Some(mut l) => match self.run(&mut l, &op).await {
+                // The server may have closed it while idle (restart, idle timeout): one
+                // fresh try, so that costs no sign-in.
+                Err(DirectoryError::Unreachable(_)) => {
+                    let mut l = self.fresh(searches).await?;
+                    let r = self.run(&mut l, &op).await;
+                    (l, r)
+                }
+                r => (l, r),
             },
-            None => self.fresh().await?,
+            None => {
+                let mut l = self.fresh(searches).await?;
+                let r = self.run(&mut l, &op).await;
+                (l, r)
+            }
         };
-        let r = f(&mut ldap).await;
         let keep = match &r {
             Ok(_) => true,
             Err(e) => !matches!(
@@ -329,12 +377,39 @@ impl Directory {
         };
         self.observe(r.as_ref().map(|_| ()));
         if keep {
-            let mut idle = self.idle.lock().await;
+            let mut idle = pool.idle.lock().await;
             if idle.len() < self.pool_size {
                 idle.push(ldap);
             }
         }
         r
+    }
+
+    async fn run(&self, ldap: &mut ldap3::Ldap, op: &Op<'_>) -> Result<Done, DirectoryError> {
+        match *op {
+            Op::Find(s, user) => find_on(ldap, self.timeout, s, user).await.map(Done::Found),
+            Op::Bind(dn, password) => {
+                let ppolicy = RawControl {
+                    ctype: PPOLICY_OID.to_owned(),
+                    crit: false,
+                    val: None,
+                };
+                let r = ldap
+                    .with_timeout(self.timeout)
+                    .with_controls(ppolicy)
+                    .simple_bind(dn, password)
+                    .await
+                    .map_err(|e| DirectoryError::Unreachable(e.to_string()))?;
+                match r.rc {
+                    0 => Ok(Done::Bound),
+                    _ => Err(DirectoryError::BadCredentials {
+                        user: String::new(),
+                        reason: bind_reason(&r),
+                    }),
+                }
+            }
+            Op::Probe => self.service_bind(ldap).await.map(|()| Done::Bound),
+        }
     }
 
     /// Records reachability for /readyz, STATUS and the `ldap_up` gauge.
@@ -351,8 +426,10 @@ impl Directory {
 
     /// Finds `user` with the service account and reads its phone attribute.
     pub async fn find(&self, s: &Search<'_>, user: &str) -> Result<UserEntry, DirectoryError> {
-        self.with_conn(async |ldap| find_on(ldap, self.timeout, s, user).await)
-            .await
+        match self.with_conn(true, Op::Find(s, user)).await? {
+            Done::Found(e) => Ok(e),
+            Done::Bound => Err(DirectoryError::NoSuchUser(user.to_owned())),
+        }
     }
 
     /// Finds `user` and checks `password` by binding as it. An empty password is refused
@@ -373,30 +450,19 @@ impl Directory {
         if password.is_empty() {
             return Err(refused(Some("empty password")));
         }
-        self.with_conn(async |ldap| {
-            let entry = find_on(ldap, self.timeout, s, user).await?;
-            let ppolicy = RawControl {
-                ctype: PPOLICY_OID.to_owned(),
-                crit: false,
-                val: None,
-            };
-            let r = ldap
-                .with_timeout(self.timeout)
-                .with_controls(ppolicy)
-                .simple_bind(&entry.dn, password)
-                .await
-                .map_err(|e| DirectoryError::Unreachable(e.to_string()))?;
-            match r.rc {
-                0 => Ok(entry),
-                _ => Err(refused(bind_reason(&r))),
-            }
-        })
-        .await
+        let entry = self.find(s, user).await?;
+        match self.with_conn(false, Op::Bind(&entry.dn, password)).await {
+            Ok(_) => Ok(entry),
+            // The bind knows the reason, the caller the user's name.
+            Err(DirectoryError::BadCredentials { reason, .. }) => Err(refused(reason)),
+            Err(e) => Err(e),
+        }
     }
 
-    /// Checks that the directory answers and the service account binds (for a probe).
+    /// Checks that the directory answers and the service account binds (for a probe): a
+    /// round trip even on a pooled connection, which may have died while idle.
     pub async fn probe(&self) -> Result<(), DirectoryError> {
-        self.with_conn(async |_| Ok(())).await
+        self.with_conn(true, Op::Probe).await.map(|_| ())
     }
 }
 

@@ -571,6 +571,17 @@ async fn expired_code_then_directory_down_rejects_and_readyz_says_why() {
 
     let (s, _) = common::fetch_json(http.get(format!("{}/readyz", g.d.base()))).await;
     assert_eq!(s, 200);
+
+    // The directory restarts between two sign-ins: the pooled connections it closed are
+    // replaced on the spot, and the sign-in does not notice.
+    slapd.restart();
+    wait_for("slapd to listen again", async || slapd.listening()).await;
+    let r = radclient(g.radius, request("alice", "alice-pw", None), 10)
+        .await
+        .unwrap();
+    assert_eq!(r.code, "Access-Challenge", "{r:?}");
+    code_for(&sim, "919876543210", 2).await;
+
     slapd.stop();
     let r = radclient(g.radius, request("alice", "alice-pw", None), 10)
         .await
@@ -590,9 +601,19 @@ async fn expired_code_then_directory_down_rejects_and_readyz_says_why() {
     );
     assert_eq!(
         sim.handle().delivered().len(),
-        1,
+        2,
         "no code without the directory"
     );
+
+    // Back: sign-ins work again and /readyz says so.
+    slapd.restart();
+    wait_for("slapd to listen again", async || slapd.listening()).await;
+    let r = radclient(g.radius, request("alice", "alice-pw", None), 10)
+        .await
+        .unwrap();
+    assert_eq!(r.code, "Access-Challenge", "{r:?}");
+    let (s, v) = common::fetch_json(http.get(format!("{}/readyz", g.d.base()))).await;
+    assert_eq!(s, 200, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,7 @@ pub fn sbin(name: &str) -> std::path::PathBuf {
 /// A running slapd; killed when dropped.
 pub struct Slapd {
     child: Child,
+    urls: String,
     /// Its loopback port (ldap://, StartTLS offered when TLS is on).
     pub port: u16,
     /// Its ldaps:// port, when started with TLS.
@@ -69,6 +70,8 @@ impl Slapd {
              include /etc/ldap/schema/inetorgperson.schema\n\
              modulepath /usr/lib/ldap\nmoduleload back_mdb\n{module}\
              pidfile {d}/slapd.pid\n\
+             # Nothing listens on /dev/log here: each syslog try would cost four system calls.\n\
+             loglevel none\n\
              database mdb\nmaxsize 10485760\n\
              suffix \"dc=example,dc=org\"\n\
              rootdn \"{ADMIN_DN}\"\nrootpw {ADMIN_PW}\n\
@@ -127,23 +130,20 @@ impl Slapd {
         if let Some(p) = tls_port {
             urls.push_str(&format!(" ldaps://127.0.0.1:{p}/"));
         }
-        let child = Command::new(sbin("slapd"))
-            .arg("-h")
-            .arg(urls)
-            .arg("-f")
-            .arg(d.join("slapd.conf"))
-            // Stays in the foreground (so it dies with its owner), logging nothing.
-            .args(["-d", "0"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("slapd (Debian package slapd; .ci/run installs it)");
+        let child = run(&urls, &d.join("slapd.conf"));
         Slapd {
             child,
+            urls,
             port,
             tls_port,
             _dir: dir,
         }
+    }
+
+    /// Starts it again after [`Slapd::stop`], on the same ports with the same database.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.child = run(&self.urls, &self._dir.path().join("slapd.conf"));
     }
 
     /// Whether it accepts connections yet.
@@ -164,6 +164,28 @@ impl Slapd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// slapd in the foreground (so it dies with its owner) on `urls`. With SLAPD_STATS_LOG set,
+/// one line per operation goes to that file (what a test or the bench asked of it).
+fn run(urls: &str, conf: &Path) -> Child {
+    let stats = std::env::var_os("SLAPD_STATS_LOG").map(|p| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .unwrap()
+    });
+    Command::new(sbin("slapd"))
+        .arg("-h")
+        .arg(urls)
+        .arg("-f")
+        .arg(conf)
+        .args(["-d", if stats.is_some() { "stats" } else { "0" }])
+        .stdout(Stdio::null())
+        .stderr(stats.map_or_else(Stdio::null, Stdio::from))
+        .spawn()
+        .expect("slapd (Debian package slapd; .ci/run installs it)")
 }
 
 impl Drop for Slapd {
