@@ -1,8 +1,10 @@
 //! The directory RADIUS asks (Active Directory or any LDAP server), through `ldap3` on rustls:
 //! find a user with the service account, check a password by binding as the user, read the
-//! phone attribute. A small pool keeps service connections open; a connection that errs is
-//! dropped, not reused. Passwords go from the caller to the bind and nowhere else: they are
-//! never logged, stored, or kept past the call.
+//! phone attribute. Two small pools keep connections open, one bound as the service account
+//! for searches, one for users' binds; a connection that errs is dropped, not reused. A
+//! refused bind's reason (locked, disabled, expired) comes from AD's diagnostic or OpenLDAP's
+//! password policy control. Passwords go from the caller to the bind and nowhere else: they
+//! are never logged, stored, or kept past the call.
 
 use std::sync::Arc;
 use std::time::Duration;
