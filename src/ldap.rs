@@ -1,12 +1,15 @@
 //! The directory RADIUS asks (Active Directory or any LDAP server), through `ldap3` on rustls:
 //! find a user with the service account, check a password by binding as the user, read the
-//! phone attribute. A small pool keeps service connections open; a connection that errs is
-//! dropped, not reused. Passwords go from the caller to the bind and nowhere else: they are
-//! never logged, stored, or kept past the call.
+//! phone attribute. Two small pools keep connections open, one bound as the service account
+//! for searches, one for users' binds; a connection that errs is dropped, not reused. A
+//! refused bind's reason (locked, disabled, expired) comes from AD's diagnostic or OpenLDAP's
+//! password policy control. Passwords go from the caller to the bind and nowhere else: they
+//! are never logged, stored, or kept past the call.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use ldap3::controls::RawControl;
 use ldap3::{LdapConnAsync, LdapConnSettings, Scope, SearchEntry};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
@@ -43,7 +46,8 @@ pub enum DirectoryError {
     BadCredentials {
         /// The user name.
         user: String,
-        /// AD's reason, when its diagnostic says (account disabled, locked, ...).
+        /// The server's reason, when it gives one: AD's diagnostic (account disabled,
+        /// locked, ...) or OpenLDAP's password policy control (account locked, ...).
         reason: Option<&'static str>,
     },
     /// The TLS setup (ca_file) is unusable.
@@ -98,6 +102,74 @@ pub fn ad_reason(diagnostic: &str) -> Option<&'static str> {
     })
 }
 
+/// Whether a refused bind's reason is the account's state (locked, disabled, expired), which
+/// a door may tell the user so they call the help desk instead of retrying; a wrong password
+/// and an unknown user stay one answer that says neither.
+pub fn is_account_state(reason: &str) -> bool {
+    !matches!(reason, "wrong password" | "no such user" | "empty password")
+}
+
+/// The password policy request control (draft-behera-ldap-password-policy): OpenLDAP's
+/// ppolicy overlay says why it refused a bind (locked, expired) only to a client that sends
+/// it. Not critical, so a server without it (AD) ignores it.
+const PPOLICY_OID: &str = "1.3.6.1.4.1.42.2.27.8.5.1";
+
+/// One BER element: its tag, its value and the bytes after it (definite lengths only, as
+/// LDAP's BER allows).
+fn ber_element(b: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, b) = b.split_first()?;
+    let (&first, b) = b.split_first()?;
+    let (len, b) = if first < 0x80 {
+        (usize::from(first), b)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || b.len() < n {
+            return None;
+        }
+        let (digits, rest) = b.split_at(n);
+        let len = digits
+            .iter()
+            .fold(0usize, |acc, &d| (acc << 8) | usize::from(d));
+        (len, rest)
+    };
+    if b.len() < len {
+        return None;
+    }
+    let (value, rest) = b.split_at(len);
+    Some((tag, value, rest))
+}
+
+/// The reason in a password policy response control's value (a SEQUENCE of an optional
+/// `[0]` warning and an optional `[1]` error ENUMERATED), when it names one.
+pub fn ppolicy_reason(value: &[u8]) -> Option<&'static str> {
+    let (0x30, mut fields, _) = ber_element(value)? else {
+        return None;
+    };
+    while !fields.is_empty() {
+        let (tag, v, rest) = ber_element(fields)?;
+        if tag == 0x81 {
+            return match v {
+                [0] => Some("password expired"),
+                [1] => Some("account locked"),
+                [2] => Some("password must be changed"),
+                _ => None,
+            };
+        }
+        fields = rest;
+    }
+    None
+}
+
+/// Why a user bind was refused: the password policy control if the server sent one, else
+/// AD's "data NNN" in the diagnostic text.
+fn bind_reason(r: &ldap3::LdapResult) -> Option<&'static str> {
+    r.ctrls
+        .iter()
+        .filter(|c| c.1.ctype == PPOLICY_OID)
+        .find_map(|c| c.1.val.as_deref().and_then(ppolicy_reason))
+        .or_else(|| ad_reason(&r.text))
+}
+
 /// Picks the phone number: the first attribute in `order` with a non-blank value.
 pub fn pick_phone(
     attrs: &std::collections::HashMap<String, Vec<String>>,
@@ -124,14 +196,49 @@ pub struct Search<'a> {
     pub phone_attributes: &'a [String],
 }
 
-/// The connection to the directory: settings fixed at start, a pool of open connections.
+/// One directory operation, on whichever connection [`Directory::with_conn`] hands it (an
+/// enum rather than a closure: a pooled connection found dead means running it twice).
+enum Op<'a> {
+    /// Find a user and read its phone attribute.
+    Find(&'a Search<'a>, &'a str),
+    /// Bind as a user: their DN and password.
+    Bind(&'a str, &'a str),
+    /// Bind as the service account again: a round trip that proves the connection alive.
+    Probe,
+}
+
+/// What an [`Op`] gave back.
+enum Done {
+    Found(UserEntry),
+    Bound,
+}
+
+/// Open connections of one kind, and how many may be in use at once.
+struct Pool {
+    idle: tokio::sync::Mutex<Vec<ldap3::Ldap>>,
+    slots: tokio::sync::Semaphore,
+}
+
+impl Pool {
+    fn new(size: usize) -> Pool {
+        Pool {
+            idle: tokio::sync::Mutex::new(Vec::new()),
+            slots: tokio::sync::Semaphore::new(size),
+        }
+    }
+}
+
+/// The connection to the directory: settings fixed at start, two pools of open connections.
+/// Searches run on connections bound as the service account and users' binds on others, so
+/// neither kind is ever re-bound: a sign-in costs the directory one search and one bind, as
+/// FreeRADIUS's does, instead of a third operation to restore the service identity.
 pub struct Directory {
     url: String,
     settings: LdapConnSettings,
     bind: Option<(String, Secret)>,
     timeout: Duration,
-    idle: tokio::sync::Mutex<Vec<ldap3::Ldap>>,
-    slots: tokio::sync::Semaphore,
+    searches: Pool,
+    binds: Pool,
     pool_size: usize,
     metrics: Arc<Metrics>,
 }
@@ -182,8 +289,8 @@ impl Directory {
             settings,
             bind: cfg.bind_dn.clone().zip(cfg.bind_password.clone()),
             timeout: cfg.timeout,
-            idle: tokio::sync::Mutex::new(Vec::new()),
-            slots: tokio::sync::Semaphore::new(pool_size),
+            searches: Pool::new(pool_size),
+            binds: Pool::new(pool_size),
             pool_size,
             metrics,
         })
@@ -201,11 +308,13 @@ impl Directory {
         Ok(ldap)
     }
 
-    /// A new connection bound as the service account.
-    async fn fresh(&self) -> Result<ldap3::Ldap, DirectoryError> {
+    /// A new connection, bound as the service account for the search pool.
+    async fn fresh(&self, searches: bool) -> Result<ldap3::Ldap, DirectoryError> {
         let r = async {
             let mut l = self.connect().await?;
-            self.service_bind(&mut l).await?;
+            if searches {
+                self.service_bind(&mut l).await?;
+            }
             Ok(l)
         }
         .await;
@@ -229,27 +338,38 @@ impl Directory {
         Ok(())
     }
 
-    /// Runs `f` on a pooled connection bound as the service account. The connection goes
-    /// back to the pool only when `f` succeeded or failed for the user's reasons.
-    async fn with_conn<T>(
-        &self,
-        f: impl AsyncFnOnce(&mut ldap3::Ldap) -> Result<T, DirectoryError>,
-    ) -> Result<T, DirectoryError> {
-        let _slot = self
+    /// Runs `op` on a connection from the search pool (bound as the service account) or the
+    /// bind pool. A connection goes back to its pool only when `op` succeeded or failed for
+    /// the user's reasons.
+    async fn with_conn(&self, searches: bool, op: Op<'_>) -> Result<Done, DirectoryError> {
+        let pool = if searches {
+            &self.searches
+        } else {
+            &self.binds
+        };
+        let _slot = pool
             .slots
             .acquire()
             .await
             .map_err(|_| DirectoryError::Unreachable("shutting down".into()))?;
-        let pooled = self.idle.lock().await.pop();
-        let mut ldap = match pooled {
-            Some(mut l) => match self.service_bind(&mut l).await {
-                Ok(()) => l,
-                // The server closed an idle connection (restart, idle timeout): one fresh try.
-                Err(_) => self.fresh().await?,
+        let pooled = pool.idle.lock().await.pop();
+        let (ldap, r) = match pooled {
+            Some(mut l) => match self.run(&mut l, &op).await {
+                // The server may have closed it while idle (restart, idle timeout): one
+                // fresh try, so that costs no sign-in.
+                Err(DirectoryError::Unreachable(_)) => {
+                    let mut l = self.fresh(searches).await?;
+                    let r = self.run(&mut l, &op).await;
+                    (l, r)
+                }
+                r => (l, r),
             },
-            None => self.fresh().await?,
+            None => {
+                let mut l = self.fresh(searches).await?;
+                let r = self.run(&mut l, &op).await;
+                (l, r)
+            }
         };
-        let r = f(&mut ldap).await;
         let keep = match &r {
             Ok(_) => true,
             Err(e) => !matches!(
@@ -259,12 +379,39 @@ impl Directory {
         };
         self.observe(r.as_ref().map(|_| ()));
         if keep {
-            let mut idle = self.idle.lock().await;
+            let mut idle = pool.idle.lock().await;
             if idle.len() < self.pool_size {
                 idle.push(ldap);
             }
         }
         r
+    }
+
+    async fn run(&self, ldap: &mut ldap3::Ldap, op: &Op<'_>) -> Result<Done, DirectoryError> {
+        match *op {
+            Op::Find(s, user) => find_on(ldap, self.timeout, s, user).await.map(Done::Found),
+            Op::Bind(dn, password) => {
+                let ppolicy = RawControl {
+                    ctype: PPOLICY_OID.to_owned(),
+                    crit: false,
+                    val: None,
+                };
+                let r = ldap
+                    .with_timeout(self.timeout)
+                    .with_controls(ppolicy)
+                    .simple_bind(dn, password)
+                    .await
+                    .map_err(|e| DirectoryError::Unreachable(e.to_string()))?;
+                match r.rc {
+                    0 => Ok(Done::Bound),
+                    _ => Err(DirectoryError::BadCredentials {
+                        user: String::new(),
+                        reason: bind_reason(&r),
+                    }),
+                }
+            }
+            Op::Probe => self.service_bind(ldap).await.map(|()| Done::Bound),
+        }
     }
 
     /// Records reachability for /readyz, STATUS and the `ldap_up` gauge.
@@ -281,8 +428,10 @@ impl Directory {
 
     /// Finds `user` with the service account and reads its phone attribute.
     pub async fn find(&self, s: &Search<'_>, user: &str) -> Result<UserEntry, DirectoryError> {
-        self.with_conn(async |ldap| find_on(ldap, self.timeout, s, user).await)
-            .await
+        match self.with_conn(true, Op::Find(s, user)).await? {
+            Done::Found(e) => Ok(e),
+            Done::Bound => Err(DirectoryError::NoSuchUser(user.to_owned())),
+        }
     }
 
     /// Finds `user` and checks `password` by binding as it. An empty password is refused
@@ -303,24 +452,19 @@ impl Directory {
         if password.is_empty() {
             return Err(refused(Some("empty password")));
         }
-        self.with_conn(async |ldap| {
-            let entry = find_on(ldap, self.timeout, s, user).await?;
-            let r = ldap
-                .with_timeout(self.timeout)
-                .simple_bind(&entry.dn, password)
-                .await
-                .map_err(|e| DirectoryError::Unreachable(e.to_string()))?;
-            match r.rc {
-                0 => Ok(entry),
-                _ => Err(refused(ad_reason(&r.text))),
-            }
-        })
-        .await
+        let entry = self.find(s, user).await?;
+        match self.with_conn(false, Op::Bind(&entry.dn, password)).await {
+            Ok(_) => Ok(entry),
+            // The bind knows the reason, the caller the user's name.
+            Err(DirectoryError::BadCredentials { reason, .. }) => Err(refused(reason)),
+            Err(e) => Err(e),
+        }
     }
 
-    /// Checks that the directory answers and the service account binds (for a probe).
+    /// Checks that the directory answers and the service account binds (for a probe): a
+    /// round trip even on a pooled connection, which may have died while idle.
     pub async fn probe(&self) -> Result<(), DirectoryError> {
-        self.with_conn(async |_| Ok(())).await
+        self.with_conn(true, Op::Probe).await.map(|_| ())
     }
 }
 
@@ -385,6 +529,64 @@ mod tests {
         assert_eq!(ad_reason(&t.replace("533", "999")), None);
         assert_eq!(ad_reason("invalid credentials"), None);
         assert_eq!(ad_reason("data 5"), None);
+    }
+
+    #[test]
+    fn only_an_accounts_state_is_for_the_user() {
+        let t = "AcceptSecurityContext error, data ";
+        for code in ["533", "775", "532", "701", "773", "530", "531"] {
+            let r = ad_reason(&format!("{t}{code}, v3839")).unwrap();
+            assert!(is_account_state(r), "{r}");
+        }
+        for code in ["525", "52e"] {
+            let r = ad_reason(&format!("{t}{code}, v3839")).unwrap();
+            assert!(!is_account_state(r), "{r}");
+        }
+        assert!(!is_account_state("empty password"));
+        assert!(is_account_state(
+            ppolicy_reason(&[0x30, 0x03, 0x81, 0x01, 0x01]).unwrap()
+        ));
+    }
+
+    #[test]
+    fn password_policy_controls_name_the_reason() {
+        // OpenLDAP's answer for a locked account: SEQUENCE { [1] accountLocked }.
+        assert_eq!(
+            ppolicy_reason(&[0x30, 0x03, 0x81, 0x01, 0x01]),
+            Some("account locked")
+        );
+        assert_eq!(
+            ppolicy_reason(&[0x30, 0x03, 0x81, 0x01, 0x00]),
+            Some("password expired")
+        );
+        // A warning first (grace logins left: [0] { [1] 2 }), then the error.
+        assert_eq!(
+            ppolicy_reason(&[0x30, 0x08, 0xa0, 0x03, 0x81, 0x01, 0x02, 0x81, 0x01, 0x02]),
+            Some("password must be changed")
+        );
+        // The long length form.
+        assert_eq!(
+            ppolicy_reason(&[0x30, 0x81, 0x03, 0x81, 0x01, 0x01]),
+            Some("account locked")
+        );
+        // A warning alone, an empty sequence, an error the gateway does not name.
+        assert_eq!(
+            ppolicy_reason(&[0x30, 0x05, 0xa0, 0x03, 0x80, 0x01, 0x10]),
+            None
+        );
+        assert_eq!(ppolicy_reason(&[0x30, 0x00]), None);
+        assert_eq!(ppolicy_reason(&[0x30, 0x03, 0x81, 0x01, 0x05]), None);
+        // Truncated, overlong or not a sequence: nothing, and no panic.
+        for bad in [
+            &[][..],
+            &[0x30],
+            &[0x30, 0x05, 0x81, 0x01],
+            &[0x30, 0x84, 0xff, 0xff, 0xff, 0xff, 0x81],
+            &[0x30, 0x80, 0x81, 0x01, 0x01],
+            &[0x04, 0x03, 0x81, 0x01, 0x01],
+        ] {
+            assert_eq!(ppolicy_reason(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

@@ -18,12 +18,12 @@ use common::{Daemon, Launch, TestConfig, free_port, wait_for};
 use otpgate::radius::packet::{self, Packet};
 use otpgate::sim::cloud_api::{CloudApiSim, SimOptions};
 use otpgate::sim::modem::{Profile, SimModem};
-use slapd::{ADMIN_DN, ADMIN_PW, BASE, Slapd};
+use slapd::{ADMIN_DN, ADMIN_PW, BASE, Setup, Slapd};
 
 const SECRET: &str = "radius-shared-secret-for-tests";
 
-/// The directory's people. eve has no password at all: every bind as her fails, as a
-/// disabled account's does.
+/// The directory's people. eve is locked by an administrator (OpenLDAP's disabled account);
+/// hank gets locked by the password policy after three wrong passwords.
 const PEOPLE: &[(&str, &str, &str)] = &[
     ("alice", "alice-pw", "mobile: +919876543210"),
     ("bob", "bob-pw", ""),
@@ -31,10 +31,17 @@ const PEOPLE: &[(&str, &str, &str)] = &[
     ("dave", "dave-pw", "telephoneNumber: +919876543211"),
     // The simulator's rule: a number whose third digit from the end is 0 is not on WhatsApp.
     ("frank", "frank-pw", "mobile: +919876543021"),
-    ("eve", "", "mobile: +919876543212"),
+    (
+        "eve",
+        "eve-pw",
+        "mobile: +919876543212\npwdAccountLockedTime: 000001010000Z",
+    ),
+    ("hank", "hank-pw", "mobile: +919876543213"),
 ];
 
-/// slapd with [`PEOPLE`], listening.
+/// Failed binds after which the directory locks an account.
+const LOCKOUT_AFTER: u32 = 3;
+
 /// The Cloud API simulator. No webhook in these configs, so "not on WhatsApp" must come back
 /// synchronously.
 async fn cloud_api() -> CloudApiSim {
@@ -46,8 +53,15 @@ async fn cloud_api() -> CloudApiSim {
     .unwrap()
 }
 
+/// slapd with [`PEOPLE`] and a lockout policy, listening.
 async fn directory() -> Slapd {
-    let slapd = Slapd::spawn(PEOPLE);
+    let slapd = Slapd::spawn_with(
+        PEOPLE,
+        Setup {
+            lockout_after: Some(LOCKOUT_AFTER),
+            ..Setup::default()
+        },
+    );
     wait_for("slapd to listen", async || slapd.listening()).await;
     slapd
 }
@@ -318,6 +332,10 @@ async fn password_then_whatsapp_code_then_accept_and_wrong_codes_run_out() {
     }
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Sends `bytes` from `socket` and waits up to `wait` for one datagram back.
 fn exchange(socket: &UdpSocket, port: u16, bytes: &[u8], wait: Duration) -> Option<Vec<u8>> {
     socket.set_read_timeout(Some(wait)).unwrap();
@@ -348,11 +366,42 @@ async fn refusals_drops_and_retransmissions() {
         .await
         .unwrap();
     assert_eq!(r.code, "Access-Reject", "{r:?}");
-    // An account whose bind the directory refuses (no password: as disabled) -> Reject.
-    let r = radclient(g.radius, request("eve", "anything", None), 10)
+    // A locked (disabled) account, with its right password: Reject that says why, so the
+    // user calls the help desk, and a warning that names the user and the reason.
+    let r = radclient(g.radius, request("eve", "eve-pw", None), 10)
         .await
         .unwrap();
     assert_eq!(r.code, "Access-Reject", "{r:?}");
+    assert!(
+        r.get("Reply-Message").unwrap().contains("account locked"),
+        "{r:?}"
+    );
+    g.d.wait_logged("the locked-account line", |l| {
+        l.lines()
+            .any(|l| l.contains("account locked") && l.contains("eve") && l.contains("WARN"))
+    })
+    .await;
+    // Wrong passwords until the directory's policy locks the account: each one is only "wrong"
+    // (no hint to a guesser), then even the right password is refused as locked.
+    for _ in 0..LOCKOUT_AFTER {
+        let r = radclient(g.radius, request("hank", "hank-guess", None), 10)
+            .await
+            .unwrap();
+        assert_eq!(r.code, "Access-Reject", "{r:?}");
+        assert_eq!(
+            r.get("Reply-Message"),
+            Some("Invalid user name or password"),
+            "{r:?}"
+        );
+    }
+    let r = radclient(g.radius, request("hank", "hank-pw", None), 10)
+        .await
+        .unwrap();
+    assert_eq!(r.code, "Access-Reject", "{r:?}");
+    assert!(
+        r.get("Reply-Message").unwrap().contains("account locked"),
+        "{r:?}"
+    );
     // No phone -> Reject that says so, and a log line naming the user, not the password.
     let r = radclient(g.radius, request("bob", "bob-pw", None), 10)
         .await
@@ -444,13 +493,55 @@ async fn refusals_drops_and_retransmissions() {
         &auth,
         SECRET.as_bytes()
     ));
-    code_for(&sim, "919876543210", 1).await;
-    // Whatever comes later, no second code went out for the retransmission.
+    let code = code_for(&sim, "919876543210", 1).await;
+
+    // The State is bound to its user: presented by another, it is refused (and spent).
+    let state = p
+        .attributes
+        .iter()
+        .find(|(t, _)| *t == packet::STATE)
+        .map(|(_, v)| format!("0x{}", hex(v)))
+        .unwrap();
+    let r = radclient(g.radius, request("dave", &code, Some(&state)), 10)
+        .await
+        .unwrap();
+    assert_eq!(r.code, "Access-Reject", "{r:?}");
+    let r = radclient(g.radius, request("alice", &code, Some(&state)), 10)
+        .await
+        .unwrap();
+    assert_eq!(r.code, "Access-Reject", "a State is single use: {r:?}");
+
+    // Two copies in one breath, the second arriving while the first waits on the directory:
+    // whatever the timing, every reply is the same bytes and one code goes out.
+    let (bytes, _) = raw_request(43, "dave", "dave-pw", true);
+    nas.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    nas.send_to(&bytes, ("127.0.0.1", g.radius)).unwrap();
+    nas.send_to(&bytes, ("127.0.0.1", g.radius)).unwrap();
+    let mut buf = [0u8; 4096];
+    let n = nas.recv(&mut buf).expect("a reply to one of the copies");
+    let mut replies = vec![buf[..n].to_vec()];
+    nas.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    while let Ok(n) = nas.recv(&mut buf) {
+        replies.push(buf[..n].to_vec());
+    }
+    // The NAS retries later: the cached reply.
+    let later = exchange(&nas, g.radius, &bytes, Duration::from_secs(10)).unwrap();
+    assert!(replies.iter().all(|r| *r == later), "{replies:?}");
+    assert_eq!(
+        Packet::decode(&later).unwrap().code,
+        packet::ACCESS_CHALLENGE
+    );
+
+    code_for(&sim, "919876543211", 1).await;
+    // Whatever comes later, no second code went out for the retransmissions.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(codes_to(&sim, "919876543210").len(), 1);
+    assert_eq!(codes_to(&sim, "919876543211").len(), 1);
 
     let log = g.d.log();
-    for pw in ["alice-pw", "bob-pw", "carol-pw", "guess"] {
+    for pw in [
+        "alice-pw", "bob-pw", "carol-pw", "eve-pw", "hank-pw", "guess",
+    ] {
         assert!(!log.contains(pw), "a password appeared in the log");
     }
 }
@@ -482,6 +573,17 @@ async fn expired_code_then_directory_down_rejects_and_readyz_says_why() {
 
     let (s, _) = common::fetch_json(http.get(format!("{}/readyz", g.d.base()))).await;
     assert_eq!(s, 200);
+
+    // The directory restarts between two sign-ins: the pooled connections it closed are
+    // replaced on the spot, and the sign-in does not notice.
+    slapd.restart();
+    wait_for("slapd to listen again", async || slapd.listening()).await;
+    let r = radclient(g.radius, request("alice", "alice-pw", None), 10)
+        .await
+        .unwrap();
+    assert_eq!(r.code, "Access-Challenge", "{r:?}");
+    code_for(&sim, "919876543210", 2).await;
+
     slapd.stop();
     let r = radclient(g.radius, request("alice", "alice-pw", None), 10)
         .await
@@ -501,9 +603,19 @@ async fn expired_code_then_directory_down_rejects_and_readyz_says_why() {
     );
     assert_eq!(
         sim.handle().delivered().len(),
-        1,
+        2,
         "no code without the directory"
     );
+
+    // Back: sign-ins work again and /readyz says so.
+    slapd.restart();
+    wait_for("slapd to listen again", async || slapd.listening()).await;
+    let r = radclient(g.radius, request("alice", "alice-pw", None), 10)
+        .await
+        .unwrap();
+    assert_eq!(r.code, "Access-Challenge", "{r:?}");
+    let (s, v) = common::fetch_json(http.get(format!("{}/readyz", g.d.base()))).await;
+    assert_eq!(s, 200, "{v}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -511,7 +623,13 @@ async fn the_directory_over_ldaps_and_starttls_with_its_certificate_checked() {
     let dir = tempfile::tempdir().unwrap();
     let pki = otpgate::sim::tls::TestPki::new().unwrap();
     let files = pki.write_files(dir.path()).unwrap();
-    let slapd = Slapd::spawn_with(PEOPLE, Some((&files.cert, &files.key)));
+    let slapd = Slapd::spawn_with(
+        PEOPLE,
+        Setup {
+            tls: Some((&files.cert, &files.key)),
+            lockout_after: Some(LOCKOUT_AFTER),
+        },
+    );
     wait_for("slapd to listen", async || slapd.listening()).await;
     let sim = cloud_api().await;
     let ca = format!("ca_file = \"{}\"\n", files.ca.display());

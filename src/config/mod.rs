@@ -419,7 +419,7 @@ pub struct LdapConfig {
     pub ca_file: Option<PathBuf>,
     /// Connect, bind and search timeout.
     pub timeout: Duration,
-    /// Service connections kept open.
+    /// Connections kept open for searches, and as many for users' binds.
     pub pool_size: u32,
 }
 

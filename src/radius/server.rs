@@ -365,6 +365,12 @@ impl Radius {
             (RadiusMode::OtpOnly, _) => dir.find(&search, user).await,
         };
         found.map_err(|e| match e {
+            DirectoryError::BadCredentials {
+                reason: Some(r), ..
+            } if crate::ldap::is_account_state(r) => {
+                tracing::warn!(user, nas = %nas.name, reason = %e, "radius: the directory refuses this account; rejected");
+                Answer::reject(&format!("Sign-in refused: {r}; ask your administrator"))
+            }
             DirectoryError::BadCredentials { .. } | DirectoryError::NoSuchUser(_) => {
                 tracing::info!(user, nas = %nas.name, reason = %e, "radius: rejected");
                 Answer::reject("Invalid user name or password")
