@@ -222,6 +222,16 @@ async fn open_store(cfg: &Config, clock: &SharedClock) -> Result<Store, DaemonEr
         path: cfg.store.path.display().to_string(),
         source,
     };
+    if let crate::config::StoreBackend::Postgres(_) = &cfg.store.backend {
+        // The PostgreSQL backend accepts and reads (store::postgres) but cannot yet claim,
+        // settle or verify: a daemon on it would take codes it never delivers.
+        return Err(failed(StoreError::Postgres(
+            "store.backend = \"postgres\" is not served by the daemon yet (issue 19: accept, \
+             limits, idempotency and migrations are; claims, settling and verifications are \
+             not); run on sqlite"
+                .into(),
+        )));
+    }
     let store = Store::open(&cfg.store.path).map_err(failed)?;
     let recovered = store.recover(clock.now()).await.map_err(failed)?;
     if recovered > 0 {

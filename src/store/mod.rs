@@ -13,6 +13,7 @@
 //! Reads run on their own connections (WAL lets them proceed during writes).
 
 mod messages;
+pub mod postgres;
 mod recent;
 pub mod schema;
 mod settle;
@@ -79,6 +80,15 @@ pub enum StoreError {
     /// SQLite rolled the whole group back (disk full, I/O error): nothing of it is stored.
     #[error("the write was not committed: SQLite rolled the transaction back")]
     RolledBack,
+    /// PostgreSQL said no: its message and SQLSTATE (never its DETAIL, which can quote a row).
+    #[error("database error: {0}")]
+    Postgres(String),
+    /// No connection to PostgreSQL could be had in time.
+    #[error("cannot reach PostgreSQL: {0}")]
+    Unreachable(String),
+    /// TLS to PostgreSQL could not be set up.
+    #[error("PostgreSQL TLS: {0}")]
+    Tls(String),
     /// SQLite would not put the database in WAL mode (e.g. a file system without shared memory).
     #[error("journal_mode is {0}, WAL could not be enabled")]
     NoWal(String),
@@ -144,6 +154,20 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
             path: path.to_path_buf(),
             source,
         })
+}
+
+/// `otpgate migrate` on SQLite: opens (creating, 0600) and migrates the file without
+/// starting the writer; returns the schema versions before and after.
+pub fn migrate_file(path: &Path) -> Result<(i64, i64), StoreError> {
+    create_private(path)?;
+    let mut conn = open_connection(path)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::NoWal(mode));
+    }
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    schema::migrate(&mut conn)?;
+    Ok((found, schema::CURRENT_VERSION))
 }
 
 impl Store {

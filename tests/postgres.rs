@@ -1,0 +1,229 @@
+//! The PostgreSQL backend against a real server (Debian's `postgresql`, started here in a
+//! temporary directory on loopback): migrations raced by two nodes and the "newer than me"
+//! guard, `sslmode` with real TLS, and the exactness the pair relies on (limits and
+//! idempotency keys across two nodes' pools). Each test makes its own database on its own
+//! server.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "support/postgres.rs"]
+mod postgres;
+
+use std::time::Duration;
+
+use otpgate::clock::Timestamp;
+use otpgate::config::{PostgresConfig, Rate, split_postgres_url};
+use otpgate::domain::{Content, E164, MessageId};
+use otpgate::store::postgres::{PgStore, schema};
+use otpgate::store::{InsertResult, LimitScope, NewMessage};
+use postgres::Postgres;
+
+fn cfg(url: &str, node: &str) -> PostgresConfig {
+    let (url, sslmode) = split_postgres_url(url).unwrap();
+    PostgresConfig {
+        url,
+        password: None,
+        password_file: None,
+        sslmode,
+        ca_file: None,
+        pool_size: 4,
+        connect_timeout: Duration::from_secs(10),
+        statement_timeout: Duration::from_secs(10),
+        node: node.into(),
+        lease: Duration::from_secs(30),
+    }
+}
+
+fn msg(id: &str, to: &str, at: i64, key: Option<&str>) -> NewMessage {
+    NewMessage {
+        id: MessageId::new(id),
+        client: "c".into(),
+        recipient: E164::new(to).unwrap(),
+        country: Some("IN".into()),
+        content: Content::Code {
+            code: "123456".into(),
+            sms_text: "123456 is your code".into(),
+        },
+        locale: None,
+        reference: None,
+        idempotency_key: key.map(Into::into),
+        created_at: Timestamp(at),
+        expires_at: Timestamp(at + 300_000),
+        only_channel: None,
+    }
+}
+
+#[tokio::test]
+async fn two_nodes_migrate_at_once_and_a_newer_schema_is_refused() {
+    let pg = Postgres::start(false);
+    pg.create_db("m").await;
+    let url = format!("{}?sslmode=disable", pg.url("m"));
+    let (ca, cb) = (cfg(&url, "a"), cfg(&url, "b"));
+    let (a, b) = tokio::join!(PgStore::open(&ca), PgStore::open(&cb));
+    let (a, _b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.schema_version().await.unwrap(), schema::CURRENT_VERSION);
+    // `otpgate migrate` on an up-to-date database changes nothing.
+    let (from, to) = PgStore::migrate(&cfg(&url, "a")).await.unwrap();
+    assert_eq!(
+        (from, to),
+        (schema::CURRENT_VERSION, schema::CURRENT_VERSION)
+    );
+    a.ping().await.unwrap();
+    pg.client("m")
+        .await
+        .batch_execute("UPDATE otpgate_schema SET version = 99")
+        .await
+        .unwrap();
+    let err = PgStore::open(&cfg(&url, "c")).await.unwrap_err();
+    assert!(
+        err.to_string().contains("schema version 99 is newer"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn sslmode_is_honoured_with_real_tls() {
+    let pki = otpgate::sim::tls::TestPki::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let files = pki.write_files(dir.path()).unwrap();
+    let pg = Postgres::start_with(
+        false,
+        Some(postgres::ServerTls {
+            cert: &files.cert,
+            key: &files.key,
+        }),
+    );
+    pg.create_db("t").await;
+    let stranger = otpgate::sim::tls::TestPki::new().unwrap();
+    let stranger_ca = dir.path().join("stranger.pem");
+    std::fs::write(&stranger_ca, stranger.ca_pem()).unwrap();
+    let try_open = |host: &str, mode: &str, ca: Option<&std::path::Path>| {
+        let mut c = cfg(
+            &format!("postgres://otpgate@{host}:{}/t?sslmode={mode}", pg.port),
+            "a",
+        );
+        c.ca_file = ca.map(Into::into);
+        async move { PgStore::open(&c).await.map(|_| ()) }
+    };
+    // The certificate names 127.0.0.1 but not 127.0.0.2.
+    try_open("127.0.0.1", "verify-full", Some(&files.ca))
+        .await
+        .unwrap();
+    let wrong_name = try_open("127.0.0.2", "verify-full", Some(&files.ca)).await;
+    assert!(
+        wrong_name.is_err(),
+        "verify-full accepted a name not in the certificate"
+    );
+    try_open("127.0.0.2", "verify-ca", Some(&files.ca))
+        .await
+        .unwrap();
+    let wrong_ca = try_open("127.0.0.1", "verify-ca", Some(&stranger_ca)).await;
+    assert!(
+        wrong_ca.is_err(),
+        "verify-ca accepted a certificate from another CA"
+    );
+    // The webpki roots do not know the test CA.
+    let public_roots = try_open("127.0.0.1", "verify-full", None).await;
+    assert!(public_roots.is_err());
+    // require and prefer encrypt without checking, as libpq does.
+    try_open("127.0.0.2", "require", None).await.unwrap();
+    try_open("127.0.0.1", "prefer", None).await.unwrap();
+    let mut full = cfg(
+        &format!(
+            "postgres://otpgate@127.0.0.1:{}/t?sslmode=verify-full",
+            pg.port
+        ),
+        "a",
+    );
+    full.ca_file = Some(files.ca.clone());
+    let kept = PgStore::open(&full).await.unwrap();
+    kept.ping().await.unwrap();
+    let ssl: Option<bool> = pg
+        .client("t")
+        .await
+        .query_one(
+            "SELECT bool_or(ssl) FROM pg_stat_ssl JOIN pg_stat_activity USING (pid)
+             WHERE application_name = 'otpgate/a'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ssl, Some(true), "otpgate's connections were not encrypted");
+}
+
+#[tokio::test]
+async fn limits_and_idempotency_keys_hold_across_two_nodes() {
+    let pg = Postgres::start(false);
+    pg.create_db("x").await;
+    let url = format!("{}?sslmode=disable", pg.url("x"));
+    let a = PgStore::open(&cfg(&url, "a")).await.unwrap();
+    let b = PgStore::open(&cfg(&url, "b")).await.unwrap();
+    let five = Rate {
+        count: 5,
+        window: Duration::from_secs(900),
+    };
+    let limits = vec![(LimitScope::Recipient, five)];
+    // Twelve requests for one number at once, alternating between the nodes.
+    let mut tasks = Vec::new();
+    for i in 0..12 {
+        let node = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let limits = limits.clone();
+        tasks.push(tokio::spawn(async move {
+            node.insert(
+                msg(&format!("r{i}"), "+919800000001", 1_000_000 + i, None),
+                limits,
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    let (mut created, mut limited) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            InsertResult::Created(_) => created += 1,
+            InsertResult::Limited { scope, retry_after } => {
+                assert_eq!(scope, LimitScope::Recipient);
+                assert!(retry_after > Duration::from_secs(800), "{retry_after:?}");
+                limited += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((created, limited), (5, 7));
+    // Another number is not affected.
+    let other = b
+        .insert(msg("o1", "+919800000002", 1_000_100, None), limits.clone())
+        .await
+        .unwrap();
+    assert!(matches!(other, InsertResult::Created(_)));
+    assert_eq!(a.queue_depth().await.unwrap(), 6);
+
+    // One key, sent to both nodes at once: one message.
+    let (x, y) = tokio::join!(
+        a.insert(msg("k-a", "+919800000003", 1_000_200, Some("K1")), vec![]),
+        b.insert(msg("k-b", "+919800000003", 1_000_200, Some("K1")), vec![])
+    );
+    let id = |r: &InsertResult| match r {
+        InsertResult::Created(m) | InsertResult::Existing(m) => m.id.to_string(),
+        other => panic!("{other:?}"),
+    };
+    let (x, y) = (x.unwrap(), y.unwrap());
+    assert_eq!(id(&x), id(&y));
+    assert_eq!(
+        [&x, &y]
+            .iter()
+            .filter(|r| matches!(r, InsertResult::Created(_)))
+            .count(),
+        1
+    );
+    let conflict = b
+        .insert(msg("k-c", "+919800000004", 1_000_300, Some("K1")), vec![])
+        .await
+        .unwrap();
+    assert!(matches!(conflict, InsertResult::KeyConflict));
+    // What one node accepted, the other reads.
+    let (m, attempts) = b.get(&id(&x), "c").await.unwrap().unwrap();
+    assert_eq!(&*m.recipient, "+919800000003");
+    assert!(attempts.is_empty());
+    assert!(a.get(&id(&x), "other").await.unwrap().is_none());
+}
