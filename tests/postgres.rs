@@ -227,3 +227,206 @@ async fn limits_and_idempotency_keys_hold_across_two_nodes() {
     assert!(attempts.is_empty());
     assert!(a.get(&id(&x), "other").await.unwrap().is_none());
 }
+
+async fn pair(pg: &Postgres, db: &str) -> (PgStore, PgStore) {
+    pg.create_db(db).await;
+    let url = format!("{}?sslmode=disable", pg.url(db));
+    let a = PgStore::open(&cfg(&url, "a")).await.unwrap();
+    let b = PgStore::open(&cfg(&url, "b")).await.unwrap();
+    (a, b)
+}
+
+#[tokio::test]
+async fn nodes_share_the_queue_and_take_over_an_expired_lease_without_repeating_its_channel() {
+    use otpgate::channel::{Outcome, ReceiptStatus};
+    use otpgate::domain::{AttemptEnd, ChannelKind, MessageState};
+    use otpgate::store::{AttemptRow, Move, Settlement};
+    let pg = Postgres::start(false);
+    let (a, b) = pair(&pg, "q").await;
+    for i in 0..20 {
+        let m = msg(
+            &format!("q{i:02}"),
+            &format!("+9198000001{i:02}"),
+            1_000,
+            None,
+        );
+        a.insert(m, vec![]).await.unwrap();
+    }
+    // Both nodes claim at once: every message once, none twice.
+    let (x, y) = tokio::join!(
+        a.claim_due(Timestamp(2_000), 15, true),
+        b.claim_due(Timestamp(2_000), 15, true)
+    );
+    let (x, y) = (x.unwrap().0, y.unwrap().0);
+    assert_eq!(x.len() + y.len(), 20, "{} + {}", x.len(), y.len());
+    let mut ids: Vec<String> = x.iter().chain(&y).map(|m| m.id.to_string()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20);
+
+    // Node a departs a WhatsApp attempt for one of its messages, then dies (no heartbeat).
+    let lost = &x[0];
+    let att = a
+        .depart_attempt(&lost.id, ChannelKind::WhatsApp, Timestamp(2_100))
+        .await
+        .unwrap()
+        .unwrap();
+    // b's heartbeat keeps b's leases; a's run out after 30 s.
+    b.heartbeat(Timestamp(31_000), false).await.unwrap();
+    let (taken, _) = b.claim_due(Timestamp(33_000), 100, false).await.unwrap();
+    // a's messages came back to the queue; b (no modem) claims only WhatsApp steps, and the
+    // one whose WhatsApp attempt was interrupted is now an SMS step: left for a modem.
+    assert!(
+        !taken.iter().any(|m| m.id == lost.id),
+        "an SMS step went to a node without a modem"
+    );
+    assert_eq!(taken.len(), x.len() - 1);
+    let atts = b.attempts(&lost.id).await.unwrap();
+    assert_eq!(atts[0].end, Some(AttemptEnd::Interrupted));
+    // Nobody owns it now: a late settle from the node that lost it moves nothing.
+    a.finish(
+        &lost.id,
+        MessageState::Failed,
+        None,
+        None,
+        false,
+        Timestamp(33_000),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        b.state(&lost.id).await.unwrap().unwrap().0,
+        MessageState::Queued
+    );
+    let (with_modem, _) = a.claim_due(Timestamp(33_000), 100, true).await.unwrap();
+    assert!(with_modem.iter().any(|m| m.id == lost.id));
+
+    // b sends one over WhatsApp; the receipt lands on a and applies to the shared row.
+    let m = &taken[0];
+    let t = b
+        .depart_attempt(&m.id, ChannelKind::WhatsApp, Timestamp(34_000))
+        .await
+        .unwrap()
+        .unwrap();
+    let accepted = Outcome::Accepted {
+        provider_id: "wamid.X1".into(),
+    };
+    let watch = Move::Watch {
+        channel: ChannelKind::WhatsApp,
+        until: Timestamp(60_000),
+    };
+    let s = Settlement {
+        attempt: Some((AttemptRow::Departed(t), accepted)),
+        no_whatsapp_until: None,
+        learned: Default::default(),
+        movement: watch,
+    };
+    b.settle(m, s, Timestamp(34_100)).await.unwrap();
+    let eff = a
+        .apply_receipt(
+            ChannelKind::WhatsApp,
+            "wamid.X1".into(),
+            ReceiptStatus::Delivered,
+            Timestamp(35_000),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(eff.newly_delivered);
+    let (done, _) = b.get(&m.id, "c").await.unwrap().unwrap();
+    assert_eq!(done.state, MessageState::Delivered);
+    assert!(done.content.is_none(), "the code was not wiped");
+    // A's stale attempt still gets its end recorded: the log stays truthful.
+    let ok = Outcome::Accepted {
+        provider_id: "wamid.LATE".into(),
+    };
+    a.finish_attempt(att, &ok, Timestamp(36_000)).await.unwrap();
+    let atts = a.attempts(&lost.id).await.unwrap();
+    assert_eq!(atts[0].provider_id.as_deref(), Some("wamid.LATE"));
+    assert_eq!(
+        a.nodes().await.unwrap().len(),
+        1,
+        "only b has sent a heartbeat"
+    );
+}
+
+#[tokio::test]
+async fn a_verification_made_on_one_node_is_checked_on_the_other_and_the_prenotice_goes_once() {
+    use otpgate::store::{CheckOutcome, NewVerification};
+    let pg = Postgres::start(false);
+    let (a, b) = pair(&pg, "v").await;
+    let hash = [7u8; 32];
+    let v = NewVerification {
+        id: "VE1".into(),
+        code_hash: hash,
+        length: 6,
+        channel: None,
+        message: msg("vm1", "+919800000501", 1_000, None),
+    };
+    assert!(matches!(
+        a.create_verification(v, vec![]).await.unwrap(),
+        InsertResult::Created(_)
+    ));
+    // Five wrong codes spread over both nodes at once: exactly max_attempts counted.
+    let mut tasks = Vec::new();
+    for i in 0..6 {
+        let node = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            node.check_verification("VE1", "c", [i as u8; 32], 5, Timestamp(2_000))
+                .await
+                .unwrap()
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+    let denied = outcomes
+        .iter()
+        .filter(|o| matches!(o, CheckOutcome::Denied { .. }))
+        .count();
+    assert_eq!(denied, 4, "{outcomes:?}");
+    assert_eq!(
+        b.verification("VE1", "c").await.unwrap().unwrap().attempts,
+        5
+    );
+    let v2 = NewVerification {
+        id: "VE2".into(),
+        code_hash: hash,
+        length: 6,
+        channel: None,
+        message: msg("vm2", "+919800000502", 1_000, None),
+    };
+    a.create_verification(v2, vec![]).await.unwrap();
+    assert_eq!(
+        b.check_verification("VE2", "c", hash, 5, Timestamp(2_000))
+            .await
+            .unwrap(),
+        CheckOutcome::Approved
+    );
+    assert_eq!(
+        a.check_verification("VE2", "c", hash, 5, Timestamp(2_001))
+            .await
+            .unwrap(),
+        CheckOutcome::NotPending("approved".into())
+    );
+    // The pre-notice: both nodes try to send it at once, one departs.
+    let (x, y) = tokio::join!(
+        a.start_prenotice("vm2", "+919800000502", Timestamp(3_000)),
+        b.start_prenotice("vm2", "+919800000502", Timestamp(3_000))
+    );
+    assert_eq!(
+        [x.unwrap(), y.unwrap()]
+            .iter()
+            .filter(|r| r.is_some())
+            .count(),
+        1
+    );
+    assert!(
+        b.recipient("+919800000502")
+            .await
+            .unwrap()
+            .prenotified_at
+            .is_some()
+    );
+}

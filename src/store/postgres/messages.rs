@@ -147,7 +147,7 @@ fn limit_key(scope: LimitScope, m: &NewMessage) -> Option<&str> {
 /// the first has committed or rolled back, so its count includes the first: "5 per 15
 /// minutes" holds across the nodes. Only the scopes with a limit are locked; a global limit
 /// makes every accept of the pair take turns.
-async fn lock_keys(
+pub(super) async fn lock_keys(
     tx: &impl GenericClient,
     ms: &[NewMessage],
     limits: &[(LimitScope, Rate)],
@@ -180,7 +180,7 @@ async fn lock_keys(
 }
 
 /// Idempotency, limits, INSERT, inside the caller's transaction (its locks already taken).
-async fn insert_tx(
+pub(super) async fn insert_tx(
     tx: &impl GenericClient,
     m: NewMessage,
     limits: &[(LimitScope, Rate)],

@@ -5,15 +5,24 @@
 //! - this file: connecting (pool, TLS, timeouts), errors, the node's name;
 //! - `tls`: `sslmode` with rustls; [`schema`]: tables and migrations under an advisory lock;
 //! - `messages`: accept (limits counted in the shared table under advisory locks on their
-//!   keys, idempotency), reading messages and attempts.
+//!   keys, idempotency), reading messages and attempts;
+//! - `claim`: claims with `FOR UPDATE SKIP LOCKED` and a lease, taking back expired leases,
+//!   SMS steps only on a node with a modem, attempts' openings, heartbeats, housekeeping;
+//! - `settle`: an attempt's end and its message's move in one transaction, receipts,
+//!   cancellations, recipients; `verify`: Verify rows, checks locked per row.
 //!
 //! Every write is one transaction that has committed before the caller hears back
 //! (`synchronous_commit` stays at the server's default, on): a 202 means the row is on the
 //! primary's disk, and on its standby's when the server waits for one.
 
+mod claim;
 mod messages;
 pub mod schema;
+mod settle;
 mod tls;
+mod verify;
+
+pub use claim::Peer;
 
 use std::time::Duration;
 
