@@ -200,9 +200,10 @@ enum KeyCommand {
 }
 
 /// Crates that dump raw protocol bytes at debug/trace: capped at info whatever the filter
-/// says, so a verbose log can never carry a request body, a token or a code.
-const QUIET_DEPENDENCIES: &str =
-    "hyper=info,hyper_util=info,h2=info,reqwest=info,rustls=info,tokio_rustls=info";
+/// says, so a verbose log can never carry a request body, a token or a code. tokio-postgres
+/// logs every statement's parameters (a message's code among them) at debug.
+const QUIET_DEPENDENCIES: &str = "hyper=info,hyper_util=info,h2=info,reqwest=info,rustls=info,tokio_rustls=info,\
+     tokio_postgres=info,postgres_protocol=info,deadpool=info,deadpool_postgres=info,tokio_postgres_rustls=info";
 
 fn init_logging(filter: &str, json: bool) {
     use tracing_subscriber::EnvFilter;

@@ -1,7 +1,10 @@
-//! The SQLite outbox, behind one cheap-to-clone [`Store`] handle.
+//! The outbox, behind one cheap-to-clone [`Store`] handle over two backends: the embedded
+//! SQLite file (the default) and PostgreSQL for a pair of nodes ([`postgres`]).
 //!
 //! What lives where:
-//! - this file: the handle, opening (file mode, WAL, migrations), read connections, errors;
+//! - `backend`: [`Store`], which dispatches each call to its backend;
+//! - this file: the SQLite side's handle, opening (file mode, WAL, migrations), read
+//!   connections, errors;
 //! - `writer`: the thread that owns the write connection and commits jobs in groups, and
 //!   the checkpointer thread beside it;
 //! - `messages`: the outbox rows and the queries on them (accept, claim, attempts,
@@ -12,6 +15,7 @@
 //!
 //! Reads run on their own connections (WAL lets them proceed during writes).
 
+mod backend;
 mod messages;
 pub mod postgres;
 mod recent;
@@ -20,6 +24,7 @@ mod settle;
 mod verify;
 mod writer;
 
+pub use backend::{NodeView, Store};
 pub use messages::{BatchResult, InsertResult, LimitScope, Message, NewMessage, ReceiptEffect};
 pub use settle::{AttemptRow, Move, Settlement};
 pub use verify::{CheckOutcome, NewVerification, Resend, Verification};
@@ -100,9 +105,9 @@ impl serde::Serialize for Timestamp {
     }
 }
 
-/// Handle to the store; cheap to clone.
+/// The SQLite backend: the writer thread's queue and the read connections; cheap to clone.
 #[derive(Clone)]
-pub struct Store {
+pub struct SqliteStore {
     writer: mpsc::Sender<writer::Job>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
@@ -170,9 +175,9 @@ pub fn migrate_file(path: &Path) -> Result<(i64, i64), StoreError> {
     Ok((found, schema::CURRENT_VERSION))
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating, 0600) and migrates the database, and starts the writer thread.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         create_private(path)?;
         let mut conn = open_connection(path)?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -184,7 +189,7 @@ impl Store {
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         schema::migrate(&mut conn)?;
         let writer = writer::start(conn, path)?;
-        Ok(Store {
+        Ok(SqliteStore {
             writer,
             readers: Arc::new(Mutex::new(Vec::new())),
             path: path.to_path_buf(),
