@@ -50,7 +50,7 @@ async fn node(
     .expect("sim");
     let main = TestConfig::new(dir)
         .whatsapp_sim(&sim)
-        .whatsapp_lines("timeout = \"2s\"\nmax_rate = 5000")
+        .whatsapp_lines("timeout = \"2s\"\nmax_rate = 1000")
         .policy("prenotify = false\nwhatsapp_deadline = \"30s\"")
         .log_level("error")
         .client("bench", KEY)
