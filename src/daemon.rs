@@ -224,6 +224,17 @@ pub async fn start(
             DRAIN,
         )));
     }
+    // --- A pair on PostgreSQL (issue 19): this node's heartbeat renews its leases and tells
+    // the peers whether it has a ready modem (only then does it claim SMS steps). ---
+    if let Some(every) = store.heartbeat_every() {
+        tasks.push(tokio::spawn(heartbeat(
+            store.clone(),
+            app.clock.clone(),
+            set.sms.clone(),
+            every,
+            shutdown_rx.clone(),
+        )));
+    }
     // --- RADIUS front door (issue 16): UDP listeners when [radius] is enabled. ---
     let radius = crate::radius::start(app.clone(), shutdown_rx.clone()).await;
     tasks.extend(radius.map_err(|(addr, cause)| DaemonError::Bind { addr, cause })?);
@@ -246,13 +257,38 @@ pub async fn start(
     })
 }
 
+/// The PostgreSQL node's heartbeat until shutdown. A missed beat is logged and tried again
+/// at the next tick: the lease is three beats long.
+async fn heartbeat(
+    store: Store,
+    clock: SharedClock,
+    sms: Option<Arc<SmsPool>>,
+    every: std::time::Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use crate::channel::Channel;
+    loop {
+        store.set_sms_ready(sms.as_ref().is_some_and(|p| p.health().usable));
+        if let Err(e) = store.heartbeat(clock.now()).await {
+            tracing::error!(error = %e, "store: heartbeat failed; this node's leases run out unless the next one succeeds");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
 /// Opens the store and resumes what was in flight when the daemon last stopped.
 async fn open_store(cfg: &Config, clock: &SharedClock) -> Result<Store, DaemonError> {
     let failed = |source| DaemonError::Store {
-        path: cfg.store.path.display().to_string(),
+        path: match &cfg.store.backend {
+            crate::config::StoreBackend::Sqlite => cfg.store.path.display().to_string(),
+            crate::config::StoreBackend::Postgres(pg) => pg.url.clone(),
+        },
         source,
     };
-    let store = Store::open(&cfg.store.path).map_err(failed)?;
+    let store = Store::open_config(&cfg.store).await.map_err(failed)?;
     let recovered = store.recover(clock.now()).await.map_err(failed)?;
     if recovered > 0 {
         tracing::warn!(

@@ -16,10 +16,12 @@
 //! | phone numbers to E.164, country of a number, libphonenumber validity | [`phone`] |
 //! | SMS text of a code, code found in a text, code length limit, locale fallback | [`content`] |
 //! | the store handle, opening, reads, errors | [`store`] |
+//! | one interface, two backends: the `Store` enum dispatch (SQLite / PostgreSQL) | `store::backend` |
 //! | the writer thread: group commit, checkpointer | `store::writer` |
 //! | outbox rows: accept, claim, attempts, receipts, recipients, housekeeping | `store::messages` |
 //! | an attempt's end and its message's move in one commit | `store::settle` |
 //! | Verify rows; limit counting in the writer's memory; schema and migrations | `store::verify`, `store::recent`, [`store::schema`] |
+//! | the PostgreSQL backend of a pair: pool, `sslmode` TLS, migrations under a lock, shared limits, leased claims, heartbeats | [`store::postgres`] |
 //! | HTTP listener: hyper, rustls, mTLS, connection limits, timeouts | [`api::listener`] |
 //! | routing of requests to front doors, one config snapshot per request | [`api`] |
 //! | client authentication (Bearer, X-API-Key, Basic, IP allow list) | [`api::auth`] |

@@ -50,6 +50,14 @@ enum Command {
         #[arg(long, short, default_value = config::DEFAULT_PATH)]
         config: PathBuf,
     },
+    /// Bring the store's schema up to date and exit (SQLite file or PostgreSQL, as
+    /// `store.backend` says), for admins who run schema changes by hand; the daemon also
+    /// migrates at start. Refuses a database newer than this binary.
+    Migrate {
+        /// Main configuration file.
+        #[arg(long, short, default_value = config::DEFAULT_PATH)]
+        config: PathBuf,
+    },
     /// Work with the WhatsApp Cloud API account.
     Whatsapp {
         #[command(subcommand)]
@@ -192,9 +200,10 @@ enum KeyCommand {
 }
 
 /// Crates that dump raw protocol bytes at debug/trace: capped at info whatever the filter
-/// says, so a verbose log can never carry a request body, a token or a code.
-const QUIET_DEPENDENCIES: &str =
-    "hyper=info,hyper_util=info,h2=info,reqwest=info,rustls=info,tokio_rustls=info";
+/// says, so a verbose log can never carry a request body, a token or a code. tokio-postgres
+/// logs every statement's parameters (a message's code among them) at debug.
+const QUIET_DEPENDENCIES: &str = "hyper=info,hyper_util=info,h2=info,reqwest=info,rustls=info,tokio_rustls=info,\
+     tokio_postgres=info,postgres_protocol=info,deadpool=info,deadpool_postgres=info,tokio_postgres_rustls=info";
 
 fn init_logging(filter: &str, json: bool) {
     use tracing_subscriber::EnvFilter;
@@ -254,6 +263,7 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 fn real_main(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::CheckConfig { config } => Ok(check_config(&config)),
+        Command::Migrate { config } => migrate(&config),
         Command::Key {
             command: KeyCommand::New { name },
         } => Ok(new_key(&name)),
@@ -449,6 +459,31 @@ fn check_config(config: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `otpgate migrate`: the schema brought up to date, under PostgreSQL's migration lock so a
+/// node starting meanwhile waits.
+fn migrate(config: &std::path::Path) -> Result<ExitCode> {
+    let cfg = config::load(&Sources::from_process(config)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (what, (from, to)) = match &cfg.store.backend {
+        config::StoreBackend::Sqlite => (
+            format!("sqlite {}", cfg.store.path.display()),
+            otpgate::store::migrate_file(&cfg.store.path)
+                .with_context(|| format!("migrating {}", cfg.store.path.display()))?,
+        ),
+        config::StoreBackend::Postgres(pg) => (
+            format!("postgres {}", pg.url),
+            runtime()?
+                .block_on(otpgate::store::postgres::PgStore::migrate(pg))
+                .with_context(|| format!("migrating {}", pg.url))?,
+        ),
+    };
+    if from == to {
+        println!("{what}: schema version {to}, up to date");
+    } else {
+        println!("{what}: schema version {from} -> {to}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `otpgate key new`: a client key, shown once, and the config lines with its hash.

@@ -145,6 +145,28 @@ fn health(out: &mut String, readyz: &serde_json::Value, all: &[Sample]) {
             .as_u64()
             .map_or("?".to_string(), |d| d.to_string())
     );
+    if let Some(c) = readyz["cluster"].as_object() {
+        let _ = writeln!(
+            out,
+            "node          {} ({})",
+            c.get("node").and_then(|n| n.as_str()).unwrap_or("?"),
+            c.get("backend").and_then(|n| n.as_str()).unwrap_or("?")
+        );
+        for p in c
+            .get("peers")
+            .and_then(|p| p.as_array())
+            .into_iter()
+            .flatten()
+        {
+            let _ = writeln!(
+                out,
+                "  peer        {}: {}, last heartbeat {}",
+                p["node"].as_str().unwrap_or("?"),
+                p["role"].as_str().unwrap_or("?"),
+                p["last_seen"].as_str().unwrap_or("?")
+            );
+        }
+    }
     if let Some(channels) = readyz["channels"].as_object() {
         for (name, h) in channels {
             let usable = h["usable"].as_bool().unwrap_or(false);

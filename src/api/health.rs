@@ -16,6 +16,19 @@ pub fn healthz() -> Resp {
 pub async fn readyz(app: &App) -> Resp {
     let store_ok = app.store.ping().await;
     let depth = app.store.queue_depth().await.ok();
+    // A pair on PostgreSQL: this node and every node's last heartbeat (its own clock).
+    let cluster = app.store.nodes().await.ok().flatten().map(|v| {
+        json!({
+            "node": v.node,
+            "backend": app.store.backend_name(),
+            "peers": v.peers.iter().map(|p| json!({
+                "node": p.node,
+                "role": p.role,
+                "has_modem": p.has_modem,
+                "last_seen": p.last_seen,
+            })).collect::<Vec<_>>(),
+        })
+    });
     let health = app.dispatcher.health();
     let any_usable = health.iter().any(|(_, h)| h.usable);
     let channels: serde_json::Map<String, serde_json::Value> = health
@@ -49,6 +62,7 @@ pub async fn readyz(app: &App) -> Resp {
         "status": if ready { "ready" } else { "not_ready" },
         "store": if store_ok.is_ok() { "ok" } else { "error" },
         "queue_depth": depth,
+        "cluster": cluster,
         "channels": channels,
         "problems": problems,
         // Issue 17: number blocks and countries the conversion breaker keeps off SMS.

@@ -144,8 +144,14 @@ impl Diff {
     }
 
     fn store(&mut self, old: &StoreConfig, new: &StoreConfig) {
-        let StoreConfig { path, retention } = old;
+        let StoreConfig {
+            path,
+            retention,
+            backend,
+        } = old;
         self.cmp("store.path", path, &new.path, NeedsRestart);
+        // The pool, the node's name and its claims are set up once, at start.
+        self.cmp("store.backend", backend, &new.backend, NeedsRestart);
         self.cmp("store.retention", retention, &new.retention, Applied);
     }
 

@@ -32,6 +32,7 @@ mod validate;
 
 pub use load::{Sources, drop_in_files, load};
 pub(crate) use summary::readable as summary_readable;
+pub use validate::split_postgres_url;
 
 /// The default location of the main file.
 pub const DEFAULT_PATH: &str = "/etc/otpgate/otpgate.toml";
@@ -145,6 +146,82 @@ pub struct StoreConfig {
     pub path: PathBuf,
     /// Finished messages and their attempts are purged after this long.
     pub retention: Duration,
+    /// Which database holds the outbox: the embedded SQLite file or a shared PostgreSQL.
+    pub backend: StoreBackend,
+}
+
+/// `store.backend`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StoreBackend {
+    /// The embedded SQLite file at `store.path` (the default).
+    Sqlite,
+    /// A PostgreSQL database shared by the nodes of a pair.
+    Postgres(Box<PostgresConfig>),
+}
+
+/// `[store]` keys of the PostgreSQL backend.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PostgresConfig {
+    /// `store.url` without a password (one in the URL is refused).
+    pub url: String,
+    /// From `store.password_file` or credential `postgres-password`.
+    pub password: Option<crate::secret::Secret>,
+    /// Where the password came from, for the summary.
+    pub password_file: Option<PathBuf>,
+    /// How the server's certificate is checked (the URL's `sslmode`, default `prefer`).
+    pub sslmode: SslMode,
+    /// CA bundle for `verify-ca` / `verify-full`; None: the webpki roots.
+    pub ca_file: Option<PathBuf>,
+    /// Connections in the pool.
+    pub pool_size: u32,
+    /// How long connecting (TCP, TLS, authentication) may take.
+    pub connect_timeout: Duration,
+    /// The server cancels a statement running longer than this.
+    pub statement_timeout: Duration,
+    /// This box's name among the nodes (default: the host name).
+    pub node: String,
+    /// How long a claim holds a message before another node may take it over.
+    pub lease: Duration,
+}
+
+/// libpq's `sslmode` words, as the PostgreSQL backend honours them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// No TLS.
+    Disable,
+    /// TLS when the server offers it, certificate not checked.
+    Prefer,
+    /// TLS always; the certificate is checked only when `store.ca_file` is set.
+    Require,
+    /// TLS, the certificate chain checked, the host name not.
+    VerifyCa,
+    /// TLS, chain and host name checked.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The libpq word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+
+    /// Parses a libpq word.
+    pub fn parse(s: &str) -> Option<SslMode> {
+        Some(match s {
+            "disable" => SslMode::Disable,
+            "prefer" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
 }
 
 /// `[otp]`: code lifetime, numbers and texts.

@@ -88,6 +88,15 @@ pub struct RawServer {
 pub struct RawStore {
     pub path: Option<String>,
     pub retention: Option<String>,
+    pub backend: Option<String>,
+    pub url: Option<String>,
+    pub password_file: Option<String>,
+    pub ca_file: Option<String>,
+    pub pool_size: Option<u64>,
+    pub connect_timeout: Option<String>,
+    pub statement_timeout: Option<String>,
+    pub node: Option<String>,
+    pub lease: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

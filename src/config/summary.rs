@@ -57,11 +57,27 @@ impl Config {
             }
             out.push('\n');
         }
-        out.push_str(&format!(
-            "  store       {} (retention {})\n",
-            self.store.path.display(),
-            readable(self.store.retention)
-        ));
+        match &self.store.backend {
+            super::StoreBackend::Sqlite => out.push_str(&format!(
+                "  store       sqlite {} (retention {})\n",
+                self.store.path.display(),
+                readable(self.store.retention)
+            )),
+            super::StoreBackend::Postgres(pg) => out.push_str(&format!(
+                "  store       postgres {} sslmode={} pool {} as node {} (lease {}, retention {}){}\n",
+                pg.url,
+                pg.sslmode.as_str(),
+                pg.pool_size,
+                pg.node,
+                readable(pg.lease),
+                readable(self.store.retention),
+                if pg.password.is_some() {
+                    ", password from a file"
+                } else {
+                    ""
+                }
+            )),
+        }
         out.push_str(&format!(
             "  codes       ttl {} (max {}), default country {}\n",
             readable(self.otp.default_ttl),

@@ -144,7 +144,7 @@ pub(super) fn validate(
     let mut warnings = Vec::new();
     let mut v = V { issues, origins };
     let server = server(&mut v, &raw.server);
-    let store = store(&mut v, &raw.store);
+    let store = store(&mut v, &raw.store, &mut warnings);
     let otp = otp(&mut v, &raw.otp);
     let mut policy = policy(&mut v, &raw.policy);
     // Fail closed (issue 17): SMS goes to the home country only until an admin lists more.
@@ -276,7 +276,32 @@ fn tls(v: &mut V<'_>, s: &raw::RawServer) -> Option<TlsFiles> {
 }
 
 /// `[store]`
-fn store(v: &mut V<'_>, s: &raw::RawStore) -> StoreConfig {
+fn store(v: &mut V<'_>, s: &raw::RawStore, warnings: &mut Vec<String>) -> StoreConfig {
+    let backend = match s.backend.as_deref() {
+        None | Some("sqlite") => {
+            for (key, set) in [
+                ("store.url", s.url.is_some()),
+                ("store.password_file", s.password_file.is_some()),
+                ("store.ca_file", s.ca_file.is_some()),
+                ("store.pool_size", s.pool_size.is_some()),
+                ("store.node", s.node.is_some()),
+                ("store.lease", s.lease.is_some()),
+            ] {
+                if set {
+                    v.err(key, "applies only with store.backend = \"postgres\"");
+                }
+            }
+            StoreBackend::Sqlite
+        }
+        Some("postgres") => StoreBackend::Postgres(Box::new(postgres(v, s, warnings))),
+        Some(other) => {
+            v.err(
+                "store.backend",
+                format!("\"{other}\" is not a backend (expected \"sqlite\" or \"postgres\")"),
+            );
+            StoreBackend::Sqlite
+        }
+    };
     StoreConfig {
         path: PathBuf::from(
             s.path
@@ -288,8 +313,128 @@ fn store(v: &mut V<'_>, s: &raw::RawStore) -> StoreConfig {
             &s.retention,
             Duration::from_secs(30 * 86_400),
         ),
+        backend,
     }
 }
+
+/// `[store]` with `backend = "postgres"`.
+fn postgres(v: &mut V<'_>, s: &raw::RawStore, warnings: &mut Vec<String>) -> PostgresConfig {
+    let (url, sslmode) = match s.url.as_deref() {
+        None => {
+            v.err(
+                "store.url",
+                "is required with store.backend = \"postgres\" (postgres://user@host/db?sslmode=verify-full)",
+            );
+            (String::new(), SslMode::Prefer)
+        }
+        Some(u) => match split_postgres_url(u) {
+            Ok(parts) => parts,
+            Err(why) => {
+                v.err("store.url", why);
+                (String::new(), SslMode::Prefer)
+            }
+        },
+    };
+    let password = v.secret(
+        "store.password_file",
+        &s.password_file,
+        "postgres-password",
+        warnings,
+    );
+    let ca_file = v.existing_file("store.ca_file", &s.ca_file);
+    if ca_file.is_some() && sslmode == SslMode::Disable {
+        v.err("store.ca_file", "is unused with sslmode=disable");
+    }
+    let lease = v.dur("store.lease", &s.lease, Duration::from_secs(30));
+    if !(Duration::from_secs(5)..=Duration::from_secs(600)).contains(&lease) {
+        v.err("store.lease", "must be between 5s and 10m");
+    }
+    let connect_timeout = v.dur(
+        "store.connect_timeout",
+        &s.connect_timeout,
+        Duration::from_secs(5),
+    );
+    if connect_timeout.is_zero() {
+        v.err("store.connect_timeout", "must be longer than 0s");
+    }
+    let statement_timeout = v.dur(
+        "store.statement_timeout",
+        &s.statement_timeout,
+        Duration::from_secs(10),
+    );
+    if statement_timeout.is_zero() {
+        v.err("store.statement_timeout", "must be longer than 0s");
+    }
+    let node = match &s.node {
+        Some(n) => n.trim().to_owned(),
+        None => crate::store::postgres::hostname(),
+    };
+    if node.is_empty() || node.len() > 63 || node.chars().any(|c| c.is_control()) {
+        v.err(
+            "store.node",
+            "must be 1 to 63 printable characters (this box's name among the nodes)",
+        );
+    }
+    PostgresConfig {
+        url,
+        password: password.as_ref().map(|p| p.0.clone()),
+        password_file: password.map(|p| p.1),
+        sslmode,
+        ca_file,
+        pool_size: v.bounded("store.pool_size", s.pool_size, 8, 1, 64),
+        connect_timeout,
+        statement_timeout,
+        node,
+        lease,
+    }
+}
+
+/// Takes `sslmode` out of a `postgres://` URL (the driver knows only three of libpq's five
+/// words) and checks the rest. Errors never quote the URL: it may hold a password.
+pub fn split_postgres_url(url: &str) -> Result<(String, SslMode), String> {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        return Err(
+            "must be a postgres:// URL (postgres://user@host:5432/db?sslmode=verify-full)".into(),
+        );
+    }
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
+        .map_err(|_| "the part after ? is not a query string".to_string())?;
+    let mut sslmode = SslMode::Prefer;
+    let mut kept = Vec::new();
+    for (k, val) in pairs {
+        match k.as_str() {
+            "sslmode" => {
+                sslmode = SslMode::parse(&val).ok_or_else(|| {
+                    format!(
+                        "sslmode \"{val}\" is not one of disable, prefer, require, verify-ca, verify-full"
+                    )
+                })?
+            }
+            "password" => return Err(PASSWORD_IN_URL.into()),
+            _ => kept.push((k, val)),
+        }
+    }
+    let rest = serde_urlencoded::to_string(&kept).map_err(|e| e.to_string())?;
+    let clean = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{rest}")
+    };
+    let parsed: tokio_postgres::Config = clean
+        .parse()
+        .map_err(|e: tokio_postgres::Error| format!("is not a PostgreSQL URL: {e}"))?;
+    if parsed.get_password().is_some() {
+        return Err(PASSWORD_IN_URL.into());
+    }
+    if parsed.get_hosts().is_empty() {
+        return Err("names no host".into());
+    }
+    Ok((clean, sslmode))
+}
+
+const PASSWORD_IN_URL: &str = "must not contain a password (it would show wherever the URL does): \
+     put it in store.password_file or the systemd credential postgres-password";
 
 /// `[otp]`
 fn otp(v: &mut V<'_>, o: &raw::RawOtp) -> OtpConfig {
@@ -866,6 +1011,53 @@ mod tests {
     use super::super::testkit::{MINIMAL, load_with, write};
     use super::*;
     use std::collections::BTreeMap;
+
+    #[test]
+    fn the_postgres_backend_needs_a_url_without_a_password() {
+        let body = |extra: &str| format!("{MINIMAL}[store]\nbackend = \"postgres\"\n{extra}");
+        let issues = |extra: &str| {
+            let (_d, r) = load_with(&body(extra), &[]);
+            r.unwrap_err().0
+        };
+        let missing = issues("node = \"a\"\n");
+        assert!(missing.iter().any(|i| i.path == "store.url"), "{missing:?}");
+        let with_pw = issues("url = \"postgres://u:hunter2@db/otp\"\n");
+        let text = format!("{with_pw:?}");
+        assert!(text.contains("must not contain a password"), "{text}");
+        assert!(!text.contains("hunter2"), "{text}");
+        let bad_mode = issues("url = \"postgres://u@db/otp?sslmode=verify\"\n");
+        assert!(
+            format!("{bad_mode:?}").contains("sslmode \\\"verify\\\""),
+            "{bad_mode:?}"
+        );
+        let sqlite_with_url = {
+            let (_d, r) = load_with(
+                &format!("{MINIMAL}[store]\nurl = \"postgres://u@db/otp\"\n"),
+                &[],
+            );
+            r.unwrap_err().0
+        };
+        assert!(sqlite_with_url.iter().any(|i| i.path == "store.url"));
+        let (_d, ok) = load_with(
+            &body(
+                "url = \"postgres://u@db:5433/otp?sslmode=verify-full&connect_timeout=3\"\nnode = \"a\"\nlease = \"20s\"\n",
+            ),
+            &[],
+        );
+        let c = ok.unwrap();
+        let StoreBackend::Postgres(pg) = &c.store.backend else {
+            panic!("not postgres")
+        };
+        assert_eq!(pg.sslmode, SslMode::VerifyFull);
+        assert_eq!(pg.url, "postgres://u@db:5433/otp?connect_timeout=3");
+        assert_eq!((pg.node.as_str(), pg.lease), ("a", Duration::from_secs(20)));
+        assert!(
+            c.summary()
+                .contains("store       postgres postgres://u@db:5433/otp"),
+            "{}",
+            c.summary()
+        );
+    }
 
     #[test]
     fn defaults_are_sane() {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::writer::{Writer, exec};
-use super::{Store, StoreError, recent};
+use super::{SqliteStore, StoreError, recent};
 use crate::channel::ReceiptStatus;
 use crate::clock::Timestamp;
 use crate::config::Rate;
@@ -164,7 +164,7 @@ pub struct ReceiptEffect {
     pub newly_delivered: bool,
 }
 
-impl Store {
+impl SqliteStore {
     /// Accepts a message: checks idempotency and limits and inserts, atomically.
     pub async fn insert(
         &self,
@@ -927,6 +927,7 @@ fn insert_row(c: &Connection, m: NewMessage) -> Result<InsertResult, StoreError>
 mod tests {
     use super::*;
     use crate::channel::Outcome;
+    use crate::store::Store;
     use crate::store::tests::{new_msg, num};
 
     #[tokio::test]

@@ -1,7 +1,10 @@
-//! The SQLite outbox, behind one cheap-to-clone [`Store`] handle.
+//! The outbox, behind one cheap-to-clone [`Store`] handle over two backends: the embedded
+//! SQLite file (the default) and PostgreSQL for a pair of nodes ([`postgres`]).
 //!
 //! What lives where:
-//! - this file: the handle, opening (file mode, WAL, migrations), read connections, errors;
+//! - `backend`: [`Store`], which dispatches each call to its backend;
+//! - this file: the SQLite side's handle, opening (file mode, WAL, migrations), read
+//!   connections, errors;
 //! - `writer`: the thread that owns the write connection and commits jobs in groups, and
 //!   the checkpointer thread beside it;
 //! - `messages`: the outbox rows and the queries on them (accept, claim, attempts,
@@ -12,13 +15,16 @@
 //!
 //! Reads run on their own connections (WAL lets them proceed during writes).
 
+mod backend;
 mod messages;
+pub mod postgres;
 mod recent;
 pub mod schema;
 mod settle;
 mod verify;
 mod writer;
 
+pub use backend::{NodeView, Store};
 pub use messages::{BatchResult, InsertResult, LimitScope, Message, NewMessage, ReceiptEffect};
 pub use settle::{AttemptRow, Move, Settlement};
 pub use verify::{CheckOutcome, NewVerification, Resend, Verification};
@@ -79,6 +85,15 @@ pub enum StoreError {
     /// SQLite rolled the whole group back (disk full, I/O error): nothing of it is stored.
     #[error("the write was not committed: SQLite rolled the transaction back")]
     RolledBack,
+    /// PostgreSQL said no: its message and SQLSTATE (never its DETAIL, which can quote a row).
+    #[error("database error: {0}")]
+    Postgres(String),
+    /// No connection to PostgreSQL could be had in time.
+    #[error("cannot reach PostgreSQL: {0}")]
+    Unreachable(String),
+    /// TLS to PostgreSQL could not be set up.
+    #[error("PostgreSQL TLS: {0}")]
+    Tls(String),
     /// SQLite would not put the database in WAL mode (e.g. a file system without shared memory).
     #[error("journal_mode is {0}, WAL could not be enabled")]
     NoWal(String),
@@ -90,9 +105,9 @@ impl serde::Serialize for Timestamp {
     }
 }
 
-/// Handle to the store; cheap to clone.
+/// The SQLite backend: the writer thread's queue and the read connections; cheap to clone.
 #[derive(Clone)]
-pub struct Store {
+pub struct SqliteStore {
     writer: mpsc::Sender<writer::Job>,
     readers: Arc<Mutex<Vec<Connection>>>,
     path: PathBuf,
@@ -146,9 +161,23 @@ fn create_private(path: &Path) -> Result<(), StoreError> {
         })
 }
 
-impl Store {
+/// `otpgate migrate` on SQLite: opens (creating, 0600) and migrates the file without
+/// starting the writer; returns the schema versions before and after.
+pub fn migrate_file(path: &Path) -> Result<(i64, i64), StoreError> {
+    create_private(path)?;
+    let mut conn = open_connection(path)?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::NoWal(mode));
+    }
+    let found: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    schema::migrate(&mut conn)?;
+    Ok((found, schema::CURRENT_VERSION))
+}
+
+impl SqliteStore {
     /// Opens (creating, 0600) and migrates the database, and starts the writer thread.
-    pub fn open(path: &Path) -> Result<Store, StoreError> {
+    pub fn open(path: &Path) -> Result<SqliteStore, StoreError> {
         create_private(path)?;
         let mut conn = open_connection(path)?;
         let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
@@ -160,7 +189,7 @@ impl Store {
         conn.pragma_update(None, "temp_store", "MEMORY")?;
         schema::migrate(&mut conn)?;
         let writer = writer::start(conn, path)?;
-        Ok(Store {
+        Ok(SqliteStore {
             writer,
             readers: Arc::new(Mutex::new(Vec::new())),
             path: path.to_path_buf(),

@@ -7,7 +7,7 @@
 use rusqlite::{Connection, params};
 
 use super::writer::exec;
-use super::{Message, Store, StoreError};
+use super::{Message, SqliteStore, StoreError};
 use crate::channel::Outcome;
 use crate::clock::Timestamp;
 use crate::domain::{
@@ -103,7 +103,7 @@ impl Ending {
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// Records how an attempt ended, remembers what it taught about the recipient and moves
     /// the message: one writer job, one commit, all or nothing. True when this made the
     /// recipient's pre-notice due (the caller sends it; [`Store::due_prenotices`] finds it
@@ -348,6 +348,7 @@ fn move_message(c: &Connection, id: &str, to: &Move, now: Timestamp) -> rusqlite
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
     use crate::store::tests::new_msg;
 
     const SENT_SMS: Move = Move::Finish {

@@ -4,7 +4,7 @@
 use rusqlite::{Connection, OptionalExtension, params};
 use subtle::ConstantTimeEq;
 
-use super::{InsertResult, LimitScope, NewMessage, Store, StoreError, exec, insert_tx};
+use super::{InsertResult, LimitScope, NewMessage, SqliteStore, StoreError, exec, insert_tx};
 use crate::clock::Timestamp;
 use crate::config::Rate;
 
@@ -128,7 +128,7 @@ fn retire_message(
     Ok(())
 }
 
-impl Store {
+impl SqliteStore {
     /// Creates a verification and its message atomically; older pending verifications of the
     /// same client for the same number are canceled (and their undelivered codes withdrawn).
     pub async fn create_verification(

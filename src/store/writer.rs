@@ -12,7 +12,7 @@ use std::time::Duration;
 use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Store, StoreError, open_connection, recent};
+use super::{SqliteStore, StoreError, open_connection, recent};
 
 /// Tells a job's caller how its group's commit went.
 pub(super) type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
@@ -64,7 +64,7 @@ pub(super) fn start(mut conn: Connection, path: &Path) -> Result<mpsc::Sender<Jo
     Ok(tx)
 }
 
-impl Store {
+impl SqliteStore {
     /// Pages the writer connection has written to the WAL so far: SQLite's own counter, the
     /// cost of an accept that holds on any disk (for the store's tests and the accept bench).
     pub async fn wal_pages_written(&self) -> Result<i64, StoreError> {
@@ -354,11 +354,10 @@ fn writer_loop(writer: Writer, mut rx: mpsc::Receiver<Job>) {
 mod tests {
     use std::time::Duration;
 
-    use super::*;
     use crate::channel::Content;
     use crate::clock::Timestamp;
-    use crate::store::InsertResult;
     use crate::store::tests::new_msg;
+    use crate::store::{InsertResult, Store};
 
     #[tokio::test]
     async fn group_commit_batches_concurrent_writers() {
