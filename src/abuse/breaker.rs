@@ -20,7 +20,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::{BreakerConfig, Config};
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// How often the verifications are read again, at most.
 const REFRESH_MS: i64 = 2_000;
@@ -243,47 +243,23 @@ impl Breaker {
         let window = i64::try_from(s.breaker.window.as_millis()).unwrap_or(i64::MAX);
         let digits = s.digits;
         let since = now.saturating_sub(window);
-        let read = store
-            .read(move |c| finished_since(c, since, now, digits))
-            .await;
-        match read {
-            Ok(finished) => {
+        match store.finished_verifications(since, now).await {
+            Ok(rows) => {
+                let finished: Vec<Finished> = rows
+                    .into_iter()
+                    .map(|v| Finished {
+                        prefix: super::velocity::prefix_of(&v.recipient, digits).map(str::to_owned),
+                        country: v.country,
+                        created_at: v.created_at,
+                        approved: v.approved,
+                    })
+                    .collect();
                 self.judge(&finished, &s.breaker, now);
             }
             Err(e) => tracing::error!(error = %e, "conversion breaker: cannot read verifications"),
         }
         self.refreshing.store(false, Ordering::Release);
     }
-}
-
-/// The verifications created after `since` whose outcome is known at `now`.
-fn finished_since(
-    c: &rusqlite::Connection,
-    since: i64,
-    now: i64,
-    digits: u32,
-) -> Result<Vec<Finished>, StoreError> {
-    // The country comes from the verification's message, as the accept path found it.
-    let mut stmt = c.prepare_cached(
-        "SELECT v.recipient, v.status, v.created_at, m.country
-         FROM verifications v LEFT JOIN messages m ON m.id = v.message_id
-         WHERE v.created_at > ?1 AND v.status <> 'canceled'
-           AND (v.status <> 'pending' OR v.expires_at <= ?2)",
-    )?;
-    let mut rows = stmt.query(rusqlite::params![since, now])?;
-    let mut out = Vec::new();
-    while let Some(row) = rows.next()? {
-        let recipient: String = row.get(0)?;
-        let status: String = row.get(1)?;
-        let country: Option<String> = row.get(3)?;
-        out.push(Finished {
-            prefix: super::velocity::prefix_of(&recipient, digits).map(str::to_owned),
-            country,
-            created_at: row.get(2)?,
-            approved: status == "approved",
-        });
-    }
-    Ok(out)
 }
 
 /// The keys in the lift file, which is removed; nothing when there is none.

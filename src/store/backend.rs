@@ -358,6 +358,28 @@ impl Store {
         }
     }
 
+    /// Every message stored after `since` (unix ms): recipient and accept time, newest first
+    /// (the velocity by number block rebuilds its counts from it at start).
+    pub async fn recipients_since(&self, since: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(db) => db.recipients_since(since).await,
+            Backend::Postgres(p) => p.recipients_since(since).await,
+        }
+    }
+
+    /// Verifications made after `since` whose outcome is known at `now` (the conversion
+    /// breaker's input).
+    pub async fn finished_verifications(
+        &self,
+        since: i64,
+        now: i64,
+    ) -> Result<Vec<super::FinishedVerification>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(db) => db.finished_verifications(since, now).await,
+            Backend::Postgres(p) => p.finished_verifications(since, now).await,
+        }
+    }
+
     /// A message and its attempts, if `client` sent it.
     pub async fn get(
         &self,

@@ -27,7 +27,7 @@ mod writer;
 pub use backend::{NodeView, Store};
 pub use messages::{BatchResult, InsertResult, LimitScope, Message, NewMessage, ReceiptEffect};
 pub use settle::{AttemptRow, Move, Settlement};
-pub use verify::{CheckOutcome, NewVerification, Resend, Verification};
+pub use verify::{CheckOutcome, FinishedVerification, NewVerification, Resend, Verification};
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

@@ -128,7 +128,53 @@ fn retire_message(
     Ok(())
 }
 
+/// A verification whose outcome is known, for the conversion breaker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinishedVerification {
+    /// The number the code went to (E.164).
+    pub recipient: String,
+    /// Whether a check approved it.
+    pub approved: bool,
+    /// When it was made (unix ms).
+    pub created_at: i64,
+    /// The number's country, as the accept path found it.
+    pub country: Option<String>,
+}
+
+/// The query both backends run for [`FinishedVerification`]s: made after `since`, not
+/// canceled, and either checked or expired at `now`. The country comes from the
+/// verification's message.
+pub(crate) const FINISHED_SINCE: &str = "SELECT v.recipient, v.status, v.created_at, m.country
+     FROM verifications v LEFT JOIN messages m ON m.id = v.message_id
+     WHERE v.created_at > $1 AND v.status <> 'canceled'
+       AND (v.status <> 'pending' OR v.expires_at <= $2)";
+
 impl SqliteStore {
+    /// Verifications made after `since` whose outcome is known at `now`.
+    pub async fn finished_verifications(
+        &self,
+        since: i64,
+        now: i64,
+    ) -> Result<Vec<FinishedVerification>, StoreError> {
+        self.read(move |c| {
+            // SQLite reads `$1` as the first parameter, as PostgreSQL does.
+            let mut stmt = c.prepare_cached(FINISHED_SINCE)?;
+            let mut rows = stmt.query(rusqlite::params![since, now])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                let status: String = row.get(1)?;
+                out.push(FinishedVerification {
+                    recipient: row.get(0)?,
+                    approved: status == "approved",
+                    created_at: row.get(2)?,
+                    country: row.get(3)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Creates a verification and its message atomically; older pending verifications of the
     /// same client for the same number are canceled (and their undelivered codes withdrawn).
     pub async fn create_verification(

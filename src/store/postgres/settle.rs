@@ -270,6 +270,24 @@ impl PgStore {
         rows.iter().map(read_message).collect()
     }
 
+    /// Every message stored after `since` (unix ms), newest first: recipient and accept time,
+    /// through the index on `created_at`. On a pair the shared outbox holds both nodes' sends.
+    pub async fn recipients_since(&self, since: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = self
+            .conn()
+            .await?
+            .query(
+                "SELECT recipient, created_at FROM messages WHERE created_at > $1
+                 ORDER BY created_at DESC",
+                &[&since],
+            )
+            .await
+            .map_err(pg_err)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0).map_err(pg_err)?, r.try_get(1).map_err(pg_err)?)))
+            .collect()
+    }
+
     /// What the pair knows about a number.
     pub async fn recipient(&self, number: &str) -> Result<RecipientInfo, StoreError> {
         let row = self

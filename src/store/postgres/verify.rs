@@ -49,6 +49,31 @@ async fn retire_message(
 }
 
 impl PgStore {
+    /// Verifications made after `since` whose outcome is known at `now`, across the pair.
+    pub async fn finished_verifications(
+        &self,
+        since: i64,
+        now: i64,
+    ) -> Result<Vec<crate::store::FinishedVerification>, StoreError> {
+        let rows = self
+            .conn()
+            .await?
+            .query(crate::store::verify::FINISHED_SINCE, &[&since, &now])
+            .await
+            .map_err(pg_err)?;
+        rows.iter()
+            .map(|r| {
+                let status: String = r.try_get(1).map_err(pg_err)?;
+                Ok(crate::store::FinishedVerification {
+                    recipient: r.try_get(0).map_err(pg_err)?,
+                    approved: status == "approved",
+                    created_at: r.try_get(2).map_err(pg_err)?,
+                    country: r.try_get(3).map_err(pg_err)?,
+                })
+            })
+            .collect()
+    }
+
     /// Stores a new verification and the message carrying its code, in one transaction; the
     /// number's earlier pending verifications of this client are canceled.
     pub async fn create_verification(
