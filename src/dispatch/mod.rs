@@ -491,12 +491,17 @@ impl Dispatcher {
         let rules = Rules::new(&cfg, &m.client, cfg.client(&m.client));
         let recipient = self.0.store.recipient(&m.recipient).await?;
         let attempts = self.0.store.attempts(&m.id).await?;
-        let health: Vec<(ChannelKind, bool)> = self
+        let mut health: Vec<(ChannelKind, bool)> = self
             .0
             .channels
             .iter()
             .map(|c| (c.kind(), c.health().usable))
             .collect();
+        // On a pair, SMS exists on the node with the modem: here it is "down", so the plan
+        // keeps it after WhatsApp and the step goes back to the queue for that node.
+        if self.0.store.is_shared() && !health.iter().any(|(c, _)| *c == ChannelKind::Sms) {
+            health.push((ChannelKind::Sms, false));
+        }
         // Only a code that may ride WhatsApp can be escalated for an unchecked verification.
         let verification = if rules.escalate_after.is_some() && m.kind == MessageKind::Code {
             self.0.store.verification_pending(&m.id).await?
@@ -676,8 +681,22 @@ impl Dispatcher {
         };
         let started = tokio::time::Instant::now();
         let Some(channel) = self.channel(step.channel).cloned() else {
-            let reason = format!("no {} channel is configured", step.channel);
             let row = leaving.row(leaving.close().await);
+            if self.0.store.is_shared() {
+                // Back to the queue at once, where only a node with a ready modem claims an
+                // SMS step: a retry with no wait, nothing having left this box.
+                let reason = format!(
+                    "no {} channel on this node; handed to the pair",
+                    step.channel
+                );
+                let outcome = Outcome::Retry {
+                    after: Duration::ZERO,
+                    code: None,
+                    reason,
+                };
+                return Ok((row, outcome, now));
+            }
+            let reason = format!("no {} channel is configured", step.channel);
             return Ok((row, Outcome::ChannelDown { code: None, reason }, now));
         };
         let answer =

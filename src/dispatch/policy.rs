@@ -536,7 +536,11 @@ fn plan(
     let mut steps = Vec::new();
     let mut down = Vec::new();
     for ch in candidates {
-        if !usable(ch) {
+        // A down channel after a usable one stays in the plan: it may be back by the time it
+        // is reached, and if not its attempt says so and the message waits for it. Dropped,
+        // a WhatsApp failure while the modem restarts would end the message although SMS is
+        // seconds away (and on a pair, the node without a modem could never hand it on).
+        if !usable(ch) && steps.is_empty() {
             down.push(ch);
             skipped.push((ch, format!("{ch} is down")));
             continue;

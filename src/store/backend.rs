@@ -197,6 +197,12 @@ impl Store {
         }
     }
 
+    /// Whether other nodes share this store's queue (PostgreSQL): a step this node cannot
+    /// carry goes back to the queue for a node that can.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::Postgres(_))
+    }
+
     /// "sqlite" or "postgres", for the logs and STATUS.
     pub fn backend_name(&self) -> &'static str {
         match &self.backend {

@@ -850,3 +850,50 @@ fn without_receipts_a_repeated_request_for_an_unconfirmed_code_goes_by_sms() {
     k.now = Timestamp(50_000);
     assert_eq!(channels(&decide(&rules(), &k)), vec![WhatsApp]);
 }
+
+/// A modem restarting while a code is planned must not cost the code its safety net: SMS stays
+/// in the plan after WhatsApp, and if it is still down when reached the message waits for it.
+#[test]
+fn a_down_channel_after_a_usable_one_stays_in_the_plan() {
+    let r = RecipientInfo::default();
+    let sms_down = [(ChannelKind::WhatsApp, true), (ChannelKind::Sms, false)];
+    let d = decide(&rules(), &input(&r, &[], &sms_down));
+    assert_eq!(channels(&d), vec![ChannelKind::WhatsApp, ChannelKind::Sms]);
+    // Reached and still down: back to the queue, not failed.
+    let a = Attempted {
+        channel: ChannelKind::Sms,
+        more: false,
+        kind: MessageKind::Code,
+        expires_at: Timestamp(300_000),
+        earlier_retries: 0,
+        prenotice: false,
+        verification: None,
+    };
+    let down = Outcome::ChannelDown {
+        code: None,
+        reason: "no modem ready".into(),
+    };
+    assert!(matches!(
+        after_attempt(&rules(), a, &down, Timestamp(10_000)).end,
+        Some(End::Requeue { .. })
+    ));
+    // On a pair, the node without a modem hands the step back at once.
+    let elsewhere = Outcome::Retry {
+        after: Duration::ZERO,
+        code: None,
+        reason: "no sms channel on this node".into(),
+    };
+    assert_eq!(
+        after_attempt(&rules(), a, &elsewhere, Timestamp(10_000)).end,
+        Some(End::Requeue {
+            at: Timestamp(10_000),
+            reason: "sms busy; retrying".into()
+        })
+    );
+    // A down channel first is skipped in favour of a usable one behind it.
+    let wa_down = [(ChannelKind::WhatsApp, false), (ChannelKind::Sms, true)];
+    assert_eq!(
+        channels(&decide(&rules(), &input(&r, &[], &wa_down))),
+        vec![ChannelKind::Sms]
+    );
+}
