@@ -188,6 +188,7 @@ fn main() -> Res<()> {
             app_secret: None,
             verify_token: None,
             business_account_id: None,
+            app_id: None,
         };
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
         let ch = Arc::new(WhatsAppChannel::new(&cfg, tx)?);

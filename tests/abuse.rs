@@ -1000,3 +1000,42 @@ async fn a_token_meta_will_not_date_exports_zero_and_says_so_once() {
     assert_eq!(log.matches(said).count(), 1, "{log}");
     assert!(!log.contains(otpgate::sim::config::SIM_TOKEN), "{log}");
 }
+
+/// With `whatsapp.app_id`, the daemon asks with the app token (`app_id|app_secret`), which
+/// Meta lets inspect the system user's token that may not inspect itself: the gauge is dated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_app_token_dates_a_token_that_may_not_inspect_itself() {
+    use otpgate::sim::cloud_api::{CloudApiSim, SIM_APP_ID, SimOptions, WebhookTarget};
+    let dir = tempfile::tempdir().unwrap();
+    let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
+    sim.handle().set_token_expiry(1_900_000_000);
+    sim.handle().refuse_self_inspection(true);
+    sim.handle().set_webhook(Some(WebhookTarget {
+        url: "http://127.0.0.1:9/webhooks/whatsapp".into(),
+        app_secret: "app-secret-for-tokens".into(),
+    }));
+    let cfg = TestConfig::new(dir.path())
+        .free_port()
+        .unwrap()
+        .whatsapp_sim(&sim)
+        .whatsapp_webhook("app-secret-for-tokens", "verify-me")
+        .whatsapp_lines(&format!("app_id = \"{SIM_APP_ID}\""))
+        .client(CLIENT, KEY);
+    cfg.write().unwrap();
+    let d = Launch::new(&cfg).ready().await;
+    let base = d.base();
+    common::wait_for("the token's expiry on /metrics", async || {
+        let text = common::fetch(common::http_client().get(format!("{base}/metrics")))
+            .await
+            .1;
+        if text.contains("otpgate_whatsapp_token_expiry_timestamp_seconds 1900000000") {
+            Ok(())
+        } else {
+            Err(text)
+        }
+    })
+    .await;
+    let log = d.log();
+    assert!(!log.contains("app-secret-for-tokens"), "{log}");
+    assert!(!log.contains(otpgate::sim::config::SIM_TOKEN), "{log}");
+}

@@ -74,6 +74,7 @@ async fn env() -> Env {
         app_secret: Some(Secret::new("app-secret")),
         verify_token: Some(Secret::new("verify-me")),
         business_account_id: None,
+        app_id: None,
     };
     Env {
         sim,

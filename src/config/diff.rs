@@ -228,6 +228,7 @@ impl Diff {
             app_secret,
             verify_token,
             business_account_id,
+            app_id,
         } = old;
         // The policy stops choosing WhatsApp at once; starting it needs a channel that is
         // built only at start.
@@ -264,6 +265,8 @@ impl Diff {
             waba,
             Applied,
         );
+        // Read by the token-expiry question, which takes the configuration in force.
+        self.cmp("whatsapp.app_id", app_id, &new.app_id, Applied);
         // Built into the HTTP client, which is made once.
         self.cmp("whatsapp.proxy", proxy, &new.proxy, NeedsRestart);
         self.cmp("whatsapp.ca_file", ca_file, &new.ca_file, NeedsRestart);

@@ -297,6 +297,9 @@ pub struct WhatsAppConfig {
     pub verify_token: Option<Secret>,
     /// The WhatsApp Business Account id, to read the template back (`otpgate whatsapp check`).
     pub business_account_id: Option<String>,
+    /// The Meta app's id: with the app secret it makes the app token that may ask Meta when
+    /// the access token expires (a system user's token may not ask about itself).
+    pub app_id: Option<String>,
 }
 
 /// One `[[modems]]` entry.

@@ -141,6 +141,7 @@ pub struct RawWhatsApp {
     pub app_secret_file: Option<String>,
     pub verify_token_file: Option<String>,
     pub business_account_id: Option<String>,
+    pub app_id: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

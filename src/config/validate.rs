@@ -753,6 +753,14 @@ fn whatsapp(v: &mut V<'_>, w: &raw::RawWhatsApp, warnings: &mut Vec<String>) -> 
             format!("\"{id}\" is not a WhatsApp Business Account id (digits only)"),
         );
     }
+    if let Some(id) = &w.app_id
+        && (id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()))
+    {
+        v.err(
+            "whatsapp.app_id",
+            format!("\"{id}\" is not a Meta app id (digits only)"),
+        );
+    }
     let max_rate = w.max_rate.unwrap_or(80);
     if !(1..=1000).contains(&max_rate) {
         v.err(
@@ -781,6 +789,7 @@ fn whatsapp(v: &mut V<'_>, w: &raw::RawWhatsApp, warnings: &mut Vec<String>) -> 
         app_secret: app_secret.map(|s| s.0),
         verify_token: verify_token.map(|s| s.0),
         business_account_id: w.business_account_id.clone(),
+        app_id: w.app_id.clone(),
     }
 }
 

@@ -915,6 +915,7 @@ mod tests {
             app_secret: None,
             verify_token: None,
             business_account_id: None,
+            app_id: None,
         }
     }
 

@@ -1,5 +1,6 @@
 //! When the WhatsApp access token expires, from Meta's token debugger
-//! (`GET /<version>/debug_token?input_token=<token>`, the token itself as the bearer), exported
+//! (`GET /<version>/debug_token?input_token=<token>`, asked with the app token
+//! `whatsapp.app_id|app secret` when the app id is set, else the token itself), exported
 //! as `otpgate_whatsapp_token_expiry_timestamp_seconds` for the near-expiry alerts.
 //!
 //! Asked at start, after a reload that changes the token, then every [`EVERY`]; never on the
@@ -91,8 +92,13 @@ pub async fn inspect(
     cfg: &WhatsAppConfig,
 ) -> Result<TokenInfo, TokenError> {
     let token = cfg.token.as_ref().ok_or(TokenError::NoToken)?;
-    let mut bearer = HeaderValue::from_str(&format!("Bearer {}", token.expose()))
-        .map_err(|_| TokenError::NoToken)?;
+    // The app token (`app_id|app_secret`) may inspect any token of its app; without an app
+    // id the access token asks about itself, which Meta allows for some tokens only.
+    let asker = match (&cfg.app_id, &cfg.app_secret) {
+        (Some(id), Some(secret)) => format!("Bearer {id}|{}", secret.expose()),
+        _ => format!("Bearer {}", token.expose()),
+    };
+    let mut bearer = HeaderValue::from_str(&asker).map_err(|_| TokenError::NoToken)?;
     bearer.set_sensitive(true);
     let url = format!("{}/debug_token", cfg.api_base.trim_end_matches('/'));
     let transport = |e: reqwest::Error| TokenError::Transport(super::client::describe(&e));

@@ -717,6 +717,9 @@ fn message_templates(
     respond(200, "application/json", body)
 }
 
+/// The simulated Meta app's id: `whatsapp.app_id` for a daemon that asks with the app token.
+pub const SIM_APP_ID: &str = "1234567890";
+
 /// `GET /<version>/debug_token?input_token=...`: what Meta's token debugger says of a token.
 /// The caller authenticates with the configured token; the token asked about is valid only
 /// when it is that token too.
@@ -724,16 +727,17 @@ fn debug_token(
     s: &Shared,
     method: &str,
     auth_valid: bool,
+    by_app: bool,
     query: Option<&str>,
 ) -> Response<Full<Bytes>> {
     if method != "GET" {
         // Meta: "Unsupported post request", code 100 subcode 33.
         return meta_error(400, 100);
     }
-    if !auth_valid {
+    if !auth_valid && !by_app {
         return meta_error(401, 190);
     }
-    if s.refuse_self_inspection.load(Ordering::SeqCst) {
+    if !by_app && s.refuse_self_inspection.load(Ordering::SeqCst) {
         return meta_error(400, 100);
     }
     let pairs: Vec<(String, String)> =
@@ -743,7 +747,7 @@ fn debug_token(
     };
     let data = if *input == s.token {
         json!({
-            "app_id": "1234567890", "type": "SYSTEM_USER", "application": "otpgate sim",
+            "app_id": SIM_APP_ID, "type": "SYSTEM_USER", "application": "otpgate sim",
             "data_access_expires_at": 0,
             "expires_at": s.token_expires_at.load(Ordering::SeqCst),
             "is_valid": true,
@@ -796,7 +800,18 @@ async fn handle(
     // calls the send path made.
     if let [_, "debug_token"] = segs.as_slice() {
         lock(&s.inspections).push(recorded);
-        return Ok(debug_token(&s, &method, auth_valid, query.as_deref()));
+        // Meta's app token: the app id, a bar, the app secret (the webhooks' signing key).
+        let app_token = lock(&s.webhook)
+            .as_ref()
+            .map(|w| format!("Bearer {SIM_APP_ID}|{}", w.app_secret));
+        let by_app = app_token.is_some() && auth.as_deref() == app_token.as_deref();
+        return Ok(debug_token(
+            &s,
+            &method,
+            auth_valid,
+            by_app,
+            query.as_deref(),
+        ));
     }
     lock(&s.requests).push(recorded);
     if let [_, waba, "message_templates"] = segs.as_slice() {
