@@ -59,9 +59,15 @@ async fn node(
     if let Some((url, name)) = pg {
         let d = dir.join("conf.d");
         std::fs::create_dir_all(&d).unwrap();
+        // Both nodes hash codes with one key, as a pair must.
+        let key = d.join("verify.key");
+        std::fs::write(&key, "bench-pair-verify-key-0123456789abcdef").unwrap();
         std::fs::write(
             d.join("10-pg.toml"),
-            format!("[store]\nbackend = \"postgres\"\nurl = \"{url}\"\nnode = \"{name}\"\npool_size = 16\n"),
+            format!(
+                "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\nnode = \"{name}\"\npool_size = 16\n[verify]\nkey_file = \"{}\"\n",
+                key.display()
+            ),
         )
         .unwrap();
     }

@@ -433,22 +433,31 @@ async fn a_verification_made_on_one_node_is_checked_on_the_other_and_the_prenoti
 }
 
 /// `[store]` for a node of the pair, as a drop-in beside the test's main file.
+/// The verify key both nodes of a pair share (the same bytes in each node's own file).
+fn pair_key(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("verify.key");
+    std::fs::write(&p, "pair-verify-key-0123456789abcdef0123456789").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
 fn join_pair(cfg: &otpgate::sim::config::TestConfig, url: &str, node: &str) {
     let dir = cfg.path().parent().unwrap().join("conf.d");
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("10-pair.toml"),
         format!(
-            "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\nnode = \"{node}\"\nlease = \"5s\"\n"
+            "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\nnode = \"{node}\"\nlease = \"5s\"\n[verify]\nkey_file = \"{}\"\n",
+            pair_key(&dir).display()
         ),
     )
     .unwrap();
 }
 
 /// Two real daemons on one database: node a with a pty modem, node b without. Messages
-/// go round-robin to both; b's WhatsApp hangs and b is killed with -9 mid-attempt. 400
-/// messages rather than 2,000: the debug binary on a 2-core machine shared with three other
-/// builds, and what the count adds (volume) the benchmark measures.
+/// go round-robin to both (2,000, as the issue asks; about 50 s on the debug build); b's
+/// WhatsApp hangs and b is killed with -9 mid-attempt.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_daemons_share_one_queue_and_one_survives_the_other_s_kill_9() {
     use common::{CLIENT, KEY, Launch, wait_for};
@@ -520,9 +529,9 @@ async fn two_daemons_share_one_queue_and_one_survives_the_other_s_kill_9() {
     assert!(s1 / 100 == 2 && s2 / 100 == 2, "{s1} {v1} {s2} {v2}");
     assert_eq!(v1["id"], v2["id"], "one key made two messages");
 
-    // The run: 400 codes round-robin.
+    // The run: 2,000 codes round-robin.
     let mut tasks = Vec::new();
-    for i in 0..400 {
+    for i in 0..2000 {
         let base = if i % 2 == 0 { a.base() } else { b.base() };
         let code = format!("Pg{i:05}Xw");
         let body = json!({"to": format!("+9198766{i:05}"), "code": code});
@@ -736,4 +745,37 @@ async fn a_fallback_on_the_node_without_a_modem_goes_out_through_the_other() {
             .all(|(n, o)| n.as_deref() == Some("a") || o.as_deref() == Some("retry")),
         "{rows:?}"
     );
+
+    // A verification made on node b (its code leaves through node a's modem) is checked on
+    // node a: one shared record, and once approved it cannot be approved again on b.
+    let to = "+919812300078";
+    let req = http
+        .post(format!("{}/v1/verifications", b.base()))
+        .bearer_auth(KEY);
+    let (s, v) = common::fetch_json(req.json(&json!({"to": to}))).await;
+    assert_eq!(s / 100, 2, "{v}");
+    let vid = v["id"].as_str().unwrap().to_owned();
+    let code = wait_for("the verification's SMS", async || {
+        let texts: Vec<String> = modem.received().into_iter().map(|m| m.text).collect();
+        texts
+            .iter()
+            .filter(|t| !t.contains("Hd4821Qx"))
+            .find_map(|t| {
+                t.split(|c: char| !c.is_ascii_digit())
+                    .find(|w| w.len() >= 4)
+                    .map(str::to_owned)
+            })
+            .ok_or(texts.join(" | "))
+    })
+    .await;
+    let check = |base: String, code: String| {
+        let req = http
+            .post(format!("{base}/v1/verifications/{vid}/check"))
+            .bearer_auth(KEY);
+        common::fetch_json(req.json(&json!({ "code": code })))
+    };
+    let (s, v) = check(a.base(), code.clone()).await;
+    assert_eq!((s, &v["status"]), (200, &json!("approved")), "{v}");
+    let (_, v) = check(b.base(), code).await;
+    assert_ne!(v["status"], "pending", "the approval is shared: {v}");
 }

@@ -157,6 +157,14 @@ pub(super) fn validate(
     let limits = limits(&mut v, &raw.limits);
     let log = log(&mut v, &raw.log);
     let verify = verify(&mut v, &raw.verify, &mut warnings);
+    // Without a configured key each process hashes codes with its own random key, and a code
+    // made on one node of a pair could never be checked on the other.
+    if matches!(store.backend, StoreBackend::Postgres(_)) && verify.key.is_none() {
+        v.err(
+            "verify.key_file",
+            "is required with store.backend = \"postgres\": every node of the pair must hash codes with the same key (e.g. `head -c 32 /dev/urandom | base64`, the same file on both)",
+        );
+    }
     let ldap = directory::ldap(&mut v, &raw.ldap, &mut warnings);
     let radius = directory::radius(&mut v, &raw.radius, &ldap, &mut warnings);
     if !whatsapp.enabled && modems.is_empty() {
@@ -1047,10 +1055,20 @@ mod tests {
             r.unwrap_err().0
         };
         assert!(sqlite_with_url.iter().any(|i| i.path == "store.url"));
+        let pair = "url = \"postgres://u@db:5433/otp?sslmode=verify-full&connect_timeout=3\"\nnode = \"a\"\nlease = \"20s\"\n";
+        // A pair must share the verify key, or a code made on one node fails on the other.
+        let no_key = issues(pair);
+        assert!(
+            no_key.iter().any(|i| i.path == "verify.key_file"),
+            "{no_key:?}"
+        );
+        let keys = tempfile::tempdir().unwrap();
+        let key = write(keys.path(), "verify.key", &"k".repeat(32));
         let (_d, ok) = load_with(
-            &body(
-                "url = \"postgres://u@db:5433/otp?sslmode=verify-full&connect_timeout=3\"\nnode = \"a\"\nlease = \"20s\"\n",
-            ),
+            &body(&format!(
+                "{pair}[verify]\nkey_file = \"{}\"\n",
+                key.display()
+            )),
             &[],
         );
         let c = ok.unwrap();
