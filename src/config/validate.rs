@@ -1165,4 +1165,21 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn app_id_is_digits() {
+        let body =
+            |id: &str| format!("[otp]\ndefault_country = \"IN\"\n[whatsapp]\napp_id = \"{id}\"\n");
+        let (_d, r) = load_with(&body("1234567890"), &[]);
+        assert_eq!(r.unwrap().whatsapp.app_id.as_deref(), Some("1234567890"));
+        for bad in ["", "my-app"] {
+            let (_d, r) = load_with(&body(bad), &[]);
+            let e = r.unwrap_err();
+            let hit = e.0.iter().find(|i| i.path == "whatsapp.app_id");
+            assert!(
+                hit.is_some_and(|i| i.to_string().contains("digits only")),
+                "{e}"
+            );
+        }
+    }
 }

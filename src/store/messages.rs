@@ -44,6 +44,30 @@ pub struct NewMessage {
     pub only_channel: Option<ChannelKind>,
 }
 
+impl NewMessage {
+    /// The message as it stands once inserted: queued, not yet tried (both backends).
+    pub(crate) fn queued(self) -> Message {
+        Message {
+            kind: self.content.kind(),
+            id: self.id,
+            client: self.client,
+            recipient: self.recipient,
+            country: self.country,
+            content: Some(self.content),
+            locale: self.locale,
+            reference: self.reference,
+            idempotency_key: self.idempotency_key,
+            created_at: self.created_at,
+            expires_at: self.expires_at,
+            state: MessageState::Queued,
+            channel: None,
+            reason: None,
+            finished_at: None,
+            only_channel: self.only_channel,
+        }
+    }
+}
+
 /// A stored message.
 #[derive(Clone, Debug)]
 pub struct Message {
@@ -903,24 +927,7 @@ fn insert_row(c: &Connection, m: NewMessage) -> Result<InsertResult, StoreError>
             m.only_channel.map(ChannelKind::as_str)
         ],
     )?;
-    Ok(InsertResult::Created(Message {
-        id: m.id,
-        client: m.client,
-        recipient: m.recipient,
-        country: m.country,
-        content: Some(m.content),
-        kind,
-        locale: m.locale,
-        reference: m.reference,
-        idempotency_key: m.idempotency_key,
-        created_at: m.created_at,
-        expires_at: m.expires_at,
-        state: MessageState::Queued,
-        channel: None,
-        reason: None,
-        finished_at: None,
-        only_channel: m.only_channel,
-    }))
+    Ok(InsertResult::Created(m.queued()))
 }
 
 #[cfg(test)]

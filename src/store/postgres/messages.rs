@@ -280,24 +280,7 @@ async fn insert_row(tx: &impl GenericClient, m: NewMessage) -> Result<InsertResu
     )
     .await
     .map_err(pg_err)?;
-    Ok(InsertResult::Created(Message {
-        id: m.id,
-        client: m.client,
-        recipient: m.recipient,
-        country: m.country,
-        content: Some(m.content),
-        kind,
-        locale: m.locale,
-        reference: m.reference,
-        idempotency_key: m.idempotency_key,
-        created_at: m.created_at,
-        expires_at: m.expires_at,
-        state: MessageState::Queued,
-        channel: None,
-        reason: None,
-        finished_at: None,
-        only_channel: m.only_channel,
-    }))
+    Ok(InsertResult::Created(m.queued()))
 }
 
 /// A row of [`MESSAGE_COLUMNS`] as a [`Message`].
