@@ -477,6 +477,8 @@ async fn expired_messages_are_never_attempted() {
         .post(json!({"to": "+919876543210", "code": "3333", "ttl_seconds": 30}))
         .await;
     let id = v["id"].as_str().unwrap().to_string();
+    // Once tried and put back with a reason, the expiry must still say it expired.
+    g.wait_until(&id, |m| m["reason"].is_string()).await;
     clock.advance(Duration::from_secs(31));
     g.sms
         .usable
@@ -484,7 +486,12 @@ async fn expired_messages_are_never_attempted() {
     g.wa.usable.store(true, std::sync::atomic::Ordering::SeqCst);
     g.running.as_ref().unwrap().dispatcher.wake();
     let m = g.wait_until(&id, |m| m["status"] == "expired").await;
-    assert!(m["reason"].as_str().unwrap().contains("expired"));
+    let reason = m["reason"].as_str().unwrap();
+    assert!(reason.starts_with("expired"), "{reason}");
+    assert!(
+        reason.contains("down"),
+        "keeps what was last tried: {reason}"
+    );
     assert!(
         g.wa.sent().is_empty() && g.sms.sent().is_empty(),
         "nothing delivered after expiry"

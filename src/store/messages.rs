@@ -252,7 +252,7 @@ impl SqliteStore {
         self.write(move |c| {
             let expired = exec(c,
                 "UPDATE messages SET state = 'expired', body = NULL, sms_text = NULL,
-                    reason = COALESCE(reason, 'expired before it could be delivered'), finished_at = ?1
+                    reason = 'expired before it could be delivered' || COALESCE(' (last: ' || reason || ')', ''), finished_at = ?1
                  WHERE state = 'queued' AND expires_at <= ?1",
                 params![now.0],
             )?;

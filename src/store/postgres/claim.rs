@@ -61,7 +61,7 @@ impl PgStore {
         let expired = tx
             .execute(
                 "UPDATE messages SET state = 'expired', body = NULL, sms_text = NULL,
-                    reason = COALESCE(reason, 'expired before it could be delivered'), finished_at = $1
+                    reason = 'expired before it could be delivered' || COALESCE(' (last: ' || reason || ')', ''), finished_at = $1
                  WHERE state = 'queued' AND expires_at <= $1",
                 &[&now.0],
             )
