@@ -149,15 +149,7 @@ pub async fn start(
     let store = open_store(&cfg, &clock).await?;
     crate::phone::warm_up(cfg.otp.default_country);
     let settings = Arc::new(RwLock::new(ListenSettings::from_config(&cfg.server)?));
-    let mut listeners = Vec::new();
-    for addr in &cfg.server.listen {
-        let l = bind(*addr).map_err(|cause| DaemonError::Bind { addr: *addr, cause })?;
-        listeners.push(l);
-    }
-    let addrs: Vec<SocketAddr> = listeners
-        .iter()
-        .filter_map(|l| l.local_addr().ok())
-        .collect();
+    let (listeners, addrs) = bind_all(&cfg.server.listen)?;
     let metrics = Arc::new(Metrics::new());
     crate::expiry::record(&metrics, &crate::expiry::files(&cfg, &cfg));
     let max_connections = cfg.server.max_connections;
@@ -198,20 +190,7 @@ pub async fn start(
         abuse: Arc::default(),
     });
     // Before the first request: a restart must not reset the number-block counts.
-    match app
-        .abuse
-        .rebuild(&store, &live.get(), app.clock.now().0)
-        .await
-    {
-        Ok(n) if n > 0 => tracing::info!(
-            sends = n,
-            "limits.per_prefix: counts rebuilt from the outbox"
-        ),
-        Ok(_) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "limits.per_prefix: cannot rebuild the counts; they start empty")
-        }
-    }
+    rebuild_limits(&app).await;
     let conn_stats = Arc::new(ConnStats::default());
     for l in listeners {
         tasks.push(tokio::spawn(listener::serve(
@@ -224,16 +203,11 @@ pub async fn start(
             DRAIN,
         )));
     }
-    // --- A pair on PostgreSQL (issue 19): this node's heartbeat renews its leases and tells
-    // the peers whether it has a ready modem (only then does it claim SMS steps). ---
+    // A pair on PostgreSQL (issue 19): this node's heartbeat renews its leases and tells
+    // the peers whether it has a ready modem (only then does it claim SMS steps).
     if let Some(every) = store.heartbeat_every() {
-        tasks.push(tokio::spawn(heartbeat(
-            store.clone(),
-            app.clock.clone(),
-            set.sms.clone(),
-            every,
-            shutdown_rx.clone(),
-        )));
+        let beat = heartbeat(&app, set.sms.clone(), every, shutdown_rx.clone());
+        tasks.push(tokio::spawn(beat));
     }
     // --- RADIUS front door (issue 16): UDP listeners when [radius] is enabled. ---
     let radius = crate::radius::start(app.clone(), shutdown_rx.clone()).await;
@@ -257,24 +231,58 @@ pub async fn start(
     })
 }
 
+/// Binds every HTTP listen address; returns the listeners and the addresses they got.
+fn bind_all(listen: &[SocketAddr]) -> Result<(Vec<TcpListener>, Vec<SocketAddr>), DaemonError> {
+    let mut listeners = Vec::new();
+    for addr in listen {
+        let l = bind(*addr).map_err(|cause| DaemonError::Bind { addr: *addr, cause })?;
+        listeners.push(l);
+    }
+    let addrs = listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .collect();
+    Ok((listeners, addrs))
+}
+
+/// Counts the number blocks' recent sends again from the outbox; a failure leaves them empty.
+async fn rebuild_limits(app: &App) {
+    match app
+        .abuse
+        .rebuild(&app.store, &app.live.get(), app.clock.now().0)
+        .await
+    {
+        Ok(n) if n > 0 => tracing::info!(
+            sends = n,
+            "limits.per_prefix: counts rebuilt from the outbox"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "limits.per_prefix: cannot rebuild the counts; they start empty")
+        }
+    }
+}
+
 /// The PostgreSQL node's heartbeat until shutdown. A missed beat is logged and tried again
 /// at the next tick: the lease is three beats long.
-async fn heartbeat(
-    store: Store,
-    clock: SharedClock,
+fn heartbeat(
+    app: &App,
     sms: Option<Arc<SmsPool>>,
     every: std::time::Duration,
     mut shutdown: watch::Receiver<bool>,
-) {
+) -> impl std::future::Future<Output = ()> + Send + 'static {
     use crate::channel::Channel;
-    loop {
-        store.set_sms_ready(sms.as_ref().is_some_and(|p| p.health().usable));
-        if let Err(e) = store.heartbeat(clock.now()).await {
-            tracing::error!(error = %e, "store: heartbeat failed; this node's leases run out unless the next one succeeds");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.changed() => break,
+    let (store, clock) = (app.store.clone(), app.clock.clone());
+    async move {
+        loop {
+            store.set_sms_ready(sms.as_ref().is_some_and(|p| p.health().usable));
+            if let Err(e) = store.heartbeat(clock.now()).await {
+                tracing::error!(error = %e, "store: heartbeat failed; this node's leases run out unless the next one succeeds");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(every) => {}
+                _ = shutdown.changed() => break,
+            }
         }
     }
 }

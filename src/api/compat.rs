@@ -422,15 +422,31 @@ async fn generic_inner(
     req: Request<Incoming>,
     conn: ConnInfo,
 ) -> (bool, Result<Vec<String>, ApiError>) {
-    let (parts, is_json, fields) = match generic_fields(cfg, req).await {
-        Ok(x) => x,
-        Err((is_json, e)) => return (is_json, Err(e)),
-    };
-    let one = |names: &[&str]| {
-        names
-            .iter()
-            .find_map(|n| fields.get(*n).and_then(|v| v.first().cloned()))
-    };
+    match generic_fields(cfg, req).await {
+        Ok((parts, is_json, fields)) => {
+            let accepted = generic_accept(app, cfg, &parts, &fields, conn).await;
+            (is_json, accepted)
+        }
+        Err((is_json, e)) => (is_json, Err(e)),
+    }
+}
+
+/// The first value of the first of `names` the request carries.
+fn first_of(fields: &Fields, names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|n| fields.get(*n).and_then(|v| v.first().cloned()))
+}
+
+/// Authenticates a generic request, then accepts one message per number it names.
+async fn generic_accept(
+    app: &App,
+    cfg: &Config,
+    parts: &http::request::Parts,
+    fields: &Fields,
+    conn: ConnInfo,
+) -> Result<Vec<String>, ApiError> {
+    let one = |names: &[&str]| first_of(fields, names);
     // Credentials: headers first, then a key or user/password in the request itself.
     let creds = auth::from_headers(&parts.headers)
         .or_else(|| one(KEY_FIELDS).map(Credentials::Key))
@@ -442,80 +458,69 @@ async fn generic_inner(
         );
     let client = match auth::authenticate(&cfg.clients, creds.as_ref(), conn.remote.ip(), true) {
         Ok(c) => c,
-        Err(auth::AuthError::AddressNotAllowed) => return (is_json, Err(ApiError::forbidden())),
+        Err(auth::AuthError::AddressNotAllowed) => return Err(ApiError::forbidden()),
         Err(e) => {
             tracing::info!(remote = %conn.remote, reason = ?e, "generic sms: authentication failed");
-            return (is_json, Err(ApiError::unauthorized()));
+            return Err(ApiError::unauthorized());
         }
     };
+    let (numbers, text, caller) = generic_request(fields)?;
+    let ttl = cfg.otp.default_ttl;
+    let (content, why) = submit::build_content(cfg, None, Some(text), None, ttl)?;
+    if let Some(why) = why {
+        tracing::info!(client = %client.name, reason = %why, "text holds no single code; SMS only");
+    }
+    let intake = Intake { app, cfg, client };
+    accept_each(intake, numbers, &content, ttl, &caller)
+        .await
+        .map_err(|mut e| {
+            if e.status == StatusCode::TOO_MANY_REQUESTS && e.retry_after.is_none() {
+                e.retry_after = Some(retry_after_secs(std::time::Duration::from_secs(1)));
+            }
+            e
+        })
+}
+
+/// A generic request's numbers, text and end user, each checked.
+fn generic_request(fields: &Fields) -> Result<(Vec<String>, String, Caller), ApiError> {
+    let one = |names: &[&str]| first_of(fields, names);
     let numbers: Vec<String> = NUMBER_FIELDS
         .iter()
         .find_map(|n| fields.get(*n).filter(|v| !v.is_empty()).cloned())
         .unwrap_or_default();
     if numbers.is_empty() {
-        return (
-            is_json,
-            Err(ApiError::field(
-                "missing_field",
-                "to",
-                format!(
-                    "a number is required in one of: {}",
-                    NUMBER_FIELDS.join(", ")
-                ),
-            )),
-        );
+        return Err(ApiError::field(
+            "missing_field",
+            "to",
+            format!(
+                "a number is required in one of: {}",
+                NUMBER_FIELDS.join(", ")
+            ),
+        ));
     }
     let Some(text) = one(TEXT_FIELDS) else {
-        return (
-            is_json,
-            Err(ApiError::field(
-                "missing_field",
-                "text",
-                format!("a text is required in one of: {}", TEXT_FIELDS.join(", ")),
-            )),
-        );
+        return Err(ApiError::field(
+            "missing_field",
+            "text",
+            format!("a text is required in one of: {}", TEXT_FIELDS.join(", ")),
+        ));
     };
-    let ttl = cfg.otp.default_ttl;
-    let (content, why) = match submit::build_content(cfg, None, Some(text), None, ttl) {
-        Ok(c) => c,
-        Err(e) => return (is_json, Err(e)),
-    };
-    if let Some(why) = why {
-        tracing::info!(client = %client.name, reason = %why, "text holds no single code; SMS only");
-    }
     if numbers.len() > MAX_RECEIVERS {
-        return (
-            is_json,
-            Err(ApiError::field(
-                "invalid_field",
-                "to",
-                format!("at most {MAX_RECEIVERS} numbers per request"),
-            )),
-        );
+        return Err(ApiError::field(
+            "invalid_field",
+            "to",
+            format!("at most {MAX_RECEIVERS} numbers per request"),
+        ));
     }
     // The end user, under names that cannot be mistaken for the caller's own credentials.
-    let caller = match Caller::new(one(&["end_user"]), one(&["end_user_ip"]).as_deref()) {
-        Ok(c) => c,
-        Err(e) => {
+    let caller =
+        Caller::new(one(&["end_user"]), one(&["end_user_ip"]).as_deref()).map_err(|e| {
             let field = if e.field == "ip" {
                 "end_user_ip"
             } else {
                 "end_user"
             };
-            return (
-                is_json,
-                Err(ApiError::field("invalid_field", field, e.message)),
-            );
-        }
-    };
-    let intake = Intake { app, cfg, client };
-    match accept_each(intake, numbers, &content, ttl, &caller).await {
-        Ok(ids) => (is_json, Ok(ids)),
-        Err(mut e) => {
-            if e.status == StatusCode::TOO_MANY_REQUESTS && e.retry_after.is_none() {
-                e.retry_after = Some(retry_after_secs(std::time::Duration::from_secs(1)));
-            }
-            (is_json, Err(e))
-        }
-    }
+            ApiError::field("invalid_field", field, e.message)
+        })?;
+    Ok((numbers, text, caller))
 }

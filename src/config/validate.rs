@@ -16,7 +16,11 @@ use crate::channel::ChannelKind;
 use crate::secret::{LoadedSecret, Secret, credential_path, read_secret_file};
 
 /// `[radius]` and `[ldap]`.
+mod channels;
 mod directory;
+mod store;
+
+pub use store::split_postgres_url;
 
 fn parse_sha256(s: &str) -> Result<[u8; 32], String> {
     let bytes = hex::decode(s.trim())
@@ -144,7 +148,7 @@ pub(super) fn validate(
     let mut warnings = Vec::new();
     let mut v = V { issues, origins };
     let server = server(&mut v, &raw.server);
-    let store = store(&mut v, &raw.store, &mut warnings);
+    let store = store::store(&mut v, &raw.store, &mut warnings);
     let otp = otp(&mut v, &raw.otp);
     let mut policy = policy(&mut v, &raw.policy);
     // Fail closed (issue 17): SMS goes to the home country only until an admin lists more.
@@ -152,8 +156,8 @@ pub(super) fn validate(
         policy.sms_countries = vec![otp.default_country.as_ref().to_owned()];
     }
     let clients = clients(&mut v, &raw.clients);
-    let whatsapp = whatsapp(&mut v, &raw.whatsapp, &mut warnings);
-    let modems = modems(&mut v, &raw.modems, &mut warnings);
+    let whatsapp = channels::whatsapp(&mut v, &raw.whatsapp, &mut warnings);
+    let modems = channels::modems(&mut v, &raw.modems, &mut warnings);
     let limits = limits(&mut v, &raw.limits);
     let log = log(&mut v, &raw.log);
     let verify = verify(&mut v, &raw.verify, &mut warnings);
@@ -282,167 +286,6 @@ fn tls(v: &mut V<'_>, s: &raw::RawServer) -> Option<TlsFiles> {
         }
     }
 }
-
-/// `[store]`
-fn store(v: &mut V<'_>, s: &raw::RawStore, warnings: &mut Vec<String>) -> StoreConfig {
-    let backend = match s.backend.as_deref() {
-        None | Some("sqlite") => {
-            for (key, set) in [
-                ("store.url", s.url.is_some()),
-                ("store.password_file", s.password_file.is_some()),
-                ("store.ca_file", s.ca_file.is_some()),
-                ("store.pool_size", s.pool_size.is_some()),
-                ("store.node", s.node.is_some()),
-                ("store.lease", s.lease.is_some()),
-            ] {
-                if set {
-                    v.err(key, "applies only with store.backend = \"postgres\"");
-                }
-            }
-            StoreBackend::Sqlite
-        }
-        Some("postgres") => StoreBackend::Postgres(Box::new(postgres(v, s, warnings))),
-        Some(other) => {
-            v.err(
-                "store.backend",
-                format!("\"{other}\" is not a backend (expected \"sqlite\" or \"postgres\")"),
-            );
-            StoreBackend::Sqlite
-        }
-    };
-    StoreConfig {
-        path: PathBuf::from(
-            s.path
-                .clone()
-                .unwrap_or_else(|| "/var/lib/otpgate/otpgate.db".into()),
-        ),
-        retention: v.dur(
-            "store.retention",
-            &s.retention,
-            Duration::from_secs(30 * 86_400),
-        ),
-        backend,
-    }
-}
-
-/// `[store]` with `backend = "postgres"`.
-fn postgres(v: &mut V<'_>, s: &raw::RawStore, warnings: &mut Vec<String>) -> PostgresConfig {
-    let (url, sslmode) = match s.url.as_deref() {
-        None => {
-            v.err(
-                "store.url",
-                "is required with store.backend = \"postgres\" (postgres://user@host/db?sslmode=verify-full)",
-            );
-            (String::new(), SslMode::Prefer)
-        }
-        Some(u) => match split_postgres_url(u) {
-            Ok(parts) => parts,
-            Err(why) => {
-                v.err("store.url", why);
-                (String::new(), SslMode::Prefer)
-            }
-        },
-    };
-    let password = v.secret(
-        "store.password_file",
-        &s.password_file,
-        "postgres-password",
-        warnings,
-    );
-    let ca_file = v.existing_file("store.ca_file", &s.ca_file);
-    if ca_file.is_some() && sslmode == SslMode::Disable {
-        v.err("store.ca_file", "is unused with sslmode=disable");
-    }
-    let lease = v.dur("store.lease", &s.lease, Duration::from_secs(30));
-    if !(Duration::from_secs(5)..=Duration::from_secs(600)).contains(&lease) {
-        v.err("store.lease", "must be between 5s and 10m");
-    }
-    let connect_timeout = v.dur(
-        "store.connect_timeout",
-        &s.connect_timeout,
-        Duration::from_secs(5),
-    );
-    if connect_timeout.is_zero() {
-        v.err("store.connect_timeout", "must be longer than 0s");
-    }
-    let statement_timeout = v.dur(
-        "store.statement_timeout",
-        &s.statement_timeout,
-        Duration::from_secs(10),
-    );
-    if statement_timeout.is_zero() {
-        v.err("store.statement_timeout", "must be longer than 0s");
-    }
-    let node = match &s.node {
-        Some(n) => n.trim().to_owned(),
-        None => crate::store::postgres::hostname(),
-    };
-    if node.is_empty() || node.len() > 63 || node.chars().any(|c| c.is_control()) {
-        v.err(
-            "store.node",
-            "must be 1 to 63 printable characters (this box's name among the nodes)",
-        );
-    }
-    PostgresConfig {
-        url,
-        password: password.as_ref().map(|p| p.0.clone()),
-        password_file: password.map(|p| p.1),
-        sslmode,
-        ca_file,
-        pool_size: v.bounded("store.pool_size", s.pool_size, 8, 1, 64),
-        connect_timeout,
-        statement_timeout,
-        node,
-        lease,
-    }
-}
-
-/// Takes `sslmode` out of a `postgres://` URL (the driver knows only three of libpq's five
-/// words) and checks the rest. Errors never quote the URL: it may hold a password.
-pub fn split_postgres_url(url: &str) -> Result<(String, SslMode), String> {
-    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-        return Err(
-            "must be a postgres:// URL (postgres://user@host:5432/db?sslmode=verify-full)".into(),
-        );
-    }
-    let (base, query) = url.split_once('?').unwrap_or((url, ""));
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query)
-        .map_err(|_| "the part after ? is not a query string".to_string())?;
-    let mut sslmode = SslMode::Prefer;
-    let mut kept = Vec::new();
-    for (k, val) in pairs {
-        match k.as_str() {
-            "sslmode" => {
-                sslmode = SslMode::parse(&val).ok_or_else(|| {
-                    format!(
-                        "sslmode \"{val}\" is not one of disable, prefer, require, verify-ca, verify-full"
-                    )
-                })?
-            }
-            "password" => return Err(PASSWORD_IN_URL.into()),
-            _ => kept.push((k, val)),
-        }
-    }
-    let rest = serde_urlencoded::to_string(&kept).map_err(|e| e.to_string())?;
-    let clean = if rest.is_empty() {
-        base.to_owned()
-    } else {
-        format!("{base}?{rest}")
-    };
-    let parsed: tokio_postgres::Config = clean
-        .parse()
-        .map_err(|e: tokio_postgres::Error| format!("is not a PostgreSQL URL: {e}"))?;
-    if parsed.get_password().is_some() {
-        return Err(PASSWORD_IN_URL.into());
-    }
-    if parsed.get_hosts().is_empty() {
-        return Err("names no host".into());
-    }
-    Ok((clean, sslmode))
-}
-
-const PASSWORD_IN_URL: &str = "must not contain a password (it would show wherever the URL does): \
-     put it in store.password_file or the systemd credential postgres-password";
 
 /// `[otp]`
 fn otp(v: &mut V<'_>, o: &raw::RawOtp) -> OtpConfig {
@@ -701,217 +544,6 @@ fn client(v: &mut V<'_>, i: usize, c: &raw::RawClient) -> Option<ClientConfig> {
         whatsapp: c.whatsapp.unwrap_or(true),
         order,
         countries,
-    })
-}
-
-/// `[whatsapp]`
-fn whatsapp(v: &mut V<'_>, w: &raw::RawWhatsApp, warnings: &mut Vec<String>) -> WhatsAppConfig {
-    let enabled = w.enabled.unwrap_or(false);
-    let token = v.secret(
-        "whatsapp.token_file",
-        &w.token_file,
-        "whatsapp-token",
-        warnings,
-    );
-    let app_secret = v.secret(
-        "whatsapp.app_secret_file",
-        &w.app_secret_file,
-        "whatsapp-app-secret",
-        warnings,
-    );
-    let verify_token = v.secret(
-        "whatsapp.verify_token_file",
-        &w.verify_token_file,
-        "whatsapp-verify-token",
-        warnings,
-    );
-    let api_base = w
-        .api_base
-        .clone()
-        .unwrap_or_else(|| "https://graph.facebook.com/v24.0".into())
-        .trim_end_matches('/')
-        .to_string();
-    if !(api_base.starts_with("https://") || api_base.starts_with("http://")) {
-        v.err(
-            "whatsapp.api_base",
-            format!("\"{api_base}\" is not an http(s) URL"),
-        );
-    }
-    let phone_number_id = w.phone_number_id.clone().unwrap_or_default();
-    let template = w.template.clone().unwrap_or_default();
-    if enabled {
-        whatsapp_required(v, w, token.is_some(), &phone_number_id, &template);
-    }
-    if let Some(px) = &w.proxy
-        && !(px.starts_with("http://") || px.starts_with("https://"))
-    {
-        v.err(
-            "whatsapp.proxy",
-            format!(
-                "\"{}\" must start with http:// (an HTTP CONNECT proxy)",
-                mask_userinfo(px)
-            ),
-        );
-    }
-    if let Some(id) = &w.business_account_id
-        && (id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()))
-    {
-        v.err(
-            "whatsapp.business_account_id",
-            format!("\"{id}\" is not a WhatsApp Business Account id (digits only)"),
-        );
-    }
-    if let Some(id) = &w.app_id
-        && (id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()))
-    {
-        v.err(
-            "whatsapp.app_id",
-            format!("\"{id}\" is not a Meta app id (digits only)"),
-        );
-    }
-    let max_rate = w.max_rate.unwrap_or(80);
-    if !(1..=1000).contains(&max_rate) {
-        v.err(
-            "whatsapp.max_rate",
-            format!("{max_rate} is out of range (1 to 1000)"),
-        );
-    }
-    WhatsAppConfig {
-        enabled,
-        api_base,
-        phone_number_id,
-        token_path: token.as_ref().map(|t| t.1.clone()),
-        token: token.map(|t| t.0),
-        template,
-        languages: w.languages.clone(),
-        default_language: w.default_language.clone().unwrap_or_else(|| "en_US".into()),
-        timeout: v.dur("whatsapp.timeout", &w.timeout, Duration::from_secs(4)),
-        proxy: w.proxy.clone(),
-        ca_file: v.existing_file("whatsapp.ca_file", &w.ca_file),
-        max_rate: u32::try_from(max_rate).unwrap_or(80),
-        circuit_cooldown: v.dur(
-            "whatsapp.circuit_cooldown",
-            &w.circuit_cooldown,
-            Duration::from_secs(60),
-        ),
-        app_secret: app_secret.map(|s| s.0),
-        verify_token: verify_token.map(|s| s.0),
-        business_account_id: w.business_account_id.clone(),
-        app_id: w.app_id.clone(),
-    }
-}
-
-/// What `whatsapp.enabled = true` needs.
-fn whatsapp_required(
-    v: &mut V<'_>,
-    w: &raw::RawWhatsApp,
-    has_token: bool,
-    phone_number_id: &str,
-    template: &str,
-) {
-    if !has_token && w.token_file.is_none() {
-        v.err(
-            "whatsapp.token_file",
-            "is required when whatsapp.enabled = true (or provide systemd credential \"whatsapp-token\")",
-        );
-    }
-    if phone_number_id.is_empty() || !phone_number_id.chars().all(|c| c.is_ascii_digit()) {
-        v.err(
-            "whatsapp.phone_number_id",
-            "is required when whatsapp.enabled = true and must be digits",
-        );
-    }
-    if template.is_empty() {
-        v.err(
-            "whatsapp.template",
-            "is required when whatsapp.enabled = true (the authentication template's name)",
-        );
-    }
-}
-
-/// `[[modems]]`: names unique; an entry without a device is skipped (after reporting).
-fn modems(v: &mut V<'_>, raw: &[raw::RawModem], warnings: &mut Vec<String>) -> Vec<ModemConfig> {
-    let mut modems = Vec::new();
-    let mut names = HashSet::new();
-    for (i, m) in raw.iter().enumerate() {
-        let name = m.name.clone().unwrap_or_else(|| format!("modem{i}"));
-        if !names.insert(name.clone()) {
-            v.err(
-                format!("modems[{i}].name"),
-                format!("\"{name}\" is used by another modem"),
-            );
-        }
-        if let Some(modem) = modem(v, i, name, m, warnings) {
-            modems.push(modem);
-        }
-    }
-    modems
-}
-
-/// One `[[modems]]` entry, the `i`th, called `name`.
-fn modem(
-    v: &mut V<'_>,
-    i: usize,
-    name: String,
-    m: &raw::RawModem,
-    warnings: &mut Vec<String>,
-) -> Option<ModemConfig> {
-    let at = |k: &str| format!("modems[{i}].{k}");
-    let Some(device) = m.device.clone() else {
-        v.err(
-            at("device"),
-            "is required (prefer a /dev/serial/by-id/... path)",
-        );
-        return None;
-    };
-    let baud = m.baud.unwrap_or(115_200);
-    if ![
-        9600, 19_200, 38_400, 57_600, 115_200, 230_400, 460_800, 921_600,
-    ]
-    .contains(&baud)
-    {
-        v.err(at("baud"), format!("{baud} is not a standard baud rate"));
-    }
-    if let Some(smsc) = &m.smsc
-        && !(smsc.starts_with('+')
-            && smsc.len() > 3
-            && smsc[1..].chars().all(|c| c.is_ascii_digit()))
-    {
-        v.err(
-            at("smsc"),
-            format!("\"{smsc}\" must be an international number such as \"+491722270333\""),
-        );
-    }
-    let pin = v
-        .secret(
-            &at("pin_file"),
-            &m.pin_file,
-            &format!("modem-{name}-pin"),
-            warnings,
-        )
-        .map(|s| s.0);
-    Some(ModemConfig {
-        device: PathBuf::from(device),
-        baud: u32::try_from(baud).unwrap_or(115_200),
-        pin,
-        smsc: m.smsc.clone(),
-        status_reports: m.status_reports.unwrap_or(true),
-        command_timeout: v.dur(
-            &at("command_timeout"),
-            &m.command_timeout,
-            Duration::from_secs(5),
-        ),
-        send_timeout: v.dur(
-            &at("send_timeout"),
-            &m.send_timeout,
-            Duration::from_secs(60),
-        ),
-        probe_interval: v.dur(
-            &at("probe_interval"),
-            &m.probe_interval,
-            Duration::from_secs(30),
-        ),
-        name,
     })
 }
 

@@ -87,20 +87,7 @@ pub(super) fn radius(
     warnings: &mut Vec<String>,
 ) -> RadiusConfig {
     let enabled = r.enabled.unwrap_or(false);
-    let mut listen = Vec::new();
-    let raw_listen = r
-        .listen
-        .clone()
-        .unwrap_or_else(|| vec!["0.0.0.0:1812".into()]);
-    for (i, a) in raw_listen.iter().enumerate() {
-        match a.parse::<SocketAddr>() {
-            Ok(s) => listen.push(s),
-            Err(_) => v.err(
-                format!("radius.listen[{i}]"),
-                format!("\"{a}\" is not an address:port (example: \"0.0.0.0:1812\")"),
-            ),
-        }
-    }
+    let listen = radius_listen(v, r);
     let mode = match r.mode.as_deref() {
         None | Some("challenge") => RadiusMode::Challenge,
         Some("otp_only") => RadiusMode::OtpOnly,
@@ -130,18 +117,7 @@ pub(super) fn radius(
     if prompt.is_empty() || prompt.len() > 200 {
         v.err("radius.prompt", "must be 1 to 200 bytes");
     }
-    let mut clients: Vec<RadiusClient> = Vec::new();
-    for (i, c) in r.clients.iter().enumerate() {
-        if let Some(c) = radius_client(v, i, c, warnings) {
-            if clients.iter().any(|o| o.name == c.name) {
-                v.err(
-                    format!("radius.clients[{i}].name"),
-                    format!("\"{}\" is used by another RADIUS client", c.name),
-                );
-            }
-            clients.push(c);
-        }
-    }
+    let clients = radius_clients(v, r, warnings);
     let require_message_authenticator = r.require_message_authenticator.unwrap_or(true);
     if enabled {
         if clients.is_empty() {
@@ -172,6 +148,46 @@ pub(super) fn radius(
         require_message_authenticator,
         clients,
     }
+}
+
+/// `radius.listen`: the UDP addresses, 0.0.0.0:1812 by default.
+fn radius_listen(v: &mut V<'_>, r: &raw::RawRadius) -> Vec<SocketAddr> {
+    let mut listen = Vec::new();
+    let raw_listen = r
+        .listen
+        .clone()
+        .unwrap_or_else(|| vec!["0.0.0.0:1812".into()]);
+    for (i, a) in raw_listen.iter().enumerate() {
+        match a.parse::<SocketAddr>() {
+            Ok(s) => listen.push(s),
+            Err(_) => v.err(
+                format!("radius.listen[{i}]"),
+                format!("\"{a}\" is not an address:port (example: \"0.0.0.0:1812\")"),
+            ),
+        }
+    }
+    listen
+}
+
+/// `[[radius.clients]]`: names unique.
+fn radius_clients(
+    v: &mut V<'_>,
+    r: &raw::RawRadius,
+    warnings: &mut Vec<String>,
+) -> Vec<RadiusClient> {
+    let mut clients: Vec<RadiusClient> = Vec::new();
+    for (i, c) in r.clients.iter().enumerate() {
+        if let Some(c) = radius_client(v, i, c, warnings) {
+            if clients.iter().any(|o| o.name == c.name) {
+                v.err(
+                    format!("radius.clients[{i}].name"),
+                    format!("\"{}\" is used by another RADIUS client", c.name),
+                );
+            }
+            clients.push(c);
+        }
+    }
+    clients
 }
 
 fn radius_client(
