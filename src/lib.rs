@@ -10,7 +10,7 @@
 //! | the vocabulary: channel, content, message kind and state, attempt end, receipt, E.164, ids | [`domain`] |
 //! | typed config and `Live` (the config in force) | [`config`] |
 //! | config files, drop-ins and `OTPGATE__` variables layered, with each key's origin | `config::load` |
-//! | validation, one function per section; `check-config` summary | `config::validate`, `config::summary` |
+//! | validation, one function per section (`validate/` holds store, channels, directory); `check-config` summary | `config::validate`, `config::summary` |
 //! | what a reload changes: every key applied or needs-restart | [`config::diff`] |
 //! | secrets from files / systemd credentials, masked Debug | [`secret`] |
 //! | phone numbers to E.164, country of a number, libphonenumber validity | [`phone`] |
