@@ -37,6 +37,7 @@
 //! | one modem: handle, serial port, owner task (init, health, send, recovery), `modem probe` | [`channel::sms::modem`] |
 //! | the modem pool (round robin over ready modems, the SMS budget) | [`channel::sms::pool`] |
 //! | worker: claims due messages, runs attempts, carries out the policy's verdicts | [`dispatch`] |
+//! | receipts applied to their attempt, the fallback they start; the one-time pre-notice | `dispatch::receipts`, `dispatch::prenotice` |
 //! | every routing decision (plan, after an attempt, after a receipt), pure | [`dispatch::policy`] |
 //! | Cloud API simulator, pty modem simulator, test configs (feature `simulators`) | `sim` |
 //! | wiring it all together, signals, reload, shutdown | [`daemon`] |

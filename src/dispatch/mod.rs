@@ -5,6 +5,8 @@
 
 mod depart;
 pub mod policy;
+mod prenotice;
+mod receipts;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,15 +30,6 @@ use crate::store::{AttemptRow, Message, Move, ReceiptEffect, Settlement, Store, 
 use depart::{Leave, Leaving};
 
 use policy::{Decision, End, Facts, Input, ReceiptVerdict, Rules};
-
-/// When a receipt whose provider id no attempt holds yet is looked at again: the attempt
-/// records its wamid when it settles, moments after the Cloud API answered.
-const RECEIPT_RETRIES: [Duration; 4] = [
-    Duration::from_millis(200),
-    Duration::from_secs(1),
-    Duration::from_secs(2),
-    Duration::from_secs(5),
-];
 
 /// Messages worked on at once.
 pub const MAX_IN_FLIGHT: usize = 64;
@@ -316,165 +309,6 @@ impl Dispatcher {
         Ok(())
     }
 
-    async fn on_receipt(&self, r: Receipt) {
-        if let ReceiptStatus::NotRequested { from } = &r.status {
-            self.not_requested(from, &r.provider_id).await;
-            return;
-        }
-        if self.apply(&r).await {
-            return;
-        }
-        // Meta can report "sent" or even "failed" before the attempt that got the wamid has
-        // recorded it: look again a little later rather than lose the receipt (Meta does not
-        // resend what we answered 200 to).
-        let me = self.clone();
-        tokio::spawn(async move {
-            for wait in RECEIPT_RETRIES {
-                tokio::time::sleep(wait).await;
-                if me.apply(&r).await {
-                    return;
-                }
-            }
-            tracing::debug!(channel = %r.channel, "receipt for an unknown provider id");
-        });
-    }
-
-    /// Applies a status receipt and carries out what it means; false when no attempt has
-    /// its provider id (yet).
-    async fn apply(&self, r: &Receipt) -> bool {
-        let (channel, provider_id) = (r.channel, r.provider_id.clone());
-        let Some(kind) = r.status.kind() else {
-            return true;
-        };
-        let not_on_channel = channel == ChannelKind::WhatsApp
-            && r.status
-                .error_code()
-                .and_then(|c| c.parse::<i64>().ok())
-                .is_some_and(|c| {
-                    matches!(
-                        whatsapp::errors::class_of_code(c),
-                        Some((
-                            whatsapp::errors::ErrorClass::FallBack {
-                                not_on_channel: true
-                            },
-                            _
-                        ))
-                    )
-                });
-        let effect = match self
-            .0
-            .store
-            .apply_receipt(channel, provider_id, r.status.clone(), r.at)
-            .await
-        {
-            Ok(Some(effect)) => effect,
-            Ok(None) => return false,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot apply receipt");
-                return true;
-            }
-        };
-        if effect.newly_delivered {
-            self.0
-                .metrics
-                .delivered
-                .get_or_create(&metrics::channel(channel))
-                .inc();
-        }
-        let cfg = self.0.live.get();
-        let rules = Rules::new(&cfg, &effect.client, cfg.client(&effect.client));
-        let now = self.0.clock.now();
-        let facts = policy::AfterReceipt {
-            channel,
-            kind,
-            not_on_channel,
-            purpose: effect.purpose,
-            changed: effect.changed,
-            state: effect.state,
-            carried_by: effect.carried_by,
-            expires_at: effect.expires_at,
-            notice_allowed: rules.notice_allowed(effect.country.as_deref(), &self.configured()),
-        };
-        let verdict = policy::after_receipt(&rules, facts, now);
-        if verdict != ReceiptVerdict::default() {
-            self.carry_out_receipt(&effect, verdict, now).await;
-        }
-        true
-    }
-
-    /// Carries out what a receipt means: the fallback (requeue) and what it taught about the
-    /// recipient, in one commit; then the pre-notice it made due.
-    async fn carry_out_receipt(
-        &self,
-        effect: &ReceiptEffect,
-        verdict: ReceiptVerdict,
-        now: Timestamp,
-    ) {
-        let movement = match &verdict.fall_back {
-            Some(reason) => {
-                tracing::info!(message = %effect.message_id, "provider reported failure; falling back");
-                self.count_fallback("failed_receipt");
-                Move::Requeue {
-                    at: now,
-                    reason: Some(reason.clone()),
-                }
-            }
-            None => Move::Stay,
-        };
-        let settlement = Settlement {
-            attempt: None,
-            no_whatsapp_until: verdict.no_whatsapp_until,
-            learned: verdict.learned,
-            movement,
-        };
-        match self
-            .0
-            .store
-            .settle_message(&effect.message_id, &effect.recipient, settlement, now)
-            .await
-        {
-            Ok(true) => self.send_due_prenotices().await,
-            Ok(false) => {}
-            Err(e) => tracing::error!(error = %e, "cannot record what a receipt means"),
-        }
-        self.wake();
-    }
-
-    /// "I didn't request a code": cancels the number's pending verification and undelivered
-    /// codes (wiped), counts it and warns. Neither the code nor the number is logged.
-    async fn not_requested(&self, from: &str, provider_id: &str) {
-        let number = format!("+{from}");
-        let now = self.0.clock.now();
-        match self.0.store.cancel_not_requested(&number, now).await {
-            Ok((codes, verifications)) => {
-                self.0.metrics.not_requested.inc();
-                tracing::warn!(
-                    reply_to = %provider_id, codes, verifications,
-                    "a recipient tapped \"I didn't request a code\": their pending codes and verifications are canceled"
-                );
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot cancel the codes of a recipient who did not request one")
-            }
-        }
-    }
-
-    /// Sends every pre-notice that is due and has not departed (after a confirmation, and
-    /// after a restart for those a crash interrupted).
-    async fn send_due_prenotices(&self) {
-        let due = match self.0.store.due_prenotices().await {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read the due pre-notices");
-                return;
-            }
-        };
-        let cfg = self.0.live.get();
-        for m in due {
-            self.spawn_prenotice(&m, &cfg).await;
-        }
-    }
-
     fn count_fallback(&self, reason: &str) {
         self.0
             .metrics
@@ -485,12 +319,8 @@ impl Dispatcher {
             .inc();
     }
 
-    /// Works one claimed message through the policy's decisions.
-    async fn process(&self, m: Message) -> Result<(), StoreError> {
-        let cfg = self.0.live.get();
-        let rules = Rules::new(&cfg, &m.client, cfg.client(&m.client));
-        let recipient = self.0.store.recipient(&m.recipient).await?;
-        let attempts = self.0.store.attempts(&m.id).await?;
+    /// Each channel and whether it can take a message now, as the policy reads it.
+    fn usable(&self) -> Vec<(ChannelKind, bool)> {
         let mut health: Vec<(ChannelKind, bool)> = self
             .0
             .channels
@@ -502,6 +332,16 @@ impl Dispatcher {
         if self.0.store.is_shared() && !health.iter().any(|(c, _)| *c == ChannelKind::Sms) {
             health.push((ChannelKind::Sms, false));
         }
+        health
+    }
+
+    /// Works one claimed message through the policy's decisions.
+    async fn process(&self, m: Message) -> Result<(), StoreError> {
+        let cfg = self.0.live.get();
+        let rules = Rules::new(&cfg, &m.client, cfg.client(&m.client));
+        let recipient = self.0.store.recipient(&m.recipient).await?;
+        let attempts = self.0.store.attempts(&m.id).await?;
+        let health = self.usable();
         // Only a code that may ride WhatsApp can be escalated for an unchecked verification.
         let verification = if rules.escalate_after.is_some() && m.kind == MessageKind::Code {
             self.0.store.verification_pending(&m.id).await?
@@ -528,23 +368,10 @@ impl Dispatcher {
                 self.settle(&m, None, None, Learned::default(), Some(end))
                     .await
             }
-            (Decision::AlreadySent(ch), _) => {
-                // After a restart, or at the end of a watch: the code goes nowhere else.
-                let why = Some("a provider accepted it; not sent again".to_string());
-                self.0
-                    .store
-                    .finish(&m.id, MessageState::Sent, Some(ch), why, false, now)
-                    .await?;
-                self.announce(&m.id, MessageState::Sent, Some(ch));
-                Ok(())
-            }
+            (Decision::AlreadySent(ch), _) => self.already_sent(&m, ch, now).await,
             (Decision::Watch { channel, until }, _) => {
-                let settlement = Settlement {
-                    attempt: None,
-                    no_whatsapp_until: None,
-                    learned: Learned::default(),
-                    movement: Move::Watch { channel, until },
-                };
+                let movement = Move::Watch { channel, until };
+                let settlement = Settlement::moving(movement);
                 self.0.store.settle(&m, settlement, now).await.map(|_| ())
             }
             (Decision::Wait { retry_at, reason }, _) => {
@@ -566,10 +393,14 @@ impl Dispatcher {
                 },
                 Some(content),
             ) => {
-                if attempts.is_empty() {
-                    for (ch, why) in skipped {
-                        self.0.store.record_skip(&m.id, ch, why, now).await?;
-                    }
+                // The channels passed over are recorded once, before the first attempt.
+                let skipped = if attempts.is_empty() {
+                    skipped
+                } else {
+                    Vec::new()
+                };
+                for (ch, why) in skipped {
+                    self.0.store.record_skip(&m.id, ch, why, now).await?;
                 }
                 if let Some(e) = escalated {
                     self.escalate(&m, e, now).await?;
@@ -582,6 +413,23 @@ impl Dispatcher {
                 self.run_steps(&m, content, plan, &rules, &attempts).await
             }
         }
+    }
+
+    /// Ends a message a provider already accepted (after a restart, or at the end of a
+    /// watch): the code goes nowhere else.
+    async fn already_sent(
+        &self,
+        m: &Message,
+        ch: ChannelKind,
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let why = Some("a provider accepted it; not sent again".to_string());
+        self.0
+            .store
+            .finish(&m.id, MessageState::Sent, Some(ch), why, false, now)
+            .await?;
+        self.announce(&m.id, MessageState::Sent, Some(ch));
+        Ok(())
     }
 
     /// Records why WhatsApp was passed over for this code (a skipped row, the fallback metric)
@@ -682,22 +530,7 @@ impl Dispatcher {
         let started = tokio::time::Instant::now();
         let Some(channel) = self.channel(step.channel).cloned() else {
             let row = leaving.row(leaving.close().await);
-            if self.0.store.is_shared() {
-                // Back to the queue at once, where only a node with a ready modem claims an
-                // SMS step: a retry with no wait, nothing having left this box.
-                let reason = format!(
-                    "no {} channel on this node; handed to the pair",
-                    step.channel
-                );
-                let outcome = Outcome::Retry {
-                    after: Duration::ZERO,
-                    code: None,
-                    reason,
-                };
-                return Ok((row, outcome, now));
-            }
-            let reason = format!("no {} channel is configured", step.channel);
-            return Ok((row, Outcome::ChannelDown { code: None, reason }, now));
+            return Ok((row, self.no_channel(step.channel), now));
         };
         let answer =
             tokio::time::timeout(hang_guard(delivery.budget), channel.send(&delivery)).await;
@@ -720,8 +553,29 @@ impl Dispatcher {
                 }
             }
         };
-        let took = started.elapsed();
-        let label = metrics::channel(step.channel);
+        self.count_attempt(m, step.channel, &outcome, started.elapsed());
+        let row = leaving.row(leave);
+        Ok((row, outcome, self.0.clock.now()))
+    }
+
+    /// What a step on a channel this process does not have comes to.
+    fn no_channel(&self, kind: ChannelKind) -> Outcome {
+        if self.0.store.is_shared() {
+            // Back to the queue at once, where only a node with a ready modem claims an
+            // SMS step: a retry with no wait, nothing having left this box.
+            return Outcome::Retry {
+                after: Duration::ZERO,
+                code: None,
+                reason: format!("no {kind} channel on this node; handed to the pair"),
+            };
+        }
+        let reason = format!("no {kind} channel is configured");
+        Outcome::ChannelDown { code: None, reason }
+    }
+
+    /// An attempt's metrics and its log line.
+    fn count_attempt(&self, m: &Message, kind: ChannelKind, outcome: &Outcome, took: Duration) {
+        let label = metrics::channel(kind);
         self.0
             .metrics
             .attempt_seconds
@@ -731,17 +585,15 @@ impl Dispatcher {
             .metrics
             .attempts
             .get_or_create(&metrics::AttemptLabel {
-                channel: step.channel.as_str().into(),
+                channel: kind.as_str().into(),
                 outcome: outcome.class().into(),
             })
             .inc();
         tracing::info!(
-            message = %m.id, channel = %step.channel, outcome = outcome.class(),
+            message = %m.id, channel = %kind, outcome = outcome.class(),
             provider_error = outcome.error_code().unwrap_or("-"), ms = took.as_millis() as u64,
             "attempt finished"
         );
-        let row = leaving.row(leave);
-        Ok((row, outcome, self.0.clock.now()))
     }
 
     /// Carries out the end the policy chose: the attempt that led to it, what it taught about
@@ -818,103 +670,6 @@ impl Dispatcher {
             Some(End::Requeue { .. }) | None => {}
         }
         Ok(())
-    }
-
-    /// Hands the one-time pre-notice to the SMS channel. Like a code attempt it is recorded
-    /// when it departs, which also marks the recipient notified; one that never departs
-    /// leaves the recipient unmarked, so a later code brings it again.
-    async fn spawn_prenotice(&self, m: &Message, cfg: &crate::config::Config) {
-        let Some(sms) = self.channel(ChannelKind::Sms).cloned() else {
-            return;
-        };
-        let first = self
-            .0
-            .notifying
-            .lock()
-            .is_ok_and(|mut n| n.insert(m.recipient.to_string()));
-        if !first {
-            return;
-        }
-        let text = cfg.policy.prenotify_text.replace("{org}", &cfg.otp.org);
-        let now = self.0.clock.now();
-        let leaving = Leaving::new(
-            self.0.store.clone(),
-            self.0.clock.clone(),
-            &m.id,
-            &m.recipient,
-            ChannelKind::Sms,
-            AttemptPurpose::Prenotice,
-        );
-        let delivery = Delivery {
-            message_id: m.id.to_string(),
-            to: m.recipient.to_string(),
-            content: Content::Text(text),
-            locale: m.locale.clone(),
-            // The notice stays useful for a day, unlike the code.
-            validity: Duration::from_secs(86_400),
-            expires_at: now.plus(Duration::from_secs(86_400)),
-            budget: policy::SMS_ATTEMPT_CAP,
-            departure: Departure::new(leaving.clone()),
-        };
-        let me = self.clone();
-        let m = m.clone();
-        // The notice is handed to the SMS channel before the code's first attempt starts, so it
-        // never trails the code, but the code does not wait for it.
-        let (started_tx, started_rx) = oneshot::channel::<()>();
-        tokio::spawn(async move {
-            let fut = sms.send(&delivery);
-            tokio::pin!(fut);
-            let outcome = tokio::select! {
-                biased;
-                o = &mut fut => { let _ = started_tx.send(()); o }
-                _ = tokio::task::yield_now() => { let _ = started_tx.send(()); fut.await }
-            };
-            if let Err(e) = me.record_prenotice(&m, &leaving, &outcome).await {
-                tracing::error!(error = %e, "cannot record the pre-notice attempt");
-            }
-            if let Ok(mut n) = me.0.notifying.lock() {
-                n.remove(m.recipient.as_str());
-            }
-            tracing::info!(message = %delivery.message_id, outcome = outcome.class(), "pre-notice sent");
-        });
-        let _ = started_rx.await;
-    }
-
-    /// Records how a pre-notice ended: nothing for one refused because another left first.
-    async fn record_prenotice(
-        &self,
-        m: &Message,
-        leaving: &Leaving,
-        outcome: &Outcome,
-    ) -> Result<(), StoreError> {
-        let now = self.0.clock.now();
-        let mut leave = leaving.close().await;
-        if leave == Leave::Waiting && outcome.end().may_have_reached_provider() {
-            // A channel that answered without departing: count it as departed now, so the
-            // recipient is marked and not notified twice.
-            leave = match self
-                .0
-                .store
-                .start_prenotice(&m.id, &m.recipient, now)
-                .await?
-            {
-                Some(id) => Leave::Left(id),
-                None => Leave::Refused,
-            };
-        }
-        match leave {
-            Leave::Refused => Ok(()),
-            Leave::Left(id) => self.0.store.finish_attempt(id, outcome, now).await,
-            Leave::Waiting | Leave::Closed => {
-                let settlement = Settlement {
-                    attempt: Some((leaving.row(leave), outcome.clone())),
-                    no_whatsapp_until: None,
-                    learned: Learned::default(),
-                    movement: Move::Stay,
-                };
-                self.0.store.settle(m, settlement, now).await.map(|_| ())
-            }
-        }
     }
 }
 

@@ -81,6 +81,18 @@ pub struct Settlement {
     pub movement: Move,
 }
 
+impl Settlement {
+    /// A move with no attempt behind it and nothing learned.
+    pub fn moving(movement: Move) -> Settlement {
+        Settlement {
+            attempt: None,
+            no_whatsapp_until: None,
+            learned: Learned::default(),
+            movement,
+        }
+    }
+}
+
 /// An attempt's end as its columns hold it.
 struct Ending {
     end: AttemptEnd,
@@ -367,15 +379,6 @@ mod tests {
         }
     }
 
-    fn moved(movement: Move) -> Settlement {
-        Settlement {
-            attempt: None,
-            no_whatsapp_until: None,
-            learned: Learned::default(),
-            movement,
-        }
-    }
-
     /// A store with the given messages accepted at 1 s and claimed (sending).
     async fn claimed(dir: &tempfile::TempDir, ids: &[&str]) -> (Store, Vec<Message>) {
         let s = Store::open(&dir.path().join("db")).unwrap();
@@ -529,10 +532,10 @@ mod tests {
             Some(AttemptEnd::Retry)
         );
         // Sent (a failure receipt sends it elsewhere): back to the queue too.
-        s.settle(&ms[1], moved(SENT_SMS), Timestamp(1002))
+        s.settle(&ms[1], Settlement::moving(SENT_SMS), Timestamp(1002))
             .await
             .unwrap();
-        let requeue = moved(busy());
+        let requeue = Settlement::moving(busy());
         s.settle(&ms[1], requeue.clone(), Timestamp(1003))
             .await
             .unwrap();
@@ -595,13 +598,13 @@ mod tests {
         assert_eq!(m.state, MessageState::Sending);
         assert!(m.content.is_some());
         assert_eq!(atts[0].end, Some(AttemptEnd::Unknown));
-        s.settle(&ms[0], moved(kept), Timestamp(1003))
+        s.settle(&ms[0], Settlement::moving(kept), Timestamp(1003))
             .await
             .unwrap();
         let (m, _) = s.get("m1", "c").await.unwrap().unwrap();
         assert_eq!(m.state, MessageState::Sent);
         assert_eq!(m.content, ms[0].content);
-        s.settle(&ms[1], moved(SENT_SMS), Timestamp(1003))
+        s.settle(&ms[1], Settlement::moving(SENT_SMS), Timestamp(1003))
             .await
             .unwrap();
         let (m, _) = s.get("m2", "c").await.unwrap().unwrap();
@@ -612,7 +615,7 @@ mod tests {
     fn learned(l: Learned, movement: Move) -> Settlement {
         Settlement {
             learned: l,
-            ..moved(movement)
+            ..Settlement::moving(movement)
         }
     }
 
@@ -624,10 +627,10 @@ mod tests {
             channel: ChannelKind::WhatsApp,
             until: Timestamp(16_000),
         };
-        s.settle(&ms[0], moved(watch), Timestamp(1_001))
+        s.settle(&ms[0], Settlement::moving(watch), Timestamp(1_001))
             .await
             .unwrap();
-        s.settle(&ms[1], moved(SENT_SMS), Timestamp(1_001))
+        s.settle(&ms[1], Settlement::moving(SENT_SMS), Timestamp(1_001))
             .await
             .unwrap();
         let (m, _) = s.get("m1", "c").await.unwrap().unwrap();
@@ -656,7 +659,7 @@ mod tests {
         })
         .await
         .unwrap();
-        s.settle(&due[0], moved(SENT_SMS), Timestamp(16_001))
+        s.settle(&due[0], Settlement::moving(SENT_SMS), Timestamp(16_001))
             .await
             .unwrap();
         let (m, _) = s.get("m1", "c").await.unwrap().unwrap();
@@ -737,7 +740,7 @@ mod tests {
             channel: ChannelKind::WhatsApp,
             until: Timestamp(16_000),
         };
-        s.settle(&ms[0], moved(watch), Timestamp(1_001))
+        s.settle(&ms[0], Settlement::moving(watch), Timestamp(1_001))
             .await
             .unwrap();
         let mut m3 = new_msg("m3", "+90", 1_500, None);
