@@ -1,7 +1,6 @@
 //! The writer thread: the one connection that writes, committing jobs in groups (every job
 //! that arrives while the previous group is being fsynced joins the next group, so many
-//! accepted requests share one fsync; after a group of several it waits a moment for more,
-//! see `LINGER`), and the checkpointer thread that copies the WAL back
+//! accepted requests share one fsync), and the checkpointer thread that copies the WAL back
 //! into the database file so that work and its fsync do not stall the writer. A job's caller
 //! hears back only after its group's COMMIT returned (with `synchronous=FULL`, on disk).
 
@@ -353,7 +352,8 @@ fn writer_loop(writer: Writer, mut rx: mpsc::Receiver<Job>) {
         }
         let mut lingers = 0;
         while !rolled_back && last_group >= LINGER_AFTER && lingers < MAX_LINGERS {
-            if completions.len() >= MAX_GROUP {
+            let before = completions.len();
+            if before >= MAX_GROUP {
                 break;
             }
             lingers += 1;
