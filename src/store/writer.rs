@@ -297,46 +297,8 @@ fn checkpointer_loop(
     }
 }
 
-/// How long the writer waits for more jobs before committing a group, once the last group
-/// showed that callers come in numbers: an fsync costs the writer as much CPU as a few dozen
-/// inserts (about 64 µs on the reference VM), so jobs arriving a moment later are cheaper in
-/// this group than in a group of their own. The thread's timer slack (50 µs by default) adds
-/// to it.
-const LINGER: Duration = Duration::from_micros(100);
-/// Lingers per group at most, each only after the one before brought new jobs.
-const MAX_LINGERS: usize = 4;
-/// The writer lingers only after a group of at least this many jobs. With one caller at a
-/// time the next job is that caller's, who waits on this very commit; and a lone second job
-/// (a dispatcher's claim beside an accept) says nothing about more to come.
-const LINGER_AFTER: usize = 4;
-
-/// Runs `first` and the jobs queued behind it into the open group until the queue is empty
-/// or the group full; false once SQLite rolled the whole transaction back (disk full, I/O
-/// error). Later jobs would then each commit on their own while their callers hear
-/// "failed": they wait in the queue for the next group instead.
-fn run_jobs(
-    writer: &Writer,
-    rx: &mut mpsc::Receiver<Job>,
-    first: Job,
-    completions: &mut Vec<Completion>,
-) -> bool {
-    let mut next = Some(first);
-    while let Some(job) = next.take() {
-        completions.push(job(writer));
-        if writer.conn.is_autocommit() {
-            return false;
-        }
-        if completions.len() < MAX_GROUP {
-            next = rx.try_recv().ok();
-        }
-    }
-    true
-}
-
 fn writer_loop(writer: Writer, mut rx: mpsc::Receiver<Job>) {
     let conn = &writer.conn;
-    // Jobs in the group before: how many callers are waiting on the writer at once.
-    let mut last_group = 0usize;
     while let Some(first) = rx.blocking_recv() {
         if let Err(e) = exec(conn, "BEGIN IMMEDIATE", []) {
             // Dropping the job unblocks its caller with an error; nothing was written.
@@ -344,28 +306,23 @@ fn writer_loop(writer: Writer, mut rx: mpsc::Receiver<Job>) {
             continue;
         }
         let mut completions: Vec<Completion> = Vec::new();
+        let mut next = Some(first);
         let mut rolled_back = false;
         // Jobs that arrive while the group runs join it: taken only once the group was drained,
         // they would wait for a whole extra fsync.
-        if !run_jobs(&writer, &mut rx, first, &mut completions) {
-            rolled_back = true;
-        }
-        let mut lingers = 0;
-        while !rolled_back && last_group >= LINGER_AFTER && lingers < MAX_LINGERS {
-            let before = completions.len();
-            if before >= MAX_GROUP {
-                break;
-            }
-            lingers += 1;
-            std::thread::sleep(LINGER);
-            let Ok(next) = rx.try_recv() else {
-                break;
-            };
-            if !run_jobs(&writer, &mut rx, next, &mut completions) {
+        while let Some(job) = next.take() {
+            completions.push(job(&writer));
+            if conn.is_autocommit() {
+                // SQLite rolled the whole transaction back (disk full, I/O error). Later jobs
+                // would each commit on their own while their callers hear "failed": they
+                // wait in the queue for the next group instead.
                 rolled_back = true;
+                break;
+            }
+            if completions.len() < MAX_GROUP {
+                next = rx.try_recv().ok();
             }
         }
-        last_group = completions.len();
         let commit = if rolled_back {
             Err(StoreError::RolledBack)
         } else {
