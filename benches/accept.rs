@@ -3,7 +3,9 @@
 //! server that answers 202 without storing, under the same load, in the same run.
 //!
 //! `cargo bench --bench accept` (add `-- --seconds 5 --rounds 5` for longer or more rounds;
-//! `-- --wal-pages` prints only the WAL pages each accept writes). Each mode also prints the
+//! `-- --wal-pages` prints only the WAL pages each accept writes; `-- --daemon` starts the
+//! daemon in intake mode and prints its address and pid, for `-- --load ADDR CONNS SECONDS`
+//! under `strace -c` or `perf`). Each mode also prints the
 //! CPU time per answered message of the server and of the load generator, read from /proc:
 //! a cost that, unlike the rates, does not move with the disk or the neighbours.
 //! Each row alternates bare and otpgate rounds and reports the medians, because a shared
@@ -49,6 +51,20 @@ fn main() {
     }
     if args.iter().any(|a| a == "--wal-pages") {
         rt.block_on(print_wal_pages());
+        return;
+    }
+    if args.iter().any(|a| a == "--daemon") {
+        // For profiling by hand: the daemon in intake mode, its address and pid on stdout,
+        // running until this process is stopped.
+        rt.block_on(async {
+            let dir = tempfile::tempdir().expect("tmp");
+            let (_sim, sim_line) = spawn_self(&["--sim", "--hang"]);
+            let (base, ca) = sim_line.split_once(' ').unwrap_or_default();
+            let d = spawn_daemon(dir.path(), base, ca).await;
+            println!("{} {}", d.addr, d.pid());
+            std::io::stdout().flush().ok();
+            tokio::signal::ctrl_c().await.ok();
+        });
         return;
     }
     if let Some(i) = args.iter().position(|a| a == "--load") {
@@ -193,11 +209,33 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_micros(ticks * 1_000_000 / hz)
 }
 
+/// Context switches (voluntary + involuntary, all threads) a process has made so far: each
+/// voluntary one is a thread parking for want of work (or on an fsync), a count that, like
+/// the CPU time, does not depend on the machine's speed.
+fn switches(pid: u32) -> u64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .flatten()
+        .map(|t| {
+            std::fs::read_to_string(t.path().join("status"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 /// CPU spent per answered message in the server and in the load generator over some rounds.
 #[derive(Default, Clone, Copy)]
 struct Cpu {
     server: Duration,
     generator: Duration,
+    /// The server's context switches.
+    switches: u64,
     n: u64,
 }
 
@@ -205,12 +243,18 @@ impl Cpu {
     /// Runs one round against `addr` (served by process `pid`) and adds its CPU time.
     async fn round(&mut self, pid: u32, addr: &str, conns: usize, dur: Duration) -> Result {
         let me = std::process::id();
-        let (s0, g0) = (cpu_time(pid), cpu_time(me));
+        let (s0, g0, w0) = (cpu_time(pid), cpu_time(me), switches(pid));
         let r = load(addr, conns, dur).await;
         self.server += cpu_time(pid).saturating_sub(s0);
+        self.switches += switches(pid).saturating_sub(w0);
         self.generator += cpu_time(me).saturating_sub(g0);
         self.n += r.n;
         r
+    }
+
+    /// The server's context switches per message.
+    fn switches_per_msg(&self) -> f64 {
+        self.switches as f64 / self.n.max(1) as f64
     }
 
     /// Microseconds per message: (server, generator).
@@ -410,8 +454,10 @@ async fn run(dur: Duration, rounds: usize) {
             }
             let ((bs, bg), (os, og)) = (bare_cpu.per_msg(), our_cpu.per_msg());
             cpu_lines.push(format!(
-                "{conns:>5} | {bs:>9.1} {bg:>9.1} | {os:>9.1} {og:>9.1} | {:>6.2}",
-                (bs + bg) / (os + og)
+                "{conns:>5} | {bs:>9.1} {bg:>9.1} | {os:>9.1} {og:>9.1} | {:>6.2} | {:>6.2} {:>6.2}",
+                (bs + bg) / (os + og),
+                bare_cpu.switches_per_msg(),
+                our_cpu.switches_per_msg()
             ));
             let (b, o) = (median(bare), median(ours));
             println!(
@@ -435,8 +481,8 @@ async fn run(dur: Duration, rounds: usize) {
         // and the neighbours (which only add idle time or steal from both alike).
         println!("CPU µs per answered message (user + system, all threads, all rounds):");
         println!(
-            "{:>5} | {:>9} {:>9} | {:>9} {:>9} | {:>6}",
-            "conns", "bare", "load gen", "otpgate", "load gen", "ratio"
+            "{:>5} | {:>9} {:>9} | {:>9} {:>9} | {:>6} | context switches/msg: {:>6} {:>6}",
+            "conns", "bare", "load gen", "otpgate", "load gen", "ratio", "bare", "otpgate"
         );
         for l in cpu_lines {
             println!("{l}");
