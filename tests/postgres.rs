@@ -173,8 +173,10 @@ async fn limits_and_idempotency_keys_hold_across_two_nodes() {
             node.insert(
                 msg(&format!("r{i}"), "+919800000001", 1_000_000 + i, None),
                 limits,
+                vec![],
             )
             .await
+            .unwrap()
             .unwrap()
         }));
     }
@@ -193,22 +195,35 @@ async fn limits_and_idempotency_keys_hold_across_two_nodes() {
     assert_eq!((created, limited), (5, 7));
     // Another number is not affected.
     let other = b
-        .insert(msg("o1", "+919800000002", 1_000_100, None), limits.clone())
+        .insert(
+            msg("o1", "+919800000002", 1_000_100, None),
+            limits.clone(),
+            vec![],
+        )
         .await
+        .unwrap()
         .unwrap();
     assert!(matches!(other, InsertResult::Created(_)));
     assert_eq!(a.queue_depth().await.unwrap(), 6);
 
     // One key, sent to both nodes at once: one message.
     let (x, y) = tokio::join!(
-        a.insert(msg("k-a", "+919800000003", 1_000_200, Some("K1")), vec![]),
-        b.insert(msg("k-b", "+919800000003", 1_000_200, Some("K1")), vec![])
+        a.insert(
+            msg("k-a", "+919800000003", 1_000_200, Some("K1")),
+            vec![],
+            vec![]
+        ),
+        b.insert(
+            msg("k-b", "+919800000003", 1_000_200, Some("K1")),
+            vec![],
+            vec![]
+        )
     );
     let id = |r: &InsertResult| match r {
         InsertResult::Created(m) | InsertResult::Existing(m) => m.id.to_string(),
         other => panic!("{other:?}"),
     };
-    let (x, y) = (x.unwrap(), y.unwrap());
+    let (x, y) = (x.unwrap().unwrap(), y.unwrap().unwrap());
     assert_eq!(id(&x), id(&y));
     assert_eq!(
         [&x, &y]
@@ -218,8 +233,13 @@ async fn limits_and_idempotency_keys_hold_across_two_nodes() {
         1
     );
     let conflict = b
-        .insert(msg("k-c", "+919800000004", 1_000_300, Some("K1")), vec![])
+        .insert(
+            msg("k-c", "+919800000004", 1_000_300, Some("K1")),
+            vec![],
+            vec![],
+        )
         .await
+        .unwrap()
         .unwrap();
     assert!(matches!(conflict, InsertResult::KeyConflict));
     // What one node accepted, the other reads.
@@ -251,7 +271,7 @@ async fn nodes_share_the_queue_and_take_over_an_expired_lease_without_repeating_
             1_000,
             None,
         );
-        a.insert(m, vec![]).await.unwrap();
+        a.insert(m, vec![], vec![]).await.unwrap().unwrap();
     }
     // Both nodes claim at once: every message once, none twice.
     let (x, y) = tokio::join!(
@@ -365,7 +385,10 @@ async fn a_verification_made_on_one_node_is_checked_on_the_other_and_the_prenoti
         message: msg("vm1", "+919800000501", 1_000, None),
     };
     assert!(matches!(
-        a.create_verification(v, vec![]).await.unwrap(),
+        a.create_verification(v, vec![], vec![])
+            .await
+            .unwrap()
+            .unwrap(),
         InsertResult::Created(_)
     ));
     // Five wrong codes spread over both nodes at once: exactly max_attempts counted.
@@ -398,7 +421,10 @@ async fn a_verification_made_on_one_node_is_checked_on_the_other_and_the_prenoti
         channel: None,
         message: msg("vm2", "+919800000502", 1_000, None),
     };
-    a.create_verification(v2, vec![]).await.unwrap();
+    a.create_verification(v2, vec![], vec![])
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         b.check_verification("VE2", "c", hash, 5, Timestamp(2_000))
             .await
@@ -778,4 +804,155 @@ async fn a_fallback_on_the_node_without_a_modem_goes_out_through_the_other() {
     assert_eq!((s, &v["status"]), (200, &json!("approved")), "{v}");
     let (_, v) = check(b.base(), code).await;
     assert_ne!(v["status"], "pending", "the approval is shared: {v}");
+}
+
+/// The velocity limits hold across two real daemons: a number block, an end user and an
+/// address each fill up with requests split between the nodes, and the request over the limit
+/// gets the same 429 (code, field, Retry-After) from the *other* node. Each node counting in
+/// its own memory let the pair through twice the limit. The keys are on the rows (NULL where
+/// the caller named no user or address), so they go when housekeeping purges the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn velocity_limits_hold_across_two_daemons() {
+    use common::{CLIENT, KEY, Launch};
+    use otpgate::sim::cloud_api::{CloudApiSim, SimOptions};
+    use otpgate::sim::config::TestConfig;
+    use serde_json::{Value, json};
+
+    let pg = Postgres::start(false);
+    pg.create_db("velocity").await;
+    let url = format!("{}?sslmode=disable", pg.url("velocity"));
+    let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let node = |dir: &std::path::Path| {
+        TestConfig::new(dir)
+            .free_port()
+            .unwrap()
+            .whatsapp_sim(&sim)
+            .policy("prenotify = false")
+            .limits(
+                "per_prefix = \"2/1h\"\nprefix_digits = 3\nper_user = \"2/1h\"\nper_ip = \"2/1h\"",
+            )
+            .client(CLIENT, KEY)
+    };
+    let (cfg_a, cfg_b) = (node(dir_a.path()), node(dir_b.path()));
+    for (cfg, name) in [(&cfg_a, "a"), (&cfg_b, "b")] {
+        cfg.write().unwrap();
+        join_pair(cfg, &url, name);
+    }
+    let a = Launch::new(&cfg_a).ready().await;
+    let b = Launch::new(&cfg_b).ready().await;
+    let http = common::http_client();
+    let post = |base: String, path: &'static str, body: Value| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .post(format!("{base}{path}"))
+                .bearer_auth(KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            (status, retry, v)
+        }
+    };
+    // (what, the two accepted bodies, the one over the limit, its code and field). Each case
+    // uses its own numbers, user and address, so only its own limit can refuse it.
+    let cases = [
+        (
+            "per_prefix",
+            [
+                json!({"to": "+919812345001", "code": "Vp0001Qz"}),
+                json!({"to": "+919812345002", "code": "Vp0002Qz"}),
+            ],
+            json!({"to": "+919812345003", "code": "Vp0003Qz"}),
+            "prefix_limited",
+            "to",
+        ),
+        (
+            "per_user",
+            [
+                json!({"to": "+919822200001", "code": "Vu0001Qz", "user": "alice"}),
+                json!({"to": "+919833300001", "code": "Vu0002Qz", "user": "alice"}),
+            ],
+            json!({"to": "+919844400001", "code": "Vu0003Qz", "user": "alice"}),
+            "user_limited",
+            "user",
+        ),
+        (
+            "per_ip",
+            [
+                json!({"to": "+919855500001", "code": "Vi0001Qz", "ip": "192.0.2.7"}),
+                json!({"to": "+919866600001", "code": "Vi0002Qz", "ip": "192.0.2.7"}),
+            ],
+            json!({"to": "+919877700001", "code": "Vi0003Qz", "ip": "192.0.2.7"}),
+            "ip_limited",
+            "ip",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (what, [first, second], over, code, field) in cases {
+        // One accepted by each node, then the next refused by both.
+        for (base, body) in [(a.base(), first), (b.base(), second)] {
+            let (s, _, v) = post(base, "/v1/messages", body).await;
+            assert_eq!(s, 202, "{what}: {v}");
+        }
+        for (name, base) in [("a", a.base()), ("b", b.base())] {
+            let (s, retry, v) = post(base, "/v1/messages", over.clone()).await;
+            let e = &v["error"];
+            let got = (s, e["code"].as_str(), e["field"].as_str());
+            if got != (429, Some(code), Some(field)) || retry.is_none_or(|r| r <= 3000) {
+                wrong.push(format!("{what} on node {name}: {s} {retry:?} {v}"));
+            }
+        }
+    }
+    // A verification for the same end user, on the node that took neither of its messages
+    // last, is counted with them: the Verify door shares the limit too.
+    let (s, _, v) = post(
+        b.base(),
+        "/v1/verifications",
+        json!({"to": "+919888800001", "user": "alice"}),
+    )
+    .await;
+    if (s, v["error"]["code"].as_str()) != (429, Some("user_limited")) {
+        wrong.push(format!("per_user on a verification: {s} {v}"));
+    }
+    assert!(
+        wrong.is_empty(),
+        "the pair let through more than its limit:\n{}",
+        wrong.join("\n")
+    );
+    // What the count needs is on the rows, NULL where the caller named nothing.
+    let db = pg.client("velocity").await;
+    type KeyRow = (String, Option<String>, Option<String>, Option<String>);
+    let rows: Vec<KeyRow> = db
+        .query(
+            "SELECT recipient, prefix_key, end_user, end_ip FROM messages ORDER BY recipient",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    let row = |to: &str| rows.iter().find(|r| r.0 == to).unwrap().clone();
+    assert_eq!(
+        row("+919812345001"),
+        (
+            "+919812345001".into(),
+            Some("+919812345".into()),
+            None,
+            None
+        )
+    );
+    assert_eq!(row("+919822200001").2.as_deref(), Some("alice"));
+    assert_eq!(row("+919822200001").3, None);
+    assert_eq!(row("+919855500001").3.as_deref(), Some("192.0.2.7"));
+    assert_eq!(row("+919855500001").2, None);
 }

@@ -12,7 +12,7 @@ use crate::clock::Timestamp;
 use crate::config::Rate;
 use crate::store::{
     CheckOutcome, InsertResult, LimitScope, NewMessage, NewVerification, Resend, StoreError,
-    Verification,
+    VelocityKeys, VelocityLimited, Verification,
 };
 
 const COLUMNS: &str =
@@ -80,11 +80,12 @@ impl PgStore {
         &self,
         v: NewVerification,
         limits: Vec<(LimitScope, Rate)>,
-    ) -> Result<InsertResult, StoreError> {
+        velocity: VelocityKeys,
+    ) -> Result<Result<InsertResult, VelocityLimited>, StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_err)?;
         let now = v.message.created_at;
-        lock_keys(&tx, std::slice::from_ref(&v.message), &limits).await?;
+        lock_keys(&tx, std::slice::from_ref(&v.message), &limits, &[&velocity]).await?;
         let older = tx
             .query(
                 "SELECT id, message_id FROM verifications
@@ -93,10 +94,17 @@ impl PgStore {
             )
             .await
             .map_err(pg_err)?;
-        let result = insert_tx(&tx, v.message.clone(), &limits).await?;
-        if !matches!(result, InsertResult::Created(_)) {
-            return Ok(result);
-        }
+        let result = match insert_tx(&tx, v.message.clone(), &limits, &velocity).await? {
+            Ok(r @ InsertResult::Created(_)) => r,
+            Ok(other) => return Ok(Ok(other)),
+            Err((scope, retry_after)) => {
+                return Ok(Err(VelocityLimited {
+                    index: 0,
+                    scope,
+                    retry_after,
+                }));
+            }
+        };
         for r in &older {
             let oid: &str = r.try_get(0).map_err(pg_err)?;
             let mid: Option<&str> = r.try_get(1).map_err(pg_err)?;
@@ -129,7 +137,7 @@ impl PgStore {
         .await
         .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)?;
-        Ok(result)
+        Ok(Ok(result))
     }
 
     /// A verification, if `client` made it.
@@ -251,6 +259,7 @@ impl PgStore {
 
     /// Replaces a pending verification's code with a new one and its message, within
     /// `max_sends`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn resend_verification(
         &self,
         id: &str,
@@ -259,11 +268,12 @@ impl PgStore {
         message: NewMessage,
         max_sends: u32,
         limits: Vec<(LimitScope, Rate)>,
-    ) -> Result<Resend, StoreError> {
+        velocity: VelocityKeys,
+    ) -> Result<Result<Resend, VelocityLimited>, StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_err)?;
         // The limit keys before the row, in the order create_verification takes them.
-        lock_keys(&tx, std::slice::from_ref(&message), &limits).await?;
+        lock_keys(&tx, std::slice::from_ref(&message), &limits, &[&velocity]).await?;
         let row = tx
             .query_opt(
                 "SELECT status, sends, expires_at, message_id FROM verifications
@@ -273,21 +283,30 @@ impl PgStore {
             .await
             .map_err(pg_err)?;
         let Some(row) = row else {
-            return Ok(Resend::NotFound);
+            return Ok(Ok(Resend::NotFound));
         };
         let status: &str = row.try_get(0).map_err(pg_err)?;
         let sends = count(row.try_get(1).map_err(pg_err)?);
         let expires: i64 = row.try_get(2).map_err(pg_err)?;
         let old_message: Option<&str> = row.try_get(3).map_err(pg_err)?;
         if status != "pending" || message.created_at.0 >= expires {
-            return Ok(Resend::NotPending);
+            return Ok(Ok(Resend::NotPending));
         }
         if sends >= max_sends {
-            return Ok(Resend::MaxSends);
+            return Ok(Ok(Resend::MaxSends));
         }
         let now = message.created_at;
         let mid = message.id.clone();
-        let result = insert_tx(&tx, message, &limits).await?;
+        let result = match insert_tx(&tx, message, &limits, &velocity).await? {
+            Ok(r) => r,
+            Err((scope, retry_after)) => {
+                return Ok(Err(VelocityLimited {
+                    index: 0,
+                    scope,
+                    retry_after,
+                }));
+            }
+        };
         if matches!(result, InsertResult::Created(_)) {
             retire_message(&tx, old_message, "replaced by a resend", now).await?;
             tx.execute(
@@ -298,7 +317,7 @@ impl PgStore {
             .map_err(pg_err)?;
             tx.commit().await.map_err(pg_err)?;
         }
-        Ok(Resend::Stored(result))
+        Ok(Ok(Resend::Stored(result)))
     }
 
     /// Whether `message_id` carries a verification's code, and if so whether it is pending.
