@@ -86,6 +86,22 @@ impl Postgres {
 
     /// [`Postgres::start`] with TLS on (`ssl = on`), also listening on 127.0.0.2.
     pub fn start_with(durable: bool, tls: Option<ServerTls<'_>>) -> Postgres {
+        Postgres::start_conf(durable, tls, "")
+    }
+
+    /// [`Postgres::start`] with `pg_stat_statements` loaded (BEGIN and COMMIT counted too),
+    /// for the benchmarks' statements per message.
+    pub fn start_counting(durable: bool) -> Postgres {
+        Postgres::start_conf(
+            durable,
+            None,
+            "shared_preload_libraries = 'pg_stat_statements'
+pg_stat_statements.track_utility = on
+",
+        )
+    }
+
+    fn start_conf(durable: bool, tls: Option<ServerTls<'_>>, extra: &str) -> Postgres {
         let bin = bin_dir();
         let dir = tempfile::tempdir().unwrap();
         hand_over(dir.path());
@@ -128,6 +144,7 @@ impl Postgres {
             conf = conf.replace("'127.0.0.1'", "'127.0.0.1,127.0.0.2'");
             conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
         }
+        conf.push_str(extra);
         let auto = data.join("postgresql.auto.conf");
         std::fs::write(&auto, conf).unwrap();
         hand_over(&auto);

@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
+
+use super::Cached;
 use tokio_postgres::Row;
 
 use super::{PgStore, pg_err};
@@ -93,7 +95,7 @@ impl PgStore {
     ) -> Result<Option<(Message, Vec<Attempt>)>, StoreError> {
         let conn = self.conn().await?;
         let row = conn
-            .query_opt(
+            .q_opt(
                 &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1 AND client = $2"),
                 &[&id, &client],
             )
@@ -117,7 +119,7 @@ impl PgStore {
         let row = self
             .conn()
             .await?
-            .query_opt(
+            .q_opt(
                 "SELECT state, channel FROM messages WHERE id = $1",
                 &[&message_id],
             )
@@ -140,7 +142,7 @@ impl PgStore {
         let n: i64 = self
             .conn()
             .await?
-            .query_one(
+            .q_one(
                 "SELECT count(*) FROM messages WHERE state IN ('queued', 'sending')",
                 &[],
             )
@@ -198,7 +200,7 @@ pub(super) async fn lock_keys(
     }
     keys.sort_unstable();
     keys.dedup();
-    tx.query(
+    tx.q(
         "SELECT pg_advisory_xact_lock(h) FROM
              (SELECT DISTINCT hashtextextended(k, 0) AS h FROM unnest($1::text[]) AS k) AS keys
          ORDER BY h",
@@ -235,7 +237,7 @@ async fn window_full(
     );
     let offset = i64::from(rate.count - 1);
     let nth = tx
-        .query_opt(&sql, &[&key, &since, &offset])
+        .q_opt(&sql, &[&key, &since, &offset])
         .await
         .map_err(pg_err)?;
     match nth {
@@ -269,7 +271,7 @@ pub(super) async fn insert_tx(
 ) -> Result<Result<InsertResult, (Scope, Duration)>, StoreError> {
     if let Some(key) = &m.idempotency_key {
         let existing = tx
-            .query_opt(
+            .q_opt(
                 &format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages WHERE client = $1 AND idempotency_key = $2"
                 ),
@@ -332,7 +334,7 @@ async fn insert_row(
         Content::Code { code, sms_text } => (code.as_str(), Some(sms_text.as_str())),
         Content::Text(t) => (t.as_str(), None),
     };
-    tx.execute(
+    tx.exec(
         "INSERT INTO messages (id, client, recipient, country, kind, body, sms_text, locale, reference,
             idempotency_key, created_at, expires_at, state, next_attempt_at, only_channel,
             prefix_key, end_user, end_ip)
@@ -406,7 +408,7 @@ pub(super) async fn attempts_of(
     message_id: &str,
 ) -> Result<Vec<Attempt>, StoreError> {
     let rows = c
-        .query(
+        .q(
             "SELECT id, channel, purpose, started_at, ended_at, outcome, provider_id, error_code,
                     detail, receipt, receipt_at
              FROM attempts WHERE message_id = $1 ORDER BY id",

@@ -4,6 +4,8 @@
 //! single use hold across the pair.
 
 use deadpool_postgres::GenericClient;
+
+use super::Cached;
 use subtle::ConstantTimeEq;
 
 use super::messages::{insert_tx, lock_keys};
@@ -31,14 +33,14 @@ async fn retire_message(
     now: Timestamp,
 ) -> Result<(), StoreError> {
     if let Some(mid) = message_id {
-        c.execute(
+        c.exec(
             "UPDATE messages SET state = 'failed', reason = $2, finished_at = $3, body = NULL, sms_text = NULL
              WHERE id = $1 AND state = 'queued'",
             &[&mid, &why, &now.0],
         )
         .await
         .map_err(pg_err)?;
-        c.execute(
+        c.exec(
             "UPDATE messages SET body = NULL, sms_text = NULL WHERE id = $1 AND state NOT IN ('queued', 'sending')",
             &[&mid],
         )
@@ -58,7 +60,7 @@ impl PgStore {
         let rows = self
             .conn()
             .await?
-            .query(crate::store::verify::FINISHED_SINCE, &[&since, &now])
+            .q(crate::store::verify::FINISHED_SINCE, &[&since, &now])
             .await
             .map_err(pg_err)?;
         rows.iter()
@@ -87,7 +89,7 @@ impl PgStore {
         let now = v.message.created_at;
         lock_keys(&tx, std::slice::from_ref(&v.message), &limits, &[&velocity]).await?;
         let older = tx
-            .query(
+            .q(
                 "SELECT id, message_id FROM verifications
                  WHERE client = $1 AND recipient = $2 AND status = 'pending' FOR UPDATE",
                 &[&v.message.client, &&*v.message.recipient],
@@ -108,7 +110,7 @@ impl PgStore {
         for r in &older {
             let oid: &str = r.try_get(0).map_err(pg_err)?;
             let mid: Option<&str> = r.try_get(1).map_err(pg_err)?;
-            tx.execute(
+            tx.exec(
                 "UPDATE verifications SET status = 'canceled', finished_at = $2 WHERE id = $1",
                 &[&oid, &now.0],
             )
@@ -117,7 +119,7 @@ impl PgStore {
             retire_message(&tx, mid, "superseded by a newer verification", now).await?;
         }
         let length = i32::try_from(v.length).unwrap_or(i32::MAX);
-        tx.execute(
+        tx.exec(
             "INSERT INTO verifications (id, client, recipient, message_id, code_hash, length, channel,
                 locale, created_at, expires_at, status)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending')",
@@ -149,7 +151,7 @@ impl PgStore {
         let row = self
             .conn()
             .await?
-            .query_opt(
+            .q_opt(
                 &format!("SELECT {COLUMNS} FROM verifications WHERE id = $1 AND client = $2"),
                 &[&id, &client],
             )
@@ -185,7 +187,7 @@ impl PgStore {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_err)?;
         let row = tx
-            .query_opt(
+            .q_opt(
                 "SELECT code_hash, status, attempts, expires_at, message_id, recipient
                  FROM verifications WHERE id = $1 AND client = $2 FOR UPDATE",
                 &[&id, &client],
@@ -211,7 +213,7 @@ impl PgStore {
             let tx = &tx;
             async move {
                 let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
-                tx.execute(
+                tx.exec(
                     "UPDATE verifications SET status = $2, attempts = $3,
                         finished_at = CASE WHEN $2 = 'pending' THEN finished_at ELSE $4 END
                      WHERE id = $1",
@@ -233,7 +235,7 @@ impl PgStore {
                 set_status("approved", attempts).await?;
                 retire_message(&tx, message_id, "verification completed", now).await?;
                 // The user had the code: asking again later is no sign WhatsApp fails them.
-                tx.execute(
+                tx.exec(
                     "UPDATE recipients SET unconfirmed_since = NULL, unconfirmed_until = NULL
                      WHERE number = $1",
                     &[&recipient],
@@ -275,7 +277,7 @@ impl PgStore {
         // The limit keys before the row, in the order create_verification takes them.
         lock_keys(&tx, std::slice::from_ref(&message), &limits, &[&velocity]).await?;
         let row = tx
-            .query_opt(
+            .q_opt(
                 "SELECT status, sends, expires_at, message_id FROM verifications
                  WHERE id = $1 AND client = $2 FOR UPDATE",
                 &[&id, &client],
@@ -309,7 +311,7 @@ impl PgStore {
         };
         if matches!(result, InsertResult::Created(_)) {
             retire_message(&tx, old_message, "replaced by a resend", now).await?;
-            tx.execute(
+            tx.exec(
                 "UPDATE verifications SET code_hash = $2, message_id = $3, sends = sends + 1 WHERE id = $1",
                 &[&id, &code_hash.as_slice(), &&*mid],
             )
@@ -325,7 +327,7 @@ impl PgStore {
         let row = self
             .conn()
             .await?
-            .query_opt(
+            .q_opt(
                 "SELECT status FROM verifications WHERE message_id = $1",
                 &[&message_id],
             )
