@@ -964,3 +964,193 @@ async fn velocity_limits_hold_across_two_daemons() {
     assert_eq!(row("+919855500001").3.as_deref(), Some("192.0.2.7"));
     assert_eq!(row("+919855500001").2, None);
 }
+
+/// PostgreSQL restarts under a running pair (a fast shutdown, as a failover or `pg_ctl
+/// restart -m fast` does) while codes are being accepted: requests during the outage get a
+/// clear 503 (not a hang), `/readyz` says the store is unreachable, and once the server is
+/// back both daemons, never restarted, accept again (their pools reconnect) and every code
+/// accepted before, during or after reaches a final state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_restarts_under_a_running_pair() {
+    use common::{CLIENT, KEY, Launch, wait_for};
+    use otpgate::sim::cloud_api::{CloudApiSim, Script, SimOptions};
+    use otpgate::sim::config::TestConfig;
+    use otpgate::sim::modem::{Profile, SimModem};
+    use serde_json::json;
+
+    let mut pg = Postgres::start(false);
+    pg.create_db("restart").await;
+    let url = format!("{}?sslmode=disable", pg.url("restart"));
+    let sim = CloudApiSim::start(SimOptions {
+        builtin_rules: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let node = |dir: &std::path::Path| {
+        TestConfig::new(dir)
+            .free_port()
+            .unwrap()
+            .whatsapp_sim(&sim)
+            .policy("prenotify = false")
+            .client(CLIENT, KEY)
+    };
+    // Node a has a modem: a code whose WhatsApp attempt the outage interrupted is never
+    // sent over WhatsApp again, and leaves by SMS.
+    let modem = SimModem::start(Profile::quectel()).unwrap();
+    let cfg_a = node(dir_a.path()).modem("modem0", modem.path());
+    let cfg_b = node(dir_b.path());
+    for (cfg, name) in [(&cfg_a, "a"), (&cfg_b, "b")] {
+        cfg.write().unwrap();
+        join_pair(cfg, &url, name);
+    }
+    let a = Launch::new(&cfg_a).ready().await;
+    let b = Launch::new(&cfg_b).ready().await;
+    // A caller that gives up after a minute: an answer later than that is a hang.
+    let http = otpgate::sim::tls::loopback_client()
+        .unwrap()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let post = |base: String, i: usize| {
+        let http = http.clone();
+        async move {
+            let body = json!({"to": format!("+91981110{i:04}"), "code": format!("Rs{i:04}Qz")});
+            let r = http
+                .post(format!("{base}/v1/messages"))
+                .bearer_auth(KEY)
+                .json(&body)
+                .send()
+                .await
+                .expect("an answer, not a hang or a dropped connection");
+            let status = r.status().as_u16();
+            let v: serde_json::Value = r.json().await.unwrap_or_default();
+            (status, v)
+        }
+    };
+    let mut accepted = Vec::new();
+    let mut i = 0;
+    let mut send = async |base: String, accepted: &mut Vec<String>| {
+        i += 1;
+        let (s, v) = post(base, i).await;
+        if s == 202 {
+            accepted.push(v["id"].as_str().unwrap().to_owned());
+        }
+        (s, v)
+    };
+    for _ in 0..10 {
+        for base in [a.base(), b.base()] {
+            let (s, v) = send(base, &mut accepted).await;
+            assert_eq!(s, 202, "{v}");
+        }
+    }
+
+    wait_for("the first codes sent", async || {
+        let n = sim.requests().len();
+        if n >= 20 { Ok(()) } else { Err(n) }
+    })
+    .await;
+    // Two codes in flight when the server goes: WhatsApp answers after it has stopped, so
+    // neither send can be recorded, and their dispatcher tasks end with the store down.
+    let slow = Script::Delay(Duration::from_secs(2), Box::new(Script::Success));
+    sim.handle().set_default(Some(slow));
+    for base in [a.base(), b.base()] {
+        let (s, v) = send(base, &mut accepted).await;
+        assert_eq!(s, 202, "{v}");
+    }
+    wait_for("two codes in flight", async || {
+        let n = sim.requests().len();
+        if n >= 22 { Ok(()) } else { Err(n) }
+    })
+    .await;
+    sim.handle().set_default(None);
+    pg.stop();
+    for base in [a.base(), b.base()] {
+        let (s, v) = send(base.clone(), &mut accepted).await;
+        assert_eq!(
+            (s, &v["error"]["code"]),
+            (503, &serde_json::json!("unavailable")),
+            "during the outage: {v}"
+        );
+        let (s, ready) = common::fetch_json(http.get(format!("{base}/readyz"))).await;
+        assert_eq!(s, 503, "{ready}");
+        assert_eq!(ready["store"], "error", "{ready}");
+    }
+    // Long enough for the dispatchers and heartbeats to fail a few times.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.resume();
+
+    // Without restarting the daemons: both accept again.
+    for base in [a.base(), b.base()] {
+        let (s, v) = wait_for("a 202 after the restart", async || {
+            let (s, v) = send(base.clone(), &mut accepted).await;
+            if s == 202 {
+                Ok((s, v))
+            } else {
+                Err(format!("{s} {v}"))
+            }
+        })
+        .await;
+        assert_eq!(s, 202, "{v}");
+        let (s, ready) = common::fetch_json(http.get(format!("{base}/readyz"))).await;
+        assert_eq!(s, 200, "{ready}");
+    }
+    for _ in 0..5 {
+        for base in [a.base(), b.base()] {
+            let (s, v) = send(base, &mut accepted).await;
+            assert_eq!(s, 202, "{v}");
+        }
+    }
+    // Every accepted code ends, whichever node and whenever it was accepted.
+    let base = a.base();
+    for id in &accepted {
+        wait_for(format!("{id} to end"), async || {
+            let url = format!("{base}/v1/messages/{id}");
+            let (_, v) = common::fetch_json(http.get(url).bearer_auth(KEY)).await;
+            if ["sent", "delivered", "failed", "expired"]
+                .contains(&v["status"].as_str().unwrap_or(""))
+            {
+                Ok(())
+            } else {
+                Err(v)
+            }
+        })
+        .await;
+    }
+    // The two sends the outage cut off were taken back as interrupted (their node no longer
+    // renewed their leases once its tasks ended), never repeated over WhatsApp, and left by
+    // SMS through node a's modem.
+    let db = pg.client("restart").await;
+    let interrupted: i64 = db
+        .query_one(
+            "SELECT count(*) FROM attempts WHERE channel = 'whatsapp' AND outcome = 'interrupted'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(interrupted, 2);
+    let mut per_number = std::collections::HashMap::<String, usize>::new();
+    for r in sim.requests() {
+        if let Some(to) = r
+            .json
+            .as_ref()
+            .and_then(|j| j["to"].as_str().map(str::to_owned))
+        {
+            *per_number.entry(to).or_default() += 1;
+        }
+    }
+    assert!(
+        per_number.values().all(|n| *n == 1),
+        "a code went twice over WhatsApp: {per_number:?}"
+    );
+    assert_eq!(modem.received().len(), 2, "the interrupted codes by SMS");
+    for base in [a.base(), b.base()] {
+        let (s, _) = common::fetch(http.get(format!("{base}/healthz"))).await;
+        assert_eq!(s, 200, "the daemon at {base} is still up");
+    }
+    // Neither daemon logged a code.
+    let log = format!("{}{}", a.log(), b.log());
+    assert!(!log.contains("Rs0001Qz"), "a code appeared in a log");
+}

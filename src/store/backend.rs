@@ -190,6 +190,16 @@ impl Store {
         }
     }
 
+    /// The dispatcher is done with a message [`Store::claim_due`] gave it (whatever became
+    /// of it). PostgreSQL: the heartbeat renews the leases of claimed messages only until
+    /// then, so one that a store outage left 'sending' is not held by this node forever.
+    /// SQLite: nothing.
+    pub fn release_claim(&self, message_id: &str) {
+        if let Backend::Postgres(p) = &self.backend {
+            p.release_claim(message_id);
+        }
+    }
+
     /// Whether this node has a ready modem (PostgreSQL: it claims SMS steps only then).
     pub fn set_sms_ready(&self, ready: bool) {
         if let Backend::Postgres(p) = &self.backend {

@@ -166,6 +166,34 @@ pg_stat_statements.track_utility = on
         pg
     }
 
+    /// Stops the server (fast shutdown: sessions end, as in a failover or `pg_ctl restart
+    /// -m fast`) and waits until it is gone; [`Postgres::resume`] starts it again on the
+    /// same port and data.
+    pub fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server [`Postgres::stop`] stopped, and waits until it answers.
+    pub fn resume(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .unwrap();
+        self.child = as_server_user(&mut Command::new(bin_dir().join("postgres")))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.wait_ready();
+    }
+
     fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -120,6 +120,9 @@ impl PgStore {
                 Err(e) => return Err(e),
             }
         }
+        if let Ok(mut w) = self.working.lock() {
+            w.extend(out.iter().map(|m| m.id.to_string()));
+        }
         Ok((out, usize::try_from(expired).unwrap_or(usize::MAX)))
     }
 
@@ -266,8 +269,10 @@ impl PgStore {
         Ok(())
     }
 
-    /// This node's heartbeat: its row in `nodes`, and its leases renewed (what it works on
-    /// stays its own while it lives). Call it well within a lease.
+    /// This node's heartbeat: its row in `nodes`, and the leases of what its dispatcher is
+    /// still working on renewed (that stays its own while it lives; a message an outage left
+    /// 'sending' after its task ended is not renewed, and is taken back). Call it well within
+    /// a lease.
     pub async fn heartbeat(&self, now: Timestamp, has_modem: bool) -> Result<u64, StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_err)?;
@@ -285,8 +290,9 @@ impl PgStore {
         .map_err(pg_err)?;
         let renewed = tx
             .exec(
-                "UPDATE messages SET lease_until = $2::bigint + $3::bigint WHERE state = 'sending' AND claimed_by = $1",
-                &[&self.node, &now.0, &ms(self.lease)],
+                "UPDATE messages SET lease_until = $2::bigint + $3::bigint
+                 WHERE state = 'sending' AND claimed_by = $1 AND id = ANY($4)",
+                &[&self.node, &now.0, &ms(self.lease), &self.working()],
             )
             .await
             .map_err(pg_err)?;

@@ -24,8 +24,9 @@ mod verify;
 
 pub use claim::Peer;
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use deadpool_postgres::{
@@ -78,6 +79,9 @@ pub struct PgStore {
     lease: Duration,
     /// When this node last looked for run-out leases and lifetimes (unix ms).
     swept_at: Arc<AtomicI64>,
+    /// The messages this node claimed and is still working on: the only leases its
+    /// heartbeat renews.
+    working: Arc<Mutex<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -180,6 +184,7 @@ impl PgStore {
             node: cfg.node.clone(),
             lease: cfg.lease,
             swept_at: Arc::new(AtomicI64::new(0)),
+            working: Arc::new(Mutex::new(HashSet::new())),
         })
     }
 
@@ -199,6 +204,21 @@ impl PgStore {
     /// This node's name.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// The dispatcher is done with a claimed message: its lease is no longer renewed.
+    pub fn release_claim(&self, message_id: &str) {
+        if let Ok(mut w) = self.working.lock() {
+            w.remove(message_id);
+        }
+    }
+
+    /// The claimed messages still worked on here.
+    fn working(&self) -> Vec<String> {
+        self.working
+            .lock()
+            .map(|w| w.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// How long a claim holds a message.
