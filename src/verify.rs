@@ -126,7 +126,15 @@ pub async fn start(
         channel: r.channel,
         message: p.message,
     };
-    let result = app.store.create_verification(new, p.limits).await;
+    let result = match app
+        .store
+        .create_verification_counted(new, p.limits, p.velocity)
+        .await
+    {
+        Ok(Err(v)) => return Err(submit::velocity_limited(v)),
+        Ok(Ok(r)) => Ok(r),
+        Err(e) => Err(e),
+    };
     if !matches!(result, Ok(InsertResult::Created(_))) {
         // Nothing was stored: the velocity place this request took is given back.
         app.abuse.release(p.ticket);
@@ -223,16 +231,18 @@ pub async fn resend(
     p.message.expires_at = v.expires_at;
     let r = app
         .store
-        .resend_verification(
+        .resend_verification_counted(
             id,
             &client.name,
             hash,
             p.message,
             cfg.verify.max_sends,
             p.limits,
+            p.velocity,
         )
         .await
-        .map_err(|_| ApiError::unavailable())?;
+        .map_err(|_| ApiError::unavailable())?
+        .map_err(submit::velocity_limited)?;
     match r {
         Resend::Stored(r @ InsertResult::Created(_)) => {
             intake.stored(Ok(r))?;

@@ -173,8 +173,10 @@ async fn limits_and_idempotency_keys_hold_across_two_nodes() {
             node.insert(
                 msg(&format!("r{i}"), "+919800000001", 1_000_000 + i, None),
                 limits,
+                vec![],
             )
             .await
+            .unwrap()
             .unwrap()
         }));
     }
@@ -193,22 +195,35 @@ async fn limits_and_idempotency_keys_hold_across_two_nodes() {
     assert_eq!((created, limited), (5, 7));
     // Another number is not affected.
     let other = b
-        .insert(msg("o1", "+919800000002", 1_000_100, None), limits.clone())
+        .insert(
+            msg("o1", "+919800000002", 1_000_100, None),
+            limits.clone(),
+            vec![],
+        )
         .await
+        .unwrap()
         .unwrap();
     assert!(matches!(other, InsertResult::Created(_)));
     assert_eq!(a.queue_depth().await.unwrap(), 6);
 
     // One key, sent to both nodes at once: one message.
     let (x, y) = tokio::join!(
-        a.insert(msg("k-a", "+919800000003", 1_000_200, Some("K1")), vec![]),
-        b.insert(msg("k-b", "+919800000003", 1_000_200, Some("K1")), vec![])
+        a.insert(
+            msg("k-a", "+919800000003", 1_000_200, Some("K1")),
+            vec![],
+            vec![]
+        ),
+        b.insert(
+            msg("k-b", "+919800000003", 1_000_200, Some("K1")),
+            vec![],
+            vec![]
+        )
     );
     let id = |r: &InsertResult| match r {
         InsertResult::Created(m) | InsertResult::Existing(m) => m.id.to_string(),
         other => panic!("{other:?}"),
     };
-    let (x, y) = (x.unwrap(), y.unwrap());
+    let (x, y) = (x.unwrap().unwrap(), y.unwrap().unwrap());
     assert_eq!(id(&x), id(&y));
     assert_eq!(
         [&x, &y]
@@ -218,8 +233,13 @@ async fn limits_and_idempotency_keys_hold_across_two_nodes() {
         1
     );
     let conflict = b
-        .insert(msg("k-c", "+919800000004", 1_000_300, Some("K1")), vec![])
+        .insert(
+            msg("k-c", "+919800000004", 1_000_300, Some("K1")),
+            vec![],
+            vec![],
+        )
         .await
+        .unwrap()
         .unwrap();
     assert!(matches!(conflict, InsertResult::KeyConflict));
     // What one node accepted, the other reads.
@@ -251,7 +271,7 @@ async fn nodes_share_the_queue_and_take_over_an_expired_lease_without_repeating_
             1_000,
             None,
         );
-        a.insert(m, vec![]).await.unwrap();
+        a.insert(m, vec![], vec![]).await.unwrap().unwrap();
     }
     // Both nodes claim at once: every message once, none twice.
     let (x, y) = tokio::join!(
@@ -365,7 +385,10 @@ async fn a_verification_made_on_one_node_is_checked_on_the_other_and_the_prenoti
         message: msg("vm1", "+919800000501", 1_000, None),
     };
     assert!(matches!(
-        a.create_verification(v, vec![]).await.unwrap(),
+        a.create_verification(v, vec![], vec![])
+            .await
+            .unwrap()
+            .unwrap(),
         InsertResult::Created(_)
     ));
     // Five wrong codes spread over both nodes at once: exactly max_attempts counted.
@@ -398,7 +421,10 @@ async fn a_verification_made_on_one_node_is_checked_on_the_other_and_the_prenoti
         channel: None,
         message: msg("vm2", "+919800000502", 1_000, None),
     };
-    a.create_verification(v2, vec![]).await.unwrap();
+    a.create_verification(v2, vec![], vec![])
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(
         b.check_verification("VE2", "c", hash, 5, Timestamp(2_000))
             .await
@@ -488,7 +514,10 @@ async fn two_daemons_share_one_queue_and_one_survives_the_other_s_kill_9() {
             .client(CLIENT, KEY)
     };
     let cfg_a = node(dir_a.path(), &sim_a).modem("modem0", modem.path());
-    let cfg_b = node(dir_b.path(), &sim_b);
+    // b's sends hang past the run: what it has in flight when it dies is still open (with
+    // the default 4 s timeout, a slow run let b's attempts time out and its WhatsApp circuit
+    // open before the kill, and b died with nothing in flight).
+    let cfg_b = node(dir_b.path(), &sim_b).whatsapp_lines("timeout = \"120s\"");
     for (cfg, name) in [(&cfg_a, "a"), (&cfg_b, "b")] {
         cfg.write().unwrap();
         join_pair(cfg, &url, name);
@@ -529,14 +558,19 @@ async fn two_daemons_share_one_queue_and_one_survives_the_other_s_kill_9() {
     assert!(s1 / 100 == 2 && s2 / 100 == 2, "{s1} {v1} {s2} {v2}");
     assert_eq!(v1["id"], v2["id"], "one key made two messages");
 
-    // The run: 2,000 codes round-robin.
+    // The run: 2,000 codes round-robin, 256 requests at a time: all 2,000 at once come near
+    // each node's 1,024 connections (`server.max_connections`), and a loaded machine went past
+    // it (the busy answer, the connection closed: a reset at the caller).
+    let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(256));
     let mut tasks = Vec::new();
     for i in 0..2000 {
         let base = if i % 2 == 0 { a.base() } else { b.base() };
         let code = format!("Pg{i:05}Xw");
         let body = json!({"to": format!("+9198766{i:05}"), "code": code});
         let post = post(base, body);
+        let gate = gate.clone();
         tasks.push(tokio::spawn(async move {
+            let _turn = gate.acquire_owned().await.unwrap();
             let (s, v) = post.await;
             (s, v["id"].as_str().map(str::to_owned), code)
         }));
@@ -778,4 +812,345 @@ async fn a_fallback_on_the_node_without_a_modem_goes_out_through_the_other() {
     assert_eq!((s, &v["status"]), (200, &json!("approved")), "{v}");
     let (_, v) = check(b.base(), code).await;
     assert_ne!(v["status"], "pending", "the approval is shared: {v}");
+}
+
+/// The velocity limits hold across two real daemons: a number block, an end user and an
+/// address each fill up with requests split between the nodes, and the request over the limit
+/// gets the same 429 (code, field, Retry-After) from the *other* node. Each node counting in
+/// its own memory let the pair through twice the limit. The keys are on the rows (NULL where
+/// the caller named no user or address), so they go when housekeeping purges the row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn velocity_limits_hold_across_two_daemons() {
+    use common::{CLIENT, KEY, Launch};
+    use otpgate::sim::cloud_api::{CloudApiSim, SimOptions};
+    use otpgate::sim::config::TestConfig;
+    use serde_json::{Value, json};
+
+    let pg = Postgres::start(false);
+    pg.create_db("velocity").await;
+    let url = format!("{}?sslmode=disable", pg.url("velocity"));
+    let sim = CloudApiSim::start(SimOptions::default()).await.unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let node = |dir: &std::path::Path| {
+        TestConfig::new(dir)
+            .free_port()
+            .unwrap()
+            .whatsapp_sim(&sim)
+            .policy("prenotify = false")
+            .limits(
+                "per_prefix = \"2/1h\"\nprefix_digits = 3\nper_user = \"2/1h\"\nper_ip = \"2/1h\"",
+            )
+            .client(CLIENT, KEY)
+    };
+    let (cfg_a, cfg_b) = (node(dir_a.path()), node(dir_b.path()));
+    for (cfg, name) in [(&cfg_a, "a"), (&cfg_b, "b")] {
+        cfg.write().unwrap();
+        join_pair(cfg, &url, name);
+    }
+    let a = Launch::new(&cfg_a).ready().await;
+    let b = Launch::new(&cfg_b).ready().await;
+    let http = common::http_client();
+    let post = |base: String, path: &'static str, body: Value| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .post(format!("{base}{path}"))
+                .bearer_auth(KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            (status, retry, v)
+        }
+    };
+    // (what, the two accepted bodies, the one over the limit, its code and field). Each case
+    // uses its own numbers, user and address, so only its own limit can refuse it.
+    let cases = [
+        (
+            "per_prefix",
+            [
+                json!({"to": "+919812345001", "code": "Vp0001Qz"}),
+                json!({"to": "+919812345002", "code": "Vp0002Qz"}),
+            ],
+            json!({"to": "+919812345003", "code": "Vp0003Qz"}),
+            "prefix_limited",
+            "to",
+        ),
+        (
+            "per_user",
+            [
+                json!({"to": "+919822200001", "code": "Vu0001Qz", "user": "alice"}),
+                json!({"to": "+919833300001", "code": "Vu0002Qz", "user": "alice"}),
+            ],
+            json!({"to": "+919844400001", "code": "Vu0003Qz", "user": "alice"}),
+            "user_limited",
+            "user",
+        ),
+        (
+            "per_ip",
+            [
+                json!({"to": "+919855500001", "code": "Vi0001Qz", "ip": "192.0.2.7"}),
+                json!({"to": "+919866600001", "code": "Vi0002Qz", "ip": "192.0.2.7"}),
+            ],
+            json!({"to": "+919877700001", "code": "Vi0003Qz", "ip": "192.0.2.7"}),
+            "ip_limited",
+            "ip",
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (what, [first, second], over, code, field) in cases {
+        // One accepted by each node, then the next refused by both.
+        for (base, body) in [(a.base(), first), (b.base(), second)] {
+            let (s, _, v) = post(base, "/v1/messages", body).await;
+            assert_eq!(s, 202, "{what}: {v}");
+        }
+        for (name, base) in [("a", a.base()), ("b", b.base())] {
+            let (s, retry, v) = post(base, "/v1/messages", over.clone()).await;
+            let e = &v["error"];
+            let got = (s, e["code"].as_str(), e["field"].as_str());
+            if got != (429, Some(code), Some(field)) || retry.is_none_or(|r| r <= 3000) {
+                wrong.push(format!("{what} on node {name}: {s} {retry:?} {v}"));
+            }
+        }
+    }
+    // A verification for the same end user, on the node that took neither of its messages
+    // last, is counted with them: the Verify door shares the limit too.
+    let (s, _, v) = post(
+        b.base(),
+        "/v1/verifications",
+        json!({"to": "+919888800001", "user": "alice"}),
+    )
+    .await;
+    if (s, v["error"]["code"].as_str()) != (429, Some("user_limited")) {
+        wrong.push(format!("per_user on a verification: {s} {v}"));
+    }
+    assert!(
+        wrong.is_empty(),
+        "the pair let through more than its limit:\n{}",
+        wrong.join("\n")
+    );
+    // What the count needs is on the rows, NULL where the caller named nothing.
+    let db = pg.client("velocity").await;
+    type KeyRow = (String, Option<String>, Option<String>, Option<String>);
+    let rows: Vec<KeyRow> = db
+        .query(
+            "SELECT recipient, prefix_key, end_user, end_ip FROM messages ORDER BY recipient",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
+        .collect();
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    let row = |to: &str| rows.iter().find(|r| r.0 == to).unwrap().clone();
+    assert_eq!(
+        row("+919812345001"),
+        (
+            "+919812345001".into(),
+            Some("+919812345".into()),
+            None,
+            None
+        )
+    );
+    assert_eq!(row("+919822200001").2.as_deref(), Some("alice"));
+    assert_eq!(row("+919822200001").3, None);
+    assert_eq!(row("+919855500001").3.as_deref(), Some("192.0.2.7"));
+    assert_eq!(row("+919855500001").2, None);
+}
+
+/// PostgreSQL restarts under a running pair (a fast shutdown, as a failover or `pg_ctl
+/// restart -m fast` does) while codes are being accepted: requests during the outage get a
+/// clear 503 (not a hang), `/readyz` says the store is unreachable, and once the server is
+/// back both daemons, never restarted, accept again (their pools reconnect) and every code
+/// accepted before, during or after reaches a final state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_database_restarts_under_a_running_pair() {
+    use common::{CLIENT, KEY, Launch, wait_for};
+    use otpgate::sim::cloud_api::{CloudApiSim, Script, SimOptions};
+    use otpgate::sim::config::TestConfig;
+    use otpgate::sim::modem::{Profile, SimModem};
+    use serde_json::json;
+
+    let mut pg = Postgres::start(false);
+    pg.create_db("restart").await;
+    let url = format!("{}?sslmode=disable", pg.url("restart"));
+    let sim = CloudApiSim::start(SimOptions {
+        builtin_rules: false,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let node = |dir: &std::path::Path| {
+        TestConfig::new(dir)
+            .free_port()
+            .unwrap()
+            .whatsapp_sim(&sim)
+            .policy("prenotify = false")
+            .client(CLIENT, KEY)
+    };
+    // Node a has a modem: a code whose WhatsApp attempt the outage interrupted is never
+    // sent over WhatsApp again, and leaves by SMS.
+    let modem = SimModem::start(Profile::quectel()).unwrap();
+    let cfg_a = node(dir_a.path()).modem("modem0", modem.path());
+    let cfg_b = node(dir_b.path());
+    for (cfg, name) in [(&cfg_a, "a"), (&cfg_b, "b")] {
+        cfg.write().unwrap();
+        join_pair(cfg, &url, name);
+    }
+    let a = Launch::new(&cfg_a).ready().await;
+    let b = Launch::new(&cfg_b).ready().await;
+    // A caller that gives up after a minute: an answer later than that is a hang.
+    let http = otpgate::sim::tls::loopback_client()
+        .unwrap()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let post = |base: String, i: usize| {
+        let http = http.clone();
+        async move {
+            let body = json!({"to": format!("+91981110{i:04}"), "code": format!("Rs{i:04}Qz")});
+            let r = http
+                .post(format!("{base}/v1/messages"))
+                .bearer_auth(KEY)
+                .json(&body)
+                .send()
+                .await
+                .expect("an answer, not a hang or a dropped connection");
+            let status = r.status().as_u16();
+            let v: serde_json::Value = r.json().await.unwrap_or_default();
+            (status, v)
+        }
+    };
+    let mut accepted = Vec::new();
+    let mut i = 0;
+    let mut send = async |base: String, accepted: &mut Vec<String>| {
+        i += 1;
+        let (s, v) = post(base, i).await;
+        if s == 202 {
+            accepted.push(v["id"].as_str().unwrap().to_owned());
+        }
+        (s, v)
+    };
+    for _ in 0..10 {
+        for base in [a.base(), b.base()] {
+            let (s, v) = send(base, &mut accepted).await;
+            assert_eq!(s, 202, "{v}");
+        }
+    }
+
+    wait_for("the first codes sent", async || {
+        let n = sim.requests().len();
+        if n >= 20 { Ok(()) } else { Err(n) }
+    })
+    .await;
+    // Two codes in flight when the server goes: WhatsApp answers after it has stopped, so
+    // neither send can be recorded, and their dispatcher tasks end with the store down.
+    let slow = Script::Delay(Duration::from_secs(2), Box::new(Script::Success));
+    sim.handle().set_default(Some(slow));
+    for base in [a.base(), b.base()] {
+        let (s, v) = send(base, &mut accepted).await;
+        assert_eq!(s, 202, "{v}");
+    }
+    wait_for("two codes in flight", async || {
+        let n = sim.requests().len();
+        if n >= 22 { Ok(()) } else { Err(n) }
+    })
+    .await;
+    sim.handle().set_default(None);
+    pg.stop();
+    for base in [a.base(), b.base()] {
+        let (s, v) = send(base.clone(), &mut accepted).await;
+        assert_eq!(
+            (s, &v["error"]["code"]),
+            (503, &serde_json::json!("unavailable")),
+            "during the outage: {v}"
+        );
+        let (s, ready) = common::fetch_json(http.get(format!("{base}/readyz"))).await;
+        assert_eq!(s, 503, "{ready}");
+        assert_eq!(ready["store"], "error", "{ready}");
+    }
+    // Long enough for the dispatchers and heartbeats to fail a few times.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    pg.resume();
+
+    // Without restarting the daemons: both accept again.
+    for base in [a.base(), b.base()] {
+        let (s, v) = wait_for("a 202 after the restart", async || {
+            let (s, v) = send(base.clone(), &mut accepted).await;
+            if s == 202 {
+                Ok((s, v))
+            } else {
+                Err(format!("{s} {v}"))
+            }
+        })
+        .await;
+        assert_eq!(s, 202, "{v}");
+        let (s, ready) = common::fetch_json(http.get(format!("{base}/readyz"))).await;
+        assert_eq!(s, 200, "{ready}");
+    }
+    for _ in 0..5 {
+        for base in [a.base(), b.base()] {
+            let (s, v) = send(base, &mut accepted).await;
+            assert_eq!(s, 202, "{v}");
+        }
+    }
+    // Every accepted code ends, whichever node and whenever it was accepted.
+    let base = a.base();
+    for id in &accepted {
+        wait_for(format!("{id} to end"), async || {
+            let url = format!("{base}/v1/messages/{id}");
+            let (_, v) = common::fetch_json(http.get(url).bearer_auth(KEY)).await;
+            if ["sent", "delivered", "failed", "expired"]
+                .contains(&v["status"].as_str().unwrap_or(""))
+            {
+                Ok(())
+            } else {
+                Err(v)
+            }
+        })
+        .await;
+    }
+    // The two sends the outage cut off were taken back as interrupted (their node no longer
+    // renewed their leases once its tasks ended), never repeated over WhatsApp, and left by
+    // SMS through node a's modem.
+    let db = pg.client("restart").await;
+    let interrupted: i64 = db
+        .query_one(
+            "SELECT count(*) FROM attempts WHERE channel = 'whatsapp' AND outcome = 'interrupted'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(interrupted, 2);
+    let mut per_number = std::collections::HashMap::<String, usize>::new();
+    for r in sim.requests() {
+        if let Some(to) = r
+            .json
+            .as_ref()
+            .and_then(|j| j["to"].as_str().map(str::to_owned))
+        {
+            *per_number.entry(to).or_default() += 1;
+        }
+    }
+    assert!(
+        per_number.values().all(|n| *n == 1),
+        "a code went twice over WhatsApp: {per_number:?}"
+    );
+    assert_eq!(modem.received().len(), 2, "the interrupted codes by SMS");
+    for base in [a.base(), b.base()] {
+        let (s, _) = common::fetch(http.get(format!("{base}/healthz"))).await;
+        assert_eq!(s, 200, "the daemon at {base} is still up");
+    }
+    // Neither daemon logged a code.
+    let log = format!("{}{}", a.log(), b.log());
+    assert!(!log.contains("Rs0001Qz"), "a code appeared in a log");
 }

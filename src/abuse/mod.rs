@@ -13,7 +13,7 @@ use std::time::Duration;
 pub use breaker::Breaker;
 pub use velocity::{Scope, Ticket, Velocity, prefix_of};
 
-use crate::config::Config;
+use crate::config::{Config, Rate};
 
 /// Who the caller says the code is for: its end user and that user's address. Optional; a
 /// caller that names them gets `limits.per_user` and `limits.per_ip`.
@@ -67,6 +67,26 @@ impl Caller {
     }
 }
 
+/// The velocity limits configured for this number and caller, each with the key it counts
+/// under: one function for the in-memory counts ([`Abuse::admit`]) and the shared ones a pair
+/// keeps on the message row in PostgreSQL.
+pub fn velocity_keys(cfg: &Config, e164: &str, caller: &Caller) -> Vec<(Scope, String, Rate)> {
+    let l = &cfg.limits;
+    let mut keys = Vec::new();
+    if let Some(r) = l.per_prefix
+        && let Some(p) = prefix_of(e164, l.prefix_digits)
+    {
+        keys.push((Scope::Prefix, p.to_owned(), r));
+    }
+    if let (Some(r), Some(u)) = (l.per_user, &caller.user) {
+        keys.push((Scope::User, u.clone(), r));
+    }
+    if let (Some(r), Some(ip)) = (l.per_ip, caller.ip_key()) {
+        keys.push((Scope::Ip, ip, r));
+    }
+    keys
+}
+
 /// The gateway's abuse state: velocity counts and the conversion breaker.
 #[derive(Default)]
 pub struct Abuse {
@@ -85,19 +105,7 @@ impl Abuse {
         caller: &Caller,
         now: i64,
     ) -> Result<Ticket, (Scope, Duration)> {
-        let l = &cfg.limits;
-        let mut keys = Vec::new();
-        if let Some(r) = l.per_prefix
-            && let Some(p) = prefix_of(e164, l.prefix_digits)
-        {
-            keys.push((Scope::Prefix, p.to_owned(), r));
-        }
-        if let (Some(r), Some(u)) = (l.per_user, &caller.user) {
-            keys.push((Scope::User, u.clone(), r));
-        }
-        if let (Some(r), Some(ip)) = (l.per_ip, caller.ip_key()) {
-            keys.push((Scope::Ip, ip, r));
-        }
+        let keys = velocity_keys(cfg, e164, caller);
         if keys.is_empty() {
             return Ok(Ticket::default());
         }
@@ -119,6 +127,10 @@ impl Abuse {
         let Some(rate) = cfg.limits.per_prefix else {
             return Ok(0);
         };
+        if store.is_shared() {
+            // A pair counts in PostgreSQL, from the rows themselves.
+            return Ok(0);
+        }
         let window = i64::try_from(rate.window.as_millis()).unwrap_or(i64::MAX);
         let sends: Vec<(String, i64)> = store
             .recipients_since(now.saturating_sub(window))

@@ -7,6 +7,10 @@
 //! live in memory. The outbox holds every accepted number, so the block counts are rebuilt
 //! from it at start ([`Velocity::seed`]); the end user and address are not stored, so those
 //! counts start empty after a restart.
+//!
+//! This is the single box's (SQLite's) counter. On PostgreSQL these counts are not kept here:
+//! the keys ([`super::velocity_keys`]) are stored on the message row and counted in the accept
+//! transaction, so the limits hold across a pair (`store::postgres`).
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;

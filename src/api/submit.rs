@@ -10,7 +10,7 @@ use http::StatusCode;
 
 use super::error::ApiError;
 use super::{App, retry_after_secs};
-use crate::abuse::{Caller, Scope, Ticket, breaker, prefix_of};
+use crate::abuse::{Caller, Scope, Ticket, breaker, prefix_of, velocity_keys};
 use crate::channel::{ChannelKind, Content};
 use crate::clock::Timestamp;
 use crate::config::{ClientConfig, Config, Rate};
@@ -18,7 +18,10 @@ use crate::content::{self, ExtractError, MAX_CODE_LEN};
 use crate::dispatch::policy;
 use crate::domain::{E164, MessageId};
 use crate::phone::{self, Number};
-use crate::store::{BatchResult, InsertResult, LimitScope, Message, NewMessage, StoreError};
+use crate::store::{
+    BatchResult, InsertResult, LimitScope, Message, NewMessage, StoreError, VelocityKeys,
+    VelocityLimited,
+};
 
 /// A validated request to accept a message, whichever front door it came through.
 #[derive(Clone, Debug)]
@@ -70,6 +73,9 @@ pub struct Prepared {
     pub limits: Vec<(LimitScope, Rate)>,
     /// The places it took under the velocity limits; given back if the store refuses it.
     pub ticket: Ticket,
+    /// The velocity limits and keys the store counts it under, in the accept transaction
+    /// (a pair on PostgreSQL; empty on SQLite, which counted them in `ticket`).
+    pub velocity: VelocityKeys,
 }
 
 /// The pipeline for one request: the gateway, the one config snapshot the request reads, and
@@ -100,11 +106,19 @@ impl<'r> Intake<'r> {
         self.admit(&number, &s)?;
         let now = self.app.clock.now();
         self.pause_sms(&number, &mut s, now)?;
-        let ticket = self
-            .app
-            .abuse
-            .admit(self.cfg, &number.e164, caller, now.0)
-            .map_err(|(scope, wait)| velocity_refusal(scope, wait))?;
+        // A pair counts them in PostgreSQL (each node's memory sees half the traffic); counting
+        // here as well would halve the limits.
+        let (ticket, velocity) = if self.app.store.counts_velocity() {
+            let keys = velocity_keys(self.cfg, &number.e164, caller);
+            (Ticket::default(), keys)
+        } else {
+            let ticket = self
+                .app
+                .abuse
+                .admit(self.cfg, &number.e164, caller, now.0)
+                .map_err(|(scope, wait)| velocity_refusal(scope, wait))?;
+            (ticket, Vec::new())
+        };
         // The number's parts move into the row: it stays one typed value up to the store.
         let Number {
             e164,
@@ -138,6 +152,7 @@ impl<'r> Intake<'r> {
             message,
             limits,
             ticket,
+            velocity,
         })
     }
 
@@ -288,6 +303,7 @@ impl<'r> Intake<'r> {
             ]);
         }
         let mut prepared: Vec<Prepared> = Vec::with_capacity(numbers.len());
+        let mut velocity = Vec::with_capacity(numbers.len());
         let mut tickets = Vec::with_capacity(numbers.len());
         for to in numbers {
             let mut p = match self.prepare_for(Submission::plain(to, content.clone(), ttl), caller)
@@ -305,6 +321,7 @@ impl<'r> Intake<'r> {
             {
                 self.app.abuse.release(ticket);
             } else {
+                velocity.push(std::mem::take(&mut p.velocity));
                 prepared.push(p);
                 tickets.push(ticket);
             }
@@ -318,7 +335,17 @@ impl<'r> Intake<'r> {
             .map(|p| p.message.recipient.clone())
             .collect();
         let messages = prepared.into_iter().map(|p| p.message).collect();
-        match self.app.store.insert_all(messages, limits).await {
+        let stored = self
+            .app
+            .store
+            .insert_all_counted(messages, limits, velocity)
+            .await;
+        let stored = match stored {
+            Ok(Err(v)) => return Err(velocity_limited(v)),
+            Ok(Ok(r)) => Ok(r),
+            Err(e) => Err(e),
+        };
+        match stored {
             Ok(BatchResult::Stored(results)) => {
                 for (r, t) in results.iter().zip(tickets) {
                     if !matches!(r, InsertResult::Created(_)) {
@@ -356,12 +383,28 @@ impl<'r> Intake<'r> {
     /// [`Intake::accept`] for a caller that named its end user.
     pub async fn accept_for(&self, s: Submission, caller: &Caller) -> Result<Accepted, ApiError> {
         let p = self.prepare_for(s, caller)?;
-        let r = self.app.store.insert(p.message, p.limits).await;
+        let r = self
+            .app
+            .store
+            .insert_counted(p.message, p.limits, p.velocity)
+            .await;
+        let r = match r {
+            // Only a pair refuses here, and it took no place in memory.
+            Ok(Err(v)) => return Err(velocity_limited(v)),
+            Ok(Ok(r)) => Ok(r),
+            Err(e) => Err(e),
+        };
         if !matches!(r, Ok(InsertResult::Created(_))) {
             self.app.abuse.release(p.ticket);
         }
         self.stored(r)
     }
+}
+
+/// A velocity limit counted in the store (a pair) refused the message: the same answer as
+/// when this process counted it.
+pub fn velocity_limited(v: VelocityLimited) -> ApiError {
+    velocity_refusal(v.scope, v.retry_after)
 }
 
 /// A velocity limit's refusal: 429 with the scope's own code, the field it counts by, and

@@ -292,6 +292,7 @@ impl Dispatcher {
             let Ok(permit) = self.0.slots.clone().try_acquire_owned() else {
                 // Cannot happen (we asked for at most `free`); put it back rather than drop it.
                 self.0.store.requeue(&m.id, now, None).await?;
+                self.0.store.release_claim(&m.id);
                 continue;
             };
             let me = self.clone();
@@ -302,6 +303,9 @@ impl Dispatcher {
                     let retry = me.0.clock.now().plus(Duration::from_secs(1));
                     let _ = me.0.store.requeue(&id, retry, None).await;
                 }
+                // No longer worked on here: on a pair its lease is not renewed any more, so a
+                // message a store outage left 'sending' is taken back when the lease runs out.
+                me.0.store.release_claim(&id);
                 drop(permit);
                 me.wake();
             });

@@ -16,6 +16,7 @@ use super::{
     NewMessage, NewVerification, ReceiptEffect, RecipientInfo, Resend, Settlement, SqliteStore,
     StoreError, Verification,
 };
+use crate::abuse::Scope;
 use crate::channel::{Outcome, ReceiptStatus};
 use crate::clock::Timestamp;
 use crate::config::{Rate, StoreBackend, StoreConfig};
@@ -55,6 +56,33 @@ pub struct NodeView {
     pub node: String,
     /// Every node's last heartbeat (this one included).
     pub peers: Vec<Peer>,
+}
+
+/// The velocity limits (`limits.per_prefix`, `per_user`, `per_ip`) one message is counted
+/// under, each with its key. A pair stores the keys on the message row and counts them in the
+/// accept transaction ([`Store::counts_velocity`]); a single box counts them in memory
+/// (`abuse::Velocity`) and is never given any.
+pub type VelocityKeys = Vec<(Scope, String, Rate)>;
+
+/// A velocity limit is full (PostgreSQL); nothing was stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VelocityLimited {
+    /// Which message of a batch (0 for one message).
+    pub index: usize,
+    /// Which limit.
+    pub scope: Scope,
+    /// When a place frees.
+    pub retry_after: Duration,
+}
+
+/// The answer of a PostgreSQL call given no velocity keys, which cannot be a velocity refusal.
+fn uncounted<T>(r: Result<Result<T, VelocityLimited>, StoreError>) -> Result<T, StoreError> {
+    r?.map_err(|v| {
+        StoreError::Postgres(format!(
+            "{} refused a message counted without velocity keys",
+            v.scope.key()
+        ))
+    })
 }
 
 /// Only SQLite has this.
@@ -162,6 +190,16 @@ impl Store {
         }
     }
 
+    /// The dispatcher is done with a message [`Store::claim_due`] gave it (whatever became
+    /// of it). PostgreSQL: the heartbeat renews the leases of claimed messages only until
+    /// then, so one that a store outage left 'sending' is not held by this node forever.
+    /// SQLite: nothing.
+    pub fn release_claim(&self, message_id: &str) {
+        if let Backend::Postgres(p) = &self.backend {
+            p.release_claim(message_id);
+        }
+    }
+
     /// Whether this node has a ready modem (PostgreSQL: it claims SMS steps only then).
     pub fn set_sms_ready(&self, ready: bool) {
         if let Backend::Postgres(p) = &self.backend {
@@ -211,6 +249,13 @@ impl Store {
         }
     }
 
+    /// Whether the velocity limits are counted here, in the accept transaction (PostgreSQL:
+    /// each node's memory would see only its own share of a pair's traffic), rather than in
+    /// this process's memory (`abuse::Velocity`, SQLite).
+    pub fn counts_velocity(&self) -> bool {
+        self.is_shared()
+    }
+
     /// Accepts a message: checks idempotency and limits and inserts, atomically.
     pub async fn insert(
         &self,
@@ -219,7 +264,34 @@ impl Store {
     ) -> Result<InsertResult, StoreError> {
         match &self.backend {
             Backend::Sqlite(db) => db.insert(m, limits).await,
-            Backend::Postgres(p) => p.insert(m, limits).await,
+            Backend::Postgres(p) => uncounted(p.insert(m, limits, Vec::new()).await),
+        }
+    }
+
+    /// [`Store::insert`] with the message's velocity keys, counted in the same transaction
+    /// where [`Store::counts_velocity`] (SQLite ignores them: its caller counted in memory).
+    pub async fn insert_counted(
+        &self,
+        m: NewMessage,
+        limits: Vec<(LimitScope, Rate)>,
+        velocity: VelocityKeys,
+    ) -> Result<Result<InsertResult, VelocityLimited>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(db) => db.insert(m, limits).await.map(Ok),
+            Backend::Postgres(p) => p.insert(m, limits, velocity).await,
+        }
+    }
+
+    /// [`Store::insert_all`] with each message's velocity keys, in order.
+    pub async fn insert_all_counted(
+        &self,
+        ms: Vec<NewMessage>,
+        limits: Vec<(LimitScope, Rate)>,
+        velocity: Vec<VelocityKeys>,
+    ) -> Result<Result<BatchResult, VelocityLimited>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(db) => db.insert_all(ms, limits).await.map(Ok),
+            Backend::Postgres(p) => p.insert_all(ms, limits, velocity).await,
         }
     }
 
@@ -234,7 +306,7 @@ impl Store {
     ) -> Result<BatchResult, StoreError> {
         match &self.backend {
             Backend::Sqlite(db) => db.insert_all(ms, limits).await,
-            Backend::Postgres(p) => p.insert_all(ms, limits).await,
+            Backend::Postgres(p) => uncounted(p.insert_all(ms, limits, Vec::new()).await),
         }
     }
 
@@ -538,7 +610,20 @@ impl Store {
     ) -> Result<InsertResult, StoreError> {
         match &self.backend {
             Backend::Sqlite(db) => db.create_verification(v, limits).await,
-            Backend::Postgres(p) => p.create_verification(v, limits).await,
+            Backend::Postgres(p) => uncounted(p.create_verification(v, limits, Vec::new()).await),
+        }
+    }
+
+    /// [`Store::create_verification`] with its message's velocity keys.
+    pub async fn create_verification_counted(
+        &self,
+        v: NewVerification,
+        limits: Vec<(LimitScope, Rate)>,
+        velocity: VelocityKeys,
+    ) -> Result<Result<InsertResult, VelocityLimited>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(db) => db.create_verification(v, limits).await.map(Ok),
+            Backend::Postgres(p) => p.create_verification(v, limits, velocity).await,
         }
     }
 
@@ -592,8 +677,40 @@ impl Store {
                 db.resend_verification(id, client, code_hash, message, max_sends, limits)
                     .await
             }
+            Backend::Postgres(p) => uncounted(
+                p.resend_verification(
+                    id,
+                    client,
+                    code_hash,
+                    message,
+                    max_sends,
+                    limits,
+                    Vec::new(),
+                )
+                .await,
+            ),
+        }
+    }
+
+    /// [`Store::resend_verification`] with the new message's velocity keys.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn resend_verification_counted(
+        &self,
+        id: &str,
+        client: &str,
+        code_hash: [u8; 32],
+        message: NewMessage,
+        max_sends: u32,
+        limits: Vec<(LimitScope, Rate)>,
+        velocity: VelocityKeys,
+    ) -> Result<Result<Resend, VelocityLimited>, StoreError> {
+        match &self.backend {
+            Backend::Sqlite(db) => db
+                .resend_verification(id, client, code_hash, message, max_sends, limits)
+                .await
+                .map(Ok),
             Backend::Postgres(p) => {
-                p.resend_verification(id, client, code_hash, message, max_sends, limits)
+                p.resend_verification(id, client, code_hash, message, max_sends, limits, velocity)
                     .await
             }
         }

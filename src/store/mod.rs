@@ -24,7 +24,7 @@ mod settle;
 mod verify;
 mod writer;
 
-pub use backend::{NodeView, Store};
+pub use backend::{NodeView, Store, VelocityKeys, VelocityLimited};
 pub use messages::{BatchResult, InsertResult, LimitScope, Message, NewMessage, ReceiptEffect};
 pub use settle::{AttemptRow, Move, Settlement};
 pub use verify::{CheckOutcome, FinishedVerification, NewVerification, Resend, Verification};

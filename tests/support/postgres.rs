@@ -86,6 +86,22 @@ impl Postgres {
 
     /// [`Postgres::start`] with TLS on (`ssl = on`), also listening on 127.0.0.2.
     pub fn start_with(durable: bool, tls: Option<ServerTls<'_>>) -> Postgres {
+        Postgres::start_conf(durable, tls, "")
+    }
+
+    /// [`Postgres::start`] with `pg_stat_statements` loaded (BEGIN and COMMIT counted too),
+    /// for the benchmarks' statements per message.
+    pub fn start_counting(durable: bool) -> Postgres {
+        Postgres::start_conf(
+            durable,
+            None,
+            "shared_preload_libraries = 'pg_stat_statements'
+pg_stat_statements.track_utility = on
+",
+        )
+    }
+
+    fn start_conf(durable: bool, tls: Option<ServerTls<'_>>, extra: &str) -> Postgres {
         let bin = bin_dir();
         let dir = tempfile::tempdir().unwrap();
         hand_over(dir.path());
@@ -128,6 +144,7 @@ impl Postgres {
             conf = conf.replace("'127.0.0.1'", "'127.0.0.1,127.0.0.2'");
             conf.push_str("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
         }
+        conf.push_str(extra);
         let auto = data.join("postgresql.auto.conf");
         std::fs::write(&auto, conf).unwrap();
         hand_over(&auto);
@@ -147,6 +164,34 @@ impl Postgres {
         let pg = Postgres { child, port, dir };
         pg.wait_ready();
         pg
+    }
+
+    /// Stops the server (fast shutdown: sessions end, as in a failover or `pg_ctl restart
+    /// -m fast`) and waits until it is gone; [`Postgres::resume`] starts it again on the
+    /// same port and data.
+    pub fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap_or(0));
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let _ = self.child.wait();
+    }
+
+    /// Starts the server [`Postgres::stop`] stopped, and waits until it answers.
+    pub fn resume(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .unwrap();
+        self.child = as_server_user(&mut Command::new(bin_dir().join("postgres")))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["-p", &self.port.to_string(), "-k"])
+            .arg(self.dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.wait_ready();
     }
 
     fn wait_ready(&self) {

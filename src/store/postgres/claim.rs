@@ -5,14 +5,17 @@
 //! has no end is marked interrupted and never repeated on its channel. Also the attempt log's
 //! openings, the nodes table and housekeeping.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
 
+use super::Cached;
+
 use super::messages::{MESSAGE_COLUMNS, read_message};
 use super::{PgStore, pg_err};
 use crate::clock::Timestamp;
-use crate::domain::{AttemptEnd, AttemptPurpose, ChannelKind, MessageState};
+use crate::domain::{AttemptEnd, AttemptPurpose, ChannelKind};
 use crate::store::{Message, StoreError};
 
 /// What an interrupted attempt's detail says.
@@ -56,62 +59,70 @@ impl PgStore {
         can_sms: bool,
     ) -> Result<(Vec<Message>, usize), StoreError> {
         let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(pg_err)?;
-        take_back_expired(&tx, now).await?;
-        let expired = tx
-            .execute(
-                "UPDATE messages SET state = 'expired', body = NULL, sms_text = NULL,
-                    reason = 'expired before it could be delivered' || COALESCE(' (last: ' || reason || ')', ''), finished_at = $1
-                 WHERE state = 'queued' AND expires_at <= $1",
-                &[&now.0],
-            )
-            .await
-            .map_err(pg_err)?;
-        let mut out = Vec::new();
-        for watched in [true, false] {
-            let room = max.saturating_sub(out.len());
-            if room == 0 {
-                break;
-            }
-            let due = if watched {
-                "m.state = 'sent' AND m.body IS NOT NULL AND m.next_attempt_at <= $1"
-            } else {
-                "m.state = 'queued' AND m.next_attempt_at <= $1"
-            };
-            let sql = format!(
-                "UPDATE messages SET state = 'sending', claimed_by = $3, lease_until = $1::bigint + $4::bigint
-                 WHERE id IN (SELECT m.id FROM messages m WHERE {due} AND ($5 OR {NOT_AN_SMS_STEP})
-                              ORDER BY m.next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
-                 RETURNING {MESSAGE_COLUMNS}"
-            );
-            let room = i64::try_from(room).unwrap_or(i64::MAX);
-            let rows = tx
-                .query(
-                    &sql,
-                    &[&now.0, &room, &self.node, &ms(self.lease), &can_sms],
+        // Leases and lifetimes run out on a scale of seconds: looking for them once a second
+        // is enough, where every claim did (two more statements in its transaction each time
+        // a message was accepted or ended). A claim never takes a message past its expiry.
+        let mut expired = 0;
+        let last = self.swept_at.load(Ordering::Relaxed);
+        if now.0.saturating_sub(last) >= 1_000 || max == 0 {
+            self.swept_at.store(now.0, Ordering::Relaxed);
+            let tx = conn.transaction().await.map_err(pg_err)?;
+            take_back_expired(&tx, now).await?;
+            expired = tx
+                .exec(
+                    "UPDATE messages SET state = 'expired', body = NULL, sms_text = NULL,
+                        reason = 'expired before it could be delivered' || COALESCE(' (last: ' || reason || ')', ''), finished_at = $1
+                     WHERE state = 'queued' AND expires_at <= $1",
+                    &[&now.0],
                 )
                 .await
                 .map_err(pg_err)?;
-            for r in rows {
-                match read_message(&r) {
-                    Ok(m) => out.push(m),
-                    // One damaged row must not stop the queue: it fails on its own.
-                    Err(StoreError::Corrupt(why)) => {
-                        let id: String = r.try_get(0).map_err(pg_err)?;
-                        tracing::error!(message = %id, %why, "store: a claimed message cannot be read; failing it");
-                        tx.execute(
-                            "UPDATE messages SET state = 'failed', reason = $2, finished_at = $3,
-                                body = NULL, sms_text = NULL WHERE id = $1",
-                            &[&id, &format!("corrupt row: {why}"), &now.0],
-                        )
-                        .await
-                        .map_err(pg_err)?;
-                    }
-                    Err(e) => return Err(e),
+            tx.commit().await.map_err(pg_err)?;
+        }
+        let mut out = Vec::new();
+        if max == 0 {
+            return Ok((out, usize::try_from(expired).unwrap_or(usize::MAX)));
+        }
+        // One statement (its own transaction): the watched messages first, then the queued
+        // ones, as on SQLite.
+        let sql = format!(
+            "UPDATE messages SET state = 'sending', claimed_by = $3, lease_until = $1::bigint + $4::bigint
+             WHERE id IN (SELECT m.id FROM messages m
+                          WHERE ((m.state = 'sent' AND m.body IS NOT NULL AND m.next_attempt_at <= $1)
+                                 OR (m.state = 'queued' AND m.next_attempt_at <= $1 AND m.expires_at > $1))
+                            AND ($5 OR {NOT_AN_SMS_STEP})
+                          ORDER BY m.state = 'sent' DESC, m.next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED)
+             RETURNING {MESSAGE_COLUMNS}"
+        );
+        let room = i64::try_from(max).unwrap_or(i64::MAX);
+        let rows = conn
+            .q(
+                &sql,
+                &[&now.0, &room, &self.node, &ms(self.lease), &can_sms],
+            )
+            .await
+            .map_err(pg_err)?;
+        for r in rows {
+            match read_message(&r) {
+                Ok(m) => out.push(m),
+                // One damaged row must not stop the queue: it fails on its own.
+                Err(StoreError::Corrupt(why)) => {
+                    let id: String = r.try_get(0).map_err(pg_err)?;
+                    tracing::error!(message = %id, %why, "store: a claimed message cannot be read; failing it");
+                    conn.exec(
+                        "UPDATE messages SET state = 'failed', reason = $2, finished_at = $3,
+                            body = NULL, sms_text = NULL WHERE id = $1",
+                        &[&id, &format!("corrupt row: {why}"), &now.0],
+                    )
+                    .await
+                    .map_err(pg_err)?;
                 }
+                Err(e) => return Err(e),
             }
         }
-        tx.commit().await.map_err(pg_err)?;
+        if let Ok(mut w) = self.working.lock() {
+            w.extend(out.iter().map(|m| m.id.to_string()));
+        }
         Ok((out, usize::try_from(expired).unwrap_or(usize::MAX)))
     }
 
@@ -120,7 +131,7 @@ impl PgStore {
         let t: Option<i64> = self
             .conn()
             .await?
-            .query_one(
+            .q_one(
                 "SELECT LEAST(
                      (SELECT min(next_attempt_at) FROM messages WHERE state = 'queued'),
                      (SELECT min(next_attempt_at) FROM messages WHERE state = 'sent' AND body IS NOT NULL),
@@ -141,7 +152,7 @@ impl PgStore {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_err)?;
         let mine = tx
-            .query(
+            .q(
                 "SELECT id FROM messages WHERE state = 'sending' AND claimed_by = $1 FOR UPDATE",
                 &[&self.node],
             )
@@ -176,32 +187,30 @@ impl PgStore {
         channel: ChannelKind,
         now: Timestamp,
     ) -> Result<Option<i64>, StoreError> {
-        let mut conn = self.conn().await?;
-        let tx = conn.transaction().await.map_err(pg_err)?;
-        let row = tx
-            .query_opt(
-                "SELECT state, claimed_by FROM messages WHERE id = $1 FOR UPDATE",
-                &[&message_id],
+        // One statement, so one round trip and its own transaction: the row lock the
+        // subquery takes holds until the attempt is in, so a receipt or a cancellation that
+        // ends the message meanwhile either comes first (nothing departs) or waits.
+        let row = self
+            .conn()
+            .await?
+            .q_opt(
+                "WITH m AS (SELECT id FROM messages WHERE id = $1
+                              AND state NOT IN ('delivered', 'failed', 'expired')
+                              AND (state <> 'sending' OR claimed_by = $5)
+                            FOR UPDATE)
+                 INSERT INTO attempts (message_id, channel, purpose, started_at, node)
+                 SELECT id, $2, $3, $4, $5 FROM m RETURNING id",
+                &[
+                    &message_id,
+                    &channel.as_str(),
+                    &AttemptPurpose::Code.as_str(),
+                    &now.0,
+                    &self.node,
+                ],
             )
             .await
             .map_err(pg_err)?;
-        let Some(row) = row else { return Ok(None) };
-        let state = MessageState::read(row.try_get(0).map_err(pg_err)?)?;
-        let owner: Option<&str> = row.try_get(1).map_err(pg_err)?;
-        if state.is_final() || (state == MessageState::Sending && owner != Some(&self.node)) {
-            return Ok(None);
-        }
-        let id = insert_open_attempt(
-            &tx,
-            message_id,
-            channel,
-            AttemptPurpose::Code,
-            now,
-            &self.node,
-        )
-        .await?;
-        tx.commit().await.map_err(pg_err)?;
-        Ok(Some(id))
+        row.map(|r| r.try_get(0).map_err(pg_err)).transpose()
     }
 
     /// The departure of a pre-notice: marks the number pre-notified and opens the attempt in
@@ -215,7 +224,7 @@ impl PgStore {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_err)?;
         let changed = tx
-            .execute(
+            .exec(
                 "INSERT INTO recipients (number, prenotified_at) VALUES ($1, $2)
                  ON CONFLICT (number) DO UPDATE SET prenotified_at = $2
                  WHERE recipients.prenotified_at IS NULL",
@@ -243,7 +252,7 @@ impl PgStore {
     ) -> Result<(), StoreError> {
         self.conn()
             .await?
-            .execute(
+            .exec(
                 "INSERT INTO attempts (message_id, channel, started_at, ended_at, outcome, detail, node)
                  VALUES ($1, $2, $3, $3, $4, $5, $6)",
                 &[
@@ -260,8 +269,10 @@ impl PgStore {
         Ok(())
     }
 
-    /// This node's heartbeat: its row in `nodes`, and its leases renewed (what it works on
-    /// stays its own while it lives). Call it well within a lease.
+    /// This node's heartbeat: its row in `nodes`, and the leases of what its dispatcher is
+    /// still working on renewed (that stays its own while it lives; a message an outage left
+    /// 'sending' after its task ended is not renewed, and is taken back). Call it well within
+    /// a lease.
     pub async fn heartbeat(&self, now: Timestamp, has_modem: bool) -> Result<u64, StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_err)?;
@@ -270,7 +281,7 @@ impl PgStore {
         } else {
             "whatsapp"
         };
-        tx.execute(
+        tx.exec(
             "INSERT INTO nodes (node, role, has_modem, last_seen) VALUES ($1, $2, $3, $4)
              ON CONFLICT (node) DO UPDATE SET role = $2, has_modem = $3, last_seen = $4",
             &[&self.node, &role, &has_modem, &now.0],
@@ -278,9 +289,10 @@ impl PgStore {
         .await
         .map_err(pg_err)?;
         let renewed = tx
-            .execute(
-                "UPDATE messages SET lease_until = $2::bigint + $3::bigint WHERE state = 'sending' AND claimed_by = $1",
-                &[&self.node, &now.0, &ms(self.lease)],
+            .exec(
+                "UPDATE messages SET lease_until = $2::bigint + $3::bigint
+                 WHERE state = 'sending' AND claimed_by = $1 AND id = ANY($4)",
+                &[&self.node, &now.0, &ms(self.lease), &self.working()],
             )
             .await
             .map_err(pg_err)?;
@@ -293,7 +305,7 @@ impl PgStore {
         let rows = self
             .conn()
             .await?
-            .query(
+            .q(
                 "SELECT node, role, has_modem, last_seen FROM nodes ORDER BY node",
                 &[],
             )
@@ -321,7 +333,7 @@ impl PgStore {
         let cutoff = now.0.saturating_sub(ms(retention));
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_err)?;
-        tx.execute(
+        tx.exec(
             "UPDATE messages SET body = NULL, sms_text = NULL, finished_at = COALESCE(finished_at, $1)
              WHERE state = 'sent' AND expires_at <= $1 AND body IS NOT NULL",
             &[&now.0],
@@ -329,20 +341,20 @@ impl PgStore {
         .await
         .map_err(pg_err)?;
         let n = tx
-            .execute(
+            .exec(
                 "DELETE FROM messages WHERE created_at < $1 AND state NOT IN ('queued', 'sending')",
                 &[&cutoff],
             )
             .await
             .map_err(pg_err)?;
-        tx.execute(
+        tx.exec(
             "UPDATE verifications SET status = 'expired', finished_at = $1
              WHERE status = 'pending' AND expires_at <= $1",
             &[&now.0],
         )
         .await
         .map_err(pg_err)?;
-        tx.execute(
+        tx.exec(
             "DELETE FROM verifications WHERE created_at < $1",
             &[&cutoff],
         )
@@ -358,7 +370,7 @@ impl PgStore {
 /// taking back at this moment are skipped, not waited for.
 async fn take_back_expired(tx: &impl GenericClient, now: Timestamp) -> Result<usize, StoreError> {
     let rows = tx
-        .query(
+        .q(
             "SELECT id FROM messages WHERE state = 'sending' AND lease_until < $1
              FOR UPDATE SKIP LOCKED",
             &[&now.0],
@@ -387,7 +399,7 @@ async fn release(
     if ids.is_empty() {
         return Ok(0);
     }
-    tx.execute(
+    tx.exec(
         "UPDATE attempts SET ended_at = $2, outcome = 'interrupted', detail = $3
          WHERE ended_at IS NULL AND message_id = ANY($1)",
         &[&ids, &now.0, &INTERRUPTED],
@@ -395,7 +407,7 @@ async fn release(
     .await
     .map_err(pg_err)?;
     let n = tx
-        .execute(
+        .exec(
             "UPDATE messages SET state = 'queued', next_attempt_at = $2, claimed_by = NULL,
                 lease_until = NULL
              WHERE id = ANY($1) AND state = 'sending'",
@@ -414,7 +426,7 @@ async fn insert_open_attempt(
     now: Timestamp,
     node: &str,
 ) -> Result<i64, StoreError> {
-    c.query_one(
+    c.q_one(
         "INSERT INTO attempts (message_id, channel, purpose, started_at, node)
          VALUES ($1, $2, $3, $4, $5) RETURNING id",
         &[

@@ -4,64 +4,87 @@
 use std::time::Duration;
 
 use deadpool_postgres::GenericClient;
+
+use super::Cached;
 use tokio_postgres::Row;
 
 use super::{PgStore, pg_err};
+use crate::abuse::Scope;
 use crate::clock::Timestamp;
 use crate::config::Rate;
 use crate::domain::{
     Attempt, AttemptEnd, AttemptPurpose, ChannelKind, Content, E164, MessageId, MessageKind,
     MessageState, ReceiptKind,
 };
-use crate::store::{BatchResult, InsertResult, LimitScope, Message, NewMessage, StoreError};
+use crate::store::{
+    BatchResult, InsertResult, LimitScope, Message, NewMessage, StoreError, VelocityKeys,
+    VelocityLimited,
+};
 
 /// The columns [`read_message`] reads, in order.
 pub(super) const MESSAGE_COLUMNS: &str = "id, client, recipient, country, kind, body, sms_text, locale, reference, \
     idempotency_key, created_at, expires_at, state, channel, reason, finished_at, only_channel";
 
 impl PgStore {
-    /// Accepts a message: checks idempotency and limits and inserts, in one transaction.
+    /// Accepts a message: checks idempotency, the limits and the velocity limits (counted on
+    /// the rows, so they hold across the pair) and inserts, in one transaction.
     pub async fn insert(
         &self,
         m: NewMessage,
         limits: Vec<(LimitScope, Rate)>,
-    ) -> Result<InsertResult, StoreError> {
+        velocity: VelocityKeys,
+    ) -> Result<Result<InsertResult, VelocityLimited>, StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_err)?;
-        lock_keys(&tx, std::slice::from_ref(&m), &limits).await?;
-        let r = insert_tx(&tx, m, &limits).await?;
-        if matches!(r, InsertResult::Created(_)) {
+        lock_keys(&tx, std::slice::from_ref(&m), &limits, &[&velocity]).await?;
+        let r = insert_tx(&tx, m, &limits, &velocity).await?;
+        if matches!(r, Ok(InsertResult::Created(_))) {
             // The caller answers 202 only after this returned: the row is durable.
             tx.commit().await.map_err(pg_err)?;
         }
-        Ok(r)
+        Ok(r.map_err(|(scope, retry_after)| VelocityLimited {
+            index: 0,
+            scope,
+            retry_after,
+        }))
     }
 
     /// Accepts several messages as one: each counted as if the ones before it were stored,
-    /// all inserted in one transaction, or none.
+    /// all inserted in one transaction, or none. `velocity` has the keys of each message, in
+    /// order (none: no velocity limit applies).
     pub async fn insert_all(
         &self,
         ms: Vec<NewMessage>,
         limits: Vec<(LimitScope, Rate)>,
-    ) -> Result<BatchResult, StoreError> {
+        velocity: Vec<VelocityKeys>,
+    ) -> Result<Result<BatchResult, VelocityLimited>, StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_err)?;
-        lock_keys(&tx, &ms, &limits).await?;
+        let keys: Vec<&VelocityKeys> = velocity.iter().collect();
+        lock_keys(&tx, &ms, &limits, &keys).await?;
         let mut stored = Vec::with_capacity(ms.len());
         for (index, m) in ms.into_iter().enumerate() {
-            match insert_tx(&tx, m, &limits).await? {
-                r @ (InsertResult::Created(_) | InsertResult::Existing(_)) => stored.push(r),
+            let v = velocity.get(index).map_or(&[][..], Vec::as_slice);
+            match insert_tx(&tx, m, &limits, v).await? {
+                Ok(r @ (InsertResult::Created(_) | InsertResult::Existing(_))) => stored.push(r),
                 // Dropping the transaction rolls back what the batch stored so far.
-                why => {
-                    return Ok(BatchResult::Refused {
+                Ok(why) => {
+                    return Ok(Ok(BatchResult::Refused {
                         index,
                         why: Box::new(why),
-                    });
+                    }));
+                }
+                Err((scope, retry_after)) => {
+                    return Ok(Err(VelocityLimited {
+                        index,
+                        scope,
+                        retry_after,
+                    }));
                 }
             }
         }
         tx.commit().await.map_err(pg_err)?;
-        Ok(BatchResult::Stored(stored))
+        Ok(Ok(BatchResult::Stored(stored)))
     }
 
     /// A message and its attempts, if `client` sent it.
@@ -72,7 +95,7 @@ impl PgStore {
     ) -> Result<Option<(Message, Vec<Attempt>)>, StoreError> {
         let conn = self.conn().await?;
         let row = conn
-            .query_opt(
+            .q_opt(
                 &format!("SELECT {MESSAGE_COLUMNS} FROM messages WHERE id = $1 AND client = $2"),
                 &[&id, &client],
             )
@@ -96,7 +119,7 @@ impl PgStore {
         let row = self
             .conn()
             .await?
-            .query_opt(
+            .q_opt(
                 "SELECT state, channel FROM messages WHERE id = $1",
                 &[&message_id],
             )
@@ -119,7 +142,7 @@ impl PgStore {
         let n: i64 = self
             .conn()
             .await?
-            .query_one(
+            .q_one(
                 "SELECT count(*) FROM messages WHERE state IN ('queued', 'sending')",
                 &[],
             )
@@ -141,16 +164,22 @@ fn limit_key(scope: LimitScope, m: &NewMessage) -> Option<&str> {
     }
 }
 
-/// Takes the transaction's advisory locks on every limit key and idempotency key the
-/// messages touch, in one statement and in hash order (two nodes locking the same keys in
-/// different orders would deadlock). A second accept for the same number waits here until
-/// the first has committed or rolled back, so its count includes the first: "5 per 15
+/// The advisory-lock name of a velocity key (`limits.per_prefix`, `per_user`, `per_ip`).
+fn velocity_lock(scope: Scope, key: &str) -> String {
+    format!("otpgate:velocity:{}:{key}", scope.code())
+}
+
+/// Takes the transaction's advisory locks on every limit key, velocity key and idempotency
+/// key the messages touch, in one statement and in hash order (two nodes locking the same
+/// keys in different orders would deadlock). A second accept for the same number waits here
+/// until the first has committed or rolled back, so its count includes the first: "5 per 15
 /// minutes" holds across the nodes. Only the scopes with a limit are locked; a global limit
 /// makes every accept of the pair take turns.
 pub(super) async fn lock_keys(
     tx: &impl GenericClient,
     ms: &[NewMessage],
     limits: &[(LimitScope, Rate)],
+    velocity: &[&VelocityKeys],
 ) -> Result<(), StoreError> {
     let mut keys: Vec<String> = Vec::new();
     for m in ms {
@@ -163,12 +192,15 @@ pub(super) async fn lock_keys(
             keys.push(format!("otpgate:key:{}:{k}", m.client));
         }
     }
+    for v in velocity {
+        keys.extend(v.iter().map(|(scope, k, _)| velocity_lock(*scope, k)));
+    }
     if keys.is_empty() {
         return Ok(());
     }
     keys.sort_unstable();
     keys.dedup();
-    tx.query(
+    tx.q(
         "SELECT pg_advisory_xact_lock(h) FROM
              (SELECT DISTINCT hashtextextended(k, 0) AS h FROM unnest($1::text[]) AS k) AS keys
          ORDER BY h",
@@ -179,15 +211,67 @@ pub(super) async fn lock_keys(
     Ok(())
 }
 
-/// Idempotency, limits, INSERT, inside the caller's transaction (its locks already taken).
+/// When the window's `rate.count`-th newest send of `key` leaves it, if the window is full:
+/// the query shared by every limit, on the column that holds the key.
+async fn window_full(
+    tx: &impl GenericClient,
+    column: &str,
+    key: &str,
+    rate: &Rate,
+    now: Timestamp,
+) -> Result<Option<Duration>, StoreError> {
+    if rate.count == 0 {
+        return Ok(None);
+    }
+    let window = i64::try_from(rate.window.as_millis()).unwrap_or(i64::MAX);
+    let since = now.0.saturating_sub(window);
+    // The global limit has no key column: every row counts.
+    let filter = if column.is_empty() {
+        "$1::text IS NOT NULL".to_owned()
+    } else {
+        format!("{column} = $1")
+    };
+    let sql = format!(
+        "SELECT created_at FROM messages WHERE {filter} AND created_at > $2
+         ORDER BY created_at DESC OFFSET $3 LIMIT 1"
+    );
+    let offset = i64::from(rate.count - 1);
+    let nth = tx
+        .q_opt(&sql, &[&key, &since, &offset])
+        .await
+        .map_err(pg_err)?;
+    match nth {
+        None => Ok(None),
+        Some(row) => {
+            let oldest: i64 = row.try_get(0).map_err(pg_err)?;
+            Ok(Some(
+                now.until(Timestamp(oldest).plus(rate.window))
+                    .max(Duration::from_secs(1)),
+            ))
+        }
+    }
+}
+
+/// The column a velocity scope's key is stored in.
+fn velocity_column(scope: Scope) -> &'static str {
+    match scope {
+        Scope::Prefix => "prefix_key",
+        Scope::User => "end_user",
+        Scope::Ip => "end_ip",
+    }
+}
+
+/// Idempotency, velocity limits, limits, INSERT, inside the caller's transaction (its locks
+/// already taken). `Err((scope, wait))`: a velocity limit is full; nothing was written.
 pub(super) async fn insert_tx(
     tx: &impl GenericClient,
     m: NewMessage,
     limits: &[(LimitScope, Rate)],
-) -> Result<InsertResult, StoreError> {
+    velocity: &[(Scope, String, Rate)],
+) -> Result<Result<InsertResult, (Scope, Duration)>, StoreError> {
     if let Some(key) = &m.idempotency_key {
         let existing = tx
-            .query_opt(
+            .q_opt(
                 &format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages WHERE client = $1 AND idempotency_key = $2"
                 ),
@@ -197,71 +281,64 @@ pub(super) async fn insert_tx(
             .map_err(pg_err)?;
         if let Some(row) = existing {
             let e = read_message(&row)?;
-            return Ok(if e.recipient == m.recipient {
+            return Ok(Ok(if e.recipient == m.recipient {
                 InsertResult::Existing(e)
             } else {
                 InsertResult::KeyConflict
-            });
+            }));
+        }
+    }
+    // In the order a single box checks them: its velocity counts come before the store's.
+    for (scope, key, rate) in velocity {
+        if let Some(wait) =
+            window_full(tx, velocity_column(*scope), key, rate, m.created_at).await?
+        {
+            return Ok(Err((*scope, wait)));
         }
     }
     for (scope, rate) in limits {
         let Some(key) = limit_key(*scope, &m) else {
             continue;
         };
-        if rate.count == 0 {
-            continue;
-        }
-        let window = i64::try_from(rate.window.as_millis()).unwrap_or(i64::MAX);
-        let since = m.created_at.0.saturating_sub(window);
-        // The count-th newest send in the window: when it leaves, there is room again.
-        let sql = match scope {
-            LimitScope::Recipient => {
-                "SELECT created_at FROM messages WHERE recipient = $1 AND created_at > $2
-                 ORDER BY created_at DESC OFFSET $3 LIMIT 1"
-            }
-            LimitScope::Client => {
-                "SELECT created_at FROM messages WHERE client = $1 AND created_at > $2
-                 ORDER BY created_at DESC OFFSET $3 LIMIT 1"
-            }
-            LimitScope::Country => {
-                "SELECT created_at FROM messages WHERE country = $1 AND created_at > $2
-                 ORDER BY created_at DESC OFFSET $3 LIMIT 1"
-            }
-            LimitScope::Global => {
-                "SELECT created_at FROM messages WHERE $1 = $1 AND created_at > $2
-                 ORDER BY created_at DESC OFFSET $3 LIMIT 1"
-            }
+        let column = match scope {
+            LimitScope::Recipient => "recipient",
+            LimitScope::Client => "client",
+            LimitScope::Country => "country",
+            LimitScope::Global => "",
         };
-        let offset = i64::from(rate.count - 1);
-        let nth = tx
-            .query_opt(sql, &[&key, &since, &offset])
-            .await
-            .map_err(pg_err)?;
-        if let Some(row) = nth {
-            let oldest: i64 = row.try_get(0).map_err(pg_err)?;
-            return Ok(InsertResult::Limited {
+        if let Some(retry_after) = window_full(tx, column, key, rate, m.created_at).await? {
+            return Ok(Ok(InsertResult::Limited {
                 scope: *scope,
-                retry_after: m
-                    .created_at
-                    .until(Timestamp(oldest).plus(rate.window))
-                    .max(Duration::from_secs(1)),
-            });
+                retry_after,
+            }));
         }
     }
-    insert_row(tx, m).await
+    insert_row(tx, m, velocity).await.map(Ok)
 }
 
 /// The final INSERT of [`insert_tx`].
-async fn insert_row(tx: &impl GenericClient, m: NewMessage) -> Result<InsertResult, StoreError> {
+async fn insert_row(
+    tx: &impl GenericClient,
+    m: NewMessage,
+    velocity: &[(Scope, String, Rate)],
+) -> Result<InsertResult, StoreError> {
     let kind = m.content.kind();
+    // The velocity keys live on the row, and go with it when housekeeping purges it.
+    let key = |scope: Scope| {
+        velocity
+            .iter()
+            .find(|(s, _, _)| *s == scope)
+            .map(|(_, k, _)| k.as_str())
+    };
     let (body, sms_text) = match &m.content {
         Content::Code { code, sms_text } => (code.as_str(), Some(sms_text.as_str())),
         Content::Text(t) => (t.as_str(), None),
     };
-    tx.execute(
+    tx.exec(
         "INSERT INTO messages (id, client, recipient, country, kind, body, sms_text, locale, reference,
-            idempotency_key, created_at, expires_at, state, next_attempt_at, only_channel)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'queued', $11, $13)",
+            idempotency_key, created_at, expires_at, state, next_attempt_at, only_channel,
+            prefix_key, end_user, end_ip)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 'queued', $11, $13, $14, $15, $16)",
         &[
             &&*m.id,
             &m.client,
@@ -276,6 +353,9 @@ async fn insert_row(tx: &impl GenericClient, m: NewMessage) -> Result<InsertResu
             &m.created_at.0,
             &m.expires_at.0,
             &m.only_channel.map(ChannelKind::as_str),
+            &key(Scope::Prefix),
+            &key(Scope::User),
+            &key(Scope::Ip),
         ],
     )
     .await
@@ -328,7 +408,7 @@ pub(super) async fn attempts_of(
     message_id: &str,
 ) -> Result<Vec<Attempt>, StoreError> {
     let rows = c
-        .query(
+        .q(
             "SELECT id, channel, purpose, started_at, ended_at, outcome, provider_id, error_code,
                     detail, receipt, receipt_at
              FROM attempts WHERE message_id = $1 ORDER BY id",

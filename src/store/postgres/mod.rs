@@ -24,13 +24,52 @@ mod verify;
 
 pub use claim::Peer;
 
+use std::collections::HashSet;
+use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{
+    GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime,
+};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Error as PgError, Row};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::StoreError;
 use crate::config::{PostgresConfig, SslMode};
+
+/// Every statement through a prepared statement cached on its connection. The driver
+/// otherwise prepares a statement given as text anew on each call, a round trip of its own
+/// before the one that runs it: half the round trips of every claim, departure and
+/// settlement were these.
+pub(crate) trait Cached: GenericClient {
+    /// `query`, prepared once per connection.
+    async fn q(&self, sql: &str, p: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>, PgError> {
+        let st = self.prepare_cached(sql).await?;
+        self.query(&st, p).await
+    }
+
+    /// `query_opt`, prepared once per connection.
+    async fn q_opt(&self, sql: &str, p: &[&(dyn ToSql + Sync)]) -> Result<Option<Row>, PgError> {
+        let st = self.prepare_cached(sql).await?;
+        self.query_opt(&st, p).await
+    }
+
+    /// `query_one`, prepared once per connection.
+    async fn q_one(&self, sql: &str, p: &[&(dyn ToSql + Sync)]) -> Result<Row, PgError> {
+        let st = self.prepare_cached(sql).await?;
+        self.query_one(&st, p).await
+    }
+
+    /// `execute`, prepared once per connection.
+    async fn exec(&self, sql: &str, p: &[&(dyn ToSql + Sync)]) -> Result<u64, PgError> {
+        let st = self.prepare_cached(sql).await?;
+        self.execute(&st, p).await
+    }
+}
+
+impl<T: GenericClient> Cached for T {}
 
 /// The PostgreSQL outbox, behind a small connection pool; cheap to clone.
 #[derive(Clone)]
@@ -38,6 +77,11 @@ pub struct PgStore {
     pool: Pool,
     node: String,
     lease: Duration,
+    /// When this node last looked for run-out leases and lifetimes (unix ms).
+    swept_at: Arc<AtomicI64>,
+    /// The messages this node claimed and is still working on: the only leases its
+    /// heartbeat renews.
+    working: Arc<Mutex<HashSet<String>>>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -139,6 +183,8 @@ impl PgStore {
             pool,
             node: cfg.node.clone(),
             lease: cfg.lease,
+            swept_at: Arc::new(AtomicI64::new(0)),
+            working: Arc::new(Mutex::new(HashSet::new())),
         })
     }
 
@@ -158,6 +204,21 @@ impl PgStore {
     /// This node's name.
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// The dispatcher is done with a claimed message: its lease is no longer renewed.
+    pub fn release_claim(&self, message_id: &str) {
+        if let Ok(mut w) = self.working.lock() {
+            w.remove(message_id);
+        }
+    }
+
+    /// The claimed messages still worked on here.
+    fn working(&self) -> Vec<String> {
+        self.working
+            .lock()
+            .map(|w| w.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// How long a claim holds a message.

@@ -107,6 +107,16 @@ const MIGRATIONS: &[&str] = &[
         last_seen   BIGINT NOT NULL         -- unix ms, the node's own clock
     );
     "#,
+    // 2: the velocity limits' keys on the row (`limits.per_prefix`, `per_user`, `per_ip`), so
+    // they are counted in the shared table like the others and hold across the pair; NULL
+    // where the limit is off or the caller named no user or address. They go when the row
+    // goes. Partial indexes: most rows carry no user or address.
+    r#"
+    ALTER TABLE messages ADD COLUMN prefix_key TEXT, ADD COLUMN end_user TEXT, ADD COLUMN end_ip TEXT;
+    CREATE INDEX messages_prefix ON messages (prefix_key, created_at) WHERE prefix_key IS NOT NULL;
+    CREATE INDEX messages_user ON messages (end_user, created_at) WHERE end_user IS NOT NULL;
+    CREATE INDEX messages_ip ON messages (end_ip, created_at) WHERE end_ip IS NOT NULL;
+    "#,
 ];
 
 /// The schema version this binary writes.

@@ -6,6 +6,8 @@
 
 use deadpool_postgres::GenericClient;
 
+use super::Cached;
+
 use super::messages::{MESSAGE_COLUMNS, read_message};
 use super::{PgStore, pg_err};
 use crate::channel::{Outcome, ReceiptStatus};
@@ -46,52 +48,61 @@ impl PgStore {
     ) -> Result<bool, StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_err)?;
-        match &s.attempt {
-            Some((AttemptRow::Departed(attempt), outcome)) => {
-                end_attempt(&tx, *attempt, outcome, now).await?;
+        // The four parts touch different rows (the attempt, the recipient, the message) and
+        // none reads what another writes, so they go to the server together, pipelined on the
+        // connection: one round trip for all of them where each waited for the one before.
+        let attempt = async {
+            match &s.attempt {
+                Some((AttemptRow::Departed(attempt), outcome)) => {
+                    end_attempt(&tx, *attempt, outcome, now).await
+                }
+                Some((
+                    AttemptRow::Stayed {
+                        channel,
+                        purpose,
+                        started_at,
+                    },
+                    outcome,
+                )) => {
+                    let (end, provider, code, detail) = ending(outcome);
+                    tx.exec(
+                        "INSERT INTO attempts (message_id, channel, purpose, started_at, ended_at, outcome,
+                            provider_id, error_code, detail, node)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                        &[
+                            &&**id,
+                            &channel.as_str(),
+                            &purpose.as_str(),
+                            &started_at.0,
+                            &now.0,
+                            &end,
+                            &provider,
+                            &code,
+                            &detail,
+                            &self.node,
+                        ],
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(pg_err)
+                }
+                None => Ok(()),
             }
-            Some((
-                AttemptRow::Stayed {
-                    channel,
-                    purpose,
-                    started_at,
-                },
-                outcome,
-            )) => {
-                let (end, provider, code, detail) = ending(outcome);
-                tx.execute(
-                    "INSERT INTO attempts (message_id, channel, purpose, started_at, ended_at, outcome,
-                        provider_id, error_code, detail, node)
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-                    &[
-                        &&**id,
-                        &channel.as_str(),
-                        &purpose.as_str(),
-                        &started_at.0,
-                        &now.0,
-                        &end,
-                        &provider,
-                        &code,
-                        &detail,
-                        &self.node,
-                    ],
+        };
+        let recipient_row = async {
+            if let Some(until) = s.no_whatsapp_until {
+                tx.exec(
+                    "INSERT INTO recipients (number, no_whatsapp_until) VALUES ($1, $2)
+                     ON CONFLICT (number) DO UPDATE SET no_whatsapp_until = $2",
+                    &[&&**recipient, &until.0],
                 )
                 .await
                 .map_err(pg_err)?;
             }
-            None => {}
-        }
-        if let Some(until) = s.no_whatsapp_until {
-            tx.execute(
-                "INSERT INTO recipients (number, no_whatsapp_until) VALUES ($1, $2)
-                 ON CONFLICT (number) DO UPDATE SET no_whatsapp_until = $2",
-                &[&&**recipient, &until.0],
-            )
-            .await
-            .map_err(pg_err)?;
-        }
-        let due = learn(&tx, recipient, id, &s.learned).await?;
-        move_message(&tx, id, &s.movement, now, &self.node).await?;
+            learn(&tx, recipient, id, &s.learned).await
+        };
+        let moved = move_message(&tx, id, &s.movement, now, &self.node);
+        let ((), due, ()) = tokio::try_join!(attempt, recipient_row, moved)?;
         tx.commit().await.map_err(pg_err)?;
         Ok(due)
     }
@@ -151,7 +162,7 @@ impl PgStore {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_err)?;
         let row = tx
-            .query_opt(
+            .q_opt(
                 "SELECT id, message_id, receipt, purpose FROM attempts
                  WHERE channel = $1 AND provider_id = $2
                  ORDER BY started_at DESC LIMIT 1 FOR UPDATE",
@@ -170,7 +181,7 @@ impl PgStore {
         let purpose = AttemptPurpose::read(row.try_get(3).map_err(pg_err)?)?;
         let changed = previous < Some(kind);
         if changed {
-            tx.execute(
+            tx.exec(
                 "UPDATE attempts SET receipt = $2, receipt_at = $3, error_code = COALESCE($4, error_code)
                  WHERE id = $1",
                 &[&attempt_id, &kind.as_str(), &at.0, &status.error_code()],
@@ -181,7 +192,7 @@ impl PgStore {
         let mut newly_delivered = false;
         if kind.confirms_delivery() && purpose == AttemptPurpose::Code {
             newly_delivered = tx
-                .execute(
+                .exec(
                     "UPDATE messages SET state = 'delivered', channel = $3, finished_at = $2,
                         body = NULL, sms_text = NULL, claimed_by = NULL, lease_until = NULL
                      WHERE id = $1 AND state IN ('sent', 'sending')",
@@ -192,7 +203,7 @@ impl PgStore {
                 == 1;
         }
         let m = tx
-            .query_one(
+            .q_one(
                 "SELECT client, recipient, country, state, channel, expires_at FROM messages WHERE id = $1",
                 &[&message_id],
             )
@@ -230,7 +241,7 @@ impl PgStore {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_err)?;
         let codes = tx
-            .execute(
+            .exec(
                 "UPDATE messages SET state = 'failed', reason = $2, finished_at = $3, body = NULL,
                     sms_text = NULL, claimed_by = NULL, lease_until = NULL
                  WHERE recipient = $1 AND kind = 'code'
@@ -240,7 +251,7 @@ impl PgStore {
             .await
             .map_err(pg_err)?;
         let verifications = tx
-            .execute(
+            .exec(
                 "UPDATE verifications SET status = 'canceled', finished_at = $2
                  WHERE recipient = $1 AND status = 'pending'",
                 &[&number, &now.0],
@@ -257,7 +268,7 @@ impl PgStore {
         let rows = self
             .conn()
             .await?
-            .query(
+            .q(
                 &format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages WHERE id IN (
                          SELECT prenotice_message FROM recipients
@@ -276,7 +287,7 @@ impl PgStore {
         let rows = self
             .conn()
             .await?
-            .query(
+            .q(
                 "SELECT recipient, created_at FROM messages WHERE created_at > $1
                  ORDER BY created_at DESC",
                 &[&since],
@@ -293,7 +304,7 @@ impl PgStore {
         let row = self
             .conn()
             .await?
-            .query_opt(
+            .q_opt(
                 "SELECT no_whatsapp_until, prenotified_at, unconfirmed_since, unconfirmed_until,
                         sms_until, first_whatsapp
                  FROM recipients WHERE number = $1",
@@ -339,7 +350,7 @@ async fn end_attempt(
     now: Timestamp,
 ) -> Result<(), StoreError> {
     let (end, provider, code, detail) = ending(outcome);
-    c.execute(
+    c.exec(
         "UPDATE attempts SET ended_at = $2, outcome = $3, provider_id = $4, error_code = $5, detail = $6
          WHERE id = $1",
         &[&attempt_id, &now.0, &end, &provider, &code, &detail],
@@ -361,14 +372,14 @@ async fn learn(
     if l.is_empty() {
         return Ok(false);
     }
-    c.execute(
+    c.exec(
         "INSERT INTO recipients (number) VALUES ($1) ON CONFLICT (number) DO NOTHING",
         &[&number],
     )
     .await
     .map_err(pg_err)?;
     if let Some(first) = l.first_whatsapp {
-        c.execute(
+        c.exec(
             "UPDATE recipients SET first_whatsapp = $2 WHERE number = $1 AND first_whatsapp IS NULL",
             &[&number, &first.as_str()],
         )
@@ -378,7 +389,7 @@ async fn learn(
     let mut due = false;
     if l.prenotice_due {
         due = c
-            .execute(
+            .exec(
                 "UPDATE recipients SET prenotice_message = $2
                  WHERE number = $1 AND prenotified_at IS NULL AND prenotice_message IS NULL
                    AND first_whatsapp = 'confirmed'",
@@ -389,7 +400,7 @@ async fn learn(
             == 1;
     }
     if let Some((since, until)) = l.unconfirmed {
-        c.execute(
+        c.exec(
             "UPDATE recipients SET unconfirmed_since = $2, unconfirmed_until = $3 WHERE number = $1",
             &[&number, &since.0, &until.0],
         )
@@ -397,7 +408,7 @@ async fn learn(
         .map_err(pg_err)?;
     }
     if let Some(until) = l.sms_until {
-        c.execute(
+        c.exec(
             "UPDATE recipients SET sms_until = $2 WHERE number = $1",
             &[&number, &until.0],
         )
@@ -417,7 +428,7 @@ async fn move_message(
     let r = match to {
         Move::Stay => return Ok(()),
         Move::Watch { channel, until } => {
-            c.execute(
+            c.exec(
                 &format!(
                     "UPDATE messages SET state = 'sent', channel = $2, reason = NULL, next_attempt_at = $3,
                         claimed_by = NULL, lease_until = NULL
@@ -429,7 +440,7 @@ async fn move_message(
             .await
         }
         Move::Requeue { at, reason } => {
-            c.execute(
+            c.exec(
                 &format!(
                     "UPDATE messages SET state = 'queued', next_attempt_at = $2,
                         reason = COALESCE($3, reason), claimed_by = NULL, lease_until = NULL
@@ -468,7 +479,7 @@ async fn move_message(
                     mine("$6")
                 )
             };
-            c.execute(
+            c.exec(
                 &sql,
                 &[
                     &id,

@@ -4,6 +4,8 @@
 //! single use hold across the pair.
 
 use deadpool_postgres::GenericClient;
+
+use super::Cached;
 use subtle::ConstantTimeEq;
 
 use super::messages::{insert_tx, lock_keys};
@@ -12,7 +14,7 @@ use crate::clock::Timestamp;
 use crate::config::Rate;
 use crate::store::{
     CheckOutcome, InsertResult, LimitScope, NewMessage, NewVerification, Resend, StoreError,
-    Verification,
+    VelocityKeys, VelocityLimited, Verification,
 };
 
 const COLUMNS: &str =
@@ -31,14 +33,14 @@ async fn retire_message(
     now: Timestamp,
 ) -> Result<(), StoreError> {
     if let Some(mid) = message_id {
-        c.execute(
+        c.exec(
             "UPDATE messages SET state = 'failed', reason = $2, finished_at = $3, body = NULL, sms_text = NULL
              WHERE id = $1 AND state = 'queued'",
             &[&mid, &why, &now.0],
         )
         .await
         .map_err(pg_err)?;
-        c.execute(
+        c.exec(
             "UPDATE messages SET body = NULL, sms_text = NULL WHERE id = $1 AND state NOT IN ('queued', 'sending')",
             &[&mid],
         )
@@ -58,7 +60,7 @@ impl PgStore {
         let rows = self
             .conn()
             .await?
-            .query(crate::store::verify::FINISHED_SINCE, &[&since, &now])
+            .q(crate::store::verify::FINISHED_SINCE, &[&since, &now])
             .await
             .map_err(pg_err)?;
         rows.iter()
@@ -80,27 +82,35 @@ impl PgStore {
         &self,
         v: NewVerification,
         limits: Vec<(LimitScope, Rate)>,
-    ) -> Result<InsertResult, StoreError> {
+        velocity: VelocityKeys,
+    ) -> Result<Result<InsertResult, VelocityLimited>, StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_err)?;
         let now = v.message.created_at;
-        lock_keys(&tx, std::slice::from_ref(&v.message), &limits).await?;
+        lock_keys(&tx, std::slice::from_ref(&v.message), &limits, &[&velocity]).await?;
         let older = tx
-            .query(
+            .q(
                 "SELECT id, message_id FROM verifications
                  WHERE client = $1 AND recipient = $2 AND status = 'pending' FOR UPDATE",
                 &[&v.message.client, &&*v.message.recipient],
             )
             .await
             .map_err(pg_err)?;
-        let result = insert_tx(&tx, v.message.clone(), &limits).await?;
-        if !matches!(result, InsertResult::Created(_)) {
-            return Ok(result);
-        }
+        let result = match insert_tx(&tx, v.message.clone(), &limits, &velocity).await? {
+            Ok(r @ InsertResult::Created(_)) => r,
+            Ok(other) => return Ok(Ok(other)),
+            Err((scope, retry_after)) => {
+                return Ok(Err(VelocityLimited {
+                    index: 0,
+                    scope,
+                    retry_after,
+                }));
+            }
+        };
         for r in &older {
             let oid: &str = r.try_get(0).map_err(pg_err)?;
             let mid: Option<&str> = r.try_get(1).map_err(pg_err)?;
-            tx.execute(
+            tx.exec(
                 "UPDATE verifications SET status = 'canceled', finished_at = $2 WHERE id = $1",
                 &[&oid, &now.0],
             )
@@ -109,7 +119,7 @@ impl PgStore {
             retire_message(&tx, mid, "superseded by a newer verification", now).await?;
         }
         let length = i32::try_from(v.length).unwrap_or(i32::MAX);
-        tx.execute(
+        tx.exec(
             "INSERT INTO verifications (id, client, recipient, message_id, code_hash, length, channel,
                 locale, created_at, expires_at, status)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'pending')",
@@ -129,7 +139,7 @@ impl PgStore {
         .await
         .map_err(pg_err)?;
         tx.commit().await.map_err(pg_err)?;
-        Ok(result)
+        Ok(Ok(result))
     }
 
     /// A verification, if `client` made it.
@@ -141,7 +151,7 @@ impl PgStore {
         let row = self
             .conn()
             .await?
-            .query_opt(
+            .q_opt(
                 &format!("SELECT {COLUMNS} FROM verifications WHERE id = $1 AND client = $2"),
                 &[&id, &client],
             )
@@ -177,7 +187,7 @@ impl PgStore {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_err)?;
         let row = tx
-            .query_opt(
+            .q_opt(
                 "SELECT code_hash, status, attempts, expires_at, message_id, recipient
                  FROM verifications WHERE id = $1 AND client = $2 FOR UPDATE",
                 &[&id, &client],
@@ -203,7 +213,7 @@ impl PgStore {
             let tx = &tx;
             async move {
                 let attempts = i32::try_from(attempts).unwrap_or(i32::MAX);
-                tx.execute(
+                tx.exec(
                     "UPDATE verifications SET status = $2, attempts = $3,
                         finished_at = CASE WHEN $2 = 'pending' THEN finished_at ELSE $4 END
                      WHERE id = $1",
@@ -225,7 +235,7 @@ impl PgStore {
                 set_status("approved", attempts).await?;
                 retire_message(&tx, message_id, "verification completed", now).await?;
                 // The user had the code: asking again later is no sign WhatsApp fails them.
-                tx.execute(
+                tx.exec(
                     "UPDATE recipients SET unconfirmed_since = NULL, unconfirmed_until = NULL
                      WHERE number = $1",
                     &[&recipient],
@@ -251,6 +261,7 @@ impl PgStore {
 
     /// Replaces a pending verification's code with a new one and its message, within
     /// `max_sends`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn resend_verification(
         &self,
         id: &str,
@@ -259,13 +270,14 @@ impl PgStore {
         message: NewMessage,
         max_sends: u32,
         limits: Vec<(LimitScope, Rate)>,
-    ) -> Result<Resend, StoreError> {
+        velocity: VelocityKeys,
+    ) -> Result<Result<Resend, VelocityLimited>, StoreError> {
         let mut conn = self.conn().await?;
         let tx = conn.transaction().await.map_err(pg_err)?;
         // The limit keys before the row, in the order create_verification takes them.
-        lock_keys(&tx, std::slice::from_ref(&message), &limits).await?;
+        lock_keys(&tx, std::slice::from_ref(&message), &limits, &[&velocity]).await?;
         let row = tx
-            .query_opt(
+            .q_opt(
                 "SELECT status, sends, expires_at, message_id FROM verifications
                  WHERE id = $1 AND client = $2 FOR UPDATE",
                 &[&id, &client],
@@ -273,24 +285,33 @@ impl PgStore {
             .await
             .map_err(pg_err)?;
         let Some(row) = row else {
-            return Ok(Resend::NotFound);
+            return Ok(Ok(Resend::NotFound));
         };
         let status: &str = row.try_get(0).map_err(pg_err)?;
         let sends = count(row.try_get(1).map_err(pg_err)?);
         let expires: i64 = row.try_get(2).map_err(pg_err)?;
         let old_message: Option<&str> = row.try_get(3).map_err(pg_err)?;
         if status != "pending" || message.created_at.0 >= expires {
-            return Ok(Resend::NotPending);
+            return Ok(Ok(Resend::NotPending));
         }
         if sends >= max_sends {
-            return Ok(Resend::MaxSends);
+            return Ok(Ok(Resend::MaxSends));
         }
         let now = message.created_at;
         let mid = message.id.clone();
-        let result = insert_tx(&tx, message, &limits).await?;
+        let result = match insert_tx(&tx, message, &limits, &velocity).await? {
+            Ok(r) => r,
+            Err((scope, retry_after)) => {
+                return Ok(Err(VelocityLimited {
+                    index: 0,
+                    scope,
+                    retry_after,
+                }));
+            }
+        };
         if matches!(result, InsertResult::Created(_)) {
             retire_message(&tx, old_message, "replaced by a resend", now).await?;
-            tx.execute(
+            tx.exec(
                 "UPDATE verifications SET code_hash = $2, message_id = $3, sends = sends + 1 WHERE id = $1",
                 &[&id, &code_hash.as_slice(), &&*mid],
             )
@@ -298,7 +319,7 @@ impl PgStore {
             .map_err(pg_err)?;
             tx.commit().await.map_err(pg_err)?;
         }
-        Ok(Resend::Stored(result))
+        Ok(Ok(Resend::Stored(result)))
     }
 
     /// Whether `message_id` carries a verification's code, and if so whether it is pending.
@@ -306,7 +327,7 @@ impl PgStore {
         let row = self
             .conn()
             .await?
-            .query_opt(
+            .q_opt(
                 "SELECT status FROM verifications WHERE message_id = $1",
                 &[&message_id],
             )
