@@ -726,7 +726,8 @@ async fn a_fallback_on_the_node_without_a_modem_goes_out_through_the_other() {
         cfg.write().unwrap();
         join_pair(cfg, &url, name);
     }
-    let a = Launch::new(&cfg_a).ready().await;
+    // Node a starts once b has made the WhatsApp attempt: with both up, a could claim the
+    // code first and send it over its own WhatsApp, and the hand-off would go untested.
     let b = Launch::new(&cfg_b).ready().await;
     let http = common::http_client();
     let req = http
@@ -736,6 +737,11 @@ async fn a_fallback_on_the_node_without_a_modem_goes_out_through_the_other() {
         common::fetch_json(req.json(&json!({"to": "+919812300077", "code": "Hd4821Qx"}))).await;
     assert_eq!(s, 202, "{v}");
     let id = v["id"].as_str().unwrap().to_owned();
+    wait_for("node b's WhatsApp attempt", async || {
+        (!sim_b.requests().is_empty()).then_some(())
+    })
+    .await;
+    let a = Launch::new(&cfg_a).ready().await;
     let base = a.base();
     wait_for("the code sent by SMS", async || {
         let url = format!("{base}/v1/messages/{id}");
@@ -781,7 +787,12 @@ async fn a_fallback_on_the_node_without_a_modem_goes_out_through_the_other() {
     );
 
     // A verification made on node b (its code leaves through node a's modem) is checked on
-    // node a: one shared record, and once approved it cannot be approved again on b.
+    // node a: one shared record, and once approved it cannot be approved again on b. Either
+    // node may claim it, so both WhatsApps now say "not on WhatsApp": it goes by SMS.
+    sim_a.handle().set_default(Some(Script::Error {
+        status: 400,
+        code: 131026,
+    }));
     let to = "+919812300078";
     let req = http
         .post(format!("{}/v1/verifications", b.base()))
