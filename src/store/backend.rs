@@ -75,7 +75,7 @@ pub struct VelocityLimited {
     pub retry_after: Duration,
 }
 
-/// The answer of a PostgreSQL call given no velocity keys, which cannot be a velocity refusal.
+/// The answer of a call given no velocity keys, which cannot be a velocity refusal.
 fn uncounted<T>(r: Result<Result<T, VelocityLimited>, StoreError>) -> Result<T, StoreError> {
     r?.map_err(|v| {
         StoreError::Postgres(format!(
@@ -262,10 +262,7 @@ impl Store {
         m: NewMessage,
         limits: Vec<(LimitScope, Rate)>,
     ) -> Result<InsertResult, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(db) => db.insert(m, limits).await,
-            Backend::Postgres(p) => uncounted(p.insert(m, limits, Vec::new()).await),
-        }
+        uncounted(self.insert_counted(m, limits, Vec::new()).await)
     }
 
     /// [`Store::insert`] with the message's velocity keys, counted in the same transaction
@@ -304,10 +301,7 @@ impl Store {
         ms: Vec<NewMessage>,
         limits: Vec<(LimitScope, Rate)>,
     ) -> Result<BatchResult, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(db) => db.insert_all(ms, limits).await,
-            Backend::Postgres(p) => uncounted(p.insert_all(ms, limits, Vec::new()).await),
-        }
+        uncounted(self.insert_all_counted(ms, limits, Vec::new()).await)
     }
 
     /// When the next queued message becomes due, if any.
@@ -608,10 +602,10 @@ impl Store {
         v: NewVerification,
         limits: Vec<(LimitScope, Rate)>,
     ) -> Result<InsertResult, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(db) => db.create_verification(v, limits).await,
-            Backend::Postgres(p) => uncounted(p.create_verification(v, limits, Vec::new()).await),
-        }
+        uncounted(
+            self.create_verification_counted(v, limits, Vec::new())
+                .await,
+        )
     }
 
     /// [`Store::create_verification`] with its message's velocity keys.
@@ -672,24 +666,16 @@ impl Store {
         max_sends: u32,
         limits: Vec<(LimitScope, Rate)>,
     ) -> Result<Resend, StoreError> {
-        match &self.backend {
-            Backend::Sqlite(db) => {
-                db.resend_verification(id, client, code_hash, message, max_sends, limits)
-                    .await
-            }
-            Backend::Postgres(p) => uncounted(
-                p.resend_verification(
-                    id,
-                    client,
-                    code_hash,
-                    message,
-                    max_sends,
-                    limits,
-                    Vec::new(),
-                )
-                .await,
-            ),
-        }
+        let counted = self.resend_verification_counted(
+            id,
+            client,
+            code_hash,
+            message,
+            max_sends,
+            limits,
+            Vec::new(),
+        );
+        uncounted(counted.await)
     }
 
     /// [`Store::resend_verification`] with the new message's velocity keys.
