@@ -122,9 +122,14 @@ impl Dispatcher {
         }))
     }
 
-    /// Tells the loop that new work is due now (after an accept).
+    /// Tells the loop that new work is due now (after an accept). With every slot busy the
+    /// loop could claim nothing, and the task that frees the next slot wakes it anyway: an
+    /// accept then skips the wake, which would cost the loop a turn and a timer (while
+    /// WhatsApp is slow and the slots stay full, one per accepted code).
     pub fn wake(&self) {
-        self.0.wake.notify_one();
+        if self.0.slots.available_permits() > 0 {
+            self.0.wake.notify_one();
+        }
     }
 
     /// A counter the loop bumps on every turn; the watchdog checks that it moves.
