@@ -12,6 +12,15 @@
 //! two-core machine drifts by a third from one minute to the next. The daemon runs with the
 //! shipped per-recipient limit ("5/15m"). The bare server and the simulator run as separate
 //! processes (this binary re-executed) so they do not share the load generator's process.
+//!
+//! Intake also runs two durable floors in the same alternating rounds, each its own process
+//! served as the bare server is: `--sqlite-server DIR`, hyper plus a minimal hand-written
+//! group commit on one rusqlite connection (the outbox's table, indexes and pragmas, one
+//! INSERT per request, a 202 only after the fsync'd COMMIT), and `--store-server DIR`, hyper
+//! plus the store's own writer (`Store::insert`, no limits). They say how close to the bare
+//! server any server that keeps the durability promise can get on this machine, and what of
+//! otpgate's cost is the store's rather than the API's. `-- --only intake` skips the live
+//! section.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: a failure should stop loudly
 
 use std::convert::Infallible;
@@ -43,6 +52,20 @@ fn main() {
         .expect("runtime");
     if args.iter().any(|a| a == "--bare-server") {
         rt.block_on(bare_server());
+        return;
+    }
+    let value = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    if let Some(dir) = value("--sqlite-server") {
+        rt.block_on(sqlite_server(std::path::Path::new(&dir)));
+        return;
+    }
+    if let Some(dir) = value("--store-server") {
+        rt.block_on(store_server(std::path::Path::new(&dir)));
         return;
     }
     if args.iter().any(|a| a == "--sim") {
@@ -81,19 +104,15 @@ fn main() {
         );
         return;
     }
-    let seconds: u64 = args
-        .iter()
-        .position(|a| a == "--seconds")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(2);
-    let rounds: usize = args
-        .iter()
-        .position(|a| a == "--rounds")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
-    rt.block_on(run(Duration::from_secs(seconds), rounds.max(1)));
+    let seconds: u64 = value("--seconds").and_then(|s| s.parse().ok()).unwrap_or(2);
+    let rounds: usize = value("--rounds").and_then(|s| s.parse().ok()).unwrap_or(3);
+    // "intake" or "live": run only that section.
+    let only = value("--only");
+    rt.block_on(run(
+        Duration::from_secs(seconds),
+        rounds.max(1),
+        only.as_deref(),
+    ));
 }
 
 /// A hyper server that answers every request 202 with a body like ours, storing nothing.
@@ -110,7 +129,7 @@ async fn bare_server() {
         let _ = s.set_nodelay(true);
         tokio::spawn(async move {
             let svc = service_fn(|_req| async {
-                let mut r = http::Response::new(Full::new(Bytes::from_static(b"{\"id\":\"msg_00000000000000000000000000000000\",\"status\":\"queued\",\"expires_at\":\"2026-01-01T00:00:00.000Z\",\"to\":\"+919876543210\"}")));
+                let mut r = http::Response::new(Full::new(Bytes::from_static(ACCEPTED_BODY)));
                 *r.status_mut() = http::StatusCode::ACCEPTED;
                 Ok::<_, Infallible>(r)
             });
@@ -119,6 +138,216 @@ async fn bare_server() {
                 .await;
         });
     }
+}
+
+/// What every server here answers with its 202: a body like ours.
+const ACCEPTED_BODY: &[u8] = b"{\"id\":\"msg_00000000000000000000000000000000\",\"status\":\"queued\",\"expires_at\":\"2026-01-01T00:00:00.000Z\",\"to\":\"+919876543210\"}";
+
+/// The string value of `"name":"..."` in a JSON body, found without parsing: the floors do
+/// none of the API's work beyond taking the two values they store.
+fn field<'a>(body: &'a [u8], name: &str) -> Option<&'a str> {
+    let key = format!("\"{name}\":\"");
+    let start = body.windows(key.len()).position(|w| w == key.as_bytes())? + key.len();
+    let len = body.get(start..)?.iter().position(|&b| b == b'"')?;
+    std::str::from_utf8(body.get(start..start + len)?).ok()
+}
+
+/// Serves as [`bare_server`] does (same hyper setup, nodelay, 202 body), but reads each
+/// request's body and answers 202 only once `accept(body)` says the message is stored.
+async fn serve_durable<F, Fut>(accept: F)
+where
+    F: Fn(Bytes) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = bool> + Send + 'static,
+{
+    use http_body_util::BodyExt;
+    let accept = std::sync::Arc::new(accept);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    println!("{}", l.local_addr().expect("addr"));
+    std::io::stdout().flush().ok();
+    loop {
+        let Ok((s, _)) = l.accept().await else {
+            continue;
+        };
+        let _ = s.set_nodelay(true);
+        let accept = accept.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let accept = accept.clone();
+                async move {
+                    let stored = match req.into_body().collect().await {
+                        Ok(body) => accept(body.to_bytes()).await,
+                        Err(_) => false,
+                    };
+                    let (status, body) = if stored {
+                        (http::StatusCode::ACCEPTED, ACCEPTED_BODY)
+                    } else {
+                        (http::StatusCode::INTERNAL_SERVER_ERROR, &b""[..])
+                    };
+                    let mut r = http::Response::new(Full::new(Bytes::from_static(body)));
+                    *r.status_mut() = status;
+                    Ok::<_, Infallible>(r)
+                }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(s), svc)
+                .await;
+        });
+    }
+}
+
+/// The row a floor stores for a request's `to` and `code`, or None if `to` is no E.164.
+fn request_row(to: &str, code: &str) -> Option<otpgate::store::NewMessage> {
+    use otpgate::clock::{Clock, SystemClock};
+    use otpgate::domain::{Content, E164, MessageId};
+    let now = SystemClock.now();
+    let random: [u8; 10] = rand::random();
+    Some(otpgate::store::NewMessage {
+        id: MessageId::new(format!("msg_{:012x}{}", now.0, hex::encode(random))),
+        client: "bench".into(),
+        recipient: E164::new(to)?,
+        country: Some("IN".into()),
+        content: Content::Code {
+            code: code.to_owned(),
+            sms_text: format!("{code} is your verification code. Do not share it."),
+        },
+        locale: None,
+        reference: None,
+        idempotency_key: None,
+        created_at: now,
+        expires_at: now.plus(Duration::from_secs(300)),
+        only_channel: None,
+    })
+}
+
+/// A request's row from its body.
+fn body_row(body: &[u8]) -> Option<otpgate::store::NewMessage> {
+    request_row(field(body, "to")?, field(body, "code")?)
+}
+
+/// The durable floor: hyper plus a minimal group commit of its own on one rusqlite
+/// connection, on the outbox's own table and indexes. Nothing else (no auth, no number
+/// parsing, no limits, no checkpointer thread: SQLite's automatic checkpoint runs in the
+/// COMMIT that crosses 1,000 WAL frames, as in any plain SQLite program).
+async fn sqlite_server(dir: &std::path::Path) {
+    let path = dir.join("floor.db");
+    // The store creates the file, the schema and its indexes; then it lets go of it.
+    drop(otpgate::store::Store::open(&path).expect("store"));
+    let conn = rusqlite::Connection::open(&path).expect("open");
+    // The pragmas of the store's writer connection (src/store/mod.rs); the page size is the
+    // file's, SQLite's default 4 KiB, which the store does not change.
+    conn.busy_timeout(Duration::from_secs(5)).expect("busy");
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .expect("qpsg");
+    conn.pragma_update(None, "foreign_keys", "ON").expect("fk");
+    conn.pragma_update(None, "secure_delete", "ON")
+        .expect("secure_delete");
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))
+        .expect("wal");
+    assert!(mode.eq_ignore_ascii_case("wal"), "journal_mode {mode}");
+    conn.pragma_update(None, "synchronous", "FULL")
+        .expect("sync");
+    conn.pragma_update(None, "temp_store", "MEMORY")
+        .expect("temp");
+    let (tx, rx) = std::sync::mpsc::channel::<Floor>();
+    std::thread::Builder::new()
+        .name("floor-writer".into())
+        .spawn(move || floor_writer(&conn, &rx))
+        .expect("thread");
+    serve_durable(move |body| {
+        let tx = tx.clone();
+        async move {
+            let Some(row) = body_row(&body) else {
+                return false;
+            };
+            let (done, stored) = tokio::sync::oneshot::channel();
+            if tx.send(Floor { row, done }).is_err() {
+                return false;
+            }
+            stored.await.unwrap_or(false)
+        }
+    })
+    .await;
+}
+
+/// One request for the floor's writer: its row, and where to say whether it was committed.
+struct Floor {
+    row: otpgate::store::NewMessage,
+    done: tokio::sync::oneshot::Sender<bool>,
+}
+
+/// The floor's group commit: take what is queued, BEGIN, one INSERT each, COMMIT, answer.
+fn floor_writer(conn: &rusqlite::Connection, rx: &std::sync::mpsc::Receiver<Floor>) {
+    // Statements through the cache, as the store runs them: parsing costs more than running.
+    let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
+    while let Ok(first) = rx.recv() {
+        let mut group = vec![first];
+        // The store's bound on a group.
+        while group.len() < 512 {
+            match rx.try_recv() {
+                Ok(f) => group.push(f),
+                Err(_) => break,
+            }
+        }
+        let committed = exec("BEGIN IMMEDIATE").is_ok()
+            && group.iter().all(|f| floor_insert(conn, &f.row).is_ok())
+            && exec("COMMIT").is_ok();
+        if !committed {
+            let _ = exec("ROLLBACK");
+        }
+        for f in group {
+            let _ = f.done.send(committed);
+        }
+    }
+}
+
+/// The outbox's INSERT (src/store/messages.rs), bound from the row.
+fn floor_insert(
+    conn: &rusqlite::Connection,
+    m: &otpgate::store::NewMessage,
+) -> rusqlite::Result<usize> {
+    let otpgate::domain::Content::Code { code, sms_text } = &m.content else {
+        return Err(rusqlite::Error::InvalidQuery);
+    };
+    conn.prepare_cached(
+        "INSERT INTO messages (id, client, recipient, country, kind, body, sms_text, locale, reference,
+            idempotency_key, created_at, expires_at, state, next_attempt_at, only_channel)
+         VALUES (?1, ?2, ?3, ?4, 'code', ?5, ?6, NULL, NULL, NULL, ?7, ?8, 'queued', ?7, NULL)",
+    )?
+    .execute(rusqlite::params![
+        &*m.id,
+        m.client,
+        m.recipient.as_str(),
+        m.country,
+        code,
+        sms_text,
+        m.created_at.0,
+        m.expires_at.0,
+    ])
+}
+
+/// The floor plus the store: hyper and `Store::insert` (its writer thread, group commit and
+/// checkpointer) with no limits; everything of otpgate's accept but the API.
+async fn store_server(dir: &std::path::Path) {
+    let store = otpgate::store::Store::open(&dir.join("floor.db")).expect("store");
+    serve_durable(move |body| {
+        let store = store.clone();
+        async move {
+            let Some(row) = body_row(&body) else {
+                return false;
+            };
+            matches!(
+                store.insert(row, vec![]).await,
+                Ok(otpgate::store::InsertResult::Created(_))
+            )
+        }
+    })
+    .await;
 }
 
 async fn sim(hang: bool) {
@@ -348,29 +577,11 @@ async fn wal_pages(store: &otpgate::store::Store) -> i64 {
 
 /// A row as the API stores it: a time-ordered id, a full number, a code and its SMS text.
 fn accepted_row(n: u64) -> otpgate::store::NewMessage {
-    use otpgate::clock::{Clock, SystemClock};
-    use otpgate::domain::{Content, E164, MessageId};
-    let now = SystemClock.now();
-    let random: [u8; 10] = rand::random();
-    otpgate::store::NewMessage {
-        id: MessageId::new(format!("msg_{:012x}{}", now.0, hex::encode(random))),
-        client: "bench".into(),
-        recipient: E164::new(&format!("+9198{:08}", n % 100_000_000)).expect("number"),
-        country: Some("IN".into()),
-        content: Content::Code {
-            code: format!("{:06}", n % 1_000_000),
-            sms_text: format!(
-                "{:06} is your verification code. Do not share it.",
-                n % 1_000_000
-            ),
-        },
-        locale: None,
-        reference: None,
-        idempotency_key: None,
-        created_at: now,
-        expires_at: now.plus(Duration::from_secs(300)),
-        only_channel: None,
-    }
+    request_row(
+        &format!("+9198{:08}", n % 100_000_000),
+        &format!("{:06}", n % 1_000_000),
+    )
+    .expect("number")
 }
 
 /// WAL pages written per accepted message when `callers` insert at once, each waiting for its
@@ -409,7 +620,16 @@ async fn print_wal_pages() {
     println!("{}", line.trim_end_matches(';'));
 }
 
-async fn run(dur: Duration, rounds: usize) {
+/// A durable floor running beside the daemon in the intake rounds.
+struct FloorServer {
+    name: &'static str,
+    proc: Proc,
+    addr: String,
+    results: Vec<Result>,
+    cpu: Cpu,
+}
+
+async fn run(dur: Duration, rounds: usize, only: Option<&str>) {
     print_wal_pages().await;
     let (bare, bare_addr) = spawn_self(&["--bare-server"]);
     let bare_pid = bare.0.id();
@@ -417,16 +637,21 @@ async fn run(dur: Duration, rounds: usize) {
         "accept benchmark, median of {rounds} alternating {}s rounds: the real otpgate binary (SQLite WAL, synchronous=FULL, group commit) vs a bare hyper server answering 202 without storing",
         dur.as_secs()
     );
-    for (mode, sim_args) in [
+    for (section, mode, sim_args) in [
         (
+            "intake",
             "intake: WhatsApp stalled, so the dispatcher's slots stay full and only accept + commit run",
             vec!["--sim", "--hang"],
         ),
         (
+            "live",
             "live: the dispatcher delivers every message to the Cloud API simulator over TLS meanwhile",
             vec!["--sim"],
         ),
     ] {
+        if only.is_some_and(|o| o != section) {
+            continue;
+        }
         let dir = tempfile::tempdir().expect("tmp");
         let (_sim, sim_line) = spawn_self(&sim_args);
         let mut parts = sim_line.split(' ');
@@ -436,6 +661,25 @@ async fn run(dur: Duration, rounds: usize) {
         );
         let daemon = spawn_daemon(dir.path(), &sim_base, &sim_ca).await;
         let addr = daemon.addr.clone();
+        // The floors' databases sit on the same file system as the daemon's.
+        let mut floors = Vec::new();
+        if section == "intake" {
+            for (name, flag) in [
+                ("sqlite-floor", "--sqlite-server"),
+                ("store-floor", "--store-server"),
+            ] {
+                let db = dir.path().join(name);
+                std::fs::create_dir_all(&db).expect("dir");
+                let (proc, addr) = spawn_self(&[flag, db.to_str().expect("utf-8 path")]);
+                floors.push(FloorServer {
+                    name,
+                    proc,
+                    addr,
+                    results: Vec::new(),
+                    cpu: Cpu::default(),
+                });
+            }
+        }
         println!("\n{mode}");
         println!(
             "{:>5} | {:>12} {:>9} {:>9} | {:>12} {:>9} {:>9} | {:>6}",
@@ -443,13 +687,25 @@ async fn run(dur: Duration, rounds: usize) {
         );
         let _ = load(&addr, 4, Duration::from_millis(500)).await; // warm-up
         let _ = load(&bare_addr, 4, Duration::from_millis(500)).await;
+        for f in &floors {
+            let _ = load(&f.addr, 4, Duration::from_millis(500)).await;
+        }
         let ms = |d: Duration| format!("{:.2}ms", d.as_secs_f64() * 1000.0);
         let mut cpu_lines = Vec::new();
+        let mut floor_lines = Vec::new();
         for conns in [1usize, 16, 64] {
             let (mut bare, mut ours) = (Vec::new(), Vec::new());
             let (mut bare_cpu, mut our_cpu) = (Cpu::default(), Cpu::default());
+            for f in &mut floors {
+                f.results.clear();
+                f.cpu = Cpu::default();
+            }
             for _ in 0..rounds {
                 bare.push(bare_cpu.round(bare_pid, &bare_addr, conns, dur).await);
+                for f in &mut floors {
+                    let r = f.cpu.round(f.proc.0.id(), &f.addr, conns, dur).await;
+                    f.results.push(r);
+                }
                 ours.push(our_cpu.round(daemon.pid() as u32, &addr, conns, dur).await);
             }
             let ((bs, bg), (os, og)) = (bare_cpu.per_msg(), our_cpu.per_msg());
@@ -475,6 +731,33 @@ async fn run(dur: Duration, rounds: usize) {
                     String::new()
                 }
             );
+            if floors.is_empty() {
+                continue;
+            }
+            // The floors next to bare and otpgate, each against the bare server's medians.
+            let row = |name: &str, r: &Result, cpu: &Cpu| {
+                let (s, g) = cpu.per_msg();
+                format!(
+                    "{conns:>5} | {name:<12} | {:>9.0} {:>9} {:>9} | {:>6.2} | {s:>9.1} {g:>9.1} | {:>6.2} | {:>6.2}{}",
+                    r.rate,
+                    ms(r.p50),
+                    ms(r.p99),
+                    r.rate / b.rate.max(1.0),
+                    (bs + bg) / (s + g),
+                    cpu.switches_per_msg(),
+                    if r.errors > 0 {
+                        format!("  (errors: {})", r.errors)
+                    } else {
+                        String::new()
+                    }
+                )
+            };
+            floor_lines.push(row("bare", &b, &bare_cpu));
+            for f in &mut floors {
+                let m = median(std::mem::take(&mut f.results));
+                floor_lines.push(row(f.name, &m, &f.cpu));
+            }
+            floor_lines.push(row("otpgate", &o, &our_cpu));
         }
         // Where the cores go, per answered message: on a machine whose two cores are
         // saturated, the rates' ratio tends to the ratio of these sums, whatever the disk
@@ -486,6 +769,27 @@ async fn run(dur: Duration, rounds: usize) {
         );
         for l in cpu_lines {
             println!("{l}");
+        }
+        if !floor_lines.is_empty() {
+            println!(
+                "durable floors, in the same alternating rounds: sqlite-floor = hyper + a minimal group commit on rusqlite (the outbox's table, indexes and pragmas), store-floor = hyper + Store::insert; ratios to bare (rates' medians; CPU = (bare + its gen) / (this + its gen))"
+            );
+            println!(
+                "{:>5} | {:<12} | {:>9} {:>9} {:>9} | {:>6} | {:>9} {:>9} | {:>6} | {:>6}",
+                "conns",
+                "server",
+                "msg/s",
+                "p50",
+                "p99",
+                "ratio",
+                "µs server",
+                "load gen",
+                "CPU r.",
+                "ctx/msg"
+            );
+            for l in floor_lines {
+                println!("{l}");
+            }
         }
     }
 }
