@@ -13,8 +13,9 @@
 //! shipped per-recipient limit ("5/15m"). The bare server and the simulator run as separate
 //! processes (this binary re-executed) so they do not share the load generator's process.
 //!
-//! Intake also runs two durable floors in the same alternating rounds, each its own process
-//! served as the bare server is: `--sqlite-server DIR`, hyper plus a minimal hand-written
+//! Intake also runs three durable floors in the same alternating rounds, each its own process
+//! served as the bare server is: `--plain-server DIR`, the next one writing the same row to a
+//! table without key or index (one B-tree); `--sqlite-server DIR`, hyper plus a minimal hand-written
 //! group commit on one rusqlite connection (the outbox's table, indexes and pragmas, one
 //! INSERT per request, a 202 only after the fsync'd COMMIT), and `--store-server DIR`, hyper
 //! plus the store's own writer (`Store::insert`, no limits). They say how close to the bare
@@ -61,7 +62,11 @@ fn main() {
             .cloned()
     };
     if let Some(dir) = value("--sqlite-server") {
-        rt.block_on(sqlite_server(std::path::Path::new(&dir)));
+        rt.block_on(sqlite_server(std::path::Path::new(&dir), Table::Outbox));
+        return;
+    }
+    if let Some(dir) = value("--plain-server") {
+        rt.block_on(sqlite_server(std::path::Path::new(&dir), Table::Plain));
         return;
     }
     if let Some(dir) = value("--store-server") {
@@ -226,15 +231,38 @@ fn body_row(body: &[u8]) -> Option<otpgate::store::NewMessage> {
     request_row(field(body, "to")?, field(body, "code")?)
 }
 
+/// Where a floor's INSERT goes.
+#[derive(Clone, Copy)]
+enum Table {
+    /// The outbox as the store keeps it: the table, its id key and the due and expiry indexes.
+    Outbox,
+    /// The same columns with no key and no index: one B-tree, the least any store can write.
+    Plain,
+}
+
+impl Table {
+    fn name(self) -> &'static str {
+        match self {
+            Table::Outbox => "messages",
+            Table::Plain => "plain",
+        }
+    }
+}
+
 /// The durable floor: hyper plus a minimal group commit of its own on one rusqlite
-/// connection, on the outbox's own table and indexes. Nothing else (no auth, no number
-/// parsing, no limits, no checkpointer thread: SQLite's automatic checkpoint runs in the
-/// COMMIT that crosses 1,000 WAL frames, as in any plain SQLite program).
-async fn sqlite_server(dir: &std::path::Path) {
+/// connection, on the outbox's own table and indexes (or, `Table::Plain`, the same row in a
+/// table without them). Nothing else (no auth, no number parsing, no limits, no checkpointer
+/// thread: SQLite's automatic checkpoint runs in the COMMIT that crosses 1,000 WAL frames, as
+/// in any plain SQLite program).
+async fn sqlite_server(dir: &std::path::Path, table: Table) {
     let path = dir.join("floor.db");
     // The store creates the file, the schema and its indexes; then it lets go of it.
     drop(otpgate::store::Store::open(&path).expect("store"));
     let conn = rusqlite::Connection::open(&path).expect("open");
+    if let Table::Plain = table {
+        conn.execute_batch("CREATE TABLE plain AS SELECT * FROM messages WHERE 0")
+            .expect("plain table");
+    }
     // The pragmas of the store's writer connection (src/store/mod.rs); the page size is the
     // file's, SQLite's default 4 KiB, which the store does not change.
     conn.busy_timeout(Duration::from_secs(5)).expect("busy");
@@ -257,7 +285,7 @@ async fn sqlite_server(dir: &std::path::Path) {
     let (tx, rx) = std::sync::mpsc::channel::<Floor>();
     std::thread::Builder::new()
         .name("floor-writer".into())
-        .spawn(move || floor_writer(&conn, &rx))
+        .spawn(move || floor_writer(&conn, &rx, table))
         .expect("thread");
     serve_durable(move |body| {
         let tx = tx.clone();
@@ -282,7 +310,7 @@ struct Floor {
 }
 
 /// The floor's group commit: take what is queued, BEGIN, one INSERT each, COMMIT, answer.
-fn floor_writer(conn: &rusqlite::Connection, rx: &std::sync::mpsc::Receiver<Floor>) {
+fn floor_writer(conn: &rusqlite::Connection, rx: &std::sync::mpsc::Receiver<Floor>, table: Table) {
     // Statements through the cache, as the store runs them: parsing costs more than running.
     let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut s| s.execute([]));
     while let Ok(first) = rx.recv() {
@@ -295,7 +323,9 @@ fn floor_writer(conn: &rusqlite::Connection, rx: &std::sync::mpsc::Receiver<Floo
             }
         }
         let committed = exec("BEGIN IMMEDIATE").is_ok()
-            && group.iter().all(|f| floor_insert(conn, &f.row).is_ok())
+            && group
+                .iter()
+                .all(|f| floor_insert(conn, &f.row, table).is_ok())
             && exec("COMMIT").is_ok();
         if !committed {
             let _ = exec("ROLLBACK");
@@ -310,16 +340,18 @@ fn floor_writer(conn: &rusqlite::Connection, rx: &std::sync::mpsc::Receiver<Floo
 fn floor_insert(
     conn: &rusqlite::Connection,
     m: &otpgate::store::NewMessage,
+    table: Table,
 ) -> rusqlite::Result<usize> {
     let otpgate::domain::Content::Code { code, sms_text } = &m.content else {
         return Err(rusqlite::Error::InvalidQuery);
     };
-    conn.prepare_cached(
-        "INSERT INTO messages (id, client, recipient, country, kind, body, sms_text, locale, reference,
+    let sql = format!(
+        "INSERT INTO {} (id, client, recipient, country, kind, body, sms_text, locale, reference,
             idempotency_key, created_at, expires_at, state, next_attempt_at, only_channel)
          VALUES (?1, ?2, ?3, ?4, 'code', ?5, ?6, NULL, NULL, NULL, ?7, ?8, 'queued', ?7, NULL)",
-    )?
-    .execute(rusqlite::params![
+        table.name()
+    );
+    conn.prepare_cached(&sql)?.execute(rusqlite::params![
         &*m.id,
         m.client,
         m.recipient.as_str(),
@@ -665,6 +697,7 @@ async fn run(dur: Duration, rounds: usize, only: Option<&str>) {
         let mut floors = Vec::new();
         if section == "intake" {
             for (name, flag) in [
+                ("plain-floor", "--plain-server"),
                 ("sqlite-floor", "--sqlite-server"),
                 ("store-floor", "--store-server"),
             ] {
@@ -772,7 +805,7 @@ async fn run(dur: Duration, rounds: usize, only: Option<&str>) {
         }
         if !floor_lines.is_empty() {
             println!(
-                "durable floors, in the same alternating rounds: sqlite-floor = hyper + a minimal group commit on rusqlite (the outbox's table, indexes and pragmas), store-floor = hyper + Store::insert; ratios to bare (rates' medians; CPU = (bare + its gen) / (this + its gen))"
+                "durable floors, in the same alternating rounds: plain-floor = sqlite-floor on a table without key or index, sqlite-floor = hyper + a minimal group commit on rusqlite (the outbox's table, indexes and pragmas), store-floor = hyper + Store::insert; ratios to bare (rates' medians; CPU = (bare + its gen) / (this + its gen))"
             );
             println!(
                 "{:>5} | {:<12} | {:>9} {:>9} {:>9} | {:>6} | {:>9} {:>9} | {:>6} | {:>6}",
