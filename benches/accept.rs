@@ -122,16 +122,9 @@ fn main() {
 
 /// A hyper server that answers every request 202 with a body like ours, storing nothing.
 async fn bare_server() {
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    println!("{}", l.local_addr().expect("addr"));
-    std::io::stdout().flush().ok();
+    let l = listen().await;
     loop {
-        let Ok((s, _)) = l.accept().await else {
-            continue;
-        };
-        let _ = s.set_nodelay(true);
+        let s = next_connection(&l).await;
         tokio::spawn(async move {
             let svc = service_fn(|_req| async {
                 let mut r = http::Response::new(Full::new(Bytes::from_static(ACCEPTED_BODY)));
@@ -142,6 +135,26 @@ async fn bare_server() {
                 .serve_connection(TokioIo::new(s), svc)
                 .await;
         });
+    }
+}
+
+/// A listener on a free loopback port, its address on stdout for the process that started us.
+async fn listen() -> tokio::net::TcpListener {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    println!("{}", l.local_addr().expect("addr"));
+    std::io::stdout().flush().ok();
+    l
+}
+
+/// The next accepted connection, with Nagle off as the daemon sets it.
+async fn next_connection(l: &tokio::net::TcpListener) -> tokio::net::TcpStream {
+    loop {
+        if let Ok((s, _)) = l.accept().await {
+            let _ = s.set_nodelay(true);
+            return s;
+        }
     }
 }
 
@@ -166,16 +179,9 @@ where
 {
     use http_body_util::BodyExt;
     let accept = std::sync::Arc::new(accept);
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    println!("{}", l.local_addr().expect("addr"));
-    std::io::stdout().flush().ok();
+    let l = listen().await;
     loop {
-        let Ok((s, _)) = l.accept().await else {
-            continue;
-        };
-        let _ = s.set_nodelay(true);
+        let s = next_connection(&l).await;
         let accept = accept.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
